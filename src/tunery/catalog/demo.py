@@ -1,0 +1,120 @@
+"""The demo base model ``tunery/demo-tiny``, built offline and deterministically.
+
+A 4-layer Llama with grouped-query attention, a byte-level BPE tokenizer trained here on
+the demo corpus (Llama 3's pre-tokenizer regex, so GGUF converters recognise it), and a
+ChatML chat template. Every matrix has rows whose length is a multiple of 256, so a Q4_K_M
+export quantizes every weight as Q4_K/Q6_K instead of falling back. Same inputs, same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+DEMO_MODEL_ID = "tunery/demo-tiny"
+BOS = "<|begin_of_text|>"
+EOS = "<|end_of_text|>"
+TURN_START = "<|im_start|>"
+TURN_END = "<|im_end|>"
+VOCAB_SIZE = 1024
+# Llama 3's split regex: digits in runs of up to three, contractions, letters, punctuation.
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_demo_tokenizer(out_dir: Path) -> None:
+    """Train the byte-level BPE tokenizer and save it in transformers' format."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers.trainers import BpeTrainer
+    from transformers import PreTrainedTokenizerFast
+
+    from tunery.catalog.demo_data import demo_corpus
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    specials = [BOS, EOS, TURN_START, TURN_END]
+    trainer = BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(demo_corpus(), trainer=trainer)
+    bos_id = tokenizer.token_to_id(BOS)
+    tokenizer.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{BOS}:0 $A:0",
+                pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1",
+                special_tokens=[(BOS, bos_id)],
+            ),
+        ]
+    )
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=BOS,
+        eos_token=EOS,
+        model_max_length=1024,
+        chat_template=CHAT_TEMPLATE,
+    )
+    wrapped.save_pretrained(out_dir)
+
+
+def build_demo_model(out_dir: Path) -> Path:
+    """Write the demo model to ``out_dir`` (replaced atomically); returns ``out_dir``."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    out_dir = out_dir.resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".demo-tiny-", dir=out_dir.parent))
+    try:
+        build_demo_tokenizer(staging)
+        tokenizer = AutoTokenizer.from_pretrained(staging)
+        config = LlamaConfig(
+            vocab_size=VOCAB_SIZE,
+            hidden_size=256,
+            intermediate_size=768,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=1024,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+        torch.random.set_rng_state(generator_state)
+        model.generation_config = GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(TURN_END)],
+        )
+        model.save_pretrained(staging)
+        (staging / "tunery-demo.json").write_text(
+            json.dumps({"id": DEMO_MODEL_ID, "parameters": model.num_parameters()}) + "\n"
+        )
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir

@@ -1,0 +1,110 @@
+"""Errors that reach a user: each names what is wrong, where, and what to change.
+
+Every error carries a stable ``code`` (machine-readable), a ``message`` (what happened and
+where) and a ``hint`` (what to change). ``transient`` tells a scheduler whether retrying the
+same run could succeed; user errors are never transient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class TuneryError(Exception):
+    """Base of every error tunery reports to a user."""
+
+    code = "error"
+    transient = False
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message, "hint": self.hint}
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """One reason a configuration was rejected: the dotted field path and what is wrong."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class ConfigError(TuneryError):
+    """A recipe or payload is invalid; ``problems`` lists every reason, not just the first."""
+
+    code = "invalid_config"
+
+    def __init__(self, problems: list[FieldProblem], *, hint: str = "") -> None:
+        self.problems = problems
+        summary = "; ".join(str(problem) for problem in problems)
+        super().__init__(f"invalid configuration: {summary}", hint=hint)
+
+    @classmethod
+    def single(cls, field: str, message: str, *, hint: str = "") -> ConfigError:
+        return cls([FieldProblem(field, message)], hint=hint)
+
+
+@dataclass(frozen=True)
+class DatasetProblem:
+    """One thing wrong in a dataset file: where (1-based line, or row for Parquet) and what."""
+
+    file: str
+    message: str
+    line: int | None = None
+    unit: str = "line"
+
+    def __str__(self) -> str:
+        where = f"{self.file}, {self.unit} {self.line}" if self.line is not None else self.file
+        return f"{where}: {self.message}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"file": self.file, "line": self.line, "unit": self.unit, "message": self.message}
+
+
+class DatasetError(TuneryError):
+    """Dataset files cannot be used; ``problems`` lists each one with its file and line."""
+
+    code = "invalid_dataset"
+
+    def __init__(self, problems: list[DatasetProblem], *, hint: str = "") -> None:
+        self.problems = problems
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        super().__init__(f"{problems[0]}{more}", hint=hint)
+
+    @classmethod
+    def single(
+        cls,
+        file: str,
+        message: str,
+        *,
+        line: int | None = None,
+        unit: str = "line",
+        hint: str = "",
+    ) -> DatasetError:
+        return cls([DatasetProblem(file, message, line, unit)], hint=hint)
+
+
+class ModelLoadError(TuneryError):
+    """The base model cannot be resolved or loaded (bad id, missing files, unsupported)."""
+
+    code = "model_load_failed"
+
+
+class TransientError(TuneryError):
+    """A failure that a retry may fix: network errors, a lost download, a lost node."""
+
+    code = "transient"
+    transient = True
+
+
+class RunCancelled(TuneryError):
+    """The run was asked to stop; nothing after the current step is produced."""
+
+    code = "cancelled"

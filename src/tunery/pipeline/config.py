@@ -1,0 +1,176 @@
+"""The run recipe: the CanvasJobSubmitData payload as typed, validated data.
+
+Importing this module needs no torch, so the control plane validates submissions with the
+same classes the pipeline trains from. ``load_recipe`` reads a recipe YAML and reports every
+problem with its dotted field path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunery.errors import ConfigError, FieldProblem
+
+RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrainingConfig(_Strict):
+    """Hyperparameters of the gradient steps."""
+
+    epochs: int = Field(3, ge=1, le=1000, description="Passes over the data when max_steps is 0.")
+    max_steps: int = Field(
+        0, ge=0, description="Optimizer steps; > 0 makes the run step-based and wins over epochs."
+    )
+    learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak AdamW learning rate.")
+    batch_size: int = Field(8, ge=1, le=4096, description="Examples per micro-batch.")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, le=1024, description="Micro-batches per optimizer step."
+    )
+    max_seq_length: int | None = Field(
+        None, ge=16, description="Token limit per example; None means the model's max context."
+    )
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule after warmup."
+    )
+    warmup_ratio: float = Field(
+        0.03, ge=0, lt=1, description="Share of the steps spent warming up."
+    )
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW decoupled weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    seed: int = Field(42, ge=0, description="Seeds shuffling, LoRA init and dropout.")
+    gradient_checkpointing: bool = Field(
+        True, description="Recompute activations in the backward pass to save memory."
+    )
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."
+    )
+    checkpoint_every_steps: int = Field(
+        50, ge=1, description="Optimizer steps between resumable checkpoints."
+    )
+    train_on_inputs: bool = Field(
+        False, description="Also train on system/user tokens (default: assistant tokens only)."
+    )
+
+
+class LoraSettings(_Strict):
+    """The adapter attached to the frozen base."""
+
+    rank: int = Field(16, ge=1, le=1024, description="LoRA rank r.")
+    alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / rank).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: Literal["all-linear"] | list[str] = Field(
+        "all-linear", description="'all-linear' or module names such as q_proj, v_proj."
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty_names(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("list is empty; name at least one module or use 'all-linear'")
+            blank = [name for name in value if not name.strip()]
+            if blank:
+                raise ValueError("module names must not be blank")
+        return value
+
+
+class ExportSettings(_Strict):
+    gguf: bool = Field(True, description="Merge, convert and quantize to a GGUF bundle.")
+    quantization: Literal["Q4_K_M"] = Field("Q4_K_M", description="GGUF quantization type.")
+
+
+class Attestations(_Strict):
+    dataset_rights: bool = Field(False, description="You hold the rights to train on the data.")
+    model_license: bool = Field(False, description="You accept the base model's license.")
+
+
+class SampleSettings(_Strict):
+    """The smoke-test prompts run through the trained model."""
+
+    prompts: list[str] = Field(
+        default_factory=list, max_length=10, description="Empty: three held-out dataset rows."
+    )
+    max_new_tokens: int = Field(96, ge=1, le=2048)
+
+
+class RunRecipe(_Strict):
+    """A run as submitted: the CanvasJobSubmitData payload plus local dataset paths."""
+
+    name: Annotated[str, Field(pattern=RUN_NAME_PATTERN)] = Field(
+        description="Run name; also names the artifact files."
+    )
+    base_model: str = Field(
+        min_length=1, description="Catalog id, Hugging Face id or URL, or a local directory."
+    )
+    dataset_ids: list[str] = Field(default_factory=list, description="Uploaded dataset ids.")
+    datasets: list[str] = Field(default_factory=list, description="Local dataset files.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    gpu_tier: str | None = Field(None, description="Tier id; None takes the default node's tier.")
+    export: ExportSettings = Field(default_factory=ExportSettings)
+    attestations: Attestations = Field(default_factory=Attestations)
+    samples: SampleSettings = Field(default_factory=SampleSettings)
+
+    @model_validator(mode="after")
+    def _has_data(self) -> RunRecipe:
+        if not self.dataset_ids and not self.datasets:
+            raise ValueError("no data: list dataset files under 'datasets' or ids in 'dataset_ids'")
+        return self
+
+
+def problems_from(error: ValidationError) -> list[FieldProblem]:
+    """Turn pydantic's errors into (dotted field, message) pairs a user can act on."""
+    problems = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "recipe"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        problems.append(FieldProblem(field, message))
+    return problems
+
+
+def parse_recipe(data: Any) -> RunRecipe:
+    """Validate a payload; raises ConfigError listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError.single("recipe", "must be a mapping of fields")
+    try:
+        return RunRecipe.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(problems_from(error)) from None
+
+
+def load_recipe(path: Path) -> RunRecipe:
+    """Read a recipe YAML; relative dataset paths are taken relative to the recipe file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError.single(str(path), f"cannot read recipe: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError.single(str(path), "recipe is not valid UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError.single(str(path), f"not valid YAML{where}") from None
+    recipe = parse_recipe(data)
+    base = path.parent
+    resolved = [str((base / entry).resolve()) for entry in recipe.datasets]
+    local_model = base / recipe.base_model
+    updates: dict[str, Any] = {"datasets": resolved}
+    if (
+        not Path(recipe.base_model).is_absolute()
+        and recipe.base_model.startswith(".")
+        and (local_model.is_dir())
+    ):
+        updates["base_model"] = str(local_model.resolve())
+    return recipe.model_copy(update=updates)

@@ -1,0 +1,269 @@
+"""Step 3: find the base model, load it and its tokenizer, settle the chat format.
+
+A base model is named by the catalog id ``tunery/demo-tiny``, a Hugging Face id
+(``Qwen/Qwen2.5-0.5B-Instruct``), a Hub URL (``https://huggingface.co/ORG/NAME`` or
+``.../tree/REVISION``) or a local directory. Hub downloads go through the Hugging Face cache,
+so the second run of a model downloads nothing, and ``HF_HUB_OFFLINE=1`` is respected.
+``parse_model_reference`` needs neither torch nor the network, so submissions are checked
+before any GPU time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from tunery.catalog.demo import DEMO_MODEL_ID, build_demo_model
+from tunery.errors import ConfigError, ModelLoadError, TransientError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+HUB_URL = re.compile(
+    r"^https://(?:huggingface\.co|hf\.co)/(?P<repo>[^/?#]+/[^/?#]+)"
+    r"(?:/tree/(?P<revision>[^/?#]+))?/?$"
+)
+# Files a causal LM needs; skips other frameworks' weights and repo extras.
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "*.tiktoken"]
+
+# Used when a base model has no chat template. Plain-text markers need no new tokens (so no
+# embedding resize), and the end-of-text token closes each assistant turn so the model stops.
+DEFAULT_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ '### System:\n' + message['content'] + '\n\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '### User:\n' + message['content'] + '\n\n' }}"
+    "{% else %}{{ '### Assistant:\n' + message['content'] + eos_token + '\n\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '### Assistant:\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class ModelReference:
+    """Where a base model comes from; ``name`` is what artifacts record as the base."""
+
+    kind: Literal["demo", "hub", "local"]
+    name: str
+    repo_id: str | None = None
+    revision: str | None = None
+    path: Path | None = None
+
+
+def parse_model_reference(text: str) -> ModelReference:
+    """Classify ``text`` without touching the network; raises ConfigError on bad formats."""
+    value = text.strip()
+    if value == DEMO_MODEL_ID:
+        return ModelReference(kind="demo", name=DEMO_MODEL_ID)
+    if value.startswith(("http://", "https://")):
+        match = HUB_URL.match(value)
+        if not match or not HUB_ID.match(match["repo"]):
+            raise ConfigError.single(
+                "base_model",
+                f"{value!r} is not a Hugging Face model URL",
+                hint="use https://huggingface.co/ORG/NAME or .../ORG/NAME/tree/REVISION",
+            )
+        return ModelReference(
+            kind="hub", name=match["repo"], repo_id=match["repo"], revision=match["revision"]
+        )
+    path = Path(value).expanduser()
+    if path.is_absolute() or value.startswith((".", "~")) or path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError.single(
+                "base_model",
+                f"local directory {value!r} does not exist or has no config.json",
+                hint="point to a directory saved with save_pretrained()",
+            )
+        return ModelReference(kind="local", name=str(path.resolve()), path=path.resolve())
+    if HUB_ID.match(value):
+        return ModelReference(kind="hub", name=value, repo_id=value)
+    raise ConfigError.single(
+        "base_model",
+        f"{value!r} is not a catalog id, Hugging Face id (ORG/NAME), Hub URL or local directory",
+    )
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("TUNERY_DATA_DIR", "~/.tunery")).expanduser()
+
+
+def demo_model_dir() -> Path:
+    return data_dir() / "models" / "demo-tiny"
+
+
+def resolve_model_dir(reference: ModelReference) -> Path:
+    """A local directory holding the model; downloads (through the HF cache) or builds it."""
+    if reference.kind == "local":
+        assert reference.path is not None
+        return reference.path
+    if reference.kind == "demo":
+        directory = demo_model_dir()
+        if not (directory / "model.safetensors").is_file():
+            build_demo_model(directory)
+        return directory
+    return _download(reference)
+
+
+def _download(reference: ModelReference) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    assert reference.repo_id is not None
+    try:
+        return Path(
+            snapshot_download(
+                reference.repo_id, revision=reference.revision, allow_patterns=HUB_FILES
+            )
+        )
+    except GatedRepoError:
+        raise ModelLoadError(
+            f"{reference.repo_id} is gated on the Hugging Face Hub",
+            hint="accept its license on the Hub and set HF_TOKEN",
+        ) from None
+    except RevisionNotFoundError:
+        raise ModelLoadError(
+            f"{reference.repo_id} has no revision {reference.revision!r}"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelLoadError(
+            f"{reference.repo_id} does not exist on the Hugging Face Hub (or is private)",
+            hint="check the id, or set HF_TOKEN for a private model",
+        ) from None
+    except LocalEntryNotFoundError:
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+            raise ModelLoadError(
+                f"{reference.repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set",
+                hint="download it once with network access, or unset HF_HUB_OFFLINE",
+            ) from None
+        raise TransientError(
+            f"could not reach the Hugging Face Hub to download {reference.repo_id}"
+        ) from None
+    except OSError as error:
+        raise TransientError(f"downloading {reference.repo_id} failed: {error}") from None
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """How conversations become text: the template, where it came from, and its stop token."""
+
+    template: str
+    source: Literal["model", "default"]
+    end_of_turn: str
+
+
+def load_tokenizer(model_dir: Path) -> tuple[PreTrainedTokenizerBase, ChatFormat, list[str]]:
+    """Load the tokenizer, settle the chat format and fix a missing pad token.
+
+    Returns the tokenizer, its chat format and notes for the run log. A missing pad token
+    becomes the end-of-text token rather than a new token, so embeddings keep their size.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot load the tokenizer from {model_dir}: {error}") from None
+    if tokenizer.eos_token is None:
+        raise ModelLoadError(
+            f"the tokenizer in {model_dir} defines no end-of-text (eos) token",
+            hint="set eos_token in tokenizer_config.json",
+        )
+    notes = []
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+        notes.append(f"tokenizer has no pad token; using {tokenizer.eos_token!r}")
+    if tokenizer.chat_template:
+        source: Literal["model", "default"] = "model"
+    else:
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+        source = "default"
+        notes.append("base model has no chat template; using tunery's default (### markers)")
+    chat_format = ChatFormat(
+        template=tokenizer.chat_template,
+        source=source,
+        end_of_turn=find_end_of_turn(tokenizer),
+    )
+    return tokenizer, chat_format, notes
+
+
+def find_end_of_turn(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The special token the chat template writes right after an assistant message."""
+    marker = "\x1fTUNERY_END_PROBE\x1f"
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
+        tokenize=False,
+    )
+    tail = rendered.split(marker, 1)[-1]
+    specials = sorted(
+        tokenizer.all_special_tokens + list(tokenizer.added_tokens_encoder), key=len, reverse=True
+    )
+    for position in range(len(tail)):
+        for token in specials:
+            if token and tail.startswith(token, position):
+                return token
+    return tokenizer.eos_token
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Weights dtype and the autocast dtype (None: plain fp32) for a device."""
+
+    weights: torch.dtype
+    autocast: torch.dtype | None
+
+
+def choose_device() -> torch.device:
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def choose_precision(mixed_precision: str, device: torch.device) -> Precision:
+    """Map the recipe's mixed_precision onto what ``device`` can do."""
+    import torch
+
+    on_gpu = device.type == "cuda"
+    if mixed_precision == "fp16" and not on_gpu:
+        raise ConfigError.single(
+            "training.mixed_precision", "fp16 needs a CUDA GPU; use 'auto', 'bf16' or 'no'"
+        )
+    if mixed_precision == "auto":
+        if not on_gpu:
+            return Precision(torch.float32, None)
+        mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if mixed_precision == "no":
+        return Precision(torch.float32, None)
+    dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
+    # On CPU the frozen base stays fp32: CPU matmuls in half precision are slower, not faster.
+    return Precision(dtype if on_gpu else torch.float32, dtype)
+
+
+def load_model(model_dir: Path, precision: Precision, device: torch.device) -> PreTrainedModel:
+    """Load the causal LM in ``precision.weights`` on ``device``."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=precision.weights)
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelLoadError(
+            f"cannot load a causal language model from {model_dir}: {error}",
+            hint="tunery fine-tunes decoder-only models that AutoModelForCausalLM loads",
+        ) from None
+    return model.to(device)
+
+
+def max_context(model: PreTrainedModel) -> int:
+    """The longest sequence the model was built for."""
+    for key in ("max_position_embeddings", "n_positions", "seq_length"):
+        value = getattr(model.config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048

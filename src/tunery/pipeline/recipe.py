@@ -1,0 +1,253 @@
+"""The training recipe, top to bottom: setup → train → save → samples.
+
+``run_recipe`` is what ``tunery train`` and a worker both call. It writes into ``out_dir``:
+
+- ``checkpoints/``: resumable checkpoints while training (removed once the adapter is saved);
+- ``adapter/``: the PEFT adapter directory;
+- ``<name>-lora.zip``: the LoRA bundle;
+- ``metrics.jsonl``: one line per optimizer step;
+- ``run.json``: the configuration snapshot, data summary, final metrics, samples, artifacts.
+
+Calling it again with the same recipe and ``out_dir`` resumes from the newest complete
+checkpoint. Every step checks its inputs before any gradient step runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunery.errors import ConfigError
+from tunery.pipeline.config import RunRecipe
+from tunery.pipeline.reporting import Reporter
+
+
+@dataclass(frozen=True)
+class RunResult:
+    out_dir: Path
+    adapter_dir: Path
+    lora_bundle: Path
+    summary: dict[str, Any]
+
+    @property
+    def samples(self) -> list[dict[str, Any]]:
+        return self.summary["samples"]
+
+    @property
+    def final_metrics(self) -> dict[str, Any]:
+        return self.summary["metrics"]
+
+
+def recipe_fingerprint(recipe: RunRecipe, dataset_paths: list[Path]) -> str:
+    """Identifies what determines the training trajectory: model, data bytes, hyperparameters."""
+    digest = hashlib.sha256()
+    digest.update(
+        json.dumps(
+            {
+                "base_model": recipe.base_model,
+                "training": recipe.training.model_dump(),
+                "lora": recipe.lora.model_dump(),
+            },
+            sort_keys=True,
+        ).encode()
+    )
+    for path in dataset_paths:
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def check_recipe(recipe: RunRecipe, dataset_paths: list[Path]) -> None:
+    """Problems the pipeline can see without loading anything; raises ConfigError."""
+    from tunery.pipeline.load import parse_model_reference
+
+    problems = []
+    try:
+        parse_model_reference(recipe.base_model)
+    except ConfigError as error:
+        problems.extend(error.problems)
+    if recipe.export.gguf:
+        problems.append(
+            ConfigError.single(
+                "export.gguf", "GGUF export is not available in this version; set it to false"
+            ).problems[0]
+        )
+    if not dataset_paths:
+        problems.append(
+            ConfigError.single(
+                "datasets", "tunery train needs local dataset files under 'datasets'"
+            ).problems[0]
+        )
+    for index, path in enumerate(dataset_paths):
+        if not path.is_file():
+            problems.append(
+                ConfigError.single(
+                    f"datasets.{index}", f"{path} does not exist or is not a file"
+                ).problems[0]
+            )
+    if problems:
+        raise ConfigError(problems)
+
+
+def run_recipe(
+    recipe: RunRecipe,
+    out_dir: Path,
+    reporter: Reporter,
+    *,
+    dataset_paths: list[Path] | None = None,
+) -> RunResult:
+    """Run the whole pipeline; raises a TuneryError subclass on failure or cancel."""
+    import torch
+
+    from tunery.pipeline.data import Encoder, prepare_data
+    from tunery.pipeline.load import (
+        choose_device,
+        choose_precision,
+        load_model,
+        load_tokenizer,
+        max_context,
+        parse_model_reference,
+        resolve_model_dir,
+    )
+    from tunery.pipeline.lora import attach_lora
+    from tunery.pipeline.samples import generate_samples
+    from tunery.pipeline.save import model_card, save_adapter, write_lora_bundle
+    from tunery.pipeline.train import TrainSetup, complete_checkpoints, train
+
+    paths = dataset_paths if dataset_paths is not None else [Path(p) for p in recipe.datasets]
+    check_recipe(recipe, paths)
+    config = recipe.training
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # Setup: model, data, adapter.
+    reporter.phase("loading_model")
+    reference = parse_model_reference(recipe.base_model)
+    model_dir = resolve_model_dir(reference)
+    tokenizer, chat_format, notes = load_tokenizer(model_dir)
+    device = choose_device()
+    precision = choose_precision(config.mixed_precision, device)
+    model = load_model(model_dir, precision, device)
+    for note in notes:
+        reporter.log(note)
+    context = max_context(model)
+    max_length = min(config.max_seq_length or context, context)
+    if config.max_seq_length and config.max_seq_length > context:
+        reporter.log(
+            f"max_seq_length {config.max_seq_length} exceeds the model's context; using {context}"
+        )
+    reporter.log(f"loaded {reference.name} on {device.type} ({precision.weights})")
+
+    reporter.phase("preparing_data")
+    data = prepare_data(
+        paths,
+        tokenizer,
+        chat_format,
+        max_length=max_length,
+        seed=config.seed,
+        train_on_inputs=config.train_on_inputs,
+        custom_prompts=recipe.samples.prompts,
+    )
+    reporter.log(
+        f"{len(data.examples)} examples, {data.total_tokens} tokens "
+        f"({data.trained_tokens} trained), {data.truncated_rows} truncated, "
+        f"{data.dropped_rows} dropped, {data.held_out_rows} held out for samples"
+    )
+
+    reporter.phase("attaching_lora")
+    torch.manual_seed(config.seed)
+    peft_model, adapter = attach_lora(
+        model, recipe.lora, gradient_checkpointing=config.gradient_checkpointing
+    )
+    reporter.log(
+        f"LoRA rank {recipe.lora.rank} on {', '.join(adapter.target_modules)}: "
+        f"{adapter.trainable_parameters:,} trainable parameters "
+        f"({adapter.trainable_percent:.2f}%)"
+    )
+
+    # Train.
+    reporter.phase("training")
+    checkpoint_dir = out_dir / "checkpoints"
+    fingerprint = recipe_fingerprint(recipe, paths)
+    state = train(
+        TrainSetup(
+            model=peft_model,
+            examples=data.examples,
+            config=config,
+            precision=precision,
+            device=device,
+            pad_id=tokenizer.pad_token_id,
+            checkpoint_dir=checkpoint_dir,
+            fingerprint=fingerprint,
+        ),
+        reporter,
+    )
+    final_metrics = state.history[-1] if state.history else {}
+
+    # Save.
+    reporter.phase("saving")
+    card = model_card(
+        recipe,
+        chat_format=chat_format,
+        data_summary=data.summary(),
+        final_metrics=final_metrics,
+        trainable_parameters=adapter.trainable_parameters,
+    )
+    adapter_dir = save_adapter(
+        peft_model,
+        tokenizer,
+        chat_format,
+        base_model=reference.name,
+        adapter_dir=out_dir / "adapter",
+        model_card=card,
+    )
+    lora_bundle = write_lora_bundle(adapter_dir, out_dir / f"{recipe.name}-lora.zip")
+    with (out_dir / "metrics.jsonl").open("w", encoding="utf-8") as file:
+        for row in state.history:
+            file.write(json.dumps(row) + "\n")
+    reporter.log(f"saved {lora_bundle.name}")
+
+    # Samples.
+    reporter.phase("sampling")
+    samples = generate_samples(
+        peft_model,
+        tokenizer,
+        Encoder(tokenizer, chat_format, train_on_inputs=False),
+        data.samples,
+        end_of_turn=chat_format.end_of_turn,
+        max_new_tokens=recipe.samples.max_new_tokens,
+        device=device,
+    )
+    for sample in samples:
+        if not sample["stopped"]:
+            reporter.log(
+                f"sample did not stop within {sample['tokens']} tokens: {sample['prompt'][:60]!r}"
+            )
+
+    summary = {
+        "name": recipe.name,
+        "status": "completed",
+        "config": recipe.model_dump(),
+        "base_model": {
+            "reference": reference.name,
+            "kind": reference.kind,
+            "directory": str(model_dir),
+        },
+        "chat_template": {"source": chat_format.source, "end_of_turn": chat_format.end_of_turn},
+        "notes": notes,
+        "data": data.summary(),
+        "adapter": {
+            "trainable_parameters": adapter.trainable_parameters,
+            "total_parameters": adapter.total_parameters,
+            "target_modules": adapter.target_modules,
+        },
+        "metrics": final_metrics,
+        "samples": samples,
+        "artifacts": {"lora": lora_bundle.name, "gguf": None},
+    }
+    (out_dir / "run.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    for checkpoint in complete_checkpoints(checkpoint_dir):
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return RunResult(out_dir, adapter_dir, lora_bundle, summary)

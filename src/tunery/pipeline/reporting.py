@@ -1,0 +1,127 @@
+"""How the pipeline talks to the world: events out, a cancel flag in.
+
+``tunery train`` passes a terminal reporter, a worker passes one that posts to the control
+plane, tests pass ``RecordingReporter``. The pipeline never imports any of them.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+PHASES = (
+    "loading_model",
+    "preparing_data",
+    "attaching_lora",
+    "training",
+    "saving",
+    "exporting",
+    "sampling",
+)
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    """What the Run panel header shows after an optimizer step."""
+
+    step: int
+    total_steps: int
+    epoch: float
+    epochs: int
+    loss: float
+    learning_rate: float
+    grad_norm: float
+    tokens_per_second: float
+    trained_tokens: int
+    training_seconds: float
+    eta_seconds: float | None
+
+    @property
+    def progress(self) -> float:
+        """Share of the step budget done, 0 to 100."""
+        return 100.0 * self.step / self.total_steps if self.total_steps else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "progress": round(self.progress, 2)}
+
+
+class Reporter(Protocol):
+    def phase(self, name: str) -> None:
+        """The pipeline entered ``name`` (one of PHASES)."""
+
+    def log(self, message: str) -> None:
+        """A human-readable line for the run's log."""
+
+    def metrics(self, metrics: StepMetrics) -> None:
+        """An optimizer step finished."""
+
+    def should_stop(self) -> bool:
+        """True once cancellation was requested; checked between steps."""
+
+
+@dataclass
+class RecordingReporter:
+    """Keeps everything in memory; ``stop_after_step`` requests cancel after that step."""
+
+    stop_after_step: int | None = None
+    phases: list[str] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)
+    steps: list[StepMetrics] = field(default_factory=list)
+
+    def phase(self, name: str) -> None:
+        self.phases.append(name)
+
+    def log(self, message: str) -> None:
+        self.logs.append(message)
+
+    def metrics(self, metrics: StepMetrics) -> None:
+        self.steps.append(metrics)
+
+    def should_stop(self) -> bool:
+        if self.stop_after_step is None or not self.steps:
+            return False
+        return self.steps[-1].step >= self.stop_after_step
+
+
+class StopFlag:
+    """A thread-safe cancel request, set from a signal handler or another thread."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+class EtaEstimator:
+    """Remaining training time from measured optimizer steps only.
+
+    The first ``skip`` steps are ignored (they pay for allocator and kernel warm-up), and no
+    estimate is given until ``min_steps`` more were measured. The estimate is the median step
+    time over the latest ``window`` steps times the steps left, so it settles within the
+    first 10-20 steps and is not thrown by one slow step. Time spent loading, tokenising,
+    checkpointing or saving never enters: callers time the step alone.
+    """
+
+    def __init__(self, *, skip: int = 1, min_steps: int = 5, window: int = 20) -> None:
+        self._skip = skip
+        self._min_steps = min_steps
+        self._window = window
+        self._durations: list[float] = []
+        self._seen = 0
+
+    def add(self, seconds: float) -> None:
+        self._seen += 1
+        if self._seen > self._skip:
+            self._durations.append(seconds)
+            del self._durations[: -self._window]
+
+    def remaining(self, steps_left: int) -> float | None:
+        if len(self._durations) < self._min_steps:
+            return None
+        return statistics.median(self._durations) * max(steps_left, 0)
