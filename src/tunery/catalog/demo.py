@@ -12,6 +12,10 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
 DEMO_MODEL_ID = "tunery/demo-tiny"
 BOS = "<|begin_of_text|>"
@@ -76,6 +80,47 @@ def build_demo_tokenizer(out_dir: Path) -> None:
     wrapped.save_pretrained(out_dir)
 
 
+PRETRAIN_STEPS = 120
+PRETRAIN_ROW_TOKENS = 256
+PRETRAIN_ROWS_PER_STEP = 8
+
+
+def pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Teach the random model the demo corpus as plain text (no chat format).
+
+    A base that already knows the words and facts makes the demo fine-tune about what
+    fine-tuning is for: the chat format, the tasks, and when to stop. Sequences are
+    concatenated and cut into fixed rows, as in ordinary pretraining.
+    """
+    import torch
+
+    from tunery.catalog.demo_data import pretraining_text
+
+    ids: list[int] = []
+    for text in pretraining_text():
+        ids.extend(tokenizer(text, add_special_tokens=True)["input_ids"])
+        ids.append(tokenizer.eos_token_id)
+    rows = torch.tensor(ids[: len(ids) // PRETRAIN_ROW_TOKENS * PRETRAIN_ROW_TOKENS]).view(
+        -1, PRETRAIN_ROW_TOKENS
+    )
+    order = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=3e-3, total_steps=PRETRAIN_STEPS, pct_start=0.1
+    )
+    model.train()
+    for step in range(PRETRAIN_STEPS):
+        start = step * PRETRAIN_ROWS_PER_STEP % rows.shape[0]
+        batch = rows[order[start : start + PRETRAIN_ROWS_PER_STEP]]
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+
+
 def build_demo_model(out_dir: Path) -> Path:
     """Write the demo model to ``out_dir`` (replaced atomically); returns ``out_dir``."""
     import torch
@@ -101,9 +146,16 @@ def build_demo_model(out_dir: Path) -> Path:
             eos_token_id=tokenizer.eos_token_id,
         )
         generator_state = torch.random.get_rng_state()
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config)
-        torch.random.set_rng_state(generator_state)
+        threads = torch.get_num_threads()
+        # One thread: float sums then add up in the same order on every machine.
+        torch.set_num_threads(1)
+        try:
+            torch.manual_seed(0)
+            model = LlamaForCausalLM(config)
+            pretrain(model, tokenizer)
+        finally:
+            torch.set_num_threads(threads)
+            torch.random.set_rng_state(generator_state)
         model.generation_config = GenerationConfig(
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(TURN_END)],

@@ -180,3 +180,10 @@ def demo_corpus() -> Iterator[str]:
     for row in demo_rows(2000, seed=11):
         for message in row["messages"]:
             yield message["content"]
+
+
+def pretraining_text() -> Iterator[str]:
+    """What the demo base model is pretrained on: questions and answers as plain prose."""
+    yield GENERAL_TEXT
+    for row in demo_rows(1500, seed=13):
+        yield "\n".join(message["content"] for message in row["messages"])

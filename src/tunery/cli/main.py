@@ -54,11 +54,11 @@ class TerminalReporter:
                 initial=metrics.step - 1,
                 unit="step",
                 file=sys.stderr,
-                bar_format="{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {postfix}",
+                bar_format="{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {desc}",
                 dynamic_ncols=True,
             )
-        self._bar.set_postfix_str(
-            f"epoch {min(int(metrics.epoch) + 1, metrics.epochs)}/{metrics.epochs} "
+        self._bar.set_description_str(
+            f"epoch {metrics.current_epoch}/{metrics.epochs} "
             f"loss {metrics.loss:.4f} · {metrics.tokens_per_second:,.0f} tok/s · "
             f"ETA {format_duration(metrics.eta_seconds)}",
             refresh=False,
@@ -124,8 +124,13 @@ def demo_model(out_dir: Path | None) -> None:
 )
 def train(recipe_path: Path, out_dir: Path | None) -> None:
     """Run the training pipeline in this process, with a live progress bar."""
+    from transformers.utils import logging as transformers_logging
+
     from tunery.pipeline.config import load_recipe
     from tunery.pipeline.recipe import run_recipe
+
+    # The run's own progress bar is the one to watch; the library's per-file bars are noise.
+    transformers_logging.disable_progress_bar()
 
     stop = StopFlag()
 

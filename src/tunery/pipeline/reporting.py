@@ -6,6 +6,7 @@ plane, tests pass ``RecordingReporter``. The pipeline never imports any of them.
 
 from __future__ import annotations
 
+import math
 import statistics
 import threading
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,11 @@ class StepMetrics:
     trained_tokens: int
     training_seconds: float
     eta_seconds: float | None
+
+    @property
+    def current_epoch(self) -> int:
+        """The epoch in progress, 1-based, as the panel's "Epoch X/Y" shows it."""
+        return min(max(1, math.ceil(self.epoch)), self.epochs)
 
     @property
     def progress(self) -> float:

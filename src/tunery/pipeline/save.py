@@ -40,7 +40,8 @@ def save_adapter(
     id or a local path), not wherever the weights happened to be cached.
     """
     model.peft_config["default"].base_model_name_or_path = base_model
-    model.save_pretrained(adapter_dir)
+    # Embeddings are never resized (see load_tokenizer), so only LoRA weights are saved.
+    model.save_pretrained(adapter_dir, save_embedding_layers=False)
     tokenizer.save_pretrained(adapter_dir)
     # Older tokenizers keep the template inside tokenizer_config.json only; the bundle
     # always carries it as its own file.
