@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tunery.pipeline.config import RunRecipe, parse_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -49,3 +53,35 @@ def data_dir(tmp_path: Path, demo_model_dir: Path, monkeypatch: pytest.MonkeyPat
 @pytest.fixture(scope="session")
 def demo_dataset() -> Path:
     return EXAMPLES / "demo-dataset.jsonl"
+
+
+def demo_recipe(dataset: Path, **overrides: Any) -> RunRecipe:
+    """A recipe on the demo model with a small budget; dict overrides merge into sections."""
+    payload: dict[str, Any] = {
+        "name": "test-run",
+        "base_model": "tunery/demo-tiny",
+        "datasets": [str(dataset)],
+        "training": {
+            "max_steps": 8,
+            "learning_rate": 2e-3,
+            "batch_size": 8,
+            "gradient_checkpointing": False,
+            "checkpoint_every_steps": 4,
+            "warmup_ratio": 0.0,
+        },
+        "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
+        "export": {"gguf": False},
+        "samples": {"max_new_tokens": 12},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(payload.get(key), dict):
+            payload[key] = {**payload[key], **value}
+        else:
+            payload[key] = value
+    return parse_recipe(payload)
+
+
+@pytest.fixture
+def make_recipe(demo_dataset: Path) -> Callable[..., RunRecipe]:
+    """``make_recipe(**overrides)``: the demo recipe with overrides (see ``demo_recipe``)."""
+    return lambda **overrides: demo_recipe(overrides.pop("dataset", demo_dataset), **overrides)

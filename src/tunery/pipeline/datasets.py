@@ -17,7 +17,6 @@ reported with the file and the 1-based line (the row for Parquet), up to ``MAX_P
 from __future__ import annotations
 
 import csv
-import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -118,7 +117,7 @@ def read_dataset(path: Path, *, display_name: str | None = None) -> DatasetSumma
                     f"this row is in {row_format} format but the file's first row is in "
                     f"{detected} format; keep one format per file"
                 )
-            rows.append(_to_row(raw, row_format, name, line))
+            rows.append(_to_row(_without_nulls(raw), row_format, name, line))
         except _RowFailure as failure:
             problems.append(DatasetProblem(name, str(failure), line, unit))
     if problems:
@@ -176,34 +175,54 @@ def _csv_rows(path: Path, name: str) -> Iterator[tuple[int, Any]]:
     text = _decode_whole(path, name)
     if not text.strip():
         return
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    lines = iter(enumerate(text.splitlines(keepends=True), start=1))
+    consumed = 0
+
+    def feed() -> Iterator[str]:
+        # Counts physical lines, so a row that spans lines (quoted newlines) or follows
+        # blank lines is reported at the line where it starts.
+        nonlocal consumed
+        for number, line in lines:
+            consumed = number
+            yield line
+
+    reader = csv.reader(feed())
     try:
-        columns = reader.fieldnames or []
+        columns = next(reader)
     except csv.Error as error:
         raise DatasetError.single(name, f"invalid CSV header: {error}", line=1) from None
     if len(set(columns)) != len(columns):
         raise DatasetError.single(name, "the header repeats a column name", line=1)
-    start = reader.line_num + 1
     while True:
+        start = consumed + 1
         try:
-            record = next(reader)
+            cells = next(reader)
         except StopIteration:
             return
         except csv.Error as error:
             yield start, _RowFailure(f"invalid CSV: {error}")
             return
-        if None in record:
-            yield start, _RowFailure("the row has more cells than the header has columns")
-        else:
+        if not cells:
+            continue
+        if len(cells) != len(columns):
+            more_or_fewer = "more" if len(cells) > len(columns) else "fewer"
             yield (
                 start,
-                {
-                    key: _csv_cell(key, value)
-                    for key, value in record.items()
-                    if value not in (None, "") or key not in FORMATS["alpaca"][1]
-                },
+                _RowFailure(
+                    f"the row has {more_or_fewer} cells than the header has columns "
+                    f"({len(cells)} cells, {len(columns)} columns)"
+                ),
             )
-        start = reader.line_num + 1
+            continue
+        yield (
+            start,
+            {
+                column: _csv_cell(column, value)
+                for column, value in zip(columns, cells, strict=True)
+                # An empty cell in an optional column means the field is absent.
+                if value != "" or column not in FORMATS["alpaca"][1]
+            },
+        )
 
 
 def _csv_cell(column: str, value: str | None) -> Any:
@@ -234,7 +253,7 @@ def _detect_format(raw: Any) -> str:
     failures = [value for value in raw.values() if isinstance(value, _RowFailure)]
     if failures:
         raise failures[0]
-    keys = set(raw) - EXTRA_FIELDS
+    keys = {key for key, value in raw.items() if value is not None} - EXTRA_FIELDS
     for name, (required, optional) in FORMATS.items():
         if required <= keys:
             unknown = keys - required - optional
@@ -251,6 +270,11 @@ def _detect_format(raw: Any) -> str:
     if not keys:
         raise _RowFailure(f"the row has no fields; {FORMAT_HELP}")
     raise _RowFailure(f"unknown field(s) {_names(keys)}; {FORMAT_HELP}")
+
+
+def _without_nulls(raw: dict[str, Any]) -> dict[str, Any]:
+    """A null field counts as absent, as Parquet and pandas write missing values."""
+    return {key: value for key, value in raw.items() if value is not None}
 
 
 def _names(keys: set[str] | frozenset[str]) -> str:
@@ -302,6 +326,7 @@ def _chat_messages(
         where = f"{column}[{index}]"
         if not isinstance(item, dict):
             raise _RowFailure(f"{where} must be an object with {role_key!r} and {content_key!r}")
+        item = _without_nulls(item)
         unknown = set(item) - allowed
         if unknown:
             raise _RowFailure(f"{where} has unknown field(s) {_names(unknown)}")

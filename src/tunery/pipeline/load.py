@@ -56,6 +56,8 @@ class ModelReference:
 def parse_model_reference(text: str) -> ModelReference:
     """Classify ``text`` without touching the network; raises ConfigError on bad formats."""
     value = text.strip()
+    if not value:
+        raise ConfigError.single("base_model", "is empty; name a model to fine-tune")
     if value == DEMO_MODEL_ID:
         return ModelReference(kind="demo", name=DEMO_MODEL_ID)
     if value.startswith(("http://", "https://")):
