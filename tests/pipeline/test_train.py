@@ -46,8 +46,14 @@ def test_loss_decreases_and_outputs_are_written(data_dir, make_recipe, tmp_path)
     losses = [step.loss for step in reporter.steps]
     assert len(losses) == 30
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
-    assert reporter.phases == ["loading_model", "preparing_data", "attaching_lora",
-                               "training", "saving", "sampling"]
+    assert reporter.phases == [
+        "loading_model",
+        "preparing_data",
+        "attaching_lora",
+        "training",
+        "saving",
+        "sampling",
+    ]
     last = reporter.steps[-1]
     assert (last.step, last.total_steps, last.progress) == (30, 30, 100.0)
     assert last.eta_seconds == 0.0
@@ -76,8 +82,14 @@ def test_lora_bundle_holds_exactly_the_contract_files(data_dir, make_recipe, tmp
     assert config["base_model_name_or_path"] == "tunery/demo-tiny"
     assert config["r"] == 8 and config["lora_alpha"] == 16
     assert "<|im_start|>" in template
-    for expected in ("tunery/demo-tiny", "demo-dataset.jsonl", "PeftModel.from_pretrained",
-                     "ollama create", "Final training loss", '"learning_rate": 0.002'):
+    for expected in (
+        "tunery/demo-tiny",
+        "demo-dataset.jsonl",
+        "PeftModel.from_pretrained",
+        "ollama create",
+        "Final training loss",
+        '"learning_rate": 0.002',
+    ):
         assert expected in card
 
 
@@ -89,12 +101,30 @@ def test_bundle_loads_with_peft_and_gives_the_same_logits(
     recipe = make_recipe()
     tokenizer, chat_format, _ = load_tokenizer(demo_model_dir)
     data = prepare_data([demo_dataset], tokenizer, chat_format, max_length=512, seed=1)
-    model, _ = attach_lora(load_model(demo_model_dir, FP32, CPU), recipe.lora,
-                           gradient_checkpointing=False)
-    train(TrainSetup(model, data.examples, recipe.training, FP32, CPU,
-                     tokenizer.pad_token_id, tmp_path / "ckpt", "fp"), RecordingReporter())
-    adapter_dir = save_adapter(model, tokenizer, chat_format, base_model="tunery/demo-tiny",
-                               adapter_dir=tmp_path / "adapter", model_card="card")
+    model, _ = attach_lora(
+        load_model(demo_model_dir, FP32, CPU), recipe.lora, gradient_checkpointing=False
+    )
+    train(
+        TrainSetup(
+            model,
+            data.examples,
+            recipe.training,
+            FP32,
+            CPU,
+            tokenizer.pad_token_id,
+            tmp_path / "ckpt",
+            "fp",
+        ),
+        RecordingReporter(),
+    )
+    adapter_dir = save_adapter(
+        model,
+        tokenizer,
+        chat_format,
+        base_model="tunery/demo-tiny",
+        adapter_dir=tmp_path / "adapter",
+        model_card="card",
+    )
     bundle = write_lora_bundle(adapter_dir, tmp_path / "x-lora.zip")
     unzipped = tmp_path / "unzipped"
     with zipfile.ZipFile(bundle) as archive:
@@ -123,8 +153,9 @@ def test_packed_rows_do_not_leak_between_examples(demo_model_dir, demo_dataset):
     assert packed.real_tokens == sum(len(example.input_ids) for example in batch)
     with torch.no_grad():
         together = batch_loss_sum(model, packed)
-        alone = sum(batch_loss_sum(model, pack([example], tokenizer.pad_token_id, CPU))
-                    for example in batch)
+        alone = sum(
+            batch_loss_sum(model, pack([example], tokenizer.pad_token_id, CPU)) for example in batch
+        )
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-4)
 
 
@@ -137,6 +168,7 @@ def test_pack_fills_rows_first_fit_and_pads_only_the_tail():
     assert packed.real_tokens == 3500
 
 
+@pytest.mark.slow
 def test_step_and_epoch_budgets_stop_where_they_should(data_dir, make_recipe, tmp_path):
     steps = RecordingReporter()
     run_recipe(make_recipe(training={"max_steps": 7, "epochs": 5}), tmp_path / "a", steps)
@@ -144,14 +176,33 @@ def test_step_and_epoch_budgets_stop_where_they_should(data_dir, make_recipe, tm
     assert steps.steps[-1].total_steps == 7
 
     epochs = RecordingReporter()
-    run_recipe(make_recipe(training={"max_steps": 0, "epochs": 2, "batch_size": 50,
-                                     "gradient_accumulation_steps": 2}),
-               tmp_path / "b", epochs)
+    run_recipe(
+        make_recipe(
+            training={
+                "max_steps": 0,
+                "epochs": 2,
+                "batch_size": 50,
+                "gradient_accumulation_steps": 2,
+            }
+        ),
+        tmp_path / "b",
+        epochs,
+    )
     # 397 examples / 50 = 8 micro-batches = 4 optimizer steps per epoch.
-    assert plan_budget(397, make_recipe(training={"max_steps": 0, "epochs": 2,
-                                                  "batch_size": 50,
-                                                  "gradient_accumulation_steps": 2}
-                                        ).training).steps_per_epoch == 4
+    assert (
+        plan_budget(
+            397,
+            make_recipe(
+                training={
+                    "max_steps": 0,
+                    "epochs": 2,
+                    "batch_size": 50,
+                    "gradient_accumulation_steps": 2,
+                }
+            ).training,
+        ).steps_per_epoch
+        == 4
+    )
     assert len(epochs.steps) == 8
     assert [s.current_epoch for s in epochs.steps] == [1, 1, 1, 1, 2, 2, 2, 2]
     assert epochs.steps[-1].epoch == 2.0
@@ -166,11 +217,11 @@ def test_cancel_stops_between_steps_and_saves_no_adapter(data_dir, make_recipe, 
     assert not list((tmp_path / "out").glob("*.zip"))
 
 
-def test_resume_continues_exactly_as_if_uninterrupted(
-    data_dir, make_recipe, tmp_path, one_thread
-):
-    recipe = make_recipe(training={"max_steps": 10, "checkpoint_every_steps": 3},
-                         lora={"dropout": 0.1})
+@pytest.mark.slow
+def test_resume_continues_exactly_as_if_uninterrupted(data_dir, make_recipe, tmp_path, one_thread):
+    recipe = make_recipe(
+        training={"max_steps": 10, "checkpoint_every_steps": 3}, lora={"dropout": 0.1}
+    )
     straight = RecordingReporter()
     run_recipe(recipe, tmp_path / "straight", straight)
 
@@ -190,11 +241,14 @@ def test_resume_continues_exactly_as_if_uninterrupted(
     second = load_file(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors")
     assert first.keys() == second.keys()
     assert all(torch.equal(first[key], second[key]) for key in first)
-    history = [json.loads(line)["loss"] for line in
-               (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    history = [
+        json.loads(line)["loss"]
+        for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert history == [s.loss for s in straight.steps]
 
 
+@pytest.mark.slow
 def test_half_written_checkpoint_is_ignored(data_dir, make_recipe, tmp_path):
     recipe = make_recipe(training={"max_steps": 6, "checkpoint_every_steps": 2})
     with pytest.raises(RunCancelled):
@@ -207,6 +261,7 @@ def test_half_written_checkpoint_is_ignored(data_dir, make_recipe, tmp_path):
     assert [s.step for s in reporter.steps] == [3, 4, 5, 6]
 
 
+@pytest.mark.slow
 def test_checkpoints_of_another_recipe_are_not_resumed(data_dir, make_recipe, tmp_path):
     with pytest.raises(RunCancelled):
         run_recipe(make_recipe(), tmp_path / "out", RecordingReporter(stop_after_step=5))
@@ -219,8 +274,9 @@ def test_checkpoints_of_another_recipe_are_not_resumed(data_dir, make_recipe, tm
 def test_unknown_target_module_is_rejected_before_training(data_dir, make_recipe, tmp_path):
     reporter = RecordingReporter()
     with pytest.raises(ConfigError) as caught:
-        run_recipe(make_recipe(lora={"target_modules": ["q_proj", "qkv_proj"]}),
-                   tmp_path / "out", reporter)
+        run_recipe(
+            make_recipe(lora={"target_modules": ["q_proj", "qkv_proj"]}), tmp_path / "out", reporter
+        )
     assert caught.value.problems[0].field == "lora.target_modules"
     assert "qkv_proj" in caught.value.message and "v_proj" in caught.value.message
     assert reporter.steps == []
@@ -228,7 +284,8 @@ def test_unknown_target_module_is_rejected_before_training(data_dir, make_recipe
 
 def test_missing_dataset_file_is_named(data_dir, make_recipe, tmp_path):
     with pytest.raises(ConfigError) as caught:
-        run_recipe(make_recipe(dataset=tmp_path / "nope.jsonl"), tmp_path / "out",
-                   RecordingReporter())
+        run_recipe(
+            make_recipe(dataset=tmp_path / "nope.jsonl"), tmp_path / "out", RecordingReporter()
+        )
     assert caught.value.problems[0].field == "datasets.0"
     assert "nope.jsonl" in caught.value.message

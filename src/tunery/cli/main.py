@@ -102,12 +102,16 @@ def cli() -> None:
     default=None,
     help="Where to write it (default: TUNERY_DATA_DIR/models/demo-tiny).",
 )
-def demo_model(out_dir: Path | None) -> None:
+@click.option("--force", is_flag=True, help="Rebuild even if the model is already there.")
+def demo_model(out_dir: Path | None, force: bool) -> None:
     """Build the tiny demo base model tunery/demo-tiny, offline and deterministically."""
     from tunery.catalog.demo import build_demo_model
     from tunery.pipeline.load import demo_model_dir
 
-    target = build_demo_model(out_dir or demo_model_dir())
+    target = out_dir or demo_model_dir()
+    if force or not (target / "model.safetensors").is_file():
+        click.echo("building the demo model (about a minute on 2 cores)…", err=True)
+        build_demo_model(target)
     click.echo(str(target))
 
 

@@ -1,0 +1,40 @@
+# Targets match the README. Everything installs into .venv with the CPU build of torch;
+# GPU users install with `pip install -e .` into an environment that already has CUDA torch.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONSTRAINTS := constraints-cpu.txt
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[test,bench]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job: build the demo model and fine-tune it on the demo dataset (offline).
+demo: $(STAMP)
+	$(BIN)/tunery demo-model
+	$(BIN)/tunery train examples/demo-recipe.yaml --out runs/demo-support-bot
+
+## Lint, then every test tier (fast and slow).
+test: $(STAMP) lint
+	$(BIN)/pytest -m "" -q
+
+## The default tier only: what to run while editing.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/train_throughput.py
+
+clean:
+	rm -rf $(VENV) build runs .pytest_cache .ruff_cache

@@ -1,0 +1,562 @@
+"""Training throughput: tunery's training loop against Hugging Face Trainer baselines.
+
+Three variants train the same LoRA adapter (rank 16, alpha 32, dropout 0, all linear layers)
+on the demo model, fp32 on CPU, for the same optimizer steps over the same batches:
+
+- A: a plain ``transformers.Trainer`` + PEFT script that pads every batch to its longest row
+  (``DataCollatorForSeq2Seq(padding="longest")``, labels -100 outside assistant tokens).
+- B: the same Trainer with ``DataCollatorWithFlattening`` (padding-free). If that collator
+  does not reproduce the padded loss on this machine, B uses ``group_by_length`` instead and
+  says so.
+- C: ``tunery.pipeline.train.train`` (first-fit packing, logits only where trained).
+
+All three take the examples ``tunery.pipeline.data.prepare_data`` makes of
+``examples/demo-dataset.jsonl``, cycled to ``steps × 8`` rows and put in the order tunery's
+epoch shuffle gives them; the Trainer reads them in that order (sequential sampler), so
+every optimizer step sees the same eight examples in A, B (padding-free) and C. The
+Trainer's ``labels`` are tunery's ``targets`` shifted one place right, so the Trainer's own
+label shift gives back exactly the positions and tokens tunery trains.
+
+What is measured, each run in a fresh process with fixed torch threads:
+
+- time: from the start of the first optimizer step's data preparation to the end of the
+  training call. Trainer: ``on_epoch_begin`` (before the first batch is collated) to
+  ``on_train_end``; tunery: its first ``should_stop()`` check (before the first batch is
+  packed) to ``train()`` returning. Model load, tokenisation, adapter setup and the
+  Trainer's construction are excluded. Neither side writes checkpoints.
+- tokens/s: real (non-pad) input tokens of all steps over that time; the count is the same
+  for all variants.
+- loss: the mean of the last 10 steps' training losses (token-mean over trained targets);
+  a difference above 3% from A prints a WARNING.
+- memory: the process's peak RSS (``ru_maxrss``) and its growth during the training call.
+- utilisation: tokens/s × 4·N FLOPs (N: base model parameters) over the fp32 ``torch.mm``
+  rate measured at the start.
+
+Runs interleave A B C A B C … and the headline is the median of the per-round ratios
+C/A and C/B, with their range: on a shared machine only side-by-side ratios mean anything.
+
+Usage: ``python bench/train_throughput.py [--steps 60] [--pairs 5] [--threads 2]
+[--quick] [--json PATH] [--model-dir DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from tunery.pipeline.data import Example
+
+REPO = Path(__file__).resolve().parent.parent
+DATASET = REPO / "examples" / "demo-dataset.jsonl"
+CACHE = REPO / "bench" / ".cache"
+VARIANTS = {
+    "A": "Trainer, pad to longest",
+    "B": "Trainer, padding-free",
+    "C": "tunery train()",
+}
+BATCH_SIZE = 8
+LEARNING_RATE = 2e-3
+WARMUP_RATIO = 0.05
+SEED = 42
+LORA_RANK = 16
+LORA_ALPHA = 32
+LOSS_WINDOW = 10
+LOSS_TOLERANCE = 0.03
+IGNORE = -100  # tunery.pipeline.data.IGNORE, and the label transformers ignores
+
+
+# --- worker side: one variant, one process -----------------------------------------------
+
+
+def load_inputs(
+    model_dir: Path, steps: int
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, list[Example]]:
+    """The base model (fp32, CPU, no KV cache), its tokenizer, and the training stream.
+
+    The stream is the prepared examples cycled to ``steps × BATCH_SIZE`` rows: one epoch
+    of exactly ``steps`` full batches, for tunery as for the Trainer.
+    """
+    import torch
+
+    from tunery.pipeline.data import prepare_data
+    from tunery.pipeline.load import Precision, load_model, load_tokenizer, max_context
+
+    tokenizer, chat_format, _ = load_tokenizer(model_dir)
+    model = load_model(model_dir, Precision(torch.float32, None), torch.device("cpu"))
+    model.config.use_cache = False
+    data = prepare_data(
+        [DATASET], tokenizer, chat_format, max_length=max_context(model), seed=SEED
+    )
+    count = steps * BATCH_SIZE
+    stream = [data.examples[index % len(data.examples)] for index in range(count)]
+    return model, tokenizer, stream
+
+
+def training_config(steps: int) -> Any:
+    """tunery's config for the run; checkpoints fall at the last step, which writes none."""
+    from tunery.pipeline.config import TrainingConfig
+
+    return TrainingConfig(
+        max_steps=steps,
+        learning_rate=LEARNING_RATE,
+        batch_size=BATCH_SIZE,
+        lr_scheduler="cosine",
+        warmup_ratio=WARMUP_RATIO,
+        seed=SEED,
+        gradient_checkpointing=False,
+        mixed_precision="no",
+        checkpoint_every_steps=steps,
+    )
+
+
+def trainer_order(stream: list[Example], steps: int) -> list[Example]:
+    """The stream in the order tunery's steps read it, checked against its first batch."""
+    from tunery.pipeline.train import epoch_order, plan_budget, step_micro_batches
+
+    ordered = [stream[index] for index in epoch_order(len(stream), SEED, 0)]
+    config = training_config(steps)
+    first = step_micro_batches(0, stream, plan_budget(len(stream), config), config)
+    assert first == [ordered[:BATCH_SIZE]], "tunery's first batch is not the Trainer's"
+    return ordered
+
+
+def hf_labels(example: Example) -> list[int]:
+    """Trainer labels whose internal shift (``labels[i + 1]`` at position i) gives ``targets``."""
+    labels = [IGNORE, *example.targets[:-1]]
+    assert [*labels[1:], IGNORE] == example.targets, "the last target must be ignored"
+    return labels
+
+
+def stream_digest(stream: list[Example]) -> str:
+    """Identifies the token ids and targets trained on, to check the variants agree."""
+    digest = hashlib.sha256()
+    for example in stream:
+        digest.update(json.dumps([example.input_ids, example.targets]).encode())
+    return digest.hexdigest()[:16]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def padding_free_mismatch(model: Any, tokenizer: Any, features: list[dict[str, Any]]) -> str:
+    """Why DataCollatorWithFlattening cannot stand in for padding here; empty if it can.
+
+    Compares the loss of the first batch padded and flattened: equal when attention is
+    block-diagonal over the flattened examples.
+    """
+    import torch
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+    batch = features[:BATCH_SIZE]
+    padded = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=IGNORE)
+    try:
+        with torch.no_grad():
+            reference = model(**padded(batch)).loss.item()
+            flattened = model(**DataCollatorWithFlattening()(batch)).loss.item()
+    except Exception as error:  # any failure of the collator or the model means: fall back
+        return f"{type(error).__name__}: {error}"
+    if abs(flattened - reference) > 1e-4 * abs(reference):
+        return f"flattened loss {flattened:.6f} != padded loss {reference:.6f}"
+    return ""
+
+
+def run_trainer(variant: str, model_dir: Path, steps: int) -> dict[str, Any]:
+    """Variant A or B: a plain Trainer + PEFT run over the shared batches."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        DataCollatorForSeq2Seq,
+        DataCollatorWithFlattening,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    class Clock(TrainerCallback):
+        """Times the optimizer steps and keeps each step's logged loss."""
+
+        def __init__(self) -> None:
+            self.started = 0.0
+            self.ended = 0.0
+            self.losses: list[float] = []
+
+        def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.started = self.started or time.perf_counter()
+
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any
+        ) -> None:
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.ended = time.perf_counter()
+
+    model, tokenizer, stream = load_inputs(model_dir, steps)
+    base_parameters = model.num_parameters()
+    features = [
+        {"input_ids": example.input_ids, "labels": hf_labels(example)}
+        for example in trainer_order(stream, steps)
+    ]
+    torch.manual_seed(SEED)
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=LORA_RANK,
+            lora_alpha=LORA_ALPHA,
+            lora_dropout=0.0,
+            target_modules="all-linear",
+            bias="none",
+            task_type="CAUSAL_LM",
+        ),
+    )
+    collator: Any = DataCollatorForSeq2Seq(
+        tokenizer, padding="longest", label_pad_token_id=IGNORE
+    )
+    sampling, method = "sequential", "DataCollatorForSeq2Seq(padding='longest')"
+    if variant == "B":
+        mismatch = padding_free_mismatch(model, tokenizer, features)
+        if mismatch:
+            sampling, method = "group_by_length", f"group_by_length (padding-free: {mismatch})"
+        else:
+            collator, method = DataCollatorWithFlattening(), "DataCollatorWithFlattening"
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer = Trainer(
+            model=model,
+            args=TrainingArguments(
+                output_dir=output_dir,
+                max_steps=steps,
+                per_device_train_batch_size=BATCH_SIZE,
+                learning_rate=LEARNING_RATE,
+                lr_scheduler_type="cosine",
+                warmup_steps=WARMUP_RATIO,
+                seed=SEED,
+                train_sampling_strategy=sampling,
+                gradient_checkpointing=False,
+                use_cpu=True,
+                logging_steps=1,
+                save_strategy="no",
+                report_to="none",
+                disable_tqdm=True,
+                remove_unused_columns=False,
+                label_names=["labels"],
+            ),
+            train_dataset=features,
+            data_collator=collator,
+            processing_class=tokenizer,
+            callbacks=[clock],
+        )
+        rss_before = peak_rss_mb()
+        output = trainer.train()
+        rss_after = peak_rss_mb()
+    assert output.global_step == steps and len(clock.losses) == steps
+    return {
+        "method": method,
+        "seconds": clock.ended - clock.started,
+        "real_tokens": sum(len(feature["input_ids"]) for feature in features),
+        "losses": clock.losses,
+        "peak_rss_mb": rss_after,
+        "train_rss_growth_mb": rss_after - rss_before,
+        "base_parameters": base_parameters,
+        "stream": stream_digest(stream),
+    }
+
+
+def run_tunery(model_dir: Path, steps: int) -> dict[str, Any]:
+    """Variant C: tunery's ``train()`` with a RecordingReporter over the shared batches."""
+    import torch
+
+    from tunery.pipeline.config import LoraSettings
+    from tunery.pipeline.load import Precision
+    from tunery.pipeline.lora import attach_lora
+    from tunery.pipeline.reporting import RecordingReporter
+    from tunery.pipeline.train import TrainSetup, train
+
+    class ClockedReporter(RecordingReporter):
+        """A RecordingReporter that notes when the first step begins (its first check)."""
+
+        started = 0.0
+
+        def should_stop(self) -> bool:
+            self.started = self.started or time.perf_counter()
+            return super().should_stop()
+
+    model, tokenizer, stream = load_inputs(model_dir, steps)
+    base_parameters = model.num_parameters()
+    trainer_order(stream, steps)
+    torch.manual_seed(SEED)
+    peft_model, _ = attach_lora(
+        model,
+        LoraSettings(rank=LORA_RANK, alpha=LORA_ALPHA, dropout=0.0, target_modules="all-linear"),
+        gradient_checkpointing=False,
+    )
+    reporter = ClockedReporter()
+    with tempfile.TemporaryDirectory() as checkpoint_dir:
+        setup = TrainSetup(
+            model=peft_model,
+            examples=stream,
+            config=training_config(steps),
+            precision=Precision(torch.float32, None),
+            device=torch.device("cpu"),
+            pad_id=tokenizer.pad_token_id,
+            checkpoint_dir=Path(checkpoint_dir),
+            fingerprint="bench",
+        )
+        rss_before = peak_rss_mb()
+        state = train(setup, reporter)
+        ended = time.perf_counter()
+        rss_after = peak_rss_mb()
+        assert not any(Path(checkpoint_dir).iterdir()), "tunery wrote a checkpoint"
+    real_tokens = sum(len(example.input_ids) for example in stream)
+    assert state.step == steps and state.trained_tokens == real_tokens
+    return {
+        "method": "tunery.pipeline.train.train",
+        "seconds": ended - reporter.started,
+        "real_tokens": real_tokens,
+        "losses": [step.loss for step in reporter.steps],
+        "peak_rss_mb": rss_after,
+        "train_rss_growth_mb": rss_after - rss_before,
+        "base_parameters": base_parameters,
+        "stream": stream_digest(stream),
+    }
+
+
+def run_worker(variant: str, model_dir: Path, steps: int, threads: int) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(threads)
+    # Trainer prints its logs; stdout carries only this worker's JSON.
+    with contextlib.redirect_stdout(sys.stderr):
+        if variant == "C":
+            result = run_tunery(model_dir, steps)
+        else:
+            result = run_trainer(variant, model_dir, steps)
+    result["variant"] = variant
+    result["threads"] = torch.get_num_threads()
+    result["tokens_per_second"] = result["real_tokens"] / result["seconds"]
+    result["final_loss"] = statistics.fmean(result["losses"][-LOSS_WINDOW:])
+    return result
+
+
+# --- orchestrator side --------------------------------------------------------------------
+
+
+def demo_model(explicit: Path | None) -> Path:
+    """The demo model: ``--model-dir``, TUNERY_DATA_DIR's copy, or one built in bench/.cache.
+
+    The bench/.cache copy is keyed by the demo builder's source hash (as the tests' cache
+    is), so a changed builder rebuilds it.
+    """
+    import tunery.catalog.demo as demo
+    import tunery.catalog.demo_data as demo_data
+    from tunery.pipeline.load import demo_model_dir
+
+    if explicit is not None:
+        return explicit
+    shared = demo_model_dir()
+    if (shared / "model.safetensors").is_file():
+        return shared
+    digest = hashlib.sha256()
+    for module in (demo, demo_data):
+        digest.update(Path(module.__file__).read_bytes())
+    target = CACHE / f"demo-tiny-{digest.hexdigest()[:16]}"
+    if not (target / "model.safetensors").is_file():
+        for stale in CACHE.glob("demo-tiny-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        print(f"building the demo model into {target} (once)", file=sys.stderr)
+        demo.build_demo_model(target)
+    return target
+
+
+def matmul_flops(threads: int, size: int = 1024, seconds: float = 1.0) -> float:
+    """The machine's fp32 ``torch.mm`` rate in FLOP/s: the best of short timed bursts."""
+    import torch
+
+    torch.set_num_threads(threads)
+    left, right = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(left, right)
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        for _ in range(4):
+            torch.mm(left, right)
+        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - started))
+    return best
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    import peft
+    import torch
+    import transformers
+
+    return {
+        "cores": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "threads": threads,
+        "matmul_flops": matmul_flops(threads),
+    }
+
+
+def spawn(variant: str, model_dir: Path, steps: int, threads: int) -> dict[str, Any]:
+    """Run one variant in a fresh interpreter; its last stdout line is the result JSON."""
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        variant,
+        "--model-dir",
+        str(model_dir),
+        "--steps",
+        str(steps),
+        "--threads",
+        str(threads),
+    ]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        sys.exit(f"worker {variant} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def summarise(runs: dict[str, list[dict[str, Any]]], machine: dict[str, Any]) -> dict[str, Any]:
+    """Per-variant medians, per-round ratios C/A and C/B, and the loss agreement check."""
+    variants = {}
+    for name, results in runs.items():
+        speed = statistics.median(result["tokens_per_second"] for result in results)
+        parameters = results[0]["base_parameters"]
+        variants[name] = {
+            "label": VARIANTS[name],
+            "method": results[0]["method"],
+            "tokens_per_second": speed,
+            "final_loss": statistics.median(result["final_loss"] for result in results),
+            "peak_rss_mb": statistics.median(result["peak_rss_mb"] for result in results),
+            "train_rss_growth_mb": statistics.median(
+                result["train_rss_growth_mb"] for result in results
+            ),
+            "utilisation": speed * 4 * parameters / machine["matmul_flops"],
+            "runs": results,
+        }
+    ratios = {}
+    for baseline in ("A", "B"):
+        per_round = [
+            tunery["tokens_per_second"] / other["tokens_per_second"]
+            for tunery, other in zip(runs["C"], runs[baseline], strict=True)
+        ]
+        ratios[f"C/{baseline}"] = {
+            "median": statistics.median(per_round),
+            "min": min(per_round),
+            "max": max(per_round),
+            "rounds": per_round,
+        }
+    warnings = []
+    for index, round_results in enumerate(zip(*runs.values(), strict=True)):
+        reference = round_results[0]["final_loss"]
+        for result in round_results[1:]:
+            gap = abs(result["final_loss"] - reference) / reference
+            if gap > LOSS_TOLERANCE:
+                warnings.append(
+                    f"round {index + 1}: {result['variant']} final loss "
+                    f"{result['final_loss']:.4f} is {gap:.1%} from A's {reference:.4f}"
+                )
+    streams = {result["stream"] for results in runs.values() for result in results}
+    tokens = {result["real_tokens"] for results in runs.values() for result in results}
+    if len(streams) != 1 or len(tokens) != 1:
+        warnings.append(f"variants trained on different data: streams {streams}, tokens {tokens}")
+    return {"variants": variants, "ratios": ratios, "warnings": warnings}
+
+
+def report(summary: dict[str, Any], machine: dict[str, Any], steps: int, pairs: int) -> str:
+    first = summary["variants"]["A"]["runs"][0]
+    lines = [
+        f"machine: {machine['cores']} cores ({machine['cpu']}), torch {machine['torch']}, "
+        f"transformers {machine['transformers']}, peft {machine['peft']}, "
+        f"{machine['threads']} torch threads, fp32 matmul "
+        f"{machine['matmul_flops'] / 1e9:.1f} GFLOP/s",
+        f"run: demo model ({first['base_parameters'] / 1e6:.2f}M parameters), LoRA r{LORA_RANK}, "
+        f"{steps} steps × {BATCH_SIZE} examples, {first['real_tokens']:,} real tokens per run, "
+        f"{pairs} interleaved rounds",
+        "",
+        f"{'':3}{'variant':26}{'tokens/s':>10}{'final loss':>12}{'peak RSS':>11}"
+        f"{'RSS growth':>12}{'4N util':>9}",
+    ]
+    for name, variant in summary["variants"].items():
+        lines.append(
+            f"{name:3}{variant['label']:26}{variant['tokens_per_second']:>10.0f}"
+            f"{variant['final_loss']:>12.4f}{variant['peak_rss_mb']:>8.0f} MB"
+            f"{variant['train_rss_growth_mb']:>+9.0f} MB{variant['utilisation']:>9.2%}"
+        )
+    lines.append("")
+    for name, variant in summary["variants"].items():
+        lines.append(f"{name}: {variant['method']}")
+    lines.append("")
+    for name, ratio in summary["ratios"].items():
+        lines.append(
+            f"{name} tokens/s: {ratio['median']:.2f}× median "
+            f"(min {ratio['min']:.2f}×, max {ratio['max']:.2f}× over {pairs} rounds)"
+        )
+    lines.extend(f"WARNING: {warning}" for warning in summary["warnings"])
+    return "\n".join(lines)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per run")
+    parser.add_argument("--pairs", type=int, default=5, help="interleaved A B C rounds")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads in every run")
+    parser.add_argument("--quick", action="store_true", help="10 steps, 1 round (for CI)")
+    parser.add_argument("--json", type=Path, help="also write the numbers here as JSON")
+    parser.add_argument("--model-dir", type=Path, help="demo model directory to use")
+    parser.add_argument("--worker", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        print(json.dumps(run_worker(args.worker, args.model_dir, args.steps, args.threads)))
+        return
+    steps, pairs = (10, 1) if args.quick else (args.steps, args.pairs)
+    model_dir = demo_model(args.model_dir)
+    machine = machine_info(args.threads)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
+    for round_number in range(1, pairs + 1):
+        for name in VARIANTS:
+            result = spawn(name, model_dir, steps, args.threads)
+            runs[name].append(result)
+            print(
+                f"round {round_number}/{pairs} {name}: {result['tokens_per_second']:.0f} tokens/s, "
+                f"loss {result['final_loss']:.4f}",
+                file=sys.stderr,
+            )
+    summary = summarise(runs, machine)
+    print(report(summary, machine, steps, pairs))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"machine": machine, "steps": steps, "pairs": pairs, **summary}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from tunery.cli.main import cli
+
+cli()
