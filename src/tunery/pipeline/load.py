@@ -199,10 +199,16 @@ def load_tokenizer(model_dir: Path) -> tuple[PreTrainedTokenizerBase, ChatFormat
 def find_end_of_turn(tokenizer: PreTrainedTokenizerBase) -> str:
     """The special token the chat template writes right after an assistant message."""
     marker = "\x1fTUNERY_END_PROBE\x1f"
-    rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
-        tokenize=False,
-    )
+    try:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
+            tokenize=False,
+        )
+    except Exception as error:  # Jinja's own errors, SecurityError from the sandbox
+        raise ModelLoadError(
+            f"the model's chat template cannot render a user/assistant exchange: {error}",
+            hint="fix chat_template in the model's tokenizer_config.json or chat_template.jinja",
+        ) from None
     tail = rendered.split(marker, 1)[-1]
     specials = sorted(
         tokenizer.all_special_tokens + list(tokenizer.added_tokens_encoder), key=len, reverse=True
