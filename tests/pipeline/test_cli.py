@@ -43,7 +43,7 @@ def test_train_writes_the_bundle_and_reports(data_dir, demo_dataset, tmp_path):
     recipe = write_recipe(tmp_path / "recipe.yaml", demo_dataset)
     result = run(["train", str(recipe), "--out", str(tmp_path / "out")], data_dir)
     assert result.returncode == 0, result.stderr
-    assert "completed 6 steps" in result.stdout
+    assert "trained 6 steps" in result.stdout
     assert "sample 1:" in result.stdout
     assert (tmp_path / "out" / "cli-run-lora.zip").is_file()
     for phase in ("loading model", "preparing data", "attaching lora", "training", "saving"):

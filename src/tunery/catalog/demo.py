@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DEMO_MODEL_ID = "tunery/demo-tiny"
 BOS = "<|begin_of_text|>"
@@ -85,7 +85,9 @@ PRETRAIN_ROW_TOKENS = 256
 PRETRAIN_ROWS_PER_STEP = 8
 
 
-def pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase) -> None:
+def pretrain(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, steps: int = PRETRAIN_STEPS
+) -> None:
     """Teach the random model the demo corpus as plain text (no chat format).
 
     A base that already knows the words and facts makes the demo fine-tune about what
@@ -106,10 +108,10 @@ def pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase) -> Non
     order = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(1))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=3e-3, total_steps=PRETRAIN_STEPS, pct_start=0.1
+        optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.1
     )
     model.train()
-    for step in range(PRETRAIN_STEPS):
+    for step in range(steps):
         start = step * PRETRAIN_ROWS_PER_STEP % rows.shape[0]
         batch = rows[order[start : start + PRETRAIN_ROWS_PER_STEP]]
         loss = model(input_ids=batch, labels=batch).loss

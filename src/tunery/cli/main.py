@@ -6,12 +6,16 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
 from tunery import __version__
 from tunery.errors import ConfigError, DatasetError, RunCancelled, TuneryError
 from tunery.pipeline.reporting import StepMetrics, StopFlag
+
+if TYPE_CHECKING:
+    from tunery.pipeline.recipe import RunResult
 
 EXIT_FAILED = 1
 EXIT_CANCELLED = 130
@@ -160,11 +164,51 @@ def train(recipe_path: Path, out_dir: Path | None) -> None:
 
     metrics = result.final_metrics
     click.echo(
-        f"completed {metrics.get('step')} steps in "
+        f"trained {metrics.get('step')} steps in "
         f"{format_duration(metrics.get('training_seconds'))} · "
         f"final loss {metrics.get('loss', float('nan')):.4f}"
     )
+    report_outcome(result)
+
+
+def report_outcome(result: RunResult) -> None:
+    """Samples and bundles on stdout; a failed export exits 1 with its reason on stderr."""
     for index, sample in enumerate(result.samples, start=1):
         flag = "" if sample["stopped"] else "  [did not stop]"
         click.echo(f"\nsample {index}: {sample['prompt']}\n  → {sample['response']}{flag}")
     click.echo(f"\nLoRA bundle: {result.lora_bundle}")
+    if result.gguf_bundle is not None:
+        click.echo(f"GGUF bundle: {result.gguf_bundle}")
+    if not result.completed:
+        error = result.summary["error"]
+        click.echo(f"error: {error['message']}", err=True)
+        if error.get("hint"):
+            click.echo(f"hint: {error['hint']}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+def export(run_dir: Path) -> None:
+    """Export the GGUF bundle again from a finished run's adapter (no retraining)."""
+    from tunery.pipeline.recipe import rerun_export
+
+    try:
+        result = rerun_export(run_dir, TerminalReporter(StopFlag()))
+    except TuneryError as error:
+        report_error(error)
+        sys.exit(EXIT_FAILED)
+    report_outcome(result)
+
+
+@cli.command("gguf-toolchain")
+def gguf_toolchain() -> None:
+    """Fetch llama.cpp's converter at the pinned version (once; later exports work offline)."""
+    from tunery.gguf.toolchain import converter_dir, require_llama_cpp
+
+    try:
+        require_llama_cpp()
+        click.echo(str(converter_dir()))
+    except TuneryError as error:
+        report_error(error)
+        sys.exit(EXIT_FAILED)

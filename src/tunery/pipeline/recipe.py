@@ -1,10 +1,11 @@
-"""The training recipe, top to bottom: setup → train → save → samples.
+"""The training recipe, top to bottom: setup → train → save → export → samples.
 
 ``run_recipe`` is what ``tunery train`` and a worker both call. It writes into ``out_dir``:
 
 - ``checkpoints/``: resumable checkpoints while training (removed once the adapter is saved);
 - ``adapter/``: the PEFT adapter directory;
 - ``<name>-lora.zip``: the LoRA bundle;
+- ``<name>-gguf.zip``: the GGUF bundle, when ``export.gguf`` is on;
 - ``metrics.jsonl``: one line per optimizer step;
 - ``run.json``: the configuration snapshot, data summary, final metrics, samples, artifacts.
 
@@ -21,17 +22,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunery.errors import ConfigError
+from tunery.errors import ConfigError, TuneryError
+from tunery.gguf.export import QUANTIZATION, ExportResult, export_gguf, preflight
 from tunery.pipeline.config import RunRecipe
 from tunery.pipeline.reporting import Reporter
 
 
 @dataclass(frozen=True)
 class RunResult:
+    """What a finished run left behind; ``gguf_bundle`` is None when export was off or failed
+    (then ``summary["error"]`` says why and the LoRA bundle is still complete)."""
+
     out_dir: Path
     adapter_dir: Path
     lora_bundle: Path
+    gguf_bundle: Path | None
     summary: dict[str, Any]
+
+    @property
+    def completed(self) -> bool:
+        return self.summary["status"] == "completed"
 
     @property
     def samples(self) -> list[dict[str, Any]]:
@@ -69,12 +79,6 @@ def check_recipe(recipe: RunRecipe, dataset_paths: list[Path]) -> None:
         parse_model_reference(recipe.base_model)
     except ConfigError as error:
         problems.extend(error.problems)
-    if recipe.export.gguf:
-        problems.append(
-            ConfigError.single(
-                "export.gguf", "GGUF export is not available in this version; set it to false"
-            ).problems[0]
-        )
     if not dataset_paths:
         problems.append(
             ConfigError.single(
@@ -127,6 +131,8 @@ def run_recipe(
     reference = parse_model_reference(recipe.base_model)
     model_dir = resolve_model_dir(reference)
     tokenizer, chat_format, notes = load_tokenizer(model_dir)
+    if recipe.export.gguf:
+        _preflight_gguf(model_dir, chat_format.end_of_turn)
     device = choose_device()
     precision = choose_precision(config.mixed_precision, device)
     model = load_model(model_dir, precision, device)
@@ -209,17 +215,45 @@ def run_recipe(
             file.write(json.dumps(row) + "\n")
     reporter.log(f"saved {lora_bundle.name}")
 
-    # Samples.
+    # Export.
+    gguf: ExportResult | None = None
+    error: dict[str, str] | None = None
+    samples: list[dict[str, Any]] = []
+    if recipe.export.gguf:
+        reporter.phase("exporting")
+        try:
+            gguf = export_gguf(
+                adapter_dir=adapter_dir,
+                base_model_dir=model_dir,
+                out_dir=out_dir,
+                run_name=recipe.name,
+                base_model=reference.name,
+                dataset_names=[Path(str(item["file"])).name for item in data.files],
+                end_of_turn=chat_format.end_of_turn,
+                sample_prompts=data.samples,
+                max_new_tokens=recipe.samples.max_new_tokens,
+            )
+            samples = gguf.samples
+            reporter.log(
+                f"saved {gguf.bundle.name}: {gguf.gguf_bytes / 2**20:.1f} MiB {QUANTIZATION}, "
+                f"logits cosine ≥ {gguf.checks['min_cosine']:.6f}"
+            )
+        except (TuneryError, OSError) as failure:
+            error = _export_failure(failure)
+            reporter.log(f"GGUF export failed: {error['message']}; the LoRA bundle is saved")
+
+    # Samples: from the GGUF itself when it exists, else from the trained model.
     reporter.phase("sampling")
-    samples = generate_samples(
-        peft_model,
-        tokenizer,
-        Encoder(tokenizer, chat_format, train_on_inputs=False),
-        data.samples,
-        end_of_turn=chat_format.end_of_turn,
-        max_new_tokens=recipe.samples.max_new_tokens,
-        device=device,
-    )
+    if gguf is None:
+        samples = generate_samples(
+            peft_model,
+            tokenizer,
+            Encoder(tokenizer, chat_format, train_on_inputs=False),
+            data.samples,
+            end_of_turn=chat_format.end_of_turn,
+            max_new_tokens=recipe.samples.max_new_tokens,
+            device=device,
+        )
     for sample in samples:
         if not sample["stopped"]:
             reporter.log(
@@ -228,7 +262,8 @@ def run_recipe(
 
     summary = {
         "name": recipe.name,
-        "status": "completed",
+        "status": "completed" if error is None else "failed",
+        "error": error,
         "config": recipe.model_dump(),
         "base_model": {
             "reference": reference.name,
@@ -245,9 +280,76 @@ def run_recipe(
         },
         "metrics": final_metrics,
         "samples": samples,
-        "artifacts": {"lora": lora_bundle.name, "gguf": None},
+        "artifacts": {"lora": lora_bundle.name, "gguf": gguf.bundle.name if gguf else None},
+        "export": {"gguf": recipe.export.gguf, "checks": gguf.checks if gguf else None},
     }
     (out_dir / "run.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     for checkpoint in complete_checkpoints(checkpoint_dir):
         shutil.rmtree(checkpoint, ignore_errors=True)
-    return RunResult(out_dir, adapter_dir, lora_bundle, summary)
+    return RunResult(out_dir, adapter_dir, lora_bundle, gguf.bundle if gguf else None, summary)
+
+
+def _preflight_gguf(model_dir: Path, end_of_turn: str) -> None:
+    """Refuse, before training, a base model whose GGUF export would fail."""
+    try:
+        preflight(model_dir, end_of_turn)
+    except TuneryError as failure:
+        raise ConfigError.single(
+            "export.gguf",
+            f"this base model cannot be exported to GGUF: {failure.message}",
+            hint="set export.gguf to false to train the LoRA adapter alone",
+        ) from None
+
+
+def _export_failure(failure: Exception) -> dict[str, str]:
+    if isinstance(failure, TuneryError):
+        return {"code": failure.code, "message": failure.message, "hint": failure.hint}
+    return {
+        "code": "gguf_export_failed",
+        "message": f"writing the GGUF bundle failed: {failure}",
+        "hint": "free disk space, then run `tunery export RUN_DIR` (no retraining needed)",
+    }
+
+
+def rerun_export(out_dir: Path, reporter: Reporter) -> RunResult:
+    """Export the GGUF again from a finished run's saved adapter: no retraining.
+
+    For runs whose export failed (say, the disk filled up); updates ``run.json``.
+    """
+    from tunery.pipeline.data import SamplePrompt
+    from tunery.pipeline.datasets import Message
+
+    summary_path = out_dir / "run.json"
+    if not summary_path.is_file():
+        raise ConfigError.single(str(out_dir), "is not a run directory (no run.json)")
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    adapter_dir = out_dir / "adapter"
+    prompts = [
+        SamplePrompt(
+            tuple(Message(m["role"], m["content"]) for m in sample["messages"]),
+            sample.get("expected"),
+        )
+        for sample in summary["samples"]
+    ]
+    reporter.phase("exporting")
+    gguf = export_gguf(
+        adapter_dir=adapter_dir,
+        base_model_dir=Path(summary["base_model"]["directory"]),
+        out_dir=out_dir,
+        run_name=summary["name"],
+        base_model=summary["base_model"]["reference"],
+        dataset_names=[Path(str(item["file"])).name for item in summary["data"]["files"]],
+        end_of_turn=summary["chat_template"]["end_of_turn"],
+        sample_prompts=prompts,
+        max_new_tokens=summary["config"]["samples"]["max_new_tokens"],
+    )
+    summary.update(
+        status="completed",
+        error=None,
+        samples=gguf.samples,
+        artifacts={**summary["artifacts"], "gguf": gguf.bundle.name},
+        export={"gguf": True, "checks": gguf.checks},
+    )
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    lora_bundle = out_dir / summary["artifacts"]["lora"]
+    return RunResult(out_dir, adapter_dir, lora_bundle, gguf.bundle, summary)

@@ -1,0 +1,1 @@
+"""GGUF export: conversion, quantization and the Ollama bundle around the file."""

@@ -1,0 +1,161 @@
+"""Merging a LoRA adapter into its base, one tensor at a time.
+
+``W' = W + (alpha / r) · B @ A`` for every targeted weight, computed in float32 and stored
+back in the base's own 16/32-bit dtype. Reading the base tensor by tensor from its
+safetensors files and writing bounded output shards keeps peak memory near one shard
+instead of the whole model, which is what loading the model with PEFT and calling
+``merge_and_unload()`` costs. Adapters this module does not handle (DoRA, rank or alpha
+patterns, fan-in/fan-out layers, extra saved modules) are merged through PEFT instead.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tunery.errors import TuneryError
+
+SHARD_BYTES = 512 * 2**20
+ADAPTER_PREFIX = "base_model.model."
+CONFIG_FILES = ("config.json", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+    "special_tokens_map.json",
+)
+
+
+class MergeError(TuneryError):
+    code = "merge_failed"
+
+
+def streamable(adapter_config: dict[str, Any]) -> bool:
+    """True when the adapter is plain LoRA on Linear layers, as tunery trains them."""
+    return (
+        adapter_config.get("peft_type") == "LORA"
+        and not adapter_config.get("use_dora")
+        and not adapter_config.get("fan_in_fan_out")
+        and not adapter_config.get("rank_pattern")
+        and not adapter_config.get("alpha_pattern")
+        and not adapter_config.get("modules_to_save")
+        and not adapter_config.get("lora_bias")
+    )
+
+
+def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> None:
+    """Write the merged model (weights, config, the adapter's tokenizer) to ``out_dir``."""
+    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if streamable(adapter_config):
+        _merge_streaming(base_dir, adapter_dir, adapter_config, out_dir)
+    else:
+        _merge_with_peft(base_dir, adapter_dir, out_dir)
+    for name in CONFIG_FILES:
+        if (base_dir / name).is_file():
+            shutil.copyfile(base_dir / name, out_dir / name)
+    # The adapter's tokenizer carries the chat template and pad token the run trained with.
+    for name in TOKENIZER_FILES:
+        if (adapter_dir / name).is_file():
+            shutil.copyfile(adapter_dir / name, out_dir / name)
+        elif (base_dir / name).is_file() and name == "tokenizer.model":
+            shutil.copyfile(base_dir / name, out_dir / name)
+
+
+def _lora_pairs(adapter_dir: Path) -> dict[str, tuple[Any, Any]]:
+    """Base weight name → (A, B) from the adapter's safetensors."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(adapter_dir / "adapter_model.safetensors")
+    pairs: dict[str, tuple[Any, Any]] = {}
+    for key, value in tensors.items():
+        if ".lora_A." not in key:
+            continue
+        module = key.removeprefix(ADAPTER_PREFIX).split(".lora_A.")[0]
+        other = key.replace(".lora_A.", ".lora_B.")
+        if other not in tensors:
+            raise MergeError(f"the adapter has {key} but no {other}")
+        pairs[f"{module}.weight"] = (value, tensors[other])
+    return pairs
+
+
+def _base_shards(base_dir: Path) -> list[Path]:
+    index = base_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [base_dir / name for name in sorted(set(weight_map.values()))]
+    single = base_dir / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise MergeError(f"{base_dir} has no safetensors weights to merge into")
+
+
+def _merge_streaming(
+    base_dir: Path, adapter_dir: Path, adapter_config: dict[str, Any], out_dir: Path
+) -> None:
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    rank = adapter_config["r"]
+    alpha = adapter_config["lora_alpha"]
+    scale = alpha / rank**0.5 if adapter_config.get("use_rslora") else alpha / rank
+    pairs = _lora_pairs(adapter_dir)
+    merged_names: set[str] = set()
+    weight_map: dict[str, str] = {}
+    pending: dict[str, torch.Tensor] = {}
+    pending_bytes = 0
+    shard_names: list[str] = []
+
+    def flush() -> None:
+        nonlocal pending, pending_bytes
+        if not pending:
+            return
+        name = f"model-{len(shard_names) + 1:05d}.safetensors"
+        save_file(pending, out_dir / name, metadata={"format": "pt"})
+        shard_names.append(name)
+        weight_map.update(dict.fromkeys(pending, name))
+        pending, pending_bytes = {}, 0
+
+    for shard in _base_shards(base_dir):
+        with safe_open(shard, framework="pt") as source:
+            for name in source.keys():  # noqa: SIM118 (safe_open has keys(), not iteration)
+                tensor = source.get_tensor(name)
+                if name in pairs:
+                    lora_a, lora_b = pairs[name]
+                    delta = (lora_b.float() @ lora_a.float()) * scale
+                    if delta.shape != tensor.shape:
+                        raise MergeError(
+                            f"{name}: adapter delta {tuple(delta.shape)} does not fit "
+                            f"base weight {tuple(tensor.shape)}"
+                        )
+                    tensor = (tensor.float() + delta).to(tensor.dtype)
+                    merged_names.add(name)
+                pending[name] = tensor.contiguous()
+                pending_bytes += tensor.numel() * tensor.element_size()
+                if pending_bytes >= SHARD_BYTES:
+                    flush()
+    flush()
+    missing = sorted(set(pairs) - merged_names)
+    if missing:
+        raise MergeError(f"the base model has no weights named {', '.join(missing[:3])}")
+    if len(shard_names) == 1:
+        (out_dir / shard_names[0]).rename(out_dir / "model.safetensors")
+    else:
+        (out_dir / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2)
+        )
+
+
+def _merge_with_peft(base_dir: Path, adapter_dir: Path, out_dir: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype="auto")
+    if base.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise MergeError(f"the base model is stored as {base.dtype}; merging needs 16/32-bit")
+    PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(out_dir)

@@ -1,0 +1,71 @@
+"""The streaming merge gives exactly what PEFT's merge_and_unload gives, shard by shard."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+import tunery.gguf.merge as merge_module
+from tunery.gguf.merge import MergeError, merge_adapter
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(demo_model_dir, tmp_path_factory):
+    """A random (non-zero) LoRA adapter on the demo model, as tunery would save it."""
+    torch.manual_seed(3)
+    base = AutoModelForCausalLM.from_pretrained(demo_model_dir)
+    config = LoraConfig(r=8, lora_alpha=24, target_modules="all-linear", init_lora_weights=False)
+    directory = tmp_path_factory.mktemp("adapter")
+    get_peft_model(base, config).save_pretrained(directory, save_embedding_layers=False)
+    return directory
+
+
+def reference_merge(demo_model_dir, adapter_dir):
+    base = AutoModelForCausalLM.from_pretrained(demo_model_dir)
+    return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().state_dict()
+
+
+def test_streaming_merge_equals_peft(demo_model_dir, adapter_dir, tmp_path):
+    merge_adapter(demo_model_dir, adapter_dir, tmp_path / "merged")
+    merged = load_file(tmp_path / "merged" / "model.safetensors")
+    expected = reference_merge(demo_model_dir, adapter_dir)
+    assert merged.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(merged[name], tensor, rtol=1e-6, atol=1e-6)
+    assert (tmp_path / "merged" / "config.json").is_file()
+
+
+def test_large_models_are_written_in_bounded_shards(
+    demo_model_dir, adapter_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(merge_module, "SHARD_BYTES", 2 * 2**20)
+    merge_adapter(demo_model_dir, adapter_dir, tmp_path / "merged")
+    index = json.loads((tmp_path / "merged" / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 3
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    expected = reference_merge(demo_model_dir, adapter_dir)
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-6, atol=1e-6)
+
+
+def test_adapter_for_another_model_is_refused(demo_model_dir, adapter_dir, tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    for name in ("adapter_config.json",):
+        (foreign / name).write_bytes((adapter_dir / name).read_bytes())
+    tensors = load_file(adapter_dir / "adapter_model.safetensors")
+    from safetensors.torch import save_file
+
+    save_file(
+        {key.replace("layers.0.", "layers.9."): value for key, value in tensors.items()},
+        foreign / "adapter_model.safetensors",
+    )
+    with pytest.raises(MergeError) as caught:
+        merge_adapter(demo_model_dir, foreign, tmp_path / "merged")
+    assert "layers.9" in caught.value.message
