@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunery.errors import TuneryError
+from tunery.gguf.merge import merge_adapter
 from tunery.gguf.modelfile import (
     TemplateNotSupported,
     install_ps1,
@@ -33,9 +35,6 @@ from tunery.gguf.modelfile import (
     render_modelfile,
     stop_tokens,
 )
-
-from tunery.errors import TuneryError
-from tunery.gguf.merge import merge_adapter
 from tunery.gguf.toolchain import converter_dir, require_llama_cpp
 from tunery.gguf.verify import check_file_type, check_parity, native_output_captured
 
