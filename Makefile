@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS := constraints-cpu.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install system-deps demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,13 +17,17 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 install: $(STAMP)
 
+## Debian packages the tests use: Go renders Modelfile TEMPLATEs as Ollama does.
+system-deps:
+	command -v go >/dev/null || (apt-get update -qq && apt-get install -y -qq golang-go)
+
 ## The main job: build the demo model and fine-tune it on the demo dataset (offline).
 demo: $(STAMP)
 	$(BIN)/tunery demo-model
 	$(BIN)/tunery train examples/demo-recipe.yaml --out runs/demo-support-bot
 
 ## Lint, then every test tier (fast and slow).
-test: $(STAMP) lint
+test: $(STAMP) system-deps lint
 	$(BIN)/pytest -m "" -q
 
 ## The default tier only: what to run while editing.

@@ -17,14 +17,18 @@ EXAMPLES = REPO / "examples"
 MODEL_CACHE = REPO / "build" / "test-models"
 
 
+def _source_hash(*modules: Any) -> str:
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _demo_source_hash() -> str:
     import tunery.catalog.demo as demo
     import tunery.catalog.demo_data as demo_data
 
-    digest = hashlib.sha256()
-    for module in (demo, demo_data):
-        digest.update(Path(module.__file__).read_bytes())
-    return digest.hexdigest()[:16]
+    return _source_hash(demo, demo_data)
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +42,39 @@ def demo_model_dir() -> Path:
             shutil.rmtree(stale, ignore_errors=True)
         build_demo_model(target)
     return target
+
+
+TINY_PRETRAIN_STEPS = 80
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Callable[[str], Path]:
+    """``tiny_model_dir(family)``: a briefly pretrained model of that family, cached."""
+    import tunery.catalog.demo as demo
+    import tunery.catalog.demo_data as demo_data
+    import tunery.catalog.tiny as tiny
+
+    def build(family: str) -> Path:
+        target = MODEL_CACHE / f"{family}-{_source_hash(demo, demo_data, tiny)}"
+        if not (target / "config.json").is_file():
+            for stale in MODEL_CACHE.glob(f"{family}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            tiny.build_tiny_model(family, target, pretrain_steps=TINY_PRETRAIN_STEPS)
+        return target
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def chat_without_system(demo_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo rows that have no system turn (for templates without a system role)."""
+    import json
+
+    rows = [json.loads(line) for line in demo_dataset.read_text().splitlines()]
+    kept = [row for row in rows if all(m["role"] != "system" for m in row["messages"])]
+    path = tmp_path_factory.mktemp("data") / "no-system.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+    return path
 
 
 @pytest.fixture

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 GGUF_BUNDLE_FILES = ("model.gguf", "Modelfile", "install.sh", "install.ps1", "README.md")
 QUANTIZATION = "Q4_K_M"
+RERUN_HINT = "free disk space, then run `tunery export RUN_DIR` (no retraining needed)"
+IO_FAILURES = ("No space left", "File too large", "Disk quota", "Input/output error")
 
 
 class ExportError(TuneryError):
@@ -85,9 +87,12 @@ def convert_to_gguf(
             if line.startswith("tunery-error: ")
         ]
         detail = marked[-1] if marked else (reason[-1] if reason else "no output")
+        disk = any(text in result.stderr for text in IO_FAILURES)
         raise ExportError(
             f"llama.cpp's converter failed on {model_dir.name}: {detail}",
-            hint="this model's architecture or tokenizer is not supported by llama.cpp "
+            hint=RERUN_HINT
+            if disk
+            else "this model's architecture or tokenizer is not supported by llama.cpp "
             "at the pinned version",
         )
 
@@ -147,13 +152,17 @@ def export_gguf(
     max_new_tokens: int,
 ) -> ExportResult:
     """Produce ``out_dir/<run_name>-gguf.zip``; raises ExportError (nothing partial remains)."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunery.pipeline.data import render_with_spans
 
     require_llama_cpp()
     bundle_path = out_dir / f"{run_name}-gguf.zip"
-    scratch = Path(tempfile.mkdtemp(prefix=".gguf-export-", dir=out_dir))
+    try:
+        scratch = Path(tempfile.mkdtemp(prefix=".gguf-export-", dir=out_dir))
+    except OSError as error:
+        raise ExportError(f"cannot create the export folder: {error}", hint=RERUN_HINT) from None
     try:
         merged_dir = scratch / "merged"
         merge_adapter(base_model_dir, adapter_dir, merged_dir)
@@ -195,6 +204,8 @@ def export_gguf(
             checks={**parity.as_dict(), "quantization": QUANTIZATION},
             samples=samples,
         )
+    except (OSError, SafetensorError) as error:
+        raise ExportError(f"writing the GGUF bundle failed: {error}", hint=RERUN_HINT) from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -17,6 +17,7 @@ message contents, or on positions in ways the structure cannot express, raises
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import json
 import re
@@ -57,7 +58,7 @@ class TemplateNotSupported(TuneryError):
 class _GenerationTag(Extension):
     """Accepts transformers' ``{% generation %}`` blocks and renders their body unchanged."""
 
-    tags = {"generation"}  # noqa: RUF012  (jinja2's Extension API declares a plain set)
+    tags = {"generation"}  # noqa: RUF012  (jinja2's Extension declares tags a plain set)
 
     def parse(self, parser: Any) -> nodes.Node:
         lineno = next(parser.stream).lineno
@@ -72,9 +73,17 @@ def _raise_exception(message: str) -> None:
     raise jinja2.TemplateError(message)
 
 
-def _tojson(value: Any, indent: int | None = None, **kwargs: Any) -> str:
-    # transformers' tojson: no HTML escaping, non-ASCII kept.
-    return json.dumps(value, ensure_ascii=False, indent=indent, **kwargs)
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    # transformers' tojson: no HTML escaping, non-ASCII kept by default.
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
 
 
 Conversation = Sequence[tuple[str, str]]
@@ -95,6 +104,10 @@ class _JinjaChat:
         )
         environment.filters["tojson"] = _tojson
         environment.globals["raise_exception"] = _raise_exception
+        # One clock reading for all probes: a date in the template (Mistral's, Llama's
+        # "Today Date") is then the same in every rendering, and written into the TEMPLATE.
+        now = datetime.datetime.now()
+        environment.globals["strftime_now"] = now.strftime
         try:
             self._template = environment.from_string(chat_template)
         except jinja2.TemplateSyntaxError as error:
@@ -475,17 +488,24 @@ def _describe_slot(slot: Slot) -> str:
 def _layout(probed: _Probed) -> _Layout:
     """Per-role prefix/suffix if they reproduce every probed slot, else the slot table."""
     last_assistant = probed.table[("last", "assistant")]
-    # Text the template writes after a final assistant message on top of its suffix (Phi-3
-    # appends the EOS). Several splits may fit; the one with the least text before a first
-    # message that is not the system's reads most naturally (a default system block only
-    # where the template really has one).
+    # Text the template writes only after a final assistant message, on top of its suffix
+    # (Phi-3 appends the EOS). Several splits may fit; the natural one takes as closing the
+    # longest text found nowhere else in the conversation ("<|endoftext|>", not "<|im_end|>").
     fits = [
         turns
         for size in range(len(last_assistant) + 1)
         if (turns := _factor(probed, last_assistant[len(last_assistant) - size :])) is not None
     ]
+    elsewhere = [text for slot, text in probed.table.items() if slot[0] != "last"]
+    natural = [
+        turns
+        for turns in fits
+        if not turns.closing or not any(turns.closing in text for text in elsewhere)
+    ]
+    if natural:
+        return max(natural, key=lambda turns: len(turns.closing))
     if fits:
-        return min(fits, key=lambda turns: (len(turns.default_system), len(turns.closing)))
+        return fits[0]
     return _Pairs(dict(probed.table))
 
 
@@ -657,13 +677,19 @@ def ollama_template(chat_template: str, *, bos_token: str | None, eos_token: str
     Contract: for every conversation of system/user/assistant messages that the Jinja
     template renders (with ``add_generation_prompt`` unless the last message is the
     assistant's), Ollama's rendering of ``.Messages`` equals the Jinja output without its
-    leading ``bos_token``. Two tolerated differences: contents the Jinja template strips
-    are not stripped in Go, and role sequences the Jinja template refuses (e.g. a system
-    message for Gemma) render in some reasonable way instead of failing; a system message
-    the template has no place for is left out. Tool calls are not supported.
+    leading ``bos_token``. Tolerated differences:
 
-    Raises TemplateNotSupported, saying what differed, when the template's output depends
-    on message contents or cannot be expressed per role and position.
+    - content the Jinja template strips (``| trim``) is not stripped in Go, so the two
+      agree exactly on content without leading or trailing whitespace;
+    - role sequences the Jinja template refuses (a system message for Gemma), or renders
+      without one of the messages (Gemma 3 given only a system prompt), get a best-effort
+      rendering; system messages are left out if the template has no system role at all;
+    - a date the template takes from ``strftime_now`` is fixed at the time of the call.
+
+    Tool calls and tool messages are not supported. Raises TemplateNotSupported, saying
+    what differed, when the output depends on message contents or on positions in a way
+    a per-role Go template cannot express (Qwen3's thinking blocks, DeepSeek-R1's
+    reasoning stripping, a system prompt moved into the last user turn).
     """
     chat = _JinjaChat(chat_template, bos_token=bos_token, eos_token=eos_token)
     probed = _probe(chat)

@@ -238,8 +238,8 @@ def run_recipe(
                 f"saved {gguf.bundle.name}: {gguf.gguf_bytes / 2**20:.1f} MiB {QUANTIZATION}, "
                 f"logits cosine ≥ {gguf.checks['min_cosine']:.6f}"
             )
-        except (TuneryError, OSError) as failure:
-            error = _export_failure(failure)
+        except TuneryError as failure:
+            error = failure.as_dict()
             reporter.log(f"GGUF export failed: {error['message']}; the LoRA bundle is saved")
 
     # Samples: from the GGUF itself when it exists, else from the trained model.
@@ -299,16 +299,6 @@ def _preflight_gguf(model_dir: Path, end_of_turn: str) -> None:
             f"this base model cannot be exported to GGUF: {failure.message}",
             hint="set export.gguf to false to train the LoRA adapter alone",
         ) from None
-
-
-def _export_failure(failure: Exception) -> dict[str, str]:
-    if isinstance(failure, TuneryError):
-        return {"code": failure.code, "message": failure.message, "hint": failure.hint}
-    return {
-        "code": "gguf_export_failed",
-        "message": f"writing the GGUF bundle failed: {failure}",
-        "hint": "free disk space, then run `tunery export RUN_DIR` (no retraining needed)",
-    }
 
 
 def rerun_export(out_dir: Path, reporter: Reporter) -> RunResult:
