@@ -19,7 +19,8 @@ install: $(STAMP)
 
 ## Debian packages the tests use: Go renders Modelfile TEMPLATEs as Ollama does.
 system-deps:
-	command -v go >/dev/null || (apt-get update -qq && apt-get install -y -qq golang-go)
+	command -v go >/dev/null || (apt-get update -qq && apt-get install -y -qq golang-go) \
+		|| echo "warning: could not install golang-go; Go-rendering tests will be skipped"
 
 ## The main job: build the demo model and fine-tune it on the demo dataset (offline).
 demo: $(STAMP)
