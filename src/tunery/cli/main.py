@@ -212,3 +212,40 @@ def gguf_toolchain() -> None:
     except TuneryError as error:
         report_error(error)
         sys.exit(EXIT_FAILED)
+
+
+@cli.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8420, show_default=True, type=int)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="State directory (default: TUNERY_DATA_DIR or ~/.tunery).",
+)
+def serve(host: str, port: int, data_dir: Path | None) -> None:
+    """Run the control plane, scheduler and local node pool (SQLite + local disk)."""
+    import uvicorn
+
+    from tunery.api.app import create_app
+    from tunery.server import ADMIN_TOKEN_FILE, data_dir_from, ensure_admin
+    from tunery.settings import Settings
+
+    root = data_dir_from(data_dir)
+    try:
+        settings = Settings.load(root)
+    except TuneryError as error:
+        report_error(error)
+        sys.exit(EXIT_FAILED)
+    token = ensure_admin(settings)
+    if token is not None:
+        click.echo(
+            f"Created the admin account. Its API token (shown once, also in "
+            f"{root / ADMIN_TOKEN_FILE}):\n\n    {token}\n",
+            err=True,
+        )
+    reachable = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    app = create_app(settings, server_url=f"http://{reachable}:{port}")
+    nodes = ", ".join(f"{node.name} ({node.tier})" for node in settings.nodes)
+    click.echo(f"tunery serving http://{reachable}:{port} · data {root} · nodes: {nodes}", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

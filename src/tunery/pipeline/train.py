@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
     from tunery.pipeline.load import Precision
 
-ROW_TOKENS = 2048  # pack rows up to this many tokens (or the longest example, if longer)
 COMPLETE_MARKER = "COMPLETE"
 CHECKPOINTS_KEPT = 2
 
@@ -89,7 +88,9 @@ def pack(batch: list[Example], pad_id: int, device: torch.device) -> PackedBatch
     segment so they attend only to themselves and are never trained."""
     import torch
 
-    capacity = max(ROW_TOKENS, max(len(example.input_ids) for example in batch))
+    # Rows as long as the longest example: the attention kernels compute the whole row
+    # (masked pairs included), so shorter rows cost fewer attention pairs for the same tokens.
+    capacity = max(len(example.input_ids) for example in batch)
     rows: list[list[Example]] = []
     fill: list[int] = []
     for example in sorted(batch, key=lambda item: len(item.input_ids), reverse=True):
@@ -181,7 +182,7 @@ def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
     model = setup.model
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(
-        trainable, lr=config.learning_rate, weight_decay=config.weight_decay
+        trainable, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True
     )
     scheduler = get_scheduler(
         config.lr_scheduler,

@@ -1,0 +1,139 @@
+"""The HTTP API (FastAPI). ``create_app`` wires settings, database, backend and scheduler.
+
+Routes are thin: they authenticate, call ``tunery.runs.service`` and shape the answer. The
+scheduler runs in a background thread for the app's lifetime. Errors map to status codes
+in one place: invalid input 422 (with every problem), unknown or foreign ids 404, state
+conflicts 409.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from tunery import __version__
+from tunery.api.routes import datasets, internal, meta, runs
+from tunery.backends.base import Backend
+from tunery.backends.local import LocalBackend
+from tunery.db import make_engine, make_sessions
+from tunery.errors import ConfigError, DatasetError, TuneryError
+from tunery.runs.service import Conflict, ControlPlane, NotFound, StaleAttempt
+from tunery.runs.store import EventNotifier
+from tunery.scheduler.scheduler import SchedulerThread
+from tunery.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class Broadcast:
+    """Lets event streams sleep until something new is committed (no polling per watcher)."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def publish(self) -> None:
+        """Called from any thread after a commit."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    async def wait(self, timeout: float) -> bool:
+        """True when woken by a publish, False on timeout."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._waiters.discard(waiter)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    server_url: str,
+    backend: Backend | None = None,
+    run_scheduler: bool = True,
+) -> FastAPI:
+    engine = make_engine(settings.database_path)
+    notifier = EventNotifier()
+    plane = ControlPlane(
+        settings=settings,
+        sessions=make_sessions(engine),
+        backend=backend or LocalBackend(),
+        notifier=notifier,
+        server_url=server_url,
+    )
+    broadcast = Broadcast()
+    notifier.subscribe(broadcast.publish)
+    scheduler = SchedulerThread(plane)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        broadcast.bind(asyncio.get_running_loop())
+        if run_scheduler:
+            scheduler.start()
+        yield
+        if run_scheduler:
+            scheduler.stop()
+        engine.dispose()
+
+    app = FastAPI(title="tunery", version=__version__, lifespan=lifespan)
+    app.state.plane = plane
+    app.state.broadcast = broadcast
+
+    @app.exception_handler(ConfigError)
+    async def invalid_config(_: Request, error: ConfigError) -> JSONResponse:
+        problems = [{"field": p.field, "message": p.message} for p in error.problems]
+        return JSONResponse(
+            status_code=422,
+            content={
+                "detail": {
+                    "code": error.code,
+                    "message": error.message,
+                    "hint": error.hint,
+                    "problems": problems,
+                }
+            },
+        )
+
+    @app.exception_handler(DatasetError)
+    async def invalid_dataset(_: Request, error: DatasetError) -> JSONResponse:
+        return JSONResponse(
+            status_code=422,
+            content={
+                "detail": {
+                    "code": error.code,
+                    "message": error.message,
+                    "hint": error.hint,
+                    "problems": [problem.as_dict() for problem in error.problems],
+                }
+            },
+        )
+
+    @app.exception_handler(TuneryError)
+    async def tunery_error(_: Request, error: TuneryError) -> JSONResponse:
+        status = {NotFound: 404, Conflict: 409, StaleAttempt: 409}.get(type(error), 400)
+        return JSONResponse(status_code=status, content={"detail": error.as_dict()})
+
+    app.include_router(meta.router)
+    app.include_router(datasets.router, prefix="/api/v1")
+    app.include_router(runs.router, prefix="/api/v1")
+    app.include_router(internal.router)
+    return app

@@ -1,0 +1,119 @@
+"""Dataset upload and listing. Files are stored under opaque ids, never user names."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, UploadFile
+from sqlalchemy import select
+
+from tunery.api.deps import AccountDep, PlaneDep
+from tunery.db import Dataset, new_id
+from tunery.errors import DatasetError
+from tunery.pipeline.datasets import SUFFIXES, read_dataset
+from tunery.runs.service import NotFound
+
+router = APIRouter(tags=["datasets"])
+MAX_UPLOAD_BYTES = 2 * 2**30
+
+
+def dataset_public(dataset: Dataset) -> dict[str, Any]:
+    return {
+        "id": dataset.id,
+        "name": dataset.name,
+        "format": dataset.format,
+        "rows": dataset.rows,
+        "bytes": dataset.bytes,
+        "sha256": dataset.sha256,
+        "created_at": dataset.created_at,
+    }
+
+
+@router.post("/datasets", status_code=201)
+def upload_dataset(
+    plane: PlaneDep,
+    account: AccountDep,
+    file: Annotated[UploadFile, File()],
+    name: Annotated[str | None, Form()] = None,
+) -> dict[str, Any]:
+    """Store and validate a dataset; 422 with every problem (file, line) if it is unusable."""
+    original = Path(file.filename or "upload").name
+    suffix = Path(original).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DatasetError.single(
+            original, f"unsupported file type {suffix or '(none)'!r}; use .jsonl, .csv or .parquet"
+        )
+    dataset_id = new_id("ds")
+    plane.datasets_dir.mkdir(parents=True, exist_ok=True)
+    target = plane.datasets_dir / f"{dataset_id}{suffix}"
+    digest = hashlib.sha256()
+    size = 0
+    with tempfile.NamedTemporaryFile(dir=plane.datasets_dir, suffix=suffix, delete=False) as out:
+        partial = Path(out.name)
+        try:
+            while chunk := file.file.read(2**20):
+                size += len(chunk)
+                if size > MAX_UPLOAD_BYTES:
+                    raise DatasetError.single(original, "the file is larger than 2 GiB")
+                digest.update(chunk)
+                out.write(chunk)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+    try:
+        summary = read_dataset(partial, display_name=original)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    shutil.move(partial, target)
+    dataset = Dataset(
+        id=dataset_id,
+        account_id=account.id,
+        name=name or original,
+        filename=target.name,
+        format=summary.format,
+        rows=summary.row_count,
+        bytes=size,
+        sha256=digest.hexdigest(),
+    )
+    with plane.sessions.begin() as session:
+        session.add(dataset)
+    return dataset_public(dataset)
+
+
+@router.get("/datasets")
+def list_datasets(plane: PlaneDep, account: AccountDep) -> list[dict[str, Any]]:
+    with plane.sessions() as session:
+        rows = session.scalars(
+            select(Dataset)
+            .where(Dataset.account_id == account.id)
+            .order_by(Dataset.created_at.desc())
+        )
+        return [dataset_public(dataset) for dataset in rows]
+
+
+def _owned(session: Any, account_id: str, dataset_id: str) -> Dataset:
+    dataset = session.scalar(
+        select(Dataset).where(Dataset.id == dataset_id, Dataset.account_id == account_id)
+    )
+    if dataset is None:
+        raise NotFound(f"no dataset {dataset_id!r}")
+    return dataset
+
+
+@router.get("/datasets/{dataset_id}")
+def get_dataset(plane: PlaneDep, account: AccountDep, dataset_id: str) -> dict[str, Any]:
+    with plane.sessions() as session:
+        return dataset_public(_owned(session, account.id, dataset_id))
+
+
+@router.delete("/datasets/{dataset_id}", status_code=204)
+def delete_dataset(plane: PlaneDep, account: AccountDep, dataset_id: str) -> None:
+    with plane.sessions.begin() as session:
+        dataset = _owned(session, account.id, dataset_id)
+        (plane.datasets_dir / dataset.filename).unlink(missing_ok=True)
+        session.delete(dataset)

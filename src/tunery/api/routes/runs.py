@@ -1,0 +1,182 @@
+"""Runs: submit, list, inspect, cancel, delete, and the live event stream."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tunery.api.deps import AccountDep, PlaneDep
+from tunery.db import Run, RunEvent
+from tunery.runs import service
+from tunery.runs.lifecycle import TERMINAL
+from tunery.runs.service import ControlPlane
+
+router = APIRouter(tags=["runs"])
+KEEPALIVE_SECONDS = 15.0
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+def run_public(plane: ControlPlane, session: Session, run: Run) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "name": run.name,
+        "status": run.status,
+        "phase": run.phase,
+        "tier": run.tier,
+        "created_at": iso(run.created_at),
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+        "config": run.config,
+        "metrics": service.live_metrics(plane, session, run),
+        "error": run.error if run.status in ("failed", "retrying") else None,
+        "attempt": run.attempt,
+        "queue_position": service.queue_position(session, run),
+        "cancel_requested": run.cancel_requested,
+        "samples": run.samples or [],
+        "artifacts": (run.summary or {}).get("artifacts"),
+        "hub_entry_id": run.hub_entry_id,
+    }
+
+
+@router.post("/runs", status_code=201)
+def submit(
+    plane: PlaneDep,
+    account: AccountDep,
+    payload: Annotated[Any, Body()],
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> dict[str, Any]:
+    run = service.submit_run(
+        plane, account_id=account.id, payload=payload, idempotency_key=idempotency_key
+    )
+    with plane.sessions() as session:
+        return run_public(plane, session, service.get_run(session, account.id, run.id))
+
+
+@router.get("/runs")
+def list_runs(plane: PlaneDep, account: AccountDep) -> list[dict[str, Any]]:
+    with plane.sessions() as session:
+        runs = session.scalars(
+            select(Run).where(Run.account_id == account.id).order_by(Run.created_at.desc())
+        )
+        return [run_public(plane, session, run) for run in runs]
+
+
+@router.get("/runs/{run_id}")
+def get(plane: PlaneDep, account: AccountDep, run_id: str) -> dict[str, Any]:
+    with plane.sessions() as session:
+        return run_public(plane, session, service.get_run(session, account.id, run_id))
+
+
+@router.post("/runs/{run_id}/cancel")
+def cancel(plane: PlaneDep, account: AccountDep, run_id: str) -> dict[str, Any]:
+    run = service.cancel_run(plane, account_id=account.id, run_id=run_id)
+    with plane.sessions() as session:
+        return run_public(plane, session, service.get_run(session, account.id, run.id))
+
+
+@router.delete("/runs/{run_id}", status_code=204)
+def delete(plane: PlaneDep, account: AccountDep, run_id: str) -> None:
+    service.delete_run(plane, account_id=account.id, run_id=run_id)
+
+
+def event_public(event: RunEvent) -> dict[str, Any]:
+    return {"id": event.id, "kind": event.kind, "at": iso(event.created_at), **event.data}
+
+
+@router.get("/runs/{run_id}/metrics")
+def metrics(plane: PlaneDep, account: AccountDep, run_id: str) -> list[dict[str, Any]]:
+    with plane.sessions() as session:
+        service.get_run(session, account.id, run_id)
+        rows = session.scalars(
+            select(RunEvent)
+            .where(RunEvent.run_id == run_id, RunEvent.kind == "metrics")
+            .order_by(RunEvent.id)
+        )
+        return [event.data for event in rows]
+
+
+@router.get("/runs/{run_id}/logs", response_class=PlainTextResponse)
+def logs(plane: PlaneDep, account: AccountDep, run_id: str) -> str:
+    """The run's history as plain text, one line per status change, phase and log line."""
+    with plane.sessions() as session:
+        service.get_run(session, account.id, run_id)
+        rows = session.scalars(
+            select(RunEvent)
+            .where(RunEvent.run_id == run_id, RunEvent.kind.in_(("status", "phase", "log")))
+            .order_by(RunEvent.id)
+        )
+        lines = []
+        for event in rows:
+            if event.kind == "log":
+                text = event.data["message"]
+            elif event.kind == "status":
+                text = f"status: {event.data['status']} ({event.data['phase']})"
+                if event.data.get("error"):
+                    text += f" — {event.data['error'].get('message')}"
+            else:
+                text = f"phase: {event.data['phase']}"
+            lines.append(f"{iso(event.created_at)} {text}")
+        return "\n".join(lines) + ("\n" if lines else "")
+
+
+@router.get("/runs/{run_id}/events")
+async def events(
+    request: Request,
+    plane: PlaneDep,
+    account: AccountDep,
+    run_id: str,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> StreamingResponse:
+    """Server-Sent Events: the run's history, then live events until it is terminal.
+
+    ``Last-Event-ID`` resumes after that event: no gap, no duplicate. The stream ends once
+    the run is terminal and every event was sent.
+    """
+
+    def read(after: int) -> tuple[list[RunEvent], str]:
+        with plane.sessions() as session:
+            run = service.get_run(session, account.id, run_id)
+            return service.events_after(session, run_id, after), run.status
+
+    start = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    await run_in_threadpool(read, 0)  # 404 before the stream starts
+    broadcast = request.app.state.broadcast
+
+    async def stream() -> AsyncIterator[str]:
+        after = start
+        yield "retry: 1000\n\n"
+        while True:
+            batch, status = await run_in_threadpool(read, after)
+            for event in batch:
+                after = event.id
+                yield (
+                    f"id: {event.id}\nevent: {event.kind}\n"
+                    f"data: {json.dumps(event_public(event))}\n\n"
+                )
+            if batch:
+                continue
+            if status in TERMINAL:
+                return
+            if await request.is_disconnected():
+                return
+            if not await broadcast.wait(KEEPALIVE_SECONDS):
+                yield ": keep-alive\n\n"
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,120 @@
+"""Workers as local processes, each in its own process group (session).
+
+Workers outlive a control-plane crash on purpose: a restarted server finds them again by
+pid and process start time and lets them finish. Cancel signals the whole group, so
+anything the worker started (the GGUF converter, tokenizer threads) stops with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tunery.backends.base import AttemptLaunch, Handle
+
+
+def process_start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks); None if the pid is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may contain spaces; fields after it start past the last ')'.
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":  # a zombie has exited; only its exit status is left
+        return None
+    return fields[19]
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group ``pgid``."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
+class LocalBackend:
+    def __init__(self) -> None:
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(self, launch: AttemptLaunch) -> Handle:
+        env = dict(os.environ)
+        if launch.threads:
+            env["TUNERY_TORCH_THREADS"] = str(launch.threads)
+        log_path = Path(launch.log_path)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tunery.worker",
+                    "--server",
+                    launch.server_url,
+                    "--attempt",
+                    launch.attempt_id,
+                    "--token",
+                    launch.token,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        self._children[process.pid] = process
+        started = process_start_time(process.pid) or ""
+        return Handle(pid=process.pid, started=started)
+
+    def alive(self, handle: Handle) -> bool:
+        child = self._children.get(handle.pid)
+        if child is not None and child.poll() is not None:
+            del self._children[handle.pid]
+            return False
+        started = process_start_time(handle.pid)
+        return started is not None and started == handle.started
+
+    def cancel(self, handle: Handle, *, grace_seconds: float) -> None:
+        if not self.alive(handle):
+            return
+        self._signal_group(handle.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_seconds
+        while time.monotonic() < deadline and self._group_alive(handle.pid):
+            self._reap(handle.pid)
+            time.sleep(0.05)
+        if self._group_alive(handle.pid):
+            self._signal_group(handle.pid, signal.SIGKILL)
+        self._reap(handle.pid, wait=True)
+
+    def _reap(self, pid: int, *, wait: bool = False) -> None:
+        child = self._children.get(pid)
+        if child is None:
+            return
+        try:
+            child.wait(timeout=5 if wait else 0)
+        except subprocess.TimeoutExpired:
+            return
+        self._children.pop(pid, None)
+
+    @staticmethod
+    def _signal_group(pgid: int, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signum)
+
+    @staticmethod
+    def _group_alive(pgid: int) -> bool:
+        return bool(group_members(pgid))

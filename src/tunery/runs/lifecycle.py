@@ -1,0 +1,57 @@
+"""The run lifecycle, written down once: states, what is true in each, and the legal moves.
+
+States (exact strings, as the API shows them):
+
+- ``queued``: in the scheduling queue of its tier; no node picked, nothing charged.
+- ``waiting_for_gpu``: a node was picked and its worker is starting: spawning, loading the
+  model, preparing data, attaching LoRA. Still nothing charged.
+- ``training``: gradient steps are running (then saving, exporting, sampling, teardown);
+  credits accrue from the first step until teardown.
+- ``retrying``: a transient failure (lost worker, lost node, download error) ended the last
+  attempt; the run waits out its back-off, then goes back to a node and resumes from its
+  newest complete checkpoint. Nothing charged while waiting.
+- ``completed``: the adapter was saved (and the GGUF exported, if enabled). Terminal.
+- ``failed``: a user error, or transient failures beyond the retry budget. Terminal.
+- ``cancelled``: stopped by its owner; billed for whole minutes of training. Terminal.
+
+A terminal state has no outgoing move. A cancelled run never moves to ``retrying``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    WAITING_FOR_GPU = "waiting_for_gpu"
+    TRAINING = "training"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
+    RunStatus.QUEUED: frozenset({RunStatus.WAITING_FOR_GPU, RunStatus.FAILED, RunStatus.CANCELLED}),
+    RunStatus.WAITING_FOR_GPU: frozenset(
+        {RunStatus.TRAINING, RunStatus.RETRYING, RunStatus.FAILED, RunStatus.CANCELLED}
+    ),
+    RunStatus.TRAINING: frozenset(
+        {RunStatus.COMPLETED, RunStatus.RETRYING, RunStatus.FAILED, RunStatus.CANCELLED}
+    ),
+    RunStatus.RETRYING: frozenset(
+        {RunStatus.WAITING_FOR_GPU, RunStatus.FAILED, RunStatus.CANCELLED}
+    ),
+    RunStatus.COMPLETED: frozenset(),
+    RunStatus.FAILED: frozenset(),
+    RunStatus.CANCELLED: frozenset(),
+}
+
+TERMINAL = frozenset(status for status, moves in TRANSITIONS.items() if not moves)
+ACTIVE = frozenset({RunStatus.WAITING_FOR_GPU, RunStatus.TRAINING})
+"""States in which an attempt holds a node."""
+
+
+def can_move(current: RunStatus, target: RunStatus) -> bool:
+    return target in TRANSITIONS[current]
