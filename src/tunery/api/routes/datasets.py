@@ -12,10 +12,11 @@ from fastapi import APIRouter, File, Form, UploadFile
 from sqlalchemy import select
 
 from tunery.api.deps import AccountDep, PlaneDep
-from tunery.db import Dataset, new_id
+from tunery.db import Dataset, Run, new_id
 from tunery.errors import DatasetError
 from tunery.pipeline.datasets import SUFFIXES, read_dataset
-from tunery.runs.service import NotFound
+from tunery.runs.lifecycle import TERMINAL
+from tunery.runs.service import Conflict, NotFound
 
 router = APIRouter(tags=["datasets"])
 MAX_UPLOAD_BYTES = 2 * 2**30
@@ -113,7 +114,16 @@ def get_dataset(plane: PlaneDep, account: AccountDep, dataset_id: str) -> dict[s
 
 @router.delete("/datasets/{dataset_id}", status_code=204)
 def delete_dataset(plane: PlaneDep, account: AccountDep, dataset_id: str) -> None:
+    """Delete a dataset; 409 while a run that has not finished still needs it."""
     with plane.sessions.begin() as session:
         dataset = _owned(session, account.id, dataset_id)
+        pending = session.scalars(
+            select(Run).where(
+                Run.account_id == account.id, Run.status.not_in([s.value for s in TERMINAL])
+            )
+        )
+        users = [run.id for run in pending if dataset_id in run.config.get("dataset_ids", [])]
+        if users:
+            raise Conflict(f"dataset {dataset_id} is used by unfinished run(s) {', '.join(users)}")
         (plane.datasets_dir / dataset.filename).unlink(missing_ok=True)
         session.delete(dataset)
