@@ -123,6 +123,32 @@ class RunEvent(Base):
     __table_args__ = (Index("ix_run_events_run_id_id", "run_id", "id"),)
 
 
+class HubEntry(Base):
+    """Artifacts of one run; outlives the run record until deleted itself."""
+
+    __tablename__ = "hub_entries"
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    run_id: Mapped[str] = mapped_column(String)
+    name: Mapped[str] = mapped_column(String)
+    base_model: Mapped[str] = mapped_column(String)
+    artifacts: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class LedgerEntry(Base):
+    """Append-only credit movements; an account's balance is the sum of its amounts."""
+
+    __tablename__ = "ledger"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    run_id: Mapped[str | None] = mapped_column(String, nullable=True)
+    kind: Mapped[str] = mapped_column(String)  # grant | charge | refund
+    amount: Mapped[float] = mapped_column(Float)
+    note: Mapped[str] = mapped_column(String, default="")
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
 def make_engine(path: Path) -> Engine:
     path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(

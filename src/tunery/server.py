@@ -8,6 +8,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from tunery.db import Account, make_engine, make_sessions
+from tunery.runs import billing
 from tunery.runs.service import ControlPlane, create_account
 from tunery.runs.store import EventNotifier
 from tunery.settings import Settings
@@ -32,7 +33,16 @@ def ensure_admin(settings: Settings) -> str | None:
         with plane.sessions() as session:
             if session.scalar(select(func.count()).select_from(Account)):
                 return None
-        _, token = create_account(plane, name="admin", is_admin=True)
+        account_id, token = create_account(plane, name="admin", is_admin=True)
+        if settings.admin_grant > 0:
+            with plane.sessions.begin() as session:
+                billing.record(
+                    session,
+                    account_id=account_id,
+                    kind="grant",
+                    amount=settings.admin_grant,
+                    note="welcome grant",
+                )
     finally:
         engine.dispose()
     path = settings.data_dir / ADMIN_TOKEN_FILE

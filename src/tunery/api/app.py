@@ -17,11 +17,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from tunery import __version__
-from tunery.api.routes import datasets, internal, meta, runs
+from tunery.api.routes import credits, datasets, hub, internal, meta, runs
 from tunery.backends.base import Backend
 from tunery.backends.local import LocalBackend
 from tunery.db import make_engine, make_sessions
 from tunery.errors import ConfigError, DatasetError, TuneryError
+from tunery.hub.signing import load_secret
 from tunery.runs.service import Conflict, ControlPlane, NotFound, StaleAttempt
 from tunery.runs.store import EventNotifier
 from tunery.scheduler.scheduler import SchedulerThread
@@ -97,6 +98,7 @@ def create_app(
     app = FastAPI(title="tunery", version=__version__, lifespan=lifespan)
     app.state.plane = plane
     app.state.broadcast = broadcast
+    app.state.secret = load_secret(settings.data_dir)
 
     @app.exception_handler(ConfigError)
     async def invalid_config(_: Request, error: ConfigError) -> JSONResponse:
@@ -135,5 +137,7 @@ def create_app(
     app.include_router(meta.router)
     app.include_router(datasets.router, prefix="/api/v1")
     app.include_router(runs.router, prefix="/api/v1")
+    app.include_router(credits.router, prefix="/api/v1")
+    app.include_router(hub.router)
     app.include_router(internal.router)
     return app

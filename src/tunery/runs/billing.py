@@ -8,9 +8,13 @@ billed for whole minutes only, rounded down.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable
 
-from tunery.db import Attempt
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from tunery.db import Attempt, LedgerEntry
 
 
 def billable_seconds(attempts: Iterable[Attempt], at: float) -> float:
@@ -26,3 +30,73 @@ def billable_seconds(attempts: Iterable[Attempt], at: float) -> float:
 def credits_for(seconds: float, credits_per_minute: float, *, whole_minutes: bool) -> float:
     minutes = math.floor(seconds / 60) if whole_minutes else seconds / 60
     return round(minutes * credits_per_minute, 4)
+
+
+def balance(session: Session, account_id: str) -> float:
+    total = session.scalar(
+        select(func.coalesce(func.sum(LedgerEntry.amount), 0.0)).where(
+            LedgerEntry.account_id == account_id
+        )
+    )
+    return round(float(total or 0.0), 4)
+
+
+def record(
+    session: Session,
+    *,
+    account_id: str,
+    kind: str,
+    amount: float,
+    run_id: str | None = None,
+    note: str = "",
+) -> None:
+    session.add(
+        LedgerEntry(
+            account_id=account_id,
+            run_id=run_id,
+            kind=kind,
+            amount=round(amount, 4),
+            note=note,
+            created_at=time.time(),
+        )
+    )
+
+
+def settle(
+    session: Session,
+    *,
+    account_id: str,
+    run_id: str,
+    seconds: float,
+    credits_per_minute: float,
+    cancelled: bool,
+    refund: bool,
+) -> float:
+    """Charge a finished run (never below a zero balance); refund it when ``refund``.
+
+    Returns the net amount charged.
+    """
+    charge = credits_for(seconds, credits_per_minute, whole_minutes=cancelled)
+    charge = min(charge, max(balance(session, account_id), 0.0))
+    if charge <= 0:
+        return 0.0
+    minutes = f"{seconds / 60:.2f} min" if not cancelled else f"{math.floor(seconds / 60)} min"
+    record(
+        session,
+        account_id=account_id,
+        kind="charge",
+        amount=-charge,
+        run_id=run_id,
+        note=f"training {minutes} at {credits_per_minute} credits/min",
+    )
+    if refund:
+        record(
+            session,
+            account_id=account_id,
+            kind="refund",
+            amount=charge,
+            run_id=run_id,
+            note="failed run on a verified catalog model",
+        )
+        return 0.0
+    return charge

@@ -18,11 +18,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tunery.backends.base import Backend, Handle
+from tunery.catalog.models import find as catalog_find
 from tunery.db import Account, ApiToken, Attempt, Dataset, Run, RunEvent, new_id, now
 from tunery.errors import ConfigError, FieldProblem, TuneryError
+from tunery.hub.storage import LocalStorage, Storage
 from tunery.pipeline.config import RunRecipe, parse_recipe
 from tunery.pipeline.load import parse_model_reference
-from tunery.runs import billing, store
+from tunery.runs import billing, hub, store
 from tunery.runs.lifecycle import ACTIVE, TERMINAL, RunStatus
 from tunery.settings import Settings
 
@@ -59,6 +61,10 @@ class ControlPlane:
     @property
     def datasets_dir(self) -> Path:
         return self.settings.data_dir / "datasets"
+
+    @property
+    def storage(self) -> Storage:
+        return LocalStorage(self.settings.data_dir / "hub")
 
 
 # Accounts and tokens -----------------------------------------------------------------
@@ -144,6 +150,17 @@ def validate_submission(
         parse_model_reference(recipe.base_model)
     except ConfigError as error:
         problems.extend(error.problems)
+    tier_settings = plane.settings.tier(tier)
+    price = tier_settings.credits_per_minute if tier_settings else 0.0
+    available = billing.balance(session, account_id)
+    if price > 0 and available < price:
+        problems.append(
+            FieldProblem(
+                "credits",
+                f"the balance ({available:.2f} credits) does not cover the first "
+                f"minute on {tier} ({price:g} credits/min)",
+            )
+        )
     if problems:
         raise ConfigError(problems)
     return recipe, tier
@@ -284,13 +301,13 @@ def cancel_run(plane: ControlPlane, *, account_id: str, run_id: str) -> Run:
             if attempt.pid is not None:
                 handle = Handle(attempt.pid, attempt.process_started or "")
         try:
-            store.move(
+            finish(
+                plane,
                 session,
-                run.id,
-                expected=RunStatus(run.status),
+                run,
                 to=RunStatus.CANCELLED,
                 phase="cancelled",
-                finished_at=at,
+                at=at,
                 cancel_requested=True,
                 retry_at=None,
             )
@@ -312,6 +329,44 @@ def cancel_run(plane: ControlPlane, *, account_id: str, run_id: str) -> Run:
 
 def _active_attempt(session: Session, run_id: str) -> Attempt | None:
     return session.scalar(select(Attempt).where(Attempt.run_id == run_id, Attempt.active.is_(True)))
+
+
+def finish(
+    plane: ControlPlane,
+    session: Session,
+    run: Run,
+    *,
+    to: RunStatus,
+    phase: str,
+    at: float,
+    **fields: Any,
+) -> None:
+    """Move a run to a terminal state and settle its bill in the same transaction."""
+    store.move(
+        session,
+        run.id,
+        expected=RunStatus(run.status),
+        to=to,
+        phase=phase,
+        finished_at=at,
+        **fields,
+    )
+    attempts = session.scalars(select(Attempt).where(Attempt.run_id == run.id)).all()
+    tier = plane.settings.tier(run.tier)
+    entry = catalog_find(run.config.get("base_model", ""))
+    error = fields.get("error") or {}
+    billing.settle(
+        session,
+        account_id=run.account_id,
+        run_id=run.id,
+        seconds=billing.billable_seconds(attempts, at),
+        credits_per_minute=tier.credits_per_minute if tier else 0.0,
+        cancelled=to == RunStatus.CANCELLED,
+        refund=to == RunStatus.FAILED
+        and entry is not None
+        and entry.verified
+        and error.get("code") != "out_of_credits",
+    )
 
 
 def delete_run(plane: ControlPlane, *, account_id: str, run_id: str) -> None:
@@ -432,15 +487,17 @@ def _on_result(
     target = RunStatus.COMPLETED if summary.get("status") == "completed" else RunStatus.FAILED
     if summary.get("samples"):
         store.append_event(session, run.id, "samples", {"samples": summary["samples"]})
-    store.move(
+    entry_id = hub.create_entry(plane, session, run, summary)
+    finish(
+        plane,
         session,
-        run.id,
-        expected=RunStatus(run.status),
+        run,
         to=target,
         phase="done",
-        finished_at=at,
+        at=at,
         summary=summary,
         samples=summary.get("samples", []),
+        hub_entry_id=entry_id,
         metrics={**run.metrics, **(summary.get("metrics") or {})},
         error=error,
     )
@@ -485,15 +542,7 @@ def retry_or_fail(
     else:
         if transient:
             error = {**error, "message": f"{error['message']} (after {run.attempt} attempts)"}
-        store.move(
-            session,
-            run.id,
-            expected=current,
-            to=RunStatus.FAILED,
-            phase="done",
-            finished_at=at,
-            error=error,
-        )
+        finish(plane, session, run, to=RunStatus.FAILED, phase="done", at=at, error=error)
     plane.wake_scheduler.set()
 
 

@@ -25,11 +25,16 @@ from sqlalchemy import select
 
 from tunery.backends.base import AttemptLaunch, Handle
 from tunery.db import Attempt, Run, new_id, now
-from tunery.runs import service, store
+from tunery.runs import billing, service, store
 from tunery.runs.lifecycle import ACTIVE, RunStatus
 from tunery.runs.service import ControlPlane
 
 logger = logging.getLogger(__name__)
+OUT_OF_CREDITS = {
+    "code": "out_of_credits",
+    "message": "the account ran out of credits during training",
+    "hint": "ask an admin for credits (tunery accounts grant), then submit the run again",
+}
 LOST_WORKER = {
     "code": "worker_lost",
     "message": "the worker stopped reporting (process or node lost)",
@@ -45,7 +50,51 @@ def reconcile(plane: ControlPlane) -> None:
 
 def tick(plane: ControlPlane) -> None:
     reap(plane)
+    enforce_credits(plane)
     place(plane)
+
+
+def enforce_credits(plane: ControlPlane) -> None:
+    """Stop an account's training runs once their credits so far reach its balance.
+
+    Charges are capped at the balance, so a balance never goes negative, even with several
+    runs training at once.
+    """
+    at = now()
+    stopped: list[Handle] = []
+    with plane.sessions.begin() as session:
+        training = session.scalars(select(Run).where(Run.status == RunStatus.TRAINING.value))
+        by_account: dict[str, list[Run]] = {}
+        for run in training:
+            tier = plane.settings.tier(run.tier)
+            if tier is not None and tier.credits_per_minute > 0:
+                by_account.setdefault(run.account_id, []).append(run)
+        for account_id, runs in by_account.items():
+            accrued = sum(service.live_metrics(plane, session, run)["credits"] for run in runs)
+            if accrued < billing.balance(session, account_id):
+                continue
+            for run in runs:
+                attempt = session.scalar(
+                    select(Attempt).where(Attempt.run_id == run.id, Attempt.active.is_(True))
+                )
+                if attempt is not None:
+                    attempt.active, attempt.ended_at = False, at
+                    attempt.end_reason = "out of credits"
+                    if attempt.pid:
+                        stopped.append(Handle(attempt.pid, attempt.process_started or ""))
+                service.finish(
+                    plane,
+                    session,
+                    run,
+                    to=RunStatus.FAILED,
+                    phase="done",
+                    at=at,
+                    error=OUT_OF_CREDITS,
+                )
+    for handle in stopped:
+        plane.backend.cancel(handle, grace_seconds=plane.settings.cancel_grace_seconds)
+    if stopped:
+        plane.notifier.notify()
 
 
 def reap(plane: ControlPlane) -> None:

@@ -1,0 +1,54 @@
+"""Turning a finished run's artifacts into a Hub entry.
+
+An entry exists as soon as a run saved at least one artifact: a completed run (LoRA and,
+if enabled, GGUF) or a run whose GGUF export failed after the LoRA was saved (LoRA only).
+Cancelled runs, runs that fail before the LoRA save and blocked submissions have none.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
+
+from tunery.db import HubEntry, Run, new_id, now
+from tunery.hub.storage import ARTIFACTS
+
+if TYPE_CHECKING:
+    from tunery.runs.service import ControlPlane
+
+
+def create_entry(
+    plane: ControlPlane, session: Session, run: Run, summary: dict[str, Any]
+) -> str | None:
+    """Move the run's artifact ZIPs into Hub storage and record the entry; returns its id."""
+    names = summary.get("artifacts") or {}
+    run_dir = plane.runs_dir / run.id
+    present = {
+        kind: run_dir / names[kind]
+        for kind in ARTIFACTS
+        if names.get(kind) and (run_dir / names[kind]).is_file()
+    }
+    if "lora" not in present:
+        return None
+    entry_id = new_id("hub")
+    artifacts = {}
+    for kind, path in present.items():
+        stored = plane.storage.put(entry_id, kind, path)
+        artifacts[kind] = {
+            "filename": stored.filename,
+            "size": stored.size,
+            "sha256": stored.sha256,
+        }
+    session.add(
+        HubEntry(
+            id=entry_id,
+            account_id=run.account_id,
+            run_id=run.id,
+            name=run.name,
+            base_model=run.config.get("base_model", ""),
+            artifacts=artifacts,
+            created_at=now(),
+        )
+    )
+    return entry_id
