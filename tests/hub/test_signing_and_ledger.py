@@ -1,0 +1,156 @@
+"""Signed URLs and the credit ledger, without a server."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tunery.db import Account, make_engine, make_sessions
+from tunery.hub import signing
+from tunery.runs import billing
+
+SECRET = bytes(range(32))
+FIELDS = {"account_id": "acc_1", "entry_id": "hub_1", "artifact": "gguf"}
+
+
+def signed(**overrides):
+    query, _expires = signing.sign(SECRET, **FIELDS)
+    parts = dict(part.split("=", 1) for part in query.split("&"))
+    return {**FIELDS, "expires": parts["expires"], "signature": parts["signature"], **overrides}
+
+
+def test_a_fresh_url_verifies():
+    assert signing.verify(SECRET, **signed())
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("account_id", "acc_2"),
+        ("entry_id", "hub_2"),
+        ("artifact", "lora"),
+        ("signature", "0" * 64),
+        ("signature", ""),
+    ],
+)
+def test_tampering_with_any_field_fails(field, value):
+    assert not signing.verify(SECRET, **signed(**{field: value}))
+
+
+def test_a_changed_expiry_fails():
+    url = signed()
+    assert not signing.verify(SECRET, **{**url, "expires": str(int(url["expires"]) + 60)})
+    assert not signing.verify(SECRET, **{**url, "expires": "soon"})
+
+
+def test_another_secret_fails():
+    assert not signing.verify(bytes(32), **signed())
+
+
+def test_expired_urls_fail_and_lifetimes_are_capped(monkeypatch):
+    _query, expires = signing.sign(SECRET, **FIELDS, lifetime=10 * 24 * 3600)
+    assert expires <= time.time() + signing.MAX_LIFETIME + 1
+    url = signed()
+    monkeypatch.setattr(time, "time", lambda: int(url["expires"]) + 1)
+    assert not signing.verify(SECRET, **url)
+
+
+@pytest.fixture
+def session(tmp_path):
+    sessions = make_sessions(make_engine(tmp_path / "ledger.db"))
+    with sessions.begin() as session:
+        session.add(Account(id="acc_1", name="a"))
+    with sessions() as session:
+        yield session
+
+
+def test_balance_is_the_sum_of_the_ledger(session):
+    billing.record(session, account_id="acc_1", kind="grant", amount=10)
+    billing.record(session, account_id="acc_1", kind="charge", amount=-2.5)
+    assert billing.balance(session, "acc_1") == 7.5
+
+
+def test_cancel_bills_whole_minutes_rounded_down(session):
+    billing.record(session, account_id="acc_1", kind="grant", amount=10)
+    charged = billing.settle(
+        session,
+        account_id="acc_1",
+        run_id="r",
+        seconds=179,
+        credits_per_minute=2,
+        cancelled=True,
+        refund=False,
+    )
+    assert charged == 4 and billing.balance(session, "acc_1") == 6
+    assert (
+        billing.settle(
+            session,
+            account_id="acc_1",
+            run_id="r2",
+            seconds=59,
+            credits_per_minute=2,
+            cancelled=True,
+            refund=False,
+        )
+        == 0
+    )
+
+
+def test_completed_runs_pay_for_the_exact_training_time(session):
+    billing.record(session, account_id="acc_1", kind="grant", amount=10)
+    assert (
+        billing.settle(
+            session,
+            account_id="acc_1",
+            run_id="r",
+            seconds=90,
+            credits_per_minute=2,
+            cancelled=False,
+            refund=False,
+        )
+        == 3
+    )
+
+
+def test_a_refunded_run_costs_nothing_and_both_movements_are_kept(session):
+    billing.record(session, account_id="acc_1", kind="grant", amount=10)
+    billing.settle(
+        session,
+        account_id="acc_1",
+        run_id="r",
+        seconds=120,
+        credits_per_minute=1,
+        cancelled=False,
+        refund=True,
+    )
+    assert billing.balance(session, "acc_1") == 10
+    session.flush()
+    kinds = [row.kind for row in session.query(billing.LedgerEntry).order_by("id")]
+    assert kinds == ["grant", "charge", "refund"]
+
+
+def test_charges_never_take_the_balance_below_zero(session):
+    billing.record(session, account_id="acc_1", kind="grant", amount=1)
+    charged = billing.settle(
+        session,
+        account_id="acc_1",
+        run_id="r",
+        seconds=600,
+        credits_per_minute=1,
+        cancelled=False,
+        refund=False,
+    )
+    assert charged == 1 and billing.balance(session, "acc_1") == 0
+    assert (
+        billing.settle(
+            session,
+            account_id="acc_1",
+            run_id="r2",
+            seconds=600,
+            credits_per_minute=1,
+            cancelled=False,
+            refund=False,
+        )
+        == 0
+    )
