@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
+from tunery.catalog.models import catalog, find
 from tunery.db import Account, make_engine, make_sessions
 from tunery.hub import signing
 from tunery.runs import billing
@@ -154,3 +156,11 @@ def test_charges_never_take_the_balance_below_zero(session):
         )
         == 0
     )
+
+
+def test_catalog_lists_only_tested_families_and_the_demo_model(demo_model_dir):
+    built = json.loads((demo_model_dir / "tunery-demo.json").read_text())
+    entry = find("tunery/demo-tiny")
+    assert entry is not None and entry.verified and entry.gguf
+    assert entry.parameters == built["parameters"]
+    assert {model.family for model in catalog()} <= {"llama-bpe", "qwen2", "mistral-spm"}

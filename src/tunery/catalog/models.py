@@ -33,7 +33,7 @@ class CatalogModel:
 
 
 CATALOG = (
-    CatalogModel(DEMO_MODEL_ID, "llama-bpe", 3_670_016, "Apache-2.0", 1024, "chatml"),
+    CatalogModel(DEMO_MODEL_ID, "llama-bpe", 3_672_320, "Apache-2.0", 1024, "chatml"),
     CatalogModel("Qwen/Qwen2.5-0.5B-Instruct", "qwen2", 494_032_768, "Apache-2.0", 32768, "chatml"),
     CatalogModel(
         "Qwen/Qwen2.5-1.5B-Instruct", "qwen2", 1_543_714_304, "Apache-2.0", 32768, "chatml"
