@@ -17,13 +17,20 @@ FIELDS = {"account_id": "acc_1", "entry_id": "hub_1", "artifact": "gguf"}
 
 
 def signed(**overrides):
-    query, _expires = signing.sign(SECRET, **FIELDS)
+    query, _ = signing.sign(SECRET, **FIELDS)
     parts = dict(part.split("=", 1) for part in query.split("&"))
-    return {**FIELDS, "expires": parts["expires"], "signature": parts["signature"], **overrides}
+    return {
+        **FIELDS,
+        "expires": parts["expires"],
+        "nonce": parts["nonce"],
+        "signature": parts["signature"],
+        **overrides,
+    }
 
 
-def test_a_fresh_url_verifies():
+def test_a_fresh_url_verifies_and_each_is_distinct():
     assert signing.verify(SECRET, **signed())
+    assert signing.sign(SECRET, **FIELDS)[0] != signing.sign(SECRET, **FIELDS)[0]
 
 
 @pytest.mark.parametrize(
@@ -34,6 +41,7 @@ def test_a_fresh_url_verifies():
         ("artifact", "lora"),
         ("signature", "0" * 64),
         ("signature", ""),
+        ("nonce", "0" * 16),
     ],
 )
 def test_tampering_with_any_field_fails(field, value):

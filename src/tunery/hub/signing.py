@@ -30,8 +30,10 @@ def load_secret(data_dir: Path) -> bytes:
     return bytes.fromhex(path.read_text().strip())
 
 
-def _signature(secret: bytes, account_id: str, entry_id: str, artifact: str, expires: int) -> str:
-    message = f"{account_id}\n{entry_id}\n{artifact}\n{expires}".encode()
+def _signature(
+    secret: bytes, account_id: str, entry_id: str, artifact: str, expires: int, nonce: str
+) -> str:
+    message = f"{account_id}\n{entry_id}\n{artifact}\n{expires}\n{nonce}".encode()
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
@@ -43,20 +45,32 @@ def sign(
     artifact: str,
     lifetime: int = DEFAULT_LIFETIME,
 ) -> tuple[str, int]:
-    """The query string of a fresh signed URL and its expiry (epoch seconds)."""
-    expires = int(time.time()) + min(lifetime, MAX_LIFETIME)
+    """The query string of a fresh signed URL and its expiry (epoch seconds).
+
+    A random nonce makes every URL distinct, even two minted in the same second.
+    """
+    expires = int(time.time()) + max(1, min(lifetime, MAX_LIFETIME))
+    nonce = secrets.token_hex(8)
     query = urlencode(
         {
             "account": account_id,
             "expires": expires,
-            "signature": _signature(secret, account_id, entry_id, artifact, expires),
+            "nonce": nonce,
+            "signature": _signature(secret, account_id, entry_id, artifact, expires, nonce),
         }
     )
     return query, expires
 
 
 def verify(
-    secret: bytes, *, account_id: str, entry_id: str, artifact: str, expires: str, signature: str
+    secret: bytes,
+    *,
+    account_id: str,
+    entry_id: str,
+    artifact: str,
+    expires: str,
+    nonce: str,
+    signature: str,
 ) -> bool:
     """True only for an untampered URL that has not expired."""
     if not expires.isdigit():
@@ -65,5 +79,5 @@ def verify(
     now = time.time()
     if expiry < now or expiry > now + MAX_LIFETIME:
         return False
-    expected = _signature(secret, account_id, entry_id, artifact, expiry)
+    expected = _signature(secret, account_id, entry_id, artifact, expiry, nonce)
     return hmac.compare_digest(expected, signature)

@@ -64,15 +64,24 @@ def delete_entry(plane: PlaneDep, account: AccountDep, entry_id: str) -> None:
 
 @router.post("/api/v1/hub/{entry_id}/artifacts/{artifact}/url")
 def mint_url(
-    request: Request, plane: PlaneDep, account: AccountDep, entry_id: str, artifact: str
+    request: Request,
+    plane: PlaneDep,
+    account: AccountDep,
+    entry_id: str,
+    artifact: str,
+    lifetime: Annotated[int, Query(ge=1, le=signing.MAX_LIFETIME)] = signing.DEFAULT_LIFETIME,
 ) -> dict[str, Any]:
-    """A fresh signed, time-limited URL; each call mints a new one."""
+    """A fresh signed URL valid for ``lifetime`` seconds; each call mints a new one."""
     with plane.sessions() as session:
         entry = _owned(session, account.id, entry_id)
     if artifact not in ARTIFACTS or artifact not in entry.artifacts:
         raise NotFound(f"Hub entry {entry_id} has no {artifact!r} artifact")
     query, expires = signing.sign(
-        request.app.state.secret, account_id=account.id, entry_id=entry_id, artifact=artifact
+        request.app.state.secret,
+        account_id=account.id,
+        entry_id=entry_id,
+        artifact=artifact,
+        lifetime=lifetime,
     )
     base = str(request.base_url).rstrip("/")
     return {"url": f"{base}/hub/download/{entry_id}/{artifact}?{query}", "expires_at": expires}
@@ -86,6 +95,7 @@ def download(
     artifact: str,
     account: Annotated[str, Query()] = "",
     expires: Annotated[str, Query()] = "",
+    nonce: Annotated[str, Query()] = "",
     signature: Annotated[str, Query()] = "",
 ) -> FileResponse:
     """Stream an artifact to whoever holds a valid signed URL; 403 if tampered or expired."""
@@ -95,6 +105,7 @@ def download(
         entry_id=entry_id,
         artifact=artifact,
         expires=expires,
+        nonce=nonce,
         signature=signature,
     ):
         raise HTTPException(
