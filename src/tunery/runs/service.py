@@ -285,35 +285,38 @@ def cancel_run(plane: ControlPlane, *, account_id: str, run_id: str) -> Run:
     grace) on a background thread; the run is ``cancelled`` as soon as this returns.
     Raises Conflict once the run is completed or failed.
     """
-    handle: Handle | None = None
-    with plane.sessions.begin() as session:
-        run = get_run(session, account_id, run_id)
-        if run.status == RunStatus.CANCELLED.value:
-            return run
-        if run.status in TERMINAL:
-            raise Conflict(f"run {run_id} is already {run.status}; it cannot be cancelled")
-        at = now()
-        attempt = _active_attempt(session, run.id)
-        if attempt is not None:
-            attempt.active = False
-            attempt.ended_at = at
-            attempt.end_reason = "cancelled"
-            if attempt.pid is not None:
-                handle = Handle(attempt.pid, attempt.process_started or "")
+    while True:
+        handle: Handle | None = None
         try:
-            finish(
-                plane,
-                session,
-                run,
-                to=RunStatus.CANCELLED,
-                phase="cancelled",
-                at=at,
-                cancel_requested=True,
-                retry_at=None,
-            )
-        except store.TransitionConflict as conflict:
-            # Lost a race with the worker's last report: exactly one terminal state wins.
-            raise Conflict(f"run {run_id} is already {conflict.actual}") from None
+            with plane.sessions.begin() as session:
+                run = get_run(session, account_id, run_id)
+                if run.status == RunStatus.CANCELLED.value:
+                    return run
+                if run.status in TERMINAL:
+                    raise Conflict(f"run {run_id} is already {run.status}; it cannot be cancelled")
+                at = now()
+                attempt = _active_attempt(session, run.id)
+                if attempt is not None:
+                    attempt.active = False
+                    attempt.ended_at = at
+                    attempt.end_reason = "cancelled"
+                    if attempt.pid is not None:
+                        handle = Handle(attempt.pid, attempt.process_started or "")
+                finish(
+                    plane,
+                    session,
+                    run,
+                    to=RunStatus.CANCELLED,
+                    phase="cancelled",
+                    at=at,
+                    cancel_requested=True,
+                    retry_at=None,
+                )
+        except store.TransitionConflict:
+            # The scheduler or the worker moved the run meanwhile (the transaction rolled
+            # back); look again. A run that became terminal answers the conflict above.
+            continue
+        break
     if handle is not None:
         threading.Thread(
             target=plane.backend.cancel,

@@ -208,6 +208,10 @@ def _start_attempt(plane: ControlPlane, run: Run, node: str, threads: int | None
     with plane.sessions.begin() as session:
         attempt = session.get(Attempt, attempt_id)
         attempt.pid, attempt.process_started = handle.pid, handle.started
+        cancelled_meanwhile = not attempt.active
+    if cancelled_meanwhile:
+        plane.backend.cancel(handle, grace_seconds=plane.settings.cancel_grace_seconds)
+        return False
     return True
 
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from sqlalchemy import select
 
 from tunery.api.deps import AccountDep, PlaneDep
+from tunery.api.timefmt import iso
 from tunery.db import LedgerEntry
 from tunery.runs import billing
 
@@ -27,7 +28,7 @@ def credits(plane: PlaneDep, account: AccountDep) -> dict[str, Any]:
                 "amount": row.amount,
                 "run_id": row.run_id,
                 "note": row.note,
-                "created_at": row.created_at,
+                "created_at": iso(row.created_at),
             }
             for row in rows
         ]

@@ -12,6 +12,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 from sqlalchemy import select
 
 from tunery.api.deps import AccountDep, PlaneDep
+from tunery.api.timefmt import iso
 from tunery.db import Dataset, Run, new_id
 from tunery.errors import DatasetError
 from tunery.pipeline.datasets import SUFFIXES, read_dataset
@@ -30,7 +31,7 @@ def dataset_public(dataset: Dataset) -> dict[str, Any]:
         "rows": dataset.rows,
         "bytes": dataset.bytes,
         "sha256": dataset.sha256,
-        "created_at": dataset.created_at,
+        "created_at": iso(dataset.created_at),
     }
 
 

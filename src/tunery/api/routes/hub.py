@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse
 from sqlalchemy import select
 
 from tunery.api.deps import AccountDep, PlaneDep
+from tunery.api.timefmt import iso
 from tunery.db import HubEntry
 from tunery.hub import signing
 from tunery.hub.storage import ARTIFACTS
@@ -24,7 +25,7 @@ def entry_public(entry: HubEntry) -> dict[str, Any]:
         "run_id": entry.run_id,
         "base_model": entry.base_model,
         "artifacts": entry.artifacts,
-        "created_at": entry.created_at,
+        "created_at": iso(entry.created_at),
     }
 
 

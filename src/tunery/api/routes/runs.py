@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Request
@@ -14,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tunery.api.deps import AccountDep, PlaneDep
+from tunery.api.timefmt import iso
 from tunery.db import Run, RunEvent
 from tunery.runs import service
 from tunery.runs.lifecycle import TERMINAL
@@ -21,12 +21,6 @@ from tunery.runs.service import ControlPlane
 
 router = APIRouter(tags=["runs"])
 KEEPALIVE_SECONDS = 15.0
-
-
-def iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
 def run_public(plane: ControlPlane, session: Session, run: Run) -> dict[str, Any]:
