@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import shutil
 import subprocess
 import sys
 import time
 import zipfile
+from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
@@ -95,6 +97,29 @@ def test_completed_run_gets_a_hub_entry_with_signed_downloads(server, client_for
     assert kinds == ["grant", "charge"]
     assert ledger["balance"] == pytest.approx(sum(row["amount"] for row in ledger["ledger"]))
     assert -ledger["ledger"][1]["amount"] == pytest.approx(done["metrics"]["credits"], abs=1e-3)
+
+    env = {**os.environ, "TUNERY_URL": server.url, "TUNERY_TOKEN": server.token}
+    cli = [sys.executable, "-m", "tunery.cli", "hub"]
+    listed = subprocess.run([*cli, "list"], capture_output=True, text=True, env=env, timeout=60)
+    assert entry_id in listed.stdout and "gguf" in listed.stdout
+    fetched = subprocess.run(
+        [*cli, "download", entry_id, "--artifact", "lora", "--out", str(server.root / "downloads")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    saved = Path(fetched.stdout.strip())
+    assert hashlib.sha256(saved.read_bytes()).hexdigest() == entry["artifacts"]["lora"]["sha256"]
+    missing = subprocess.run(
+        [*cli, "download", "hub_0000000000000000", "--artifact", "lora"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert missing.returncode == 1 and "no Hub entry" in missing.stderr
 
     # Deleting the run record keeps the Hub entry; deleting the entry removes its files.
     assert client.http.delete(f"/runs/{run['id']}").status_code == 204

@@ -790,6 +790,87 @@ def report_run_outcome(run: dict[str, Any]) -> None:
         sys.exit(EXIT_CANCELLED)
 
 
+@cli.group("hub")
+def hub_group() -> None:
+    """Hub entries: the artifacts of finished runs (uses TUNERY_URL, TUNERY_TOKEN)."""
+
+
+@hub_group.command("list")
+def hub_list() -> None:
+    """Hub entries with their artifacts and sizes, newest first."""
+    from tunery.cli.client import ClientError
+
+    try:
+        with open_client() as client:
+            entries = client.json("GET", "/api/v1/hub", retry=True)
+    except ClientError as error:
+        report_client_error(error)
+        sys.exit(EXIT_FAILED)
+    if not entries:
+        click.echo("the Hub is empty: artifacts appear when a run saves its adapter", err=True)
+        return
+    for entry in entries:
+        artifacts = ", ".join(
+            f"{kind} {info['size'] / 2**20:.1f} MiB" for kind, info in entry["artifacts"].items()
+        )
+        click.echo(f"{entry['id']}  {entry['name']:<24} {entry['base_model']:<32} {artifacts}")
+
+
+@hub_group.command("download")
+@click.argument("entry_id", metavar="ENTRY")
+@click.option("--artifact", type=click.Choice(["lora", "gguf"]), required=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    help="Folder to save the ZIP in (default: here).",
+)
+def hub_download(entry_id: str, artifact: str, out_dir: Path) -> None:
+    """Download an artifact through a fresh signed URL; checks its size and SHA-256."""
+    import hashlib
+
+    import httpx
+
+    from tunery.cli.client import ClientError
+
+    try:
+        with open_client() as client:
+            entry = client.json("GET", f"/api/v1/hub/{entry_id}", retry=True)
+            signed = client.json(
+                "POST", f"/api/v1/hub/{entry_id}/artifacts/{artifact}/url", retry=True
+            )
+    except ClientError as error:
+        report_client_error(error)
+        sys.exit(EXIT_FAILED)
+    info = entry["artifacts"][artifact]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / Path(info["filename"]).name
+    partial = target.with_name(f".{target.name}.partial")
+    digest = hashlib.sha256()
+    try:
+        with httpx.stream("GET", signed["url"], timeout=60) as response:
+            if response.status_code != 200:
+                click.echo(f"error: download failed with HTTP {response.status_code}", err=True)
+                sys.exit(EXIT_FAILED)
+            with partial.open("wb") as file:
+                for chunk in response.iter_bytes():
+                    digest.update(chunk)
+                    file.write(chunk)
+        if digest.hexdigest() != info["sha256"] or partial.stat().st_size != info["size"]:
+            click.echo(
+                "error: the downloaded file does not match its checksum; try again", err=True
+            )
+            sys.exit(EXIT_FAILED)
+        partial.replace(target)
+    except httpx.HTTPError as error:
+        click.echo(f"error: download interrupted: {error}", err=True)
+        sys.exit(EXIT_FAILED)
+    finally:
+        partial.unlink(missing_ok=True)
+    click.echo(str(target))
+
+
 def _register_admin() -> None:
     from tunery.cli.admin import accounts
 
