@@ -10,7 +10,6 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-import tunery.gguf.merge as merge_module
 from tunery.gguf.merge import MergeError, merge_adapter
 
 
@@ -40,18 +39,29 @@ def test_streaming_merge_equals_peft(demo_model_dir, adapter_dir, tmp_path):
     assert (tmp_path / "merged" / "config.json").is_file()
 
 
-def test_large_models_are_written_in_bounded_shards(
-    demo_model_dir, adapter_dir, tmp_path, monkeypatch
-):
-    monkeypatch.setattr(merge_module, "SHARD_BYTES", 2 * 2**20)
-    merge_adapter(demo_model_dir, adapter_dir, tmp_path / "merged")
-    index = json.loads((tmp_path / "merged" / "model.safetensors.index.json").read_text())
-    shards = sorted(set(index["weight_map"].values()))
-    assert len(shards) > 3
+def test_sharded_base_models_merge_shard_by_shard(demo_model_dir, adapter_dir, tmp_path):
+    sharded = tmp_path / "sharded-base"
+    base = AutoModelForCausalLM.from_pretrained(demo_model_dir)
+    base.save_pretrained(sharded, max_shard_size="2MB")
+    shards = json.loads((sharded / "model.safetensors.index.json").read_text())["weight_map"]
+    assert len(set(shards.values())) > 3
+    merge_adapter(sharded, adapter_dir, tmp_path / "merged")
+    assert (tmp_path / "merged" / "model.safetensors.index.json").is_file()
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     expected = reference_merge(demo_model_dir, adapter_dir)
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, expected[name], rtol=1e-6, atol=1e-6)
+
+
+def test_untargeted_weights_are_byte_identical_to_the_base(demo_model_dir, adapter_dir, tmp_path):
+    merge_adapter(demo_model_dir, adapter_dir, tmp_path / "merged")
+    base = load_file(demo_model_dir / "model.safetensors")
+    merged = load_file(tmp_path / "merged" / "model.safetensors")
+    assert torch.equal(base["model.embed_tokens.weight"], merged["model.embed_tokens.weight"])
+    assert not torch.equal(
+        base["model.layers.0.self_attn.q_proj.weight"],
+        merged["model.layers.0.self_attn.q_proj.weight"],
+    )
 
 
 def test_adapter_for_another_model_is_refused(demo_model_dir, adapter_dir, tmp_path):

@@ -1,23 +1,24 @@
 """Merging a LoRA adapter into its base, one tensor at a time.
 
 ``W' = W + (alpha / r) · B @ A`` for every targeted weight, computed in float32 and stored
-back in the base's own 16/32-bit dtype. Reading the base tensor by tensor from its
-safetensors files and writing bounded output shards keeps peak memory near one shard
-instead of the whole model, which is what loading the model with PEFT and calling
-``merge_and_unload()`` costs. Adapters this module does not handle (DoRA, rank or alpha
+back in the base's own 16/32-bit dtype. The base's safetensors shards are copied and only
+the targeted tensors are rewritten in place, so peak memory is one tensor instead of the
+whole model, which is what loading the model with PEFT and calling ``merge_and_unload()``
+costs. Adapters this module does not handle (DoRA, rank or alpha
 patterns, fan-in/fan-out layers, extra saved modules) are merged through PEFT instead.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import shutil
+import struct
 from pathlib import Path
 from typing import Any
 
 from tunery.errors import TuneryError
 
-SHARD_BYTES = 512 * 2**20
 ADAPTER_PREFIX = "base_model.model."
 CONFIG_FILES = ("config.json", "generation_config.json")
 TOKENIZER_FILES = (
@@ -96,58 +97,73 @@ def _base_shards(base_dir: Path) -> list[Path]:
 def _merge_streaming(
     base_dir: Path, adapter_dir: Path, adapter_config: dict[str, Any], out_dir: Path
 ) -> None:
+    """Copy each base shard, then overwrite the targeted weights in place.
+
+    Merged weights keep their shapes and dtypes, so each copied shard's header and layout
+    stay valid and only the targeted tensors' bytes change. One tensor is in memory at a
+    time.
+    """
     import torch
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     rank = adapter_config["r"]
     alpha = adapter_config["lora_alpha"]
     scale = alpha / rank**0.5 if adapter_config.get("use_rslora") else alpha / rank
     pairs = _lora_pairs(adapter_dir)
     merged_names: set[str] = set()
-    weight_map: dict[str, str] = {}
-    pending: dict[str, torch.Tensor] = {}
-    pending_bytes = 0
-    shard_names: list[str] = []
-
-    def flush() -> None:
-        nonlocal pending, pending_bytes
-        if not pending:
-            return
-        name = f"model-{len(shard_names) + 1:05d}.safetensors"
-        save_file(pending, out_dir / name, metadata={"format": "pt"})
-        shard_names.append(name)
-        weight_map.update(dict.fromkeys(pending, name))
-        pending, pending_bytes = {}, 0
-
     for shard in _base_shards(base_dir):
-        with safe_open(shard, framework="pt") as source:
+        target = out_dir / shard.name
+        shutil.copyfile(shard, target)
+        offsets, data_start = _tensor_offsets(shard)
+        with safe_open(shard, framework="pt") as source, target.open("r+b") as out:
             for name in source.keys():  # noqa: SIM118 (safe_open has keys(), not iteration)
+                if name not in pairs:
+                    continue
                 tensor = source.get_tensor(name)
-                if name in pairs:
-                    lora_a, lora_b = pairs[name]
-                    delta = (lora_b.float() @ lora_a.float()) * scale
-                    if delta.shape != tensor.shape:
-                        raise MergeError(
-                            f"{name}: adapter delta {tuple(delta.shape)} does not fit "
-                            f"base weight {tuple(tensor.shape)}"
-                        )
-                    tensor = (tensor.float() + delta).to(tensor.dtype)
-                    merged_names.add(name)
-                pending[name] = tensor.contiguous()
-                pending_bytes += tensor.numel() * tensor.element_size()
-                if pending_bytes >= SHARD_BYTES:
-                    flush()
-    flush()
+                lora_a, lora_b = pairs[name]
+                delta = (lora_b.float() @ lora_a.float()) * scale
+                if delta.shape != tensor.shape:
+                    raise MergeError(
+                        f"{name}: adapter delta {tuple(delta.shape)} does not fit "
+                        f"base weight {tuple(tensor.shape)}"
+                    )
+                merged = (tensor.float() + delta).to(tensor.dtype).contiguous()
+                begin, end = offsets[name]
+                raw = merged.view(-1).view(torch.uint8).numpy()
+                if raw.nbytes != end - begin:
+                    raise MergeError(f"{name}: merged weight does not fit its slot")
+                out.seek(data_start + begin)
+                out.write(raw.tobytes())
+                merged_names.add(name)
     missing = sorted(set(pairs) - merged_names)
     if missing:
         raise MergeError(f"the base model has no weights named {', '.join(missing[:3])}")
-    if len(shard_names) == 1:
-        (out_dir / shard_names[0]).rename(out_dir / "model.safetensors")
-    else:
-        (out_dir / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2)
-        )
+    index = base_dir / "model.safetensors.index.json"
+    if index.is_file():
+        shutil.copyfile(index, out_dir / index.name)
+    _release_freed_memory()
+
+
+def _tensor_offsets(shard: Path) -> tuple[dict[str, tuple[int, int]], int]:
+    """Each tensor's byte range in the data section, and where that section starts."""
+    with shard.open("rb") as file:
+        header_size = struct.unpack("<Q", file.read(8))[0]
+        header = json.loads(file.read(header_size))
+    offsets = {
+        name: (info["data_offsets"][0], info["data_offsets"][1])
+        for name, info in header.items()
+        if name != "__metadata__"
+    }
+    return offsets, 8 + header_size
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them), so the export's later
+    steps do not run beside the merge's high-water mark."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return
 
 
 def _merge_with_peft(base_dir: Path, adapter_dir: Path, out_dir: Path) -> None:
