@@ -37,6 +37,7 @@ class Broadcast:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: set[asyncio.Future[None]] = set()
+        self.generation = 0
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -47,13 +48,20 @@ class Broadcast:
             self._loop.call_soon_threadsafe(self._wake)
 
     def _wake(self) -> None:
+        self.generation += 1
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
         self._waiters.clear()
 
-    async def wait(self, timeout: float) -> bool:
-        """True when woken by a publish, False on timeout."""
+    async def wait(self, seen: int, timeout: float) -> bool:
+        """Wait for a publish after generation ``seen``: True when woken, False on timeout.
+
+        A publish that happened after the caller read ``generation`` returns at once, so a
+        commit between a stream's read and its wait is never missed.
+        """
+        if self.generation != seen:
+            return True
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.add(waiter)
         try:

@@ -40,3 +40,6 @@ class Backend(Protocol):
 
     def cancel(self, handle: Handle, *, grace_seconds: float) -> None:
         """Stop the worker and everything it started: terminate, then kill after the grace."""
+
+    def collect(self) -> None:
+        """Release what workers that have exited still hold (called every scheduler tick)."""

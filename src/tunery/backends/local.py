@@ -80,6 +80,12 @@ class LocalBackend:
         started = process_start_time(process.pid) or ""
         return Handle(pid=process.pid, started=started)
 
+    def collect(self) -> None:
+        """Wait for exited children so they do not linger as zombies."""
+        for pid, child in list(self._children.items()):
+            if child.poll() is not None:
+                del self._children[pid]
+
     def alive(self, handle: Handle) -> bool:
         child = self._children.get(handle.pid)
         if child is not None and child.poll() is not None:

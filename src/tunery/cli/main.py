@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -234,6 +235,8 @@ def serve(host: str, port: int, data_dir: Path | None) -> None:
     from tunery.settings import Settings
 
     root = data_dir_from(data_dir)
+    # Workers inherit it: the demo model and caches resolve under the server's data dir.
+    os.environ["TUNERY_DATA_DIR"] = str(root)
     try:
         settings = Settings.load(root)
     except TuneryError as error:

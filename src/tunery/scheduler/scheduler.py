@@ -49,6 +49,7 @@ def reconcile(plane: ControlPlane) -> None:
 
 
 def tick(plane: ControlPlane) -> None:
+    plane.backend.collect()
     reap(plane)
     enforce_credits(plane)
     place(plane)

@@ -18,7 +18,9 @@ import httpx
 
 from tunery.pipeline.reporting import StepMetrics
 
-BATCH_SECONDS = 0.5
+BATCH_SECONDS = 0.05
+RETRY_SECONDS = 0.5
+_WAKE: dict[str, Any] = {"kind": "wake"}
 
 
 class Fenced(Exception):
@@ -62,6 +64,7 @@ class HttpReporter:
     def finish(self, event: dict[str, Any], *, deadline_seconds: float = 600.0) -> bool:
         """Deliver everything queued plus ``event``; False if fenced or out of time."""
         self._closed.set()
+        self._queue.put(_WAKE)  # the sender may be asleep on the queue
         self._thread.join()
         batch = [*self._drain(), event]
         deadline = time.monotonic() + deadline_seconds
@@ -75,15 +78,28 @@ class HttpReporter:
         batch = []
         while True:
             try:
-                batch.append(self._queue.get_nowait())
+                event = self._queue.get_nowait()
             except queue.Empty:
                 return batch
+            if event is not _WAKE:
+                batch.append(event)
 
     def _loop(self) -> None:
         pending: list[dict[str, Any]] = []
         last_sent = 0.0
         while not self._closed.is_set() and not self.fenced:
-            time.sleep(BATCH_SECONDS)
+            if not pending:
+                # Sleep until the first event (or the heartbeat is due), then give the
+                # training loop a moment to add more, so bursts go out as one batch.
+                try:
+                    event = self._queue.get(timeout=self._heartbeat)
+                except queue.Empty:
+                    event = _WAKE
+                if event is not _WAKE:
+                    pending.append(event)
+                    time.sleep(BATCH_SECONDS)
+            else:
+                time.sleep(RETRY_SECONDS)
             pending.extend(self._drain())
             if not pending and time.monotonic() - last_sent < self._heartbeat:
                 continue

@@ -153,6 +153,7 @@ async def events(
         after = start
         yield "retry: 1000\n\n"
         while True:
+            seen = broadcast.generation
             batch, status = await run_in_threadpool(read, after)
             for event in batch:
                 after = event.id
@@ -166,7 +167,7 @@ async def events(
                 return
             if await request.is_disconnected():
                 return
-            if not await broadcast.wait(KEEPALIVE_SECONDS):
+            if not await broadcast.wait(seen, KEEPALIVE_SECONDS):
                 yield ": keep-alive\n\n"
 
     return StreamingResponse(
