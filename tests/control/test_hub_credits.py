@@ -190,6 +190,14 @@ def test_insufficient_credits_block_the_submission_until_granted(
     assert response.status_code == 200, (response.text, client.run(run["id"]))
 
 
+def test_admin_issues_more_tokens_that_work(shared_server, client_for):
+    new_account(shared_server, "two-tokens", grant=1)
+    issued = admin(shared_server, "token", "two-tokens")
+    assert issued.returncode == 0
+    second = client_for(shared_server, issued.stdout.strip().splitlines()[-1])
+    assert second.http.get("/credits").json()["balance"] == 1
+
+
 def test_admin_cli_rejects_bad_input(shared_server):
     assert "no account named" in admin(shared_server, "grant", "nobody", "5").stderr
     assert admin(shared_server, "grant", "admin", "-5").returncode != 0

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from tunery.db import Account, make_engine, make_sessions
 from tunery.errors import TuneryError
 from tunery.runs import billing
-from tunery.runs.service import ControlPlane, create_account
+from tunery.runs.service import ControlPlane, create_account, issue_token
 from tunery.runs.store import EventNotifier
 from tunery.server import data_dir_from
 from tunery.settings import Settings
@@ -90,6 +90,18 @@ def grant(name: str, amount: float, note: str, data_dir: Path | None) -> None:
         billing.record(session, account_id=account.id, kind="grant", amount=amount, note=note)
         balance = billing.balance(session, account.id)
     click.echo(f"{name}: balance {balance:.2f} credits")
+
+
+@accounts.command("token")
+@click.argument("name")
+@data_dir_option
+def token(name: str, data_dir: Path | None) -> None:
+    """Issue another API token for an account; prints it once."""
+    plane = _plane(data_dir)
+    account = _account(plane, name)
+    value = issue_token(plane, account_id=account.id)
+    click.echo(f"new API token for {name} (shown once):", err=True)
+    click.echo(value)
 
 
 @accounts.command("list")

@@ -87,6 +87,14 @@ def create_account(plane: ControlPlane, *, name: str, is_admin: bool = False) ->
     return account.id, token
 
 
+def issue_token(plane: ControlPlane, *, account_id: str) -> str:
+    """A new API token for an existing account (stored hashed); returns it once."""
+    token = f"tny_{secrets.token_urlsafe(32)}"
+    with plane.sessions.begin() as session:
+        session.add(ApiToken(id=new_id("tok"), account_id=account_id, token_hash=hash_token(token)))
+    return token
+
+
 def account_for_token(plane: ControlPlane, token: str) -> Account | None:
     with plane.sessions() as session:
         return session.scalar(

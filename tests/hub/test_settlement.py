@@ -1,0 +1,150 @@
+"""Settlement rules on a real database: refunds, whole minutes, no overdraw, out of credits."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from tunery.backends.local import LocalBackend
+from tunery.db import Account, Attempt, LedgerEntry, Run, make_engine, make_sessions, now
+from tunery.runs import billing, service
+from tunery.runs.lifecycle import RunStatus
+from tunery.runs.service import ControlPlane
+from tunery.runs.store import EventNotifier
+from tunery.scheduler.scheduler import enforce_credits
+from tunery.settings import NodeSettings, Settings, TierSettings
+
+
+@pytest.fixture
+def plane(tmp_path):
+    settings = Settings(
+        data_dir=tmp_path,
+        tiers=[
+            TierSettings(id="cpu", name="CPU", credits_per_minute=1.0),
+            TierSettings(id="gpu", name="GPU", credits_per_minute=60.0),
+        ],
+        nodes=[NodeSettings(name="n0", tier="cpu"), NodeSettings(name="n1", tier="gpu")],
+    )
+    plane = ControlPlane(
+        settings=settings,
+        sessions=make_sessions(make_engine(tmp_path / "t.db")),
+        backend=LocalBackend(),
+        notifier=EventNotifier(),
+    )
+    with plane.sessions.begin() as session:
+        session.add(Account(id="acc_1", name="a"))
+    return plane
+
+
+def training_run(
+    plane,
+    run_id: str,
+    *,
+    base_model: str = "tunery/demo-tiny",
+    tier: str = "cpu",
+    trained_seconds: float = 150.0,
+    grant: float = 0,
+) -> None:
+    with plane.sessions.begin() as session:
+        if grant:
+            billing.record(session, account_id="acc_1", kind="grant", amount=grant)
+        session.add(
+            Run(
+                id=run_id,
+                account_id="acc_1",
+                name=run_id,
+                status="training",
+                phase="training",
+                tier=tier,
+                config={"base_model": base_model},
+                created_at=now() - trained_seconds - 10,
+                attempt=1,
+                metrics={},
+                samples=[],
+            )
+        )
+        session.flush()
+        session.add(
+            Attempt(
+                id=f"att_{run_id}",
+                run_id=run_id,
+                number=1,
+                node="n0",
+                token="t",
+                lease_expires_at=now() + 60,
+                training_started_at=now() - trained_seconds,
+            )
+        )
+
+
+def finish(plane, run_id: str, to: RunStatus, error: dict | None = None) -> None:
+    with plane.sessions.begin() as session:
+        run = session.get(Run, run_id)
+        service.finish(plane, session, run, to=to, phase="done", at=now(), error=error)
+
+
+def ledger(plane) -> list[tuple[str, float]]:
+    with plane.sessions() as session:
+        rows = session.scalars(select(LedgerEntry).order_by(LedgerEntry.id))
+        return [(row.kind, round(row.amount, 2)) for row in rows]
+
+
+def balance(plane) -> float:
+    with plane.sessions() as session:
+        return billing.balance(session, "acc_1")
+
+
+FAILURE = {"code": "internal_error", "message": "boom", "hint": ""}
+
+
+def test_failed_run_on_a_verified_model_is_refunded(plane):
+    training_run(plane, "r1", grant=10)
+    finish(plane, "r1", RunStatus.FAILED, FAILURE)
+    assert ledger(plane) == [("grant", 10.0), ("charge", -2.5), ("refund", 2.5)]
+    assert balance(plane) == 10
+
+
+def test_failed_run_on_a_custom_model_is_not_refunded(plane):
+    training_run(plane, "r1", base_model="someone/custom-model", grant=10)
+    finish(plane, "r1", RunStatus.FAILED, FAILURE)
+    assert ledger(plane) == [("grant", 10.0), ("charge", -2.5)]
+
+
+def test_cancel_pays_whole_minutes_and_completion_pays_exact_time(plane):
+    training_run(plane, "r1", grant=10)
+    training_run(plane, "r2")
+    finish(plane, "r1", RunStatus.CANCELLED)
+    finish(plane, "r2", RunStatus.COMPLETED)
+    assert ledger(plane) == [("grant", 10.0), ("charge", -2.0), ("charge", -2.5)]
+
+
+def test_concurrent_runs_never_overdraw(plane):
+    training_run(plane, "r1", grant=3)
+    training_run(plane, "r2")
+    finish(plane, "r1", RunStatus.COMPLETED)
+    finish(plane, "r2", RunStatus.COMPLETED)
+    assert balance(plane) == 0
+    assert ledger(plane) == [("grant", 3.0), ("charge", -2.5), ("charge", -0.5)]
+
+
+def test_runs_are_stopped_when_their_credits_reach_the_balance(plane):
+    # 60 credits/min: two runs that trained 2 s each have used 4 credits of a balance of 3.
+    training_run(plane, "r1", tier="gpu", trained_seconds=2, grant=3)
+    training_run(plane, "r2", tier="gpu", trained_seconds=2)
+    enforce_credits(plane)
+    with plane.sessions() as session:
+        runs = session.scalars(select(Run).order_by(Run.id)).all()
+        assert [(run.status, run.error["code"]) for run in runs] == [
+            ("failed", "out_of_credits"),
+            ("failed", "out_of_credits"),
+        ]
+        assert not session.scalars(select(Attempt).where(Attempt.active.is_(True))).all()
+    assert balance(plane) == 0
+    assert all(kind != "refund" for kind, _ in ledger(plane))
+
+
+def test_runs_within_their_balance_keep_training(plane):
+    training_run(plane, "r1", tier="gpu", trained_seconds=2, grant=100)
+    enforce_credits(plane)
+    with plane.sessions() as session:
+        assert session.get(Run, "r1").status == "training"
