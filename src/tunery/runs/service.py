@@ -114,10 +114,27 @@ def default_tier(plane: ControlPlane) -> str:
 def validate_submission(
     plane: ControlPlane, session: Session, account_id: str, payload: Any
 ) -> tuple[RunRecipe, str]:
-    """Every reason a submission is blocked, at once; returns the recipe and its tier."""
-    recipe = parse_recipe(payload)
+    """Every reason a submission is blocked, at once; returns the recipe and its tier.
+
+    Schema problems (types, ranges, unknown fields) and the checks against this server
+    (datasets, attestations, tier, base model, credits) are reported together; a field
+    whose schema is wrong is not checked again.
+    """
     problems: list[FieldProblem] = []
-    if recipe.datasets:
+    recipe: RunRecipe | None = None
+    try:
+        recipe = parse_recipe(payload)
+    except ConfigError as error:
+        problems.extend(error.problems)
+    raw = payload if isinstance(payload, dict) else {}
+    broken = {problem.field.split(".")[0] for problem in problems}
+
+    def field(name: str, default: Any) -> Any:
+        if recipe is not None:
+            return getattr(recipe, name)
+        return default if name in broken else raw.get(name, default)
+
+    if field("datasets", []):
         problems.append(
             FieldProblem(
                 "datasets",
@@ -125,40 +142,51 @@ def validate_submission(
                 "and list them under dataset_ids",
             )
         )
-    if not recipe.dataset_ids:
-        problems.append(FieldProblem("dataset_ids", "list at least one uploaded dataset id"))
-    for index, dataset_id in enumerate(recipe.dataset_ids):
-        owned = session.scalar(
-            select(Dataset.id).where(Dataset.id == dataset_id, Dataset.account_id == account_id)
-        )
-        if owned is None:
+    dataset_ids = field("dataset_ids", [])
+    if "dataset_ids" not in broken and isinstance(dataset_ids, list):
+        if not dataset_ids:
+            problems.append(FieldProblem("dataset_ids", "list at least one uploaded dataset id"))
+        for index, dataset_id in enumerate(dataset_ids):
+            owned = session.scalar(
+                select(Dataset.id).where(
+                    Dataset.id == str(dataset_id), Dataset.account_id == account_id
+                )
+            )
+            if owned is None:
+                problems.append(
+                    FieldProblem(f"dataset_ids.{index}", f"unknown dataset id {dataset_id!r}")
+                )
+    attestations = field("attestations", {})
+    if recipe is not None:
+        attestations = recipe.attestations.model_dump()
+    if "attestations" not in broken and isinstance(attestations, dict):
+        if attestations.get("dataset_rights") is not True:
             problems.append(
-                FieldProblem(f"dataset_ids.{index}", f"unknown dataset id {dataset_id!r}")
+                FieldProblem(
+                    "attestations.dataset_rights",
+                    "confirm that you hold the rights to train on the data",
+                )
             )
-    if not recipe.attestations.dataset_rights:
-        problems.append(
-            FieldProblem(
-                "attestations.dataset_rights",
-                "confirm that you hold the rights to train on the data",
+        if attestations.get("model_license") is not True:
+            problems.append(
+                FieldProblem(
+                    "attestations.model_license", "confirm that you accept the base model's license"
+                )
             )
-        )
-    if not recipe.attestations.model_license:
-        problems.append(
-            FieldProblem(
-                "attestations.model_license", "confirm that you accept the base model's license"
-            )
-        )
-    tier = recipe.gpu_tier or default_tier(plane)
-    if plane.settings.tier(tier) is None:
-        known = ", ".join(t.id for t in plane.settings.tiers)
-        problems.append(FieldProblem("gpu_tier", f"unknown tier {tier!r}; tiers: {known}"))
-    elif not any(node.tier == tier for node in plane.settings.nodes):
-        problems.append(FieldProblem("gpu_tier", f"no node serves tier {tier!r}"))
-    try:
-        parse_model_reference(recipe.base_model)
-    except ConfigError as error:
-        problems.extend(error.problems)
-    tier_settings = plane.settings.tier(tier)
+    tier = field("gpu_tier", None) or default_tier(plane)
+    tier_settings = plane.settings.tier(str(tier))
+    if "gpu_tier" not in broken:
+        if tier_settings is None:
+            known = ", ".join(t.id for t in plane.settings.tiers)
+            problems.append(FieldProblem("gpu_tier", f"unknown tier {tier!r}; tiers: {known}"))
+        elif not any(node.tier == tier for node in plane.settings.nodes):
+            problems.append(FieldProblem("gpu_tier", f"no node serves tier {tier!r}"))
+    base_model = field("base_model", None)
+    if "base_model" not in broken and isinstance(base_model, str):
+        try:
+            parse_model_reference(base_model)
+        except ConfigError as error:
+            problems.extend(error.problems)
     price = tier_settings.credits_per_minute if tier_settings else 0.0
     available = billing.balance(session, account_id)
     if price > 0 and available < price:
@@ -169,9 +197,9 @@ def validate_submission(
                 f"minute on {tier} ({price:g} credits/min)",
             )
         )
-    if problems:
+    if problems or recipe is None:
         raise ConfigError(problems)
-    return recipe, tier
+    return recipe, str(tier)
 
 
 def submit_run(

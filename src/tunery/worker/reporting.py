@@ -40,6 +40,8 @@ class HttpReporter:
         self._stop_requested = threading.Event()
         self._closed = threading.Event()
         self.fenced = False
+        # Events taken off the queue but not yet delivered; finish() sends them first.
+        self._unsent: list[dict[str, Any]] = []
         self._thread = threading.Thread(target=self._loop, name="tunery-reporter", daemon=True)
 
     def start(self) -> None:
@@ -66,7 +68,7 @@ class HttpReporter:
         self._closed.set()
         self._queue.put(_WAKE)  # the sender may be asleep on the queue
         self._thread.join()
-        batch = [*self._drain(), event]
+        batch = [*self._unsent, *self._drain(), event]
         deadline = time.monotonic() + deadline_seconds
         while time.monotonic() < deadline and not self.fenced:
             if self._send(batch):
@@ -85,7 +87,7 @@ class HttpReporter:
                 batch.append(event)
 
     def _loop(self) -> None:
-        pending: list[dict[str, Any]] = []
+        pending = self._unsent
         last_sent = 0.0
         while not self._closed.is_set() and not self.fenced:
             if not pending:
@@ -104,7 +106,7 @@ class HttpReporter:
             if not pending and time.monotonic() - last_sent < self._heartbeat:
                 continue
             if self._send(pending):
-                pending = []
+                pending.clear()
                 last_sent = time.monotonic()
 
     def _send(self, batch: list[dict[str, Any]]) -> bool:

@@ -92,6 +92,8 @@ def event_public(event: RunEvent) -> dict[str, Any]:
 
 @router.get("/runs/{run_id}/metrics")
 def metrics(plane: PlaneDep, account: AccountDep, run_id: str) -> list[dict[str, Any]]:
+    """One row per optimizer step. A resumed attempt retrains the steps after its
+    checkpoint; the newest report of each step is the one kept."""
     with plane.sessions() as session:
         service.get_run(session, account.id, run_id)
         rows = session.scalars(
@@ -99,7 +101,8 @@ def metrics(plane: PlaneDep, account: AccountDep, run_id: str) -> list[dict[str,
             .where(RunEvent.run_id == run_id, RunEvent.kind == "metrics")
             .order_by(RunEvent.id)
         )
-        return [event.data for event in rows]
+        by_step = {event.data.get("step"): event.data for event in rows}
+        return [by_step[step] for step in sorted(by_step, key=lambda step: step or 0)]
 
 
 @router.get("/runs/{run_id}/logs", response_class=PlainTextResponse)
