@@ -99,7 +99,8 @@ def test_worker_sigkill_retries_and_resumes_from_checkpoint(
     # Every step was trained; the second attempt reported from the resumed step on.
     retry_id = lost.id
     steps_after = [e.data["step"] for e in read.events if e.kind == "metrics" and e.id > retry_id]
-    assert steps_after == list(range(resumed + 1, total + 1))
+    assert steps_after == sorted(steps_after), steps_after
+    assert set(steps_after) == set(range(resumed + 1, total + 1)), (resumed, steps_after)
     assert {m["step"] for m in api.metrics(run_id)} == set(range(1, total + 1))
     history = api.metrics(run_id)
 
