@@ -75,65 +75,51 @@ def session(tmp_path):
         yield session
 
 
+def grant(session, amount: float) -> None:
+    billing.record(session, account_id="acc_1", kind="grant", amount=amount)
+
+
+def settle(
+    session,
+    run_id: str,
+    seconds: float,
+    price: float,
+    *,
+    cancelled: bool = False,
+    refund: bool = False,
+) -> float:
+    return billing.settle(
+        session,
+        account_id="acc_1",
+        run_id=run_id,
+        seconds=seconds,
+        credits_per_minute=price,
+        cancelled=cancelled,
+        refund=refund,
+    )
+
+
 def test_balance_is_the_sum_of_the_ledger(session):
-    billing.record(session, account_id="acc_1", kind="grant", amount=10)
+    grant(session, 10)
     billing.record(session, account_id="acc_1", kind="charge", amount=-2.5)
     assert billing.balance(session, "acc_1") == 7.5
 
 
 def test_cancel_bills_whole_minutes_rounded_down(session):
-    billing.record(session, account_id="acc_1", kind="grant", amount=10)
-    charged = billing.settle(
-        session,
-        account_id="acc_1",
-        run_id="r",
-        seconds=179,
-        credits_per_minute=2,
-        cancelled=True,
-        refund=False,
-    )
-    assert charged == 4 and billing.balance(session, "acc_1") == 6
-    assert (
-        billing.settle(
-            session,
-            account_id="acc_1",
-            run_id="r2",
-            seconds=59,
-            credits_per_minute=2,
-            cancelled=True,
-            refund=False,
-        )
-        == 0
-    )
+    grant(session, 10)
+    assert settle(session, "r", 179, 2, cancelled=True) == 4
+    assert billing.balance(session, "acc_1") == 6
+    assert settle(session, "r2", 59, 2, cancelled=True) == 0
 
 
 def test_completed_runs_pay_for_the_exact_training_time(session):
-    billing.record(session, account_id="acc_1", kind="grant", amount=10)
-    assert (
-        billing.settle(
-            session,
-            account_id="acc_1",
-            run_id="r",
-            seconds=90,
-            credits_per_minute=2,
-            cancelled=False,
-            refund=False,
-        )
-        == 3
-    )
+    grant(session, 10)
+    assert settle(session, "r", 90, 2) == 3
 
 
 def test_a_refunded_run_costs_nothing_and_both_movements_are_kept(session):
-    billing.record(session, account_id="acc_1", kind="grant", amount=10)
-    billing.settle(
-        session,
-        account_id="acc_1",
-        run_id="r",
-        seconds=120,
-        credits_per_minute=1,
-        cancelled=False,
-        refund=True,
-    )
+    grant(session, 10)
+    settle(session, "r", 120, 1, refund=True)
     assert billing.balance(session, "acc_1") == 10
     session.flush()
     kinds = [row.kind for row in session.query(billing.LedgerEntry).order_by("id")]
@@ -141,29 +127,10 @@ def test_a_refunded_run_costs_nothing_and_both_movements_are_kept(session):
 
 
 def test_charges_never_take_the_balance_below_zero(session):
-    billing.record(session, account_id="acc_1", kind="grant", amount=1)
-    charged = billing.settle(
-        session,
-        account_id="acc_1",
-        run_id="r",
-        seconds=600,
-        credits_per_minute=1,
-        cancelled=False,
-        refund=False,
-    )
-    assert charged == 1 and billing.balance(session, "acc_1") == 0
-    assert (
-        billing.settle(
-            session,
-            account_id="acc_1",
-            run_id="r2",
-            seconds=600,
-            credits_per_minute=1,
-            cancelled=False,
-            refund=False,
-        )
-        == 0
-    )
+    grant(session, 1)
+    assert settle(session, "r", 600, 1) == 1
+    assert billing.balance(session, "acc_1") == 0
+    assert settle(session, "r2", 600, 1) == 0
 
 
 def test_catalog_lists_only_tested_families_and_the_demo_model(demo_model_dir):
