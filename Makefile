@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS := constraints-cpu.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo test test-fast lint bench clean
+.PHONY: install system-deps demo test test-fast lint bench bench-quick clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,8 +39,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
+## Full benchmarks (minutes each; ratios against baselines run side by side).
 bench: $(STAMP)
-	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/train_throughput.py --pairs 3 --threads 1
+	$(BIN)/python bench/gguf_export.py --pairs 3
+	$(BIN)/python bench/control_plane.py
+
+## Every benchmark at a small size: checks that they run (CI).
+bench-quick: $(STAMP)
+	$(BIN)/python bench/train_throughput.py --quick --threads 1
+	$(BIN)/python bench/gguf_export.py --quick
+	$(BIN)/python bench/control_plane.py --quick
 
 clean:
 	rm -rf $(VENV) build runs .pytest_cache .ruff_cache

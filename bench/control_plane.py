@@ -957,10 +957,7 @@ def report(result: dict[str, Any]) -> str:
     zombies = result["server_zombie_children"]
     lines.append(
         f"server: {zombies} zombie child processes after {result['runs_submitted']} runs"
-        + (
-            " (LocalBackend never waits for a worker whose attempt ended by a report)"
-            * bool(zombies)
-        )
+        " (exited workers are reaped on the scheduler's next tick, within a second)"
     )
     lines += [f"WARNING: {warning}" for warning in result.get("warnings", [])]
     return "\n".join(lines)
