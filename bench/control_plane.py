@@ -54,12 +54,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import platform
 import random
-import shutil
 import signal
 import socket
 import sqlite3
@@ -225,23 +223,15 @@ def kill_group(pgid: int, signum: int = signal.SIGKILL) -> None:
 
 
 def demo_model(explicit: Path | None) -> Path:
-    """``--model-dir``, or the demo model built once into bench/.cache (shared with
-    train_throughput.py: same key, the demo builder's source hash)."""
-    import tunery.catalog.demo as demo
-    import tunery.catalog.demo_data as demo_data
+    """``--model-dir``, or the demo model built once into bench/.cache, keyed by the demo
+    builder's source (shared by every benchmark)."""
+    from tunery.catalog.demo import builder_fingerprint, cached_demo_model
 
     if explicit is not None:
         return explicit.resolve()
-    digest = hashlib.sha256()
-    for module in (demo, demo_data):
-        digest.update(Path(module.__file__).read_bytes())
-    target = CACHE / f"demo-tiny-{digest.hexdigest()[:16]}"
-    if not (target / "model.safetensors").is_file():
-        for stale in CACHE.glob("demo-tiny-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        print(f"building the demo model into {target} (once)", file=sys.stderr)
-        demo.build_demo_model(target)
-    return target
+    if not (CACHE / f"demo-tiny-{builder_fingerprint()}").is_dir():
+        print("building the demo model into bench/.cache (once)", file=sys.stderr)
+    return cached_demo_model(CACHE)
 
 
 def run_payload(dataset_id: str, name: str) -> dict[str, Any]:

@@ -52,7 +52,6 @@ import json
 import os
 import platform
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -391,30 +390,15 @@ def run_worker(variant: str, model_dir: Path, steps: int, threads: int, b_batchi
 
 
 def demo_model(explicit: Path | None) -> Path:
-    """The demo model: ``--model-dir``, TUNERY_DATA_DIR's copy, or one built in bench/.cache.
-
-    The bench/.cache copy is keyed by the demo builder's source hash (as the tests' cache
-    is), so a changed builder rebuilds it.
-    """
-    import tunery.catalog.demo as demo
-    import tunery.catalog.demo_data as demo_data
-    from tunery.pipeline.load import demo_model_dir
+    """``--model-dir``, or the demo model built once into bench/.cache, keyed by the demo
+    builder's source (shared by every benchmark)."""
+    from tunery.catalog.demo import builder_fingerprint, cached_demo_model
 
     if explicit is not None:
-        return explicit
-    shared = demo_model_dir()
-    if (shared / "model.safetensors").is_file():
-        return shared
-    digest = hashlib.sha256()
-    for module in (demo, demo_data):
-        digest.update(Path(module.__file__).read_bytes())
-    target = CACHE / f"demo-tiny-{digest.hexdigest()[:16]}"
-    if not (target / "model.safetensors").is_file():
-        for stale in CACHE.glob("demo-tiny-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        print(f"building the demo model into {target} (once)", file=sys.stderr)
-        demo.build_demo_model(target)
-    return target
+        return explicit.resolve()
+    if not (CACHE / f"demo-tiny-{builder_fingerprint()}").is_dir():
+        print("building the demo model into bench/.cache (once)", file=sys.stderr)
+    return cached_demo_model(CACHE)
 
 
 def matmul_flops(threads: int, size: int = 1024, seconds: float = 1.0) -> float:

@@ -24,24 +24,12 @@ def _source_hash(*modules: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-def _demo_source_hash() -> str:
-    import tunery.catalog.demo as demo
-    import tunery.catalog.demo_data as demo_data
-
-    return _source_hash(demo, demo_data)
-
-
 @pytest.fixture(scope="session")
 def demo_model_dir() -> Path:
     """The demo base model, rebuilt only when its builder's source changes."""
-    from tunery.catalog.demo import build_demo_model
+    from tunery.catalog.demo import cached_demo_model
 
-    target = MODEL_CACHE / f"demo-tiny-{_demo_source_hash()}"
-    if not (target / "model.safetensors").is_file():
-        for stale in MODEL_CACHE.glob("demo-tiny-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        build_demo_model(target)
-    return target
+    return cached_demo_model(MODEL_CACHE)
 
 
 TINY_PRETRAIN_STEPS = 80

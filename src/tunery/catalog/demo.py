@@ -8,6 +8,7 @@ export quantizes every weight as Q4_K/Q6_K instead of falling back. Same inputs,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -172,3 +173,26 @@ def build_demo_model(out_dir: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def builder_fingerprint() -> str:
+    """Identifies this builder's source: same fingerprint, same model bytes."""
+    from tunery.catalog import demo_data
+
+    digest = hashlib.sha256()
+    for path in (Path(__file__), Path(demo_data.__file__)):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cached_demo_model(cache_root: Path) -> Path:
+    """The demo model under ``cache_root``, built only when the builder's source changed.
+
+    Tests and benchmarks share builds this way; stale builds are removed.
+    """
+    target = cache_root / f"demo-tiny-{builder_fingerprint()}"
+    if not (target / "model.safetensors").is_file():
+        for stale in cache_root.glob("demo-tiny-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        build_demo_model(target)
+    return target
