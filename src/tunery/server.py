@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from sqlalchemy import func, select
 
-from tunery.db import Account, make_engine, make_sessions
+from tunery.db import Account, Dataset, Run, make_engine, make_sessions
 from tunery.runs import billing
 from tunery.runs.service import ControlPlane, create_account
 from tunery.runs.store import EventNotifier
@@ -56,3 +57,67 @@ def data_dir_from(option: Path | None) -> Path:
     root = option or Path(os.environ.get("TUNERY_DATA_DIR", "~/.tunery")).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     return root.resolve()
+
+
+DEMO_DATASET_NAME = "demo-dataset.jsonl"
+
+
+def demo_payload(dataset_id: str, tier: str) -> dict:
+    """The demo run (as ``examples/demo-recipe.yaml``) on an uploaded demo dataset."""
+    return {
+        "name": "demo-support-bot",
+        "base_model": "tunery/demo-tiny",
+        "dataset_ids": [dataset_id],
+        "training": {
+            "epochs": 3,
+            "learning_rate": 2.0e-3,
+            "batch_size": 8,
+            "warmup_ratio": 0.05,
+            "gradient_checkpointing": False,
+            "checkpoint_every_steps": 25,
+        },
+        "lora": {"rank": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+        "gpu_tier": tier,
+        "export": {"gguf": True},
+        "attestations": {"dataset_rights": True, "model_license": True},
+    }
+
+
+def seed_demo(plane: ControlPlane) -> str | None:
+    """Give the admin account the demo dataset and, if it has no run yet, the demo run.
+
+    Idempotent: the dataset is added once (by name) and the run only to an account without
+    runs. Returns the id of the run it submitted, or None.
+    """
+    from tunery.catalog.demo_data import write_demo_dataset
+    from tunery.runs.datasets import store_dataset
+    from tunery.runs.service import default_tier, submit_run
+
+    with plane.sessions() as session:
+        admin = session.scalar(select(Account).where(Account.is_admin.is_(True)))
+        if admin is None:
+            return None
+        dataset_id = session.scalar(
+            select(Dataset.id).where(
+                Dataset.account_id == admin.id, Dataset.name == DEMO_DATASET_NAME
+            )
+        )
+        has_runs = session.scalar(
+            select(func.count()).select_from(Run).where(Run.account_id == admin.id)
+        )
+    if dataset_id is None:
+        with tempfile.TemporaryDirectory() as scratch:
+            path = write_demo_dataset(Path(scratch) / DEMO_DATASET_NAME)
+            with path.open("rb") as source:
+                dataset_id = store_dataset(
+                    plane, account_id=admin.id, source=source, original_name=path.name
+                ).id
+    if has_runs:
+        return None
+    run = submit_run(
+        plane,
+        account_id=admin.id,
+        payload=demo_payload(dataset_id, default_tier(plane)),
+        idempotency_key="demo-run",
+    )
+    return run.id

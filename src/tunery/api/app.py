@@ -12,9 +12,11 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from tunery import __version__
 from tunery.api.routes import credits, datasets, hub, internal, meta, runs
@@ -29,6 +31,12 @@ from tunery.scheduler.scheduler import SchedulerThread
 from tunery.settings import Settings
 
 logger = logging.getLogger(__name__)
+WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
+# The studio loads only its own files: no inline script, nothing from other origins.
+STUDIO_POLICY = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
 
 
 class Broadcast:
@@ -148,4 +156,14 @@ def create_app(
     app.include_router(credits.router, prefix="/api/v1")
     app.include_router(hub.router)
     app.include_router(internal.router)
+
+    @app.get("/", include_in_schema=False)
+    def studio() -> FileResponse:
+        """The web studio: one page that talks to this API with the user's token."""
+        return FileResponse(
+            WEB_ROOT / "index.html",
+            headers={"Content-Security-Policy": STUDIO_POLICY, "Cache-Control": "no-cache"},
+        )
+
+    app.mount("/static", StaticFiles(directory=WEB_ROOT / "static"), name="static")
     return app

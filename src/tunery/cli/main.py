@@ -226,12 +226,18 @@ def gguf_toolchain() -> None:
     default=None,
     help="State directory (default: TUNERY_DATA_DIR or ~/.tunery).",
 )
-def serve(host: str, port: int, data_dir: Path | None) -> None:
-    """Run the control plane, scheduler and local node pool (SQLite + local disk)."""
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Give the admin account the demo dataset and a first demo run, and print a "
+    "sign-in link for the studio.",
+)
+def serve(host: str, port: int, data_dir: Path | None, demo: bool) -> None:
+    """Run the control plane, scheduler, local node pool and the web studio at /."""
     import uvicorn
 
     from tunery.api.app import create_app
-    from tunery.server import ADMIN_TOKEN_FILE, data_dir_from, ensure_admin
+    from tunery.server import ADMIN_TOKEN_FILE, data_dir_from, ensure_admin, seed_demo
     from tunery.settings import Settings
 
     root = data_dir_from(data_dir)
@@ -250,9 +256,27 @@ def serve(host: str, port: int, data_dir: Path | None) -> None:
             err=True,
         )
     reachable = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    app = create_app(settings, server_url=f"http://{reachable}:{port}")
+    studio = f"http://{reachable}:{port}"
+    app = create_app(settings, server_url=studio)
     nodes = ", ".join(f"{node.name} ({node.tier})" for node in settings.nodes)
-    click.echo(f"tunery serving http://{reachable}:{port} · data {root} · nodes: {nodes}", err=True)
+    click.echo(f"tunery serving {studio} · data {root} · nodes: {nodes}", err=True)
+    if demo:
+        try:
+            run_id = seed_demo(app.state.plane)
+        except TuneryError as error:
+            report_error(error)
+            sys.exit(EXIT_FAILED)
+        if run_id:
+            click.echo(f"Submitted the demo run {run_id}.", err=True)
+        token = token or (root / ADMIN_TOKEN_FILE).read_text().strip()
+    if token is not None:
+        # The token rides in the URL fragment, which browsers never send to a server.
+        click.echo(f"Open the studio: {studio}/#token={token}", err=True)
+    else:
+        click.echo(
+            f"Open the studio: {studio}/ (sign in with the token in {root / ADMIN_TOKEN_FILE})",
+            err=True,
+        )
     # Event streams stay open until their run ends; do not let them hold a shutdown hostage
     # (clients reconnect with Last-Event-ID).
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

@@ -311,6 +311,31 @@ def events_after(session: Session, run_id: str, after_id: int, limit: int = 500)
     )
 
 
+def account_events_after(
+    session: Session, account_id: str, after_id: int, limit: int = 500
+) -> list[RunEvent]:
+    """Events of every run of the account after ``after_id``, oldest first."""
+    return list(
+        session.scalars(
+            select(RunEvent)
+            .join(Run, Run.id == RunEvent.run_id)
+            .where(Run.account_id == account_id, RunEvent.id > after_id)
+            .order_by(RunEvent.id)
+            .limit(limit)
+        )
+    )
+
+
+def latest_account_event(session: Session, account_id: str) -> int:
+    """The id of the account's newest event (0 when it has none): a stream cursor for "now"."""
+    newest = session.scalar(
+        select(func.max(RunEvent.id))
+        .join(Run, Run.id == RunEvent.run_id)
+        .where(Run.account_id == account_id)
+    )
+    return newest or 0
+
+
 # Cancel ------------------------------------------------------------------------------
 
 

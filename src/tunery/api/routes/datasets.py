@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, UploadFile
@@ -13,14 +9,12 @@ from sqlalchemy import select
 
 from tunery.api.deps import AccountDep, PlaneDep
 from tunery.api.timefmt import iso
-from tunery.db import Dataset, Run, new_id
-from tunery.errors import DatasetError
-from tunery.pipeline.datasets import SUFFIXES, read_dataset
+from tunery.db import Dataset, Run
+from tunery.runs.datasets import store_dataset
 from tunery.runs.lifecycle import TERMINAL
 from tunery.runs.service import Conflict, NotFound
 
 router = APIRouter(tags=["datasets"])
-MAX_UPLOAD_BYTES = 2 * 2**30
 
 
 def dataset_public(dataset: Dataset) -> dict[str, Any]:
@@ -43,47 +37,13 @@ def upload_dataset(
     name: Annotated[str | None, Form()] = None,
 ) -> dict[str, Any]:
     """Store and validate a dataset; 422 with every problem (file, line) if it is unusable."""
-    original = Path(file.filename or "upload").name
-    suffix = Path(original).suffix.lower()
-    if suffix not in SUFFIXES:
-        raise DatasetError.single(
-            original, f"unsupported file type {suffix or '(none)'!r}; use .jsonl, .csv or .parquet"
-        )
-    dataset_id = new_id("ds")
-    plane.datasets_dir.mkdir(parents=True, exist_ok=True)
-    target = plane.datasets_dir / f"{dataset_id}{suffix}"
-    digest = hashlib.sha256()
-    size = 0
-    with tempfile.NamedTemporaryFile(dir=plane.datasets_dir, suffix=suffix, delete=False) as out:
-        partial = Path(out.name)
-        try:
-            while chunk := file.file.read(2**20):
-                size += len(chunk)
-                if size > MAX_UPLOAD_BYTES:
-                    raise DatasetError.single(original, "the file is larger than 2 GiB")
-                digest.update(chunk)
-                out.write(chunk)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-    try:
-        summary = read_dataset(partial, display_name=original)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    shutil.move(partial, target)
-    dataset = Dataset(
-        id=dataset_id,
+    dataset = store_dataset(
+        plane,
         account_id=account.id,
-        name=name or original,
-        filename=target.name,
-        format=summary.format,
-        rows=summary.row_count,
-        bytes=size,
-        sha256=digest.hexdigest(),
+        source=file.file,
+        original_name=file.filename or "upload",
+        name=name,
     )
-    with plane.sessions.begin() as session:
-        session.add(dataset)
     return dataset_public(dataset)
 
 

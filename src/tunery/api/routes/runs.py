@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -21,6 +22,8 @@ from tunery.runs.service import ControlPlane
 
 router = APIRouter(tags=["runs"])
 KEEPALIVE_SECONDS = 15.0
+# The account stream pushes live numbers (duration, credits) of active runs this often.
+SNAPSHOT_SECONDS = 3.0
 
 
 def run_public(plane: ControlPlane, session: Session, run: Run) -> dict[str, Any]:
@@ -171,6 +174,88 @@ async def events(
             if await request.is_disconnected():
                 return
             if not await broadcast.wait(seen, KEEPALIVE_SECONDS):
+                yield ": keep-alive\n\n"
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _sse(kind: str, data: dict[str, Any], event_id: int | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {kind}\ndata: {json.dumps(data)}\n\n"
+
+
+@router.get("/events")
+async def account_events(
+    request: Request,
+    plane: PlaneDep,
+    account: AccountDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> StreamingResponse:
+    """Server-Sent Events of every run of the account, for one screen to follow them all.
+
+    Without ``Last-Event-ID`` the stream starts now (a ``ready`` event carries the cursor);
+    with it, it resumes after that event with no gap. Stored events (status, phase, metrics,
+    log, samples) carry ``run_id``. While any run is active, an unnumbered ``snapshot``
+    event every few seconds carries each active run's live numbers (duration, credits,
+    queue position). The stream never ends by itself.
+    """
+
+    def latest() -> int:
+        with plane.sessions() as session:
+            return service.latest_account_event(session, account.id)
+
+    def read(after: int) -> tuple[list[RunEvent], list[dict[str, Any]]]:
+        with plane.sessions() as session:
+            batch = service.account_events_after(session, account.id, after)
+            active = session.scalars(
+                select(Run).where(Run.account_id == account.id, Run.status.not_in(TERMINAL))
+            )
+            snapshot = [
+                {
+                    "id": run.id,
+                    "status": run.status,
+                    "phase": run.phase,
+                    "metrics": service.live_metrics(plane, session, run),
+                    "queue_position": service.queue_position(session, run),
+                }
+                for run in active
+            ]
+            return batch, snapshot
+
+    if last_event_id and last_event_id.isdigit():
+        start = int(last_event_id)
+        resumed = True
+    else:
+        start = await run_in_threadpool(latest)
+        resumed = False
+    broadcast = request.app.state.broadcast
+    loop = asyncio.get_running_loop()
+
+    async def stream() -> AsyncIterator[str]:
+        after = start
+        yield "retry: 1000\n\n"
+        if not resumed:
+            yield _sse("ready", {"cursor": start}, start)
+        next_snapshot = 0.0
+        while True:
+            seen = broadcast.generation
+            batch, snapshot = await run_in_threadpool(read, after)
+            for event in batch:
+                after = event.id
+                yield _sse(event.kind, {"run_id": event.run_id, **event_public(event)}, event.id)
+            if batch:
+                continue
+            if snapshot and loop.time() >= next_snapshot:
+                yield _sse("snapshot", {"runs": snapshot})
+                next_snapshot = loop.time() + SNAPSHOT_SECONDS
+            if await request.is_disconnected():
+                return
+            timeout = SNAPSHOT_SECONDS if snapshot else KEEPALIVE_SECONDS
+            if not await broadcast.wait(seen, timeout) and not snapshot:
                 yield ": keep-alive\n\n"
 
     return StreamingResponse(
