@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, StreamingResponse
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tunery.api.deps import AccountDep, PlaneDep
@@ -45,6 +45,11 @@ def run_public(plane: ControlPlane, session: Session, run: Run) -> dict[str, Any
         "samples": run.samples or [],
         "artifacts": (run.summary or {}).get("artifacts"),
         "hub_entry_id": run.hub_entry_id,
+        # Events up to this id are reflected above: a client following the account stream
+        # applies only newer ones to this object.
+        "last_event_id": session.scalar(
+            select(func.max(RunEvent.id)).where(RunEvent.run_id == run.id)
+        ),
     }
 
 

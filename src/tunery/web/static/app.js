@@ -39,6 +39,7 @@ const state = {
   tiers: [],
   hub: [],
   credits: null,
+  pending: new Map(),
   expanded: null,
   panel: null,
 };
@@ -56,7 +57,7 @@ function h(tag, attributes = {}, ...children) {
     else if (name === "dataset") Object.assign(element.dataset, value);
     else element.setAttribute(name, value === true ? "" : value);
   }
-  element.append(...children.flat().filter((child) => child !== null && child !== undefined));
+  element.append(...children.flat(Infinity).filter((child) => child !== null && child !== undefined));
   return element;
 }
 
@@ -210,12 +211,11 @@ async function loadAll() {
 
 async function refreshRun(id) {
   try {
-    const run = await api(`/runs/${id}`);
-    state.runs.set(id, run);
-    updateRun(run);
+    receiveRun(await api(`/runs/${id}`));
   } catch (error) {
     if (error instanceof ApiError && error.status === 404) {
       state.runs.delete(id);
+      state.pending.delete(id);
       renderRuns();
     } else reportError(error);
   }
@@ -268,10 +268,21 @@ function onEvent(kind, data) {
   }
   const run = state.runs.get(data.run_id);
   if (!run) {
-    // A run submitted elsewhere (CLI, another tab): fetch it once.
-    refreshRun(data.run_id);
+    // A run this page has not seen yet (just submitted, or from the CLI): keep its events
+    // until the run object arrives, then apply the ones newer than it.
+    if (!state.pending.has(data.run_id)) {
+      state.pending.set(data.run_id, []);
+      refreshRun(data.run_id);
+    }
+    state.pending.get(data.run_id).push([kind, data]);
     return;
   }
+  applyEvent(run, kind, data);
+}
+
+function applyEvent(run, kind, data) {
+  if (run.last_event_id !== null && data.id <= run.last_event_id) return;
+  run.last_event_id = data.id;
   if (kind === "status") {
     run.status = data.status;
     run.phase = data.phase;
@@ -294,6 +305,18 @@ function onEvent(kind, data) {
   if (["log", "status", "phase"].includes(kind) && state.panel?.runId === run.id) {
     state.panel.addLogLine(data);
   }
+}
+
+/** Take a run object from the API unless the page already holds a newer state of it. */
+function receiveRun(fresh) {
+  const known = state.runs.get(fresh.id);
+  if (known && (known.last_event_id ?? 0) > (fresh.last_event_id ?? 0)) return known;
+  state.runs.set(fresh.id, fresh);
+  const waiting = state.pending.get(fresh.id) || [];
+  state.pending.delete(fresh.id);
+  updateRun(fresh);
+  for (const [kind, data] of waiting) applyEvent(fresh, kind, data);
+  return fresh;
 }
 
 // New run form ---------------------------------------------------------------------------------
@@ -422,21 +445,21 @@ function payload() {
     base_model: custom ? $("#f-model-custom").value.trim() : $("#f-model").value,
     dataset_ids: [...document.querySelectorAll("#f-datasets input:checked")].map((box) => box.value),
     training: {
-      epochs: numeric("#f-epochs",
-      max_steps: numeric("#f-max-steps",
+      epochs: numeric("#f-epochs"),
+      max_steps: numeric("#f-max-steps"),
       learning_rate: numeric("#f-lr"),
-      batch_size: numeric("#f-batch",
-      gradient_accumulation_steps: numeric("#f-accum",
+      batch_size: numeric("#f-batch"),
+      gradient_accumulation_steps: numeric("#f-accum"),
       max_seq_length: numeric("#f-seq", { optional: true }),
       lr_scheduler: $("#f-sched").value,
       warmup_ratio: numeric("#f-warmup"),
       weight_decay: numeric("#f-wd"),
-      seed: numeric("#f-seed",
+      seed: numeric("#f-seed"),
       gradient_checkpointing: $("#f-checkpointing").checked,
       mixed_precision: $("#f-precision").value,
     },
     lora: {
-      rank: numeric("#f-rank",
+      rank: numeric("#f-rank"),
       alpha: numeric("#f-alpha"),
       dropout: numeric("#f-dropout"),
       target_modules: targets === "all-linear" || targets === ""
@@ -508,8 +531,7 @@ $("#run-form").addEventListener("submit", async (event) => {
   const button = $("#f-submit");
   button.disabled = true;
   try {
-    const run = await api("/runs", { method: "POST", json: payload() });
-    state.runs.set(run.id, run);
+    const run = receiveRun(await api("/runs", { method: "POST", json: payload() }));
     $("#f-name").value = "";
     renderForm();
     location.hash = `#/runs/${run.id}`;
@@ -607,7 +629,8 @@ class RunPanel {
     }, h("div", { class: "progress-fill" }));
     this.phase = h("p", { class: "phase", "aria-live": "polite" });
     this.error = h("div", { class: "run-error", role: "alert", hidden: true });
-    this.chartBox = h("div", { class: "chart", "aria-label": "Training loss by step", role: "img" });
+    this.chartBox = h("div", { class: "chart", "aria-label": "Training loss by step", role: "img" },
+      h("p", { class: "muted" }, "The loss curve starts with the first gradient step."));
     this.samples = h("section", { class: "samples", hidden: true });
     this.downloads = h("div", { class: "downloads" });
     this.linkNote = h("p", { class: "muted link-note", role: "status" });
@@ -674,6 +697,7 @@ class RunPanel {
   drawChart() {
     const width = Math.max(240, this.chartBox.clientWidth || 600);
     if (!this.chart) {
+      this.chartBox.replaceChildren();
       this.chart = new window.uPlot({
         width, height: 220,
         scales: { x: { time: false } },
@@ -715,6 +739,11 @@ class RunPanel {
     let where = `${PILLS[run.status]?.label || run.status}: ${phase}`;
     if (run.status === "queued" && run.queue_position) where += ` (#${run.queue_position} in the queue)`;
     if (run.attempt > 1) where += ` · attempt ${run.attempt}`;
+    if (run.status === "cancelled") {
+      const minutes = Math.floor((metrics.billable_seconds || 0) / 60);
+      where = `Cancelled: billed ${minutes} whole minute${minutes === 1 ? "" : "s"} of training, `
+        + `${formatCredits(metrics.credits)} credits. No LoRA or Hub entry was kept.`;
+    }
     this.phase.textContent = where;
     this.updateError(run);
     this.updateSamples(run);
@@ -840,9 +869,7 @@ async function cancelRun(id) {
   });
   if (!confirmed) return;
   try {
-    const updated = await api(`/runs/${id}/cancel`, { method: "POST" });
-    state.runs.set(id, updated);
-    updateRun(updated);
+    receiveRun(await api(`/runs/${id}/cancel`, { method: "POST" }));
     refreshAccount();
   } catch (error) {
     reportError(error, "Cancelling");

@@ -1,0 +1,283 @@
+"""The web studio in Chromium against a real ``tunery serve`` on the demo model.
+
+What a user does and sees: compose a run in the form, watch its pill and numbers move,
+read the samples, download both bundles through the buttons, cancel through the dialog,
+get line-numbered dataset errors and per-field submission errors, survive a server
+restart and a bad token, and use it at phone width.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+from control_harness import Client, payload, wait_until
+from playwright.sync_api import Page, expect
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+SCREENSHOTS = ROOT / "build" / "screenshots"
+LORA_FILES = {
+    "adapter_model.safetensors",
+    "adapter_config.json",
+    "chat_template.jinja",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "README.md",
+}
+GGUF_FILES = {"model.gguf", "Modelfile", "install.sh", "install.ps1", "README.md"}
+
+
+def collapse(values: list[str]) -> list[str]:
+    """The values with consecutive repeats removed: the sequence a user saw."""
+    return [value for index, value in enumerate(values) if index == 0 or values[index - 1] != value]
+
+
+def pills_seen(page: Page, run_id: str) -> list[str]:
+    seen = page.evaluate("window.__seen.pills")
+    return collapse([status for row, status in seen if row == run_id])
+
+
+def upload_demo_dataset(page: Page) -> None:
+    page.get_by_label("Upload a dataset").set_input_files(EXAMPLES / "demo-dataset.jsonl")
+    expect(page.locator("#upload-result")).to_contain_text("400 rows")
+
+
+def compose_run(page: Page, name: str, *, max_steps: int, gguf: bool) -> None:
+    page.get_by_role("link", name="New run").click()
+    page.get_by_label("Name", exact=True).fill(name)
+    page.get_by_label("Max steps").fill(str(max_steps))
+    page.get_by_label("Learning rate").fill("2e-3")
+    page.get_by_label("Batch size").fill("4")
+    page.get_by_label("Gradient checkpointing").uncheck()
+    page.get_by_label("Export a merged GGUF").set_checked(gguf)
+    page.get_by_label("I hold the rights").check()
+    page.get_by_label("I accept the base model's license").check()
+
+
+def submit(page: Page) -> str:
+    page.get_by_role("button", name="Start run").click()
+    page.wait_for_url(re.compile(r"#/runs/run_"))
+    return page.url.rsplit("/", 1)[-1]
+
+
+def screenshot(page: Page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+
+
+def stat(page: Page, run_id: str, name: str) -> str:
+    return page.locator(f'#panel-{run_id} [data-stat="{name}"]').inner_text()
+
+
+def download(page: Page, button_name: str, target: Path) -> tuple[Path, str]:
+    with page.expect_download() as info:
+        page.get_by_role("button", name=button_name).first.click()
+    path = target / info.value.suggested_filename
+    info.value.save_as(path)
+    return path, info.value.url
+
+
+def test_a_run_from_the_form_to_its_downloads(studio_server, open_studio, tmp_path: Path) -> None:
+    page = open_studio(studio_server)
+    expect(page.locator("#connection")).to_have_text(re.compile("Live"))
+    compose_run(page, "browser-run", max_steps=20, gguf=True)
+    upload_demo_dataset(page)
+    run_id = submit(page)
+
+    pill = page.locator(f"#run-{run_id} .run-header .pill")
+    expect(pill).to_have_attribute("data-status", "training", timeout=120_000)
+    screenshot(page, "run-panel-training.png")
+    expect(pill).to_have_attribute("data-status", "completed", timeout=300_000)
+    assert pills_seen(page, run_id) == ["queued", "waiting_for_gpu", "training", "completed"]
+    expect(pill).to_have_text("Completed")
+
+    # The numbers moved while it trained, and show the finished run now.
+    steps = collapse(page.evaluate("window.__seen.steps"))
+    assert len([step for step in steps if re.fullmatch(r"\d+/20", step)]) >= 3, steps
+    assert stat(page, run_id, "step") == "20/20"
+    assert stat(page, run_id, "epoch") == "1/1"  # 20 steps of 4 rows: within epoch 1
+    assert re.fullmatch(r"\d+\.\d{4}", stat(page, run_id, "loss"))
+    assert stat(page, run_id, "eta") == "done"
+    assert re.fullmatch(r"\d+(m \d\ds|s)", stat(page, run_id, "duration"))
+    api_run = Client(studio_server).run(run_id)
+    assert stat(page, run_id, "credits") == f"{api_run['metrics']['credits']:.2f}"
+    expect(page.locator(f"#panel-{run_id} [role=progressbar]")).to_have_attribute(
+        "aria-valuenow", "100"
+    )
+    expect(page.locator(f"#panel-{run_id} .chart canvas").first).to_be_visible()
+    samples = page.locator(f"#panel-{run_id} .sample")
+    expect(samples).to_have_count(3)
+    assert samples.first.locator(".sample-response").inner_text().strip()
+    screenshot(page, "run-panel-completed.png")
+
+    # Both bundles through the buttons; every click mints a fresh signed URL.
+    lora, first_url = download(page, "Download LoRA", tmp_path)
+    assert lora.name == "browser-run-lora.zip"
+    assert set(zipfile.ZipFile(lora).namelist()) == LORA_FILES
+    _, second_url = download(page, "Download LoRA", tmp_path)
+    assert first_url != second_url and "signature=" in second_url
+    gguf, _ = download(page, "Download GGUF", tmp_path)
+    assert gguf.name == "browser-run-gguf.zip"
+    assert set(zipfile.ZipFile(gguf).namelist()) >= GGUF_FILES
+    expect(page.locator(f"#panel-{run_id} .link-note")).to_contain_text("fresh signed link")
+
+    # Logs: shown live in the panel and downloadable.
+    page.locator(f"#panel-{run_id} summary", has_text="Logs").click()
+    expect(page.locator(f"#panel-{run_id} .logs")).to_contain_text("status: completed")
+    logs, _ = download(page, "Download logs", tmp_path)
+    assert "status: training" in logs.read_text()
+
+    # Configuration snapshot.
+    page.locator(f"#panel-{run_id} summary", has_text="Configuration").click()
+    config = page.locator(f"#panel-{run_id} .config-grid")
+    expect(config).to_contain_text("tunery/demo-tiny")
+    expect(config).to_contain_text("demo-dataset.jsonl")
+    expect(config).to_contain_text("max_steps")
+
+    # Hub and credits agree with the API.
+    page.get_by_role("link", name="Hub").click()
+    entry = page.locator(".hub-entry", has_text="browser-run")
+    expect(entry).to_contain_text("LoRA adapter: browser-run-lora.zip")
+    expect(entry).to_contain_text("GGUF bundle: browser-run-gguf.zip")
+    page.get_by_role("link", name="Credits").click()
+    balance = Client(studio_server).http.get("/credits").json()["balance"]
+    expect(page.locator("#credits-balance")).to_have_text(f"{balance:.2f}")
+    expect(page.locator("#ledger-rows")).to_contain_text("grant")
+
+    # Deleting the run record keeps the Hub entry.
+    page.goto(f"{studio_server.url}/#/runs/{run_id}")
+    page.get_by_role("button", name="Delete run record").click()
+    page.locator("#confirm-dialog").get_by_role("button", name="Delete run record").click()
+    expect(page.locator(f"#run-{run_id}")).to_have_count(0)
+    page.get_by_role("link", name="Hub").click()
+    expect(page.locator(".hub-entry", has_text="browser-run")).to_have_count(1)
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_cancel_through_the_dialog_bills_whole_minutes(studio_server, open_studio) -> None:
+    client = Client(studio_server)
+    dataset = client.dataset(EXAMPLES / "demo-dataset.jsonl")
+    page = open_studio(studio_server)
+    expect(page.locator("#connection")).to_have_text(re.compile("Live"))
+    # Submitted from outside the page: the Runs tab shows it without a reload.
+    run = client.submit_ok(payload(dataset, "long-run", training={"max_steps": 5000}))
+    pill = page.locator(f"#run-{run['id']} .run-header .pill")
+    expect(pill).to_have_attribute("data-status", "training", timeout=120_000)
+    pill.click()
+
+    panel = page.locator(f"#panel-{run['id']}")
+    panel.get_by_role("button", name="Cancel run").click()
+    dialog = page.locator("#confirm-dialog")
+    expect(dialog).to_be_visible()
+    expect(dialog).to_contain_text("not reversible")
+    expect(dialog).to_contain_text("rounded down to the whole minute")
+    # Focus stays in the dialog, and Escape keeps the run going.
+    for _ in range(3):
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.closest('dialog') !== null")
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    assert client.run(run["id"])["status"] == "training"
+
+    panel.get_by_role("button", name="Cancel run").click()
+    dialog.get_by_role("button", name="Cancel run").click()
+    expect(pill).to_have_attribute("data-status", "cancelled")
+    expect(pill).to_have_text("Cancelled")
+    cancelled = client.wait_terminal(run["id"])
+    minutes = int(cancelled["metrics"]["billable_seconds"] // 60)
+    expect(panel.locator(".phase")).to_have_text(
+        re.compile(
+            rf"billed {minutes} whole minutes? of training, "
+            rf"{cancelled['metrics']['credits']:.2f} credits"
+        )
+    )
+    screenshot(page, "run-panel-cancelled.png")
+    assert pills_seen(page, run["id"])[-1] == "cancelled"
+
+
+def test_a_bad_dataset_shows_its_line_numbers(studio_server, open_studio, tmp_path) -> None:
+    broken = tmp_path / "broken.jsonl"
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    good = json.dumps({"messages": turns})
+    broken.write_text(f"{good}\n{good}\n{{not json\n{good}\n")
+    page = open_studio(studio_server)
+    page.get_by_role("link", name="New run").click()
+    page.get_by_label("Upload a dataset").set_input_files(broken)
+    alert = page.locator("#upload-result [role=alert]")
+    expect(alert).to_contain_text("broken.jsonl cannot be used")
+    expect(alert).to_contain_text("line 3")
+
+    wrong_type = tmp_path / "notes.txt"
+    wrong_type.write_text("hello\n")
+    page.get_by_label("Upload a dataset").set_input_files(wrong_type)
+    expect(alert).to_contain_text("unsupported file type '.txt'")
+    assert Client(studio_server).http.get("/datasets").json() == []
+
+
+def test_a_blocked_submission_marks_every_field(studio_server, open_studio) -> None:
+    page = open_studio(studio_server)
+    page.get_by_role("link", name="New run").click()
+    expect(page.locator("#f-tiers input")).to_have_count(1)
+    page.get_by_label("Name", exact=True).fill("bad name!")
+    page.get_by_label("Learning rate").fill("fast")
+    page.get_by_label("Rank").fill("0")
+    page.get_by_role("button", name="Start run").click()
+
+    expect(page.locator("#submit-problems")).to_contain_text("The run was not started")
+    for field in (
+        "name",
+        "training.learning_rate",
+        "lora.rank",
+        "dataset_ids",
+        "attestations.dataset_rights",
+        "attestations.model_license",
+    ):
+        container = page.locator(f'#run-form [data-field="{field}"]')
+        expect(container.locator(".field-error")).to_have_count(1)
+    expect(page.get_by_label("Learning rate")).to_have_attribute("aria-invalid", "true")
+    assert Client(studio_server).runs() == []
+    assert "#/new" in page.url
+
+
+def test_it_reconnects_after_a_server_restart(studio_server, open_studio) -> None:
+    page = open_studio(studio_server)
+    connection = page.locator("#connection")
+    expect(connection).to_have_text(re.compile("Live"))
+    studio_server.kill()
+    expect(page.locator("#banner")).to_contain_text("Lost the connection to the server")
+    expect(connection).to_have_text(re.compile("Reconnecting"))
+    studio_server.start()
+    expect(connection).to_have_text(re.compile("Live"), timeout=30_000)
+    expect(page.locator("#banner")).to_be_hidden()
+    # Still live after the restart: a run submitted now shows up without a reload.
+    client = Client(studio_server)
+    dataset = client.dataset(EXAMPLES / "demo-dataset.jsonl")
+    run = client.submit_ok(payload(dataset, "after-restart"))
+    pill = page.locator(f"#run-{run['id']} .run-header .pill")
+    expect(pill).to_have_attribute("data-status", "completed", timeout=180_000)
+
+
+def test_a_rejected_token_asks_to_sign_in_again(studio_server, open_studio) -> None:
+    page = open_studio(studio_server, token="tny_revoked-or-made-up")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(page.locator("#signin-reason")).to_contain_text("did not accept the token")
+    page.get_by_label("API token").fill(studio_server.token)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Runs")).to_be_visible()
+    expect(page.locator("#balance")).to_have_text("100.00 credits")
+
+
+@pytest.mark.parametrize("view", ["new", "runs", "hub", "credits"])
+def test_every_page_fits_a_phone(studio_server, open_studio, view: str) -> None:
+    page = open_studio(studio_server, width=390, height=844)
+    page.goto(f"{studio_server.url}/#/{view}")
+    expect(page.locator(f"#view-{view}")).to_be_visible()
+    wait_until(lambda: page.locator("#connection").is_visible(), timeout=10, what="stream")
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"{view} is {overflow}px wider than the phone"
