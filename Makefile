@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS := constraints-cpu.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo test test-fast lint bench bench-quick clean
+.PHONY: install system-deps demo demo-cli test test-fast lint bench bench-quick clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,13 +17,22 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 install: $(STAMP)
 
-## Debian packages the tests use: Go renders Modelfile TEMPLATEs as Ollama does.
+## Debian packages the tests use: Go renders Modelfile TEMPLATEs as Ollama does; Chromium
+## runs the browser tests (Playwright drives it; its own browser download is not used).
 system-deps:
 	command -v go >/dev/null || (apt-get update -qq && apt-get install -y -qq golang-go) \
 		|| echo "warning: could not install golang-go; Go-rendering tests will be skipped"
+	test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "warning: could not install chromium; browser tests will be skipped"
 
-## The main job: build the demo model and fine-tune it on the demo dataset (offline).
+## The main job: the studio on http://127.0.0.1:8420 with the demo model, the demo dataset
+## and a first demo run (offline). It prints a sign-in link; Ctrl-C stops it.
 demo: $(STAMP)
+	$(BIN)/tunery demo-model
+	$(BIN)/tunery serve --demo
+
+## The same demo run in the terminal, without a server.
+demo-cli: $(STAMP)
 	$(BIN)/tunery demo-model
 	$(BIN)/tunery train examples/demo-recipe.yaml --out runs/demo-support-bot
 

@@ -91,8 +91,6 @@ def test_a_run_from_the_form_to_its_downloads(studio_server, open_studio, tmp_pa
     run_id = submit(page)
 
     pill = page.locator(f"#run-{run_id} .run-header .pill")
-    expect(pill).to_have_attribute("data-status", "training", timeout=120_000)
-    screenshot(page, "run-panel-training.png")
     expect(pill).to_have_attribute("data-status", "completed", timeout=300_000)
     assert pills_seen(page, run_id) == ["queued", "waiting_for_gpu", "training", "completed"]
     expect(pill).to_have_text("Completed")
@@ -170,8 +168,15 @@ def test_cancel_through_the_dialog_bills_whole_minutes(studio_server, open_studi
     pill = page.locator(f"#run-{run['id']} .run-header .pill")
     expect(pill).to_have_attribute("data-status", "training", timeout=120_000)
     pill.click()
-
     panel = page.locator(f"#panel-{run['id']}")
+    # Let it train a while: the panel shows a curve, an honest ETA and moving numbers.
+    step = panel.locator('[data-stat="step"]')
+    expect(step).to_have_text(re.compile(r"^([3-9]\d|\d{3,})/5000$"), timeout=120_000)
+    expect(panel.locator('[data-stat="eta"]')).to_have_text(re.compile(r"^\d+(h|m|s)"))
+    progress = panel.locator("[role=progressbar]").get_attribute("aria-valuenow")
+    assert int(progress) < 10, f"a few dozen of 5000 steps show as {progress}%"
+    screenshot(page, "run-panel-training.png")
+
     panel.get_by_role("button", name="Cancel run").click()
     dialog = page.locator("#confirm-dialog")
     expect(dialog).to_be_visible()
@@ -199,6 +204,11 @@ def test_cancel_through_the_dialog_bills_whole_minutes(studio_server, open_studi
     )
     screenshot(page, "run-panel-cancelled.png")
     assert pills_seen(page, run["id"])[-1] == "cancelled"
+    # The partial metrics stay: the curve and the step reached.
+    steps_done = len(client.metrics(run["id"]))
+    assert steps_done >= 30
+    expect(step).to_have_text(f"{steps_done}/5000")
+    expect(panel.locator(".chart canvas").first).to_be_visible()
 
 
 def test_a_bad_dataset_shows_its_line_numbers(studio_server, open_studio, tmp_path) -> None:

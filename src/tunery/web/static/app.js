@@ -554,7 +554,7 @@ function runSummary(run) {
   const parts = [run.config.base_model, run.tier];
   if (run.status === "queued" && run.queue_position) parts.push(`#${run.queue_position} in queue`);
   if (run.status === "training" || run.status === "retrying") {
-    parts.push(`${Math.round((metrics.progress || 0) * 100)}%`);
+    parts.push(`${Math.round(metrics.progress || 0)}%`);
   }
   return parts.join(" · ");
 }
@@ -731,7 +731,8 @@ class RunPanel {
     set("duration", formatDuration(metrics.duration_seconds));
     set("credits", formatCredits(metrics.credits));
     set("step", metrics.total_steps ? `${metrics.step}/${metrics.total_steps}` : String(metrics.step ?? 0));
-    const percent = Math.round((run.status === "completed" ? 1 : metrics.progress || 0) * 100);
+    // ``progress`` is a percentage of the step budget.
+    const percent = Math.round(run.status === "completed" ? 100 : metrics.progress || 0);
     this.progress.setAttribute("aria-valuenow", String(percent));
     this.progress.setAttribute("aria-valuetext", `${percent}% of the step budget`);
     this.progress.firstChild.style.width = `${percent}%`;
