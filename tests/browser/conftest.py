@@ -55,11 +55,21 @@ def chromium() -> Iterator[object]:
 
 
 @pytest.fixture
-def studio_server(tmp_path: Path, demo_model_dir: Path) -> Iterator[Server]:
-    """A fresh ``tunery serve`` (one CPU node at 1 credit/minute, 100 credits granted)."""
-    root = prepare_root(tmp_path / "data", demo_model_dir)
-    with running_server(root, server_env(root)) as server:
-        yield server
+def start_studio(tmp_path: Path, demo_model_dir: Path) -> Iterator[Callable[..., Server]]:
+    """``start_studio(**settings)``: a fresh ``tunery serve`` (one CPU node at 1 credit per
+    minute, 100 credits granted); settings override its ``tunery.yaml``."""
+    with contextlib.ExitStack() as stack:
+
+        def start(**settings: object) -> Server:
+            root = prepare_root(tmp_path / "data", demo_model_dir, **settings)
+            return stack.enter_context(running_server(root, server_env(root)))
+
+        yield start
+
+
+@pytest.fixture
+def studio_server(start_studio: Callable[..., Server]) -> Server:
+    return start_studio()
 
 
 @pytest.fixture

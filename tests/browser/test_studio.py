@@ -9,7 +9,9 @@ restart and a bad token, and use it at phone width.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import zipfile
 from pathlib import Path
 
@@ -291,3 +293,49 @@ def test_every_page_fits_a_phone(studio_server, open_studio, view: str) -> None:
     wait_until(lambda: page.locator("#connection").is_visible(), timeout=10, what="stream")
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"{view} is {overflow}px wider than the phone"
+
+
+def test_queue_position_retry_and_failure_show_in_the_runs_tab(
+    start_studio, open_studio, tmp_path: Path
+) -> None:
+    # A back-off long enough to read the Retrying message.
+    studio_server = start_studio(retry_backoff_seconds=6)
+    client = Client(studio_server)
+    dataset = client.dataset(EXAMPLES / "demo-dataset.jsonl")
+    page = open_studio(studio_server)
+    expect(page.locator("#connection")).to_have_text(re.compile("Live"))
+
+    # One node: the second run waits in the queue and says where it stands.
+    first = client.submit_ok(payload(dataset, "first", training={"max_steps": 40}))
+    second = client.submit_ok(payload(dataset, "second", training={"max_steps": 5000}))
+    queued = page.locator(f"#run-{second['id']} .run-header")
+    expect(queued.locator(".pill")).to_have_text("Queued")
+    expect(queued).to_contain_text("#1 in queue")
+    client.cancel_ok(second["id"])
+    expect(queued.locator(".pill")).to_have_text("Cancelled")
+
+    # A worker killed mid-training: Retrying (amber), then it resumes and completes.
+    first_pill = page.locator(f"#run-{first['id']} .run-header .pill")
+    client.wait_step(first["id"], 3)
+    os.killpg(studio_server.worker_pid(first["id"]), signal.SIGKILL)
+    expect(first_pill).to_have_attribute("data-status", "retrying", timeout=60_000)
+    expect(first_pill).to_have_text("Retrying")
+    first_pill.click()
+    expect(page.locator(f"#panel-{first['id']} .run-error")).to_contain_text("Retrying")
+    expect(first_pill).to_have_attribute("data-status", "completed", timeout=240_000)
+    assert "retrying" in pills_seen(page, first["id"])
+    expect(page.locator(f"#panel-{first['id']} .phase")).to_contain_text("attempt 2")
+
+    # A run whose model cannot load fails with its message and hint inline.
+    broken = tmp_path / "no-weights"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "llama"}')
+    missing = client.submit_ok(payload(dataset, "missing-model", base_model=str(broken)))
+    page.goto(f"{studio_server.url}/#/runs/{missing['id']}")
+    failed_pill = page.locator(f"#run-{missing['id']} .run-header .pill")
+    expect(failed_pill).to_have_attribute("data-status", "failed", timeout=120_000)
+    error = page.locator(f"#panel-{missing['id']} .run-error")
+    expect(error).to_contain_text("Failed:")
+    expect(error).to_contain_text("no-weights")
+    expect(error).to_contain_text("Hint:")
+    expect(error).to_contain_text("Runs on custom models are not refunded.")

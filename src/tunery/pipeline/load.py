@@ -172,7 +172,11 @@ def load_tokenizer(model_dir: Path) -> tuple[PreTrainedTokenizerBase, ChatFormat
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError) as error:
-        raise ModelLoadError(f"cannot load the tokenizer from {model_dir}: {error}") from None
+        raise ModelLoadError(
+            f"cannot load the tokenizer from {model_dir}: {error}",
+            hint="the model directory needs its tokenizer files (tokenizer.json, or "
+            "tokenizer_config.json with the vocabulary files) next to config.json",
+        ) from None
     if tokenizer.eos_token is None:
         raise ModelLoadError(
             f"the tokenizer in {model_dir} defines no end-of-text (eos) token",

@@ -63,6 +63,7 @@ def enforce_credits(plane: ControlPlane) -> None:
     """
     at = now()
     stopped: list[Handle] = []
+    finished = 0
     with plane.sessions.begin() as session:
         training = session.scalars(select(Run).where(Run.status == RunStatus.TRAINING.value))
         by_account: dict[str, list[Run]] = {}
@@ -92,15 +93,17 @@ def enforce_credits(plane: ControlPlane) -> None:
                     at=at,
                     error=OUT_OF_CREDITS,
                 )
+                finished += 1
     for handle in stopped:
         plane.backend.cancel(handle, grace_seconds=plane.settings.cancel_grace_seconds)
-    if stopped:
+    if finished:
         plane.notifier.notify()
 
 
 def reap(plane: ControlPlane) -> None:
     at = now()
     lost: list[Handle] = []
+    reaped = 0
     with plane.sessions.begin() as session:
         for attempt in session.scalars(select(Attempt).where(Attempt.active.is_(True))):
             handle = Handle(attempt.pid, attempt.process_started or "") if attempt.pid else None
@@ -114,6 +117,7 @@ def reap(plane: ControlPlane) -> None:
             attempt.active = False
             attempt.ended_at = at
             attempt.end_reason = "lease expired" if expired else "process exited"
+            reaped += 1
             if handle is not None and not gone:
                 lost.append(handle)
             run = session.get(Run, attempt.run_id)
@@ -121,7 +125,8 @@ def reap(plane: ControlPlane) -> None:
                 service.retry_or_fail(plane, session, run, error=LOST_WORKER, transient=True, at=at)
     for handle in lost:
         plane.backend.cancel(handle, grace_seconds=plane.settings.cancel_grace_seconds)
-    if lost:
+    # Watchers learn of a lost worker now, not at their next keep-alive.
+    if reaped:
         plane.notifier.notify()
 
 

@@ -516,10 +516,10 @@ function showProblems(error) {
   summary.replaceChildren(
     h("p", {}, h("strong", {}, "The run was not started. "),
       `${count} problem${count === 1 ? "" : "s"} to fix${unplaced.length ? ":" : ", marked below."}`),
-    unplaced.length || !error.problems.length
-      ? h("ul", {}, (error.problems.length ? unplaced : [{ field: "", message: error.message }])
-        .map((problem) => h("li", {}, problem.field ? `${problem.field}: ${problem.message}` : problem.message)))
-      : null,
+    ...(unplaced.length || !error.problems.length
+      ? [h("ul", {}, (error.problems.length ? unplaced : [{ field: "", message: error.message }])
+        .map((problem) => h("li", {}, problem.field ? `${problem.field}: ${problem.message}` : problem.message)))]
+      : []),
   );
   summary.hidden = false;
   summary.scrollIntoView({ block: "nearest" });
@@ -762,7 +762,7 @@ class RunPanel {
       : "The pipeline retries by itself and resumes from its last checkpoint.";
     this.error.replaceChildren(
       h("p", {}, h("strong", {}, run.status === "failed" ? "Failed: " : "Retrying: "), error.message),
-      error.hint ? h("p", { class: "hint" }, `Hint: ${error.hint}`) : null,
+      ...(error.hint ? [h("p", { class: "hint" }, `Hint: ${error.hint}`)] : []),
       h("p", { class: "muted" }, refund));
   }
 
