@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from control_harness import Client, payload, wait_until
+from control_harness import Client, add_account, payload, wait_until
 from playwright.sync_api import Page, expect
 
 pytestmark = pytest.mark.browser
@@ -156,7 +156,17 @@ def test_a_run_from_the_form_to_its_downloads(studio_server, open_studio, tmp_pa
     page.locator("#confirm-dialog").get_by_role("button", name="Delete run record").click()
     expect(page.locator(f"#run-{run_id}")).to_have_count(0)
     page.get_by_role("link", name="Hub").click()
-    expect(page.locator(".hub-entry", has_text="browser-run")).to_have_count(1)
+    entry = page.locator(".hub-entry", has_text="browser-run")
+    expect(entry).to_have_count(1)
+
+    # Deleting the Hub entry removes it and its files.
+    entry_id = entry.get_attribute("data-entry-id")
+    entry.get_by_role("button", name="Delete entry").click()
+    page.locator("#confirm-dialog").get_by_role("button", name="Delete entry").click()
+    expect(page.locator(".hub-entry")).to_have_count(0)
+    expect(page.locator("#hub-empty")).to_be_visible()
+    assert Client(studio_server).http.get(f"/hub/{entry_id}").status_code == 404
+    assert not (studio_server.root / "hub" / entry_id).exists()
     assert page.errors == []  # type: ignore[attr-defined]
 
 
@@ -255,6 +265,41 @@ def test_a_blocked_submission_marks_every_field(studio_server, open_studio) -> N
     expect(page.get_by_label("Learning rate")).to_have_attribute("aria-invalid", "true")
     assert Client(studio_server).runs() == []
     assert "#/new" in page.url
+
+
+def test_a_balance_short_of_the_first_minute_blocks_at_the_tier(studio_server, open_studio) -> None:
+    token = add_account(studio_server, "broke", credits=0.5)
+    client = Client(studio_server, token)
+    client.dataset(EXAMPLES / "demo-dataset.jsonl")
+    page = open_studio(studio_server, token=token)
+    expect(page.locator("#balance")).to_have_text("0.50 credits")
+    compose_run(page, "too-expensive", max_steps=5, gguf=False)
+    page.locator("#f-datasets input").first.check()
+    page.get_by_role("button", name="Start run").click()
+    tier_error = page.locator('#run-form [data-error-for="credits"]')
+    expect(tier_error).to_be_visible()
+    expect(tier_error).to_contain_text("does not cover the first minute")
+    expect(page.locator("#submit-problems")).to_contain_text("1 problem to fix")
+    assert client.runs() == []
+
+
+def test_the_keyboard_reaches_everything(studio_server, open_studio) -> None:
+    client = Client(studio_server)
+    dataset = client.dataset(EXAMPLES / "demo-dataset.jsonl")
+    run = client.submit_ok(payload(dataset, "keyboard-run"))
+    client.wait_terminal(run["id"])
+    page = open_studio(studio_server)
+    header = page.locator(f"#run-{run['id']} .run-header")
+    expect(header).to_have_attribute("aria-expanded", "false")
+    # Tab from the top of the page until the run's header has focus, then open it.
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.classList.contains('run-header')"):
+            break
+    page.keyboard.press("Enter")
+    expect(page.locator(f"#run-{run['id']} .run-header")).to_have_attribute("aria-expanded", "true")
+    expect(page.locator(f"#panel-{run['id']}")).to_be_visible()
+    expect(page.locator(f"#run-{run['id']} .pill")).to_have_text("Completed")
 
 
 def test_it_reconnects_after_a_server_restart(studio_server, open_studio) -> None:
