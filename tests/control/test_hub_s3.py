@@ -98,3 +98,29 @@ def test_s3_hub_entries_download_from_the_store_and_delete_there(
     assert client.http.delete(f"/hub/{entry_id}").status_code == 204
     assert s3_store.keys(prefix) == []
     assert httpx.get(url).status_code == 404
+
+
+@pytest.mark.slow
+def test_a_store_that_refuses_the_bundles_fails_the_run_with_the_reason(
+    start_server, client_for, demo_dataset, s3_store, monkeypatch
+):
+    for name, value in s3_store.environment().items():
+        monkeypatch.setenv(name, value)
+    server = start_server(
+        storage={
+            "kind": "s3",
+            "bucket": "no-such-bucket",
+            "endpoint_url": s3_store.endpoint_url,
+            "region": s3_store.region,
+        }
+    )
+    client = client_for(server)
+    run = client.submit_ok(payload(client.dataset(demo_dataset)))
+    done = client.wait_terminal(run["id"], timeout=120)
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "hub_storage_failed"
+    assert "no-such-bucket" in done["error"]["message"]
+    assert done["hub_entry_id"] is None
+    assert client.http.get("/hub").json() == []
+    assert done["attempt"] == 1  # not retried: a missing bucket does not heal by itself
+    assert (server.root / "runs" / run["id"] / "ctl-run-lora.zip").is_file()

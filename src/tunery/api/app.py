@@ -24,6 +24,7 @@ from tunery.backends.base import Backend
 from tunery.backends.local import LocalBackend
 from tunery.db import make_engine, make_sessions
 from tunery.errors import ConfigError, DatasetError, TuneryError
+from tunery.hub.s3 import StorageError
 from tunery.hub.signing import load_secret
 from tunery.runs.service import Conflict, ControlPlane, NotFound, StaleAttempt
 from tunery.runs.store import EventNotifier
@@ -147,7 +148,9 @@ def create_app(
 
     @app.exception_handler(TuneryError)
     async def tunery_error(_: Request, error: TuneryError) -> JSONResponse:
-        status = {NotFound: 404, Conflict: 409, StaleAttempt: 409}.get(type(error), 400)
+        status = {NotFound: 404, Conflict: 409, StaleAttempt: 409, StorageError: 502}.get(
+            type(error), 400
+        )
         return JSONResponse(status_code=status, content={"detail": error.as_dict()})
 
     app.include_router(meta.router)

@@ -7,6 +7,7 @@ Cancelled runs, runs that fail before the LoRA save and blocked submissions have
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
@@ -21,7 +22,11 @@ if TYPE_CHECKING:
 def create_entry(
     plane: ControlPlane, session: Session, run: Run, summary: dict[str, Any]
 ) -> str | None:
-    """Move the run's artifact ZIPs into Hub storage and record the entry; returns its id."""
+    """Move the run's artifact ZIPs into Hub storage and record the entry; returns its id.
+
+    Raises what the storage raises (a TuneryError or OSError) after removing anything it
+    stored for this entry.
+    """
     names = summary.get("artifacts") or {}
     run_dir = plane.runs_dir / run.id
     present = {
@@ -33,13 +38,19 @@ def create_entry(
         return None
     entry_id = new_id("hub")
     artifacts = {}
-    for kind, path in present.items():
-        stored = plane.storage.put(entry_id, kind, path)
-        artifacts[kind] = {
-            "filename": stored.filename,
-            "size": stored.size,
-            "sha256": stored.sha256,
-        }
+    try:
+        for kind, path in present.items():
+            stored = plane.storage.put(entry_id, kind, path)
+            artifacts[kind] = {
+                "filename": stored.filename,
+                "size": stored.size,
+                "sha256": stored.sha256,
+            }
+    except Exception:
+        # No half entry: whatever reached the store goes again (if the store lets us).
+        with contextlib.suppress(Exception):
+            plane.storage.delete(entry_id)
+        raise
     session.add(
         HubEntry(
             id=entry_id,

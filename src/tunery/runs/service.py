@@ -554,7 +554,20 @@ def _on_result(
     target = RunStatus.COMPLETED if summary.get("status") == "completed" else RunStatus.FAILED
     if summary.get("samples"):
         store.append_event(session, run.id, "samples", {"samples": summary["samples"]})
-    entry_id = hub.create_entry(plane, session, run, summary)
+    try:
+        entry_id = hub.create_entry(plane, session, run, summary)
+    except (TuneryError, OSError) as failure:
+        # Retrying would not help a misconfigured or full store; say so on the run instead
+        # of failing the worker's report over and over.
+        entry_id, target = None, RunStatus.FAILED
+        reason = failure.message if isinstance(failure, TuneryError) else str(failure)
+        error = {
+            "code": "hub_storage_failed",
+            "message": f"the run finished but its bundles could not be stored in the Hub: {reason}",
+            "hint": (failure.hint if isinstance(failure, TuneryError) else "")
+            or "check the storage settings and free space; the bundles stay in the run's "
+            "folder on the server",
+        }
     finish(
         plane,
         session,
