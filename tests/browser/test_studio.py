@@ -86,13 +86,23 @@ def download(page: Page, button_name: str, target: Path) -> tuple[Path, str]:
 
 
 def test_a_run_from_the_form_to_its_downloads(studio_server, open_studio, tmp_path: Path) -> None:
+    # Another run holds the only node, so this one visibly waits its turn in the queue.
+    client = Client(studio_server)
+    blocker = client.submit_ok(
+        payload(
+            client.dataset(EXAMPLES / "demo-dataset.jsonl"), "blocker", training={"max_steps": 30}
+        )
+    )
+    client.wait_status(blocker["id"], "training", timeout=120)
     page = open_studio(studio_server)
     expect(page.locator("#connection")).to_have_text(re.compile("Live"))
     compose_run(page, "browser-run", max_steps=20, gguf=True)
     upload_demo_dataset(page)
     run_id = submit(page)
 
-    pill = page.locator(f"#run-{run_id} .run-header .pill")
+    header = page.locator(f"#run-{run_id} .run-header")
+    pill = header.locator(".pill")
+    expect(header).to_contain_text("#1 in queue")
     expect(pill).to_have_attribute("data-status", "completed", timeout=300_000)
     assert pills_seen(page, run_id) == ["queued", "waiting_for_gpu", "training", "completed"]
     expect(pill).to_have_text("Completed")
@@ -163,8 +173,8 @@ def test_a_run_from_the_form_to_its_downloads(studio_server, open_studio, tmp_pa
     entry_id = entry.get_attribute("data-entry-id")
     entry.get_by_role("button", name="Delete entry").click()
     page.locator("#confirm-dialog").get_by_role("button", name="Delete entry").click()
-    expect(page.locator(".hub-entry")).to_have_count(0)
-    expect(page.locator("#hub-empty")).to_be_visible()
+    expect(entry).to_have_count(0)
+    expect(page.locator(".hub-entry", has_text="blocker")).to_have_count(1)
     assert Client(studio_server).http.get(f"/hub/{entry_id}").status_code == 404
     assert not (studio_server.root / "hub" / entry_id).exists()
     assert page.errors == []  # type: ignore[attr-defined]
