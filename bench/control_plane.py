@@ -131,6 +131,8 @@ class FirstStep:
     def metrics(self, metrics):
         self.step_end = time.time()
 
+    def resumed(self, history): pass
+
     def should_stop(self):
         return self.step_end is not None
 

@@ -9,6 +9,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 from control_harness import (
     Client,
@@ -98,7 +99,11 @@ def test_worker_sigkill_retries_and_resumes_from_checkpoint(
 
     # Every step was trained; the second attempt reported from the resumed step on.
     retry_id = lost.id
-    steps_after = [e.data["step"] for e in read.events if e.kind == "metrics" and e.id > retry_id]
+    steps_after = [
+        e.data["step"]
+        for e in read.events
+        if e.kind == "metrics" and e.id > retry_id and not e.data.get("replayed")
+    ]
     assert steps_after == sorted(steps_after), steps_after
     assert set(steps_after) == set(range(resumed + 1, total + 1)), (resumed, steps_after)
     assert {m["step"] for m in api.metrics(run_id)} == set(range(1, total + 1))
@@ -117,6 +122,31 @@ def test_worker_sigkill_retries_and_resumes_from_checkpoint(
     # The metrics history is the run's: each step once, as after a server restart. The steps
     # between the checkpoint and the kill were trained twice; the chart shows them once.
     assert [m["step"] for m in history] == list(range(1, total + 1))
+
+
+def test_a_resumed_attempts_history_fills_only_steps_never_reported(
+    server: Server, client_for: Callable[..., Client], demo_dataset: Path
+) -> None:
+    """The next attempt sends the checkpoint's history; the server stores only the steps
+    its predecessor died before reporting, and never overwrites a reported one."""
+    api = client_for(server)
+    run = api.submit_ok(payload(api.dataset(demo_dataset), "history", training={"max_steps": 5000}))
+    api.wait_step(run["id"], 3)
+    attempt = server.query(
+        "SELECT id, token FROM attempts WHERE run_id = ? AND active = 1", run["id"]
+    )[0]
+    first = api.metrics(run["id"])[0]
+    history = [{**first, "loss": 99.0}, {**first, "step": 4000, "loss": 0.5}]
+    response = httpx.post(
+        f"{server.url}/internal/attempts/{attempt['id']}/events",
+        headers={"X-Attempt-Token": attempt["token"]},
+        json={"events": [{"kind": "history", "data": {"steps": history}}]},
+    )
+    assert response.status_code == 200, response.text
+    by_step = {row["step"]: row for row in api.metrics(run["id"])}
+    assert by_step[1]["loss"] == first["loss"]
+    assert (by_step[4000]["loss"], by_step[4000]["replayed"]) == (0.5, True)
+    api.cancel_ok(run["id"])
 
 
 @pytest.mark.parametrize(

@@ -237,6 +237,9 @@ def test_resume_continues_exactly_as_if_uninterrupted(data_dir, make_recipe, tmp
     run_recipe(recipe, tmp_path / "resumed", resumed)
     assert "resumed from the checkpoint at step 6" in resumed.logs
     assert [s.step for s in resumed.steps] == [7, 8, 9, 10]
+    # The history before the checkpoint is handed on, for steps no one reported.
+    assert [h["step"] for h in resumed.resumed_history] == [1, 2, 3, 4, 5, 6]
+    assert [h["loss"] for h in resumed.resumed_history] == [s.loss for s in straight.steps[:6]]
     assert [s.loss for s in resumed.steps] == [s.loss for s in straight.steps[6:]]
 
     first = load_file(tmp_path / "straight" / "adapter" / "adapter_model.safetensors")

@@ -52,6 +52,9 @@ class TerminalReporter:
         else:
             click.echo(f"  {message}", err=True)
 
+    def resumed(self, history: list[dict[str, Any]]) -> None:
+        """The progress bar starts at the resumed step; earlier steps are not shown again."""
+
     def metrics(self, metrics: StepMetrics) -> None:
         from tqdm import tqdm
 

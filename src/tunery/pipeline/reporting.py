@@ -63,6 +63,13 @@ class Reporter(Protocol):
     def metrics(self, metrics: StepMetrics) -> None:
         """An optimizer step finished."""
 
+    def resumed(self, history: list[dict[str, Any]]) -> None:
+        """Training resumed from a checkpoint; ``history`` holds every step before it.
+
+        The attempt that trained those steps may have died before it reported the last of
+        them; a reporter that keeps a run's history records the ones it is missing.
+        """
+
     def should_stop(self) -> bool:
         """True once cancellation was requested; checked between steps."""
 
@@ -75,6 +82,7 @@ class RecordingReporter:
     phases: list[str] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)
     steps: list[StepMetrics] = field(default_factory=list)
+    resumed_history: list[dict[str, Any]] | None = None
 
     def phase(self, name: str) -> None:
         self.phases.append(name)
@@ -84,6 +92,9 @@ class RecordingReporter:
 
     def metrics(self, metrics: StepMetrics) -> None:
         self.steps.append(metrics)
+
+    def resumed(self, history: list[dict[str, Any]]) -> None:
+        self.resumed_history = history
 
     def should_stop(self) -> bool:
         if self.stop_after_step is None or not self.steps:

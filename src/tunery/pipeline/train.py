@@ -196,6 +196,7 @@ def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
     if resumed is not None:
         state = resumed
         reporter.log(f"resumed from the checkpoint at step {state.step}")
+        reporter.resumed(list(state.history))  # the loop appends to state.history
     autocast: Callable[[], Any] = (
         (lambda: torch.autocast(setup.device.type, dtype=setup.precision.autocast))
         if setup.precision.autocast is not None

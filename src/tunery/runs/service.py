@@ -507,6 +507,8 @@ def report(
                 store.append_event(session, run.id, "metrics", live_metrics(plane, session, run))
             elif kind == "log":
                 store.append_event(session, run.id, "log", {"message": str(data["message"])})
+            elif kind == "history":
+                _on_history(session, run, data.get("steps") or [])
             elif kind == "result":
                 _on_result(plane, session, attempt, run, data, at)
             elif kind == "failure":
@@ -533,6 +535,24 @@ def _on_phase(session: Session, attempt: Attempt, run: Run, phase: str, at: floa
     elif phase != run.phase:
         store.set_phase(session, run.id, phase)
         session.refresh(run)
+
+
+def _on_history(session: Session, run: Run, steps: list[dict[str, Any]]) -> None:
+    """Record the steps of a resumed run's history that no report delivered.
+
+    An attempt killed right after a checkpoint may not have reported its last steps; the
+    next attempt sends the checkpoint's history and the missing steps are stored, marked
+    ``replayed``, so the run's metrics have every step once.
+    """
+    reported = {
+        event.data.get("step")
+        for event in session.scalars(
+            select(RunEvent).where(RunEvent.run_id == run.id, RunEvent.kind == "metrics")
+        )
+    }
+    for step in steps:
+        if isinstance(step, dict) and step.get("step") not in reported:
+            store.append_event(session, run.id, "metrics", {**step, "replayed": True})
 
 
 def _end_attempt(attempt: Attempt, at: float, reason: str) -> None:

@@ -58,6 +58,9 @@ class HttpReporter:
     def metrics(self, metrics: StepMetrics) -> None:
         self._queue.put({"kind": "metrics", "data": metrics.as_dict()})
 
+    def resumed(self, history: list[dict[str, Any]]) -> None:
+        self._queue.put({"kind": "history", "data": {"steps": history}})
+
     def should_stop(self) -> bool:
         return self._stop_requested.is_set()
 

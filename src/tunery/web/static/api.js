@@ -92,8 +92,11 @@ export class AccountStream {
   }
 
   start() {
+    this.stop();
     this.stopped = false;
-    this.loop();
+    // A loop still sleeping from an earlier start sees a newer generation and ends.
+    this.generation = (this.generation || 0) + 1;
+    this.loop(this.generation);
   }
 
   stop() {
@@ -101,18 +104,19 @@ export class AccountStream {
     this.controller?.abort();
   }
 
-  async loop() {
+  async loop(generation) {
+    const current = () => !this.stopped && this.generation === generation;
     let failures = 0;
-    while (!this.stopped) {
+    while (current()) {
       try {
         await this.connect(() => {
           failures = 0;
         });
-        if (this.stopped) return;
+        if (!current()) return;
         failures += 1;
         this.onState("reconnecting", "the server closed the event stream");
       } catch (error) {
-        if (this.stopped) return;
+        if (!current()) return;
         if (error instanceof ApiError && error.status === 401) return;
         failures += 1;
         this.onState("reconnecting", error.message);

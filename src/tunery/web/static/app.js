@@ -295,7 +295,8 @@ function applyEvent(run, kind, data) {
     updateRun(run);
   } else if (kind === "metrics") {
     const { id, kind: _kind, at, run_id: _run, ...metrics } = data;
-    run.metrics = { ...run.metrics, ...metrics };
+    // A replayed step fills the curve's history; the header keeps the newest step.
+    if (!metrics.replayed) run.metrics = { ...run.metrics, ...metrics };
     updateRun(run);
     if (state.panel?.runId === run.id) state.panel.addPoint(metrics.step, metrics.loss);
   } else if (kind === "samples") {
