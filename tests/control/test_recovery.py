@@ -149,6 +149,28 @@ def test_a_resumed_attempts_history_fills_only_steps_never_reported(
     api.cancel_ok(run["id"])
 
 
+def test_a_retrying_run_keeps_its_place_ahead_of_later_runs(
+    start_server: Callable[..., Server], client_for: Callable[..., Client], demo_dataset: Path
+) -> None:
+    server = start_server(retry_backoff_seconds=4)
+    api = client_for(server)
+    dataset_id = api.dataset(demo_dataset)
+    first = api.submit_ok(payload(dataset_id, "first", training={"max_steps": 16}))
+    api.wait_step(first["id"], 2)
+    later = api.submit_ok(payload(dataset_id, "later", training={"max_steps": 3}))
+    os.kill(server.worker_pid(first["id"]), signal.SIGKILL)
+    api.wait_status(first["id"], "retrying", timeout=30)
+
+    # The node is free during the back-off, yet the later run does not take it.
+    assert api.run(later["id"])["status"] == "queued"
+    assert api.wait_terminal(first["id"], timeout=300)["status"] == "completed"
+    assert api.wait_terminal(later["id"], timeout=300)["status"] == "completed"
+    (later_attempt,) = server.attempts(later["id"])
+    first_attempts = server.attempts(first["id"])
+    assert len(first_attempts) == 2
+    assert later_attempt["started_at"] >= first_attempts[1]["ended_at"]
+
+
 @pytest.mark.parametrize(
     "finish_while_down",
     [False, True],

@@ -9,7 +9,8 @@ Each ``tick``:
    ``waiting_for_gpu`` and a worker is started for a new attempt. Runs wait in ``queued``
    (and ``retrying`` until their back-off ends) while no node of their tier is idle. Order is
    fair across accounts: the account with the fewest runs on nodes goes first, then the
-   oldest run.
+   oldest run. A retrying run keeps its place: while it is next but still backing off, its
+   node stays idle instead of going to a later run.
 
 ``reconcile`` runs once at start-up: workers survive a control-plane crash, so every attempt
 that was active gets a fresh lease to report in before it is declared lost.
@@ -140,8 +141,7 @@ def place(plane: ControlPlane) -> None:
         candidates = list(
             session.scalars(
                 select(Run).where(
-                    (Run.status == RunStatus.QUEUED.value)
-                    | ((Run.status == RunStatus.RETRYING.value) & (Run.retry_at <= at))
+                    Run.status.in_([RunStatus.QUEUED.value, RunStatus.RETRYING.value])
                 )
             )
         )
@@ -153,6 +153,10 @@ def place(plane: ControlPlane) -> None:
             continue
         run = min(waiting, key=lambda r: (running[r.account_id], r.created_at, r.id))
         candidates.remove(run)
+        if run.status == RunStatus.RETRYING.value and (run.retry_at or 0) > at:
+            # A retrying run keeps its place: the node waits out its back-off rather than
+            # go to a run submitted after it.
+            continue
         if _start_attempt(plane, run, node.name, node.threads):
             busy.add(node.name)
             running[run.account_id] += 1
