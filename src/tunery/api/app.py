@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 
 from tunery import __version__
 from tunery.api.routes import credits, datasets, hub, internal, meta, runs
+from tunery.api.streams import SharedReads
 from tunery.backends.base import Backend
 from tunery.backends.local import LocalBackend
 from tunery.db import make_engine, make_sessions
@@ -115,6 +116,7 @@ def create_app(
     app = FastAPI(title="tunery", version=__version__, lifespan=lifespan)
     app.state.plane = plane
     app.state.broadcast = broadcast
+    app.state.shared_reads = SharedReads()
     app.state.secret = load_secret(settings.data_dir)
 
     @app.exception_handler(ConfigError)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Request
@@ -137,6 +138,11 @@ def logs(plane: PlaneDep, account: AccountDep, run_id: str) -> str:
         return "\n".join(lines) + ("\n" if lines else "")
 
 
+def _sse(kind: str, data: dict[str, Any], event_id: int | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {kind}\ndata: {json.dumps(data)}\n\n"
+
+
 @router.get("/runs/{run_id}/events")
 async def events(
     request: Request,
@@ -151,30 +157,39 @@ async def events(
     the run is terminal and every event was sent.
     """
 
-    def read(after: int) -> tuple[list[RunEvent], str]:
+    def owned() -> None:
         with plane.sessions() as session:
-            run = service.get_run(session, account.id, run_id)
-            return service.events_after(session, run_id, after), run.status
+            service.get_run(session, account.id, run_id)
+
+    def read(after: int) -> tuple[list[tuple[int, str]], str | None]:
+        """Encoded events after ``after`` and the run's status (None once deleted)."""
+        with plane.sessions() as session:
+            status = session.scalar(select(Run.status).where(Run.id == run_id))
+            batch = [
+                (event.id, _sse(event.kind, event_public(event), event.id))
+                for event in service.events_after(session, run_id, after)
+            ]
+            return batch, status
 
     start = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-    await run_in_threadpool(read, 0)  # 404 before the stream starts
+    await run_in_threadpool(owned)  # 404 before the stream starts
     broadcast = request.app.state.broadcast
+    shared = request.app.state.shared_reads
 
     async def stream() -> AsyncIterator[str]:
         after = start
         yield "retry: 1000\n\n"
         while True:
             seen = broadcast.generation
-            batch, status = await run_in_threadpool(read, after)
-            for event in batch:
-                after = event.id
-                yield (
-                    f"id: {event.id}\nevent: {event.kind}\n"
-                    f"data: {json.dumps(event_public(event))}\n\n"
-                )
+            batch, status = await run_in_threadpool(
+                shared.get, seen, ("run", run_id, after), partial(read, after)
+            )
+            for event_id, text in batch:
+                after = event_id
+                yield text
             if batch:
                 continue
-            if status in TERMINAL:
+            if status is None or status in TERMINAL:
                 return
             if await request.is_disconnected():
                 return
@@ -186,11 +201,6 @@ async def events(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
-
-
-def _sse(kind: str, data: dict[str, Any], event_id: int | None = None) -> str:
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {kind}\ndata: {json.dumps(data)}\n\n"
 
 
 @router.get("/events")
@@ -213,13 +223,22 @@ async def account_events(
         with plane.sessions() as session:
             return service.latest_account_event(session, account.id)
 
-    def read(after: int) -> tuple[list[RunEvent], list[dict[str, Any]]]:
+    def read(after: int) -> list[tuple[int, str]]:
         with plane.sessions() as session:
-            batch = service.account_events_after(session, account.id, after)
+            return [
+                (
+                    event.id,
+                    _sse(event.kind, {"run_id": event.run_id, **event_public(event)}, event.id),
+                )
+                for event in service.account_events_after(session, account.id, after)
+            ]
+
+    def live_numbers() -> list[dict[str, Any]]:
+        with plane.sessions() as session:
             active = session.scalars(
                 select(Run).where(Run.account_id == account.id, Run.status.not_in(TERMINAL))
             )
-            snapshot = [
+            return [
                 {
                     "id": run.id,
                     "status": run.status,
@@ -229,7 +248,6 @@ async def account_events(
                 }
                 for run in active
             ]
-            return batch, snapshot
 
     if last_event_id and last_event_id.isdigit():
         start = int(last_event_id)
@@ -238,6 +256,7 @@ async def account_events(
         start = await run_in_threadpool(latest)
         resumed = False
     broadcast = request.app.state.broadcast
+    shared = request.app.state.shared_reads
     loop = asyncio.get_running_loop()
 
     async def stream() -> AsyncIterator[str]:
@@ -246,21 +265,28 @@ async def account_events(
         if not resumed:
             yield _sse("ready", {"cursor": start}, start)
         next_snapshot = 0.0
+        active = False
         while True:
             seen = broadcast.generation
-            batch, snapshot = await run_in_threadpool(read, after)
-            for event in batch:
-                after = event.id
-                yield _sse(event.kind, {"run_id": event.run_id, **event_public(event)}, event.id)
+            batch = await run_in_threadpool(
+                shared.get, seen, ("account", account.id, after), partial(read, after)
+            )
+            for event_id, text in batch:
+                after = event_id
+                yield text
             if batch:
                 continue
-            if snapshot and loop.time() >= next_snapshot:
-                yield _sse("snapshot", {"runs": snapshot})
+            # The live numbers cost a few queries per active run: at most once a period.
+            if loop.time() >= next_snapshot:
+                snapshot = await run_in_threadpool(live_numbers)
                 next_snapshot = loop.time() + SNAPSHOT_SECONDS
+                active = bool(snapshot)
+                if snapshot:
+                    yield _sse("snapshot", {"runs": snapshot})
             if await request.is_disconnected():
                 return
-            timeout = SNAPSHOT_SECONDS if snapshot else KEEPALIVE_SECONDS
-            if not await broadcast.wait(seen, timeout) and not snapshot:
+            timeout = max(0.05, next_snapshot - loop.time()) if active else KEEPALIVE_SECONDS
+            if not await broadcast.wait(seen, timeout) and not active:
                 yield ": keep-alive\n\n"
 
     return StreamingResponse(
