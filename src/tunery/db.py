@@ -6,7 +6,9 @@ Times are UTC epoch seconds (floats). Ids are opaque strings with a type prefix
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.schema import CreateIndex, CreateTable
 
 
 def new_id(prefix: str) -> str:
@@ -120,7 +123,12 @@ class RunEvent(Base):
     kind: Mapped[str] = mapped_column(String)
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[float] = mapped_column(Float, default=now)
-    __table_args__ = (Index("ix_run_events_run_id_id", "run_id", "id"),)
+    # AUTOINCREMENT: ids are never reused, even after the newest run's events are deleted
+    # with its record; a stream's Last-Event-ID cursor would otherwise skip the next ones.
+    __table_args__ = (
+        Index("ix_run_events_run_id_id", "run_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
 
 
 class HubEntry(Base):
@@ -165,7 +173,47 @@ def make_engine(path: Path) -> Engine:
         cursor.close()
 
     Base.metadata.create_all(engine)
+    _never_reuse_event_ids(engine)
     return engine
+
+
+def _never_reuse_event_ids(engine: Engine) -> None:
+    """Rebuild a ``run_events`` table made before it had AUTOINCREMENT (same rows, same ids).
+
+    One transaction (SQLite's DDL is transactional), with foreign keys off so that every
+    row is copied as it is.
+    """
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        created = cursor.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'run_events'"
+        ).fetchone()
+        if created is None or "AUTOINCREMENT" in created[0].upper():
+            return
+        cursor.execute("PRAGMA foreign_keys=OFF")
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            cursor.execute("ALTER TABLE run_events RENAME TO run_events_old")
+            for index in RunEvent.__table__.indexes:
+                cursor.execute(f"DROP INDEX IF EXISTS {index.name}")
+            cursor.execute(str(CreateTable(RunEvent.__table__).compile(engine)))
+            for index in RunEvent.__table__.indexes:
+                cursor.execute(str(CreateIndex(index).compile(engine)))
+            cursor.execute(
+                "INSERT INTO run_events (id, run_id, kind, data, created_at) "
+                "SELECT id, run_id, kind, data, created_at FROM run_events_old"
+            )
+            cursor.execute("DROP TABLE run_events_old")
+            cursor.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                cursor.execute("ROLLBACK")
+            raise
+        finally:
+            cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        connection.close()
 
 
 def make_sessions(engine: Engine) -> sessionmaker:

@@ -165,6 +165,11 @@ def test_a_run_from_the_form_to_its_downloads(studio_server, open_studio, tmp_pa
     page.get_by_role("button", name="Delete run record").click()
     page.locator("#confirm-dialog").get_by_role("button", name="Delete run record").click()
     expect(page.locator(f"#run-{run_id}")).to_have_count(0)
+    # The deleted run held the newest events; the next run's still reach the page.
+    after = client.submit_ok(payload(blocker["config"]["dataset_ids"][0], "after-delete"))
+    expect(page.locator(f"#run-{after['id']} .run-header .pill")).to_have_attribute(
+        "data-status", "completed", timeout=120_000
+    )
     page.get_by_role("link", name="Hub").click()
     entry = page.locator(".hub-entry", has_text="browser-run")
     expect(entry).to_have_count(1)

@@ -28,6 +28,10 @@ SNAPSHOT_SECONDS = 3.0
 
 
 def run_public(plane: ControlPlane, session: Session, run: Run) -> dict[str, Any]:
+    # Each SELECT sees the newest commit: read the newest event id first, then the run row
+    # again, so the fields are at least as new as ``last_event_id`` says.
+    last_event_id = session.scalar(select(func.max(RunEvent.id)).where(RunEvent.run_id == run.id))
+    session.refresh(run)
     return {
         "id": run.id,
         "name": run.name,
@@ -48,9 +52,7 @@ def run_public(plane: ControlPlane, session: Session, run: Run) -> dict[str, Any
         "hub_entry_id": run.hub_entry_id,
         # Events up to this id are reflected above: a client following the account stream
         # applies only newer ones to this object.
-        "last_event_id": session.scalar(
-            select(func.max(RunEvent.id)).where(RunEvent.run_id == run.id)
-        ),
+        "last_event_id": last_event_id,
     }
 
 

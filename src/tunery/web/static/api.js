@@ -50,8 +50,8 @@ async function errorFrom(response) {
 }
 
 /** Call the API; resolves to the parsed body (or text), rejects with ApiError/UnreachableError. */
-export async function api(path, { method = "GET", json, form, text = false } = {}) {
-  const init = { method, headers: authHeaders() };
+export async function api(path, { method = "GET", json, form, text = false, headers = {} } = {}) {
+  const init = { method, headers: authHeaders(headers) };
   if (json !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(json);

@@ -40,8 +40,13 @@ const state = {
   hub: [],
   credits: null,
   pending: new Map(),
+  // Until the lists are loaded after the stream opened, its events wait here.
+  loaded: false,
+  backlog: [],
+  view: null,
   expanded: null,
   panel: null,
+  submissionKey: null,
 };
 const stream = new AccountStream({ onEvent, onState: onConnection });
 const $ = (selector) => document.querySelector(selector);
@@ -184,6 +189,7 @@ function render() {
   }
   const { view, id } = route();
   show(view);
+  state.view = view;
   if (view === "runs") {
     state.expanded = id || null;
     renderRuns();
@@ -192,30 +198,59 @@ function render() {
 }
 
 window.addEventListener("hashchange", () => {
+  const before = state.view;
+  const toggled = route().id || state.expanded;
   render();
-  $("#main").focus({ preventScroll: true });
+  if (state.view !== before) $("#main").focus({ preventScroll: true });
+  else if (state.view === "runs" && toggled) {
+    // Opening or closing a run keeps the keyboard on its header.
+    document.getElementById(`run-${toggled}`)?.querySelector(".run-header")?.focus();
+  }
 });
 
 // Loading ------------------------------------------------------------------------------------
 
+/**
+ * Load every list, then apply the events that arrived meanwhile.
+ *
+ * Called once the event stream is open (its cursor is fixed), so nothing committed between
+ * the lists and the stream is lost; runs merge through receiveRun, which keeps whichever of
+ * the page's copy and the fresh one is newer.
+ */
 async function loadAll() {
+  state.loaded = false;
   const [runs, datasets, models, tiers, hub, credits] = await Promise.all([
     api("/runs"), api("/datasets"), api("/models"), api("/tiers"), api("/hub"), api("/credits"),
   ]);
-  state.runs = new Map(runs.map((run) => [run.id, run]));
+  const listed = new Set(runs.map((run) => run.id));
+  for (const id of [...state.runs.keys()]) if (!listed.has(id)) state.runs.delete(id);
+  for (const run of runs) receiveRun(run, { quiet: true });
   Object.assign(state, { datasets, models, tiers, hub, credits });
+  state.loaded = true;
   renderForm();
   renderBalance();
   render();
+  const waiting = state.backlog.splice(0);
+  for (const [kind, data] of waiting) onEvent(kind, data);
+}
+
+function loadUntilDone() {
+  loadAll().catch((error) => {
+    if (error instanceof ApiError && error.status === 401) return;
+    reportError(error, "Loading the studio");
+    setTimeout(loadUntilDone, 3000);
+  });
 }
 
 async function refreshRun(id) {
   try {
     receiveRun(await api(`/runs/${id}`));
   } catch (error) {
+    // Buffered events of a run that cannot be fetched now are dropped; the next event or
+    // reload fetches it again.
+    state.pending.delete(id);
     if (error instanceof ApiError && error.status === 404) {
       state.runs.delete(id);
-      state.pending.delete(id);
       renderRuns();
     } else reportError(error);
   }
@@ -245,7 +280,7 @@ function onConnection(status, detail) {
     hideBanner();
     // After a drop (or a server restart) the stream replays what was missed; the lists
     // are reloaded too, for what is not an event (Hub entries, balance, tiers).
-    if (detail === "resumed") loadAll().catch(reportError);
+    if (detail === "resumed") loadUntilDone();
   } else {
     indicator.textContent = "○ Reconnecting…";
     indicator.className = "connection lost";
@@ -255,7 +290,14 @@ function onConnection(status, detail) {
 }
 
 function onEvent(kind, data) {
-  if (kind === "ready") return;
+  if (kind === "ready") {
+    loadUntilDone();
+    return;
+  }
+  if (!state.loaded) {
+    state.backlog.push([kind, data]);
+    return;
+  }
   if (kind === "snapshot") {
     for (const live of data.runs) {
       const run = state.runs.get(live.id);
@@ -263,6 +305,8 @@ function onEvent(kind, data) {
       run.metrics = { ...run.metrics, ...live.metrics };
       run.queue_position = live.queue_position;
       updateRun(run);
+      // A state the events have not told us about: fetch the run rather than guess.
+      if (live.status !== run.status) refreshRun(run.id);
     }
     return;
   }
@@ -308,16 +352,27 @@ function applyEvent(run, kind, data) {
   }
 }
 
-/** Take a run object from the API unless the page already holds a newer state of it. */
-function receiveRun(fresh) {
+/**
+ * Take a run object from the API unless the page already holds a newer state of it; then
+ * apply the events that were waiting for it. ``quiet`` leaves drawing to the caller.
+ */
+function receiveRun(fresh, { quiet = false } = {}) {
   const known = state.runs.get(fresh.id);
-  if (known && (known.last_event_id ?? 0) > (fresh.last_event_id ?? 0)) return known;
-  state.runs.set(fresh.id, fresh);
+  let run = fresh;
+  if (known && (known.last_event_id ?? 0) > (fresh.last_event_id ?? 0)) {
+    // The page's state is newer; take only what no event carries.
+    known.attempt = Math.max(known.attempt, fresh.attempt);
+    known.cancel_requested ||= fresh.cancel_requested;
+    known.started_at ??= fresh.started_at;
+    run = known;
+  } else {
+    state.runs.set(fresh.id, fresh);
+  }
   const waiting = state.pending.get(fresh.id) || [];
   state.pending.delete(fresh.id);
-  updateRun(fresh);
-  for (const [kind, data] of waiting) applyEvent(fresh, kind, data);
-  return fresh;
+  if (!quiet) updateRun(run);
+  for (const [kind, data] of waiting) applyEvent(run, kind, data);
+  return run;
 }
 
 // New run form ---------------------------------------------------------------------------------
@@ -384,6 +439,10 @@ function renderDatasets(select = []) {
 
 function renderTiers() {
   const list = $("#f-tiers");
+  // Rebuilding the radios would drop the keyboard focus: only when something changed.
+  const drawn = JSON.stringify(state.tiers);
+  if (list.dataset.drawn === drawn) return;
+  list.dataset.drawn = drawn;
   const chosen = list.querySelector("input:checked")?.value;
   const usable = state.tiers.filter((tier) => tier.nodes_total > 0);
   const selected = chosen || usable[0]?.id || state.tiers[0]?.id;
@@ -429,6 +488,12 @@ $("#f-upload").addEventListener("change", async (event) => {
     event.target.value = "";
   }
 });
+
+/** A random key (crypto.randomUUID needs a secure context; a LAN address is not one). */
+function newKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return [...bytes].map((byte) => byte.toString(16).padStart(2, "0")).join("");
+}
 
 /** A number when the text is one; otherwise the text, so the server names the field. */
 function numeric(selector, { optional = false } = {}) {
@@ -479,6 +544,10 @@ function clearProblems() {
   }
   for (const node of document.querySelectorAll("#run-form [aria-invalid]")) {
     node.removeAttribute("aria-invalid");
+    const kept = (node.getAttribute("aria-describedby") || "").split(" ")
+      .filter((id) => id && !id.startsWith("error-"));
+    if (kept.length) node.setAttribute("aria-describedby", kept.join(" "));
+    else node.removeAttribute("aria-describedby");
   }
   $("#submit-problems").hidden = true;
 }
@@ -508,8 +577,12 @@ function showProblems(error) {
       unplaced.push(problem);
       continue;
     }
-    element.querySelector("input, select")?.setAttribute("aria-invalid", "true");
-    element.append(h("p", { class: "field-error", dataset: { field: problem.field } },
+    const errorId = `error-${problem.field.replace(/[^A-Za-z0-9_-]/g, "-")}`;
+    const input = element.querySelector("input, select");
+    input?.setAttribute("aria-invalid", "true");
+    input?.setAttribute("aria-describedby",
+      [input.getAttribute("aria-describedby"), errorId].filter(Boolean).join(" "));
+    element.append(h("p", { class: "field-error", id: errorId, dataset: { field: problem.field } },
       `${problem.field}: ${problem.message}`));
   }
   const summary = $("#submit-problems");
@@ -532,13 +605,20 @@ $("#run-form").addEventListener("submit", async (event) => {
   const button = $("#f-submit");
   button.disabled = true;
   try {
-    const run = receiveRun(await api("/runs", { method: "POST", json: payload() }));
+    // One key per composed run: pressing play again after a lost answer returns the same run.
+    state.submissionKey ??= newKey();
+    const run = receiveRun(await api("/runs", {
+      method: "POST", json: payload(), headers: { "Idempotency-Key": state.submissionKey },
+    }));
+    state.submissionKey = null;
     $("#f-name").value = "";
     renderForm();
     location.hash = `#/runs/${run.id}`;
   } catch (error) {
-    if (error instanceof ApiError && error.status === 422) showProblems(error);
-    else reportError(error, "Submitting the run");
+    if (error instanceof ApiError && error.status === 422) {
+      state.submissionKey = null;  // nothing was created; the corrected form is a new run
+      showProblems(error);
+    } else reportError(error, "Submitting the run");
   } finally {
     button.disabled = false;
   }
@@ -579,7 +659,7 @@ function runRow(run) {
 function renderRuns() {
   const list = $("#run-list");
   const runs = sortedRuns();
-  $("#runs-empty").hidden = runs.length > 0;
+  $("#runs-empty").hidden = runs.length > 0 || !state.loaded;
   if (state.panel && state.panel.runId !== state.expanded) {
     state.panel.destroy();
     state.panel = null;
@@ -677,7 +757,14 @@ class RunPanel {
   async load() {
     try {
       const history = await api(`/runs/${this.runId}/metrics`);
-      for (const row of history) this.addPoint(row.step, row.loss);
+      // Points that arrived live while the history loaded are newer: they win.
+      const byStep = new Map(history.map((row) => [row.step, row.loss]));
+      this.steps.forEach((step, index) => byStep.set(step, this.losses[index]));
+      const steps = [...byStep.keys()].filter((step) => byStep.get(step) != null)
+        .sort((a, b) => a - b);
+      this.steps.splice(0, Infinity, ...steps);
+      this.losses.splice(0, Infinity, ...steps.map((step) => byStep.get(step)));
+      if (this.steps.length) this.drawChart();
     } catch (error) {
       reportError(error, "Loading the loss curve");
     }
@@ -746,7 +833,7 @@ class RunPanel {
       where = `Cancelled: billed ${minutes} whole minute${minutes === 1 ? "" : "s"} of training, `
         + `${formatCredits(metrics.credits)} credits. No LoRA or Hub entry was kept.`;
     }
-    this.phase.textContent = where;
+    if (this.phase.textContent !== where) this.phase.textContent = where;
     this.updateError(run);
     this.updateSamples(run);
     this.updateActions(run);
@@ -755,7 +842,9 @@ class RunPanel {
   updateError(run) {
     const error = (run.status === "failed" || run.status === "retrying") ? run.error : null;
     this.error.hidden = !error;
-    if (!error) return;
+    const key = error ? JSON.stringify([run.status, error]) : "";
+    if (!error || this.errorKey === key) return;
+    this.errorKey = key;
     const refund = run.status === "failed"
       ? (state.models.some((model) => model.id === run.config.base_model)
         ? "Training time on a verified catalog model is refunded."
@@ -964,23 +1053,18 @@ session.onUnauthorized = (error) => {
   show("signin");
 };
 
-$("#signin-form").addEventListener("submit", async (event) => {
+$("#signin-form").addEventListener("submit", (event) => {
   event.preventDefault();
   session.token = $("#signin-token").value.trim();
   $("#signin-token").value = "";
-  await start();
+  start();
 });
 
-async function start() {
-  try {
-    await loadAll();
-  } catch (error) {
-    if (error instanceof ApiError && error.status === 401) return;
-    reportError(error, "Loading the studio");
-    setTimeout(start, 3000);
-    return;
-  }
+/** Open the event stream; its ``ready`` event (the cursor is fixed) loads the lists. */
+function start() {
   $("#signin-reason").hidden = true;
+  state.loaded = false;
+  state.backlog = [];
   stream.start();
 }
 
