@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 from control_harness import Server, prepare_root, running_server, server_env
+from playwright.sync_api import expect
 
 CHROMIUM = os.environ.get("TUNERY_CHROMIUM", "/usr/bin/chromium")
+# What a user sees should appear within seconds; a loaded CI machine gets some slack.
+expect.set_options(timeout=15_000)
 
 # Runs in the page before the studio's own scripts.
 RECORDER = """
