@@ -12,7 +12,6 @@ import contextlib
 import json
 import secrets
 import shutil
-import socket
 import subprocess
 import sysconfig
 import time
@@ -20,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from control_harness import free_port
 
 STARTUP_SECONDS = 60.0
 BUCKET = "tunery-test"
@@ -33,12 +34,6 @@ def weed_binary() -> Path | None:
         return beside
     found = shutil.which("weed")
     return Path(found) if found else None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -19,20 +19,16 @@ import pytest
 from control_harness import Client, add_account, payload, wait_until
 from playwright.sync_api import Page, expect
 
+from tunery.gguf.export import GGUF_BUNDLE_FILES
+from tunery.pipeline.save import LORA_BUNDLE_FILES
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 SCREENSHOTS = ROOT / "build" / "screenshots"
-LORA_FILES = {
-    "adapter_model.safetensors",
-    "adapter_config.json",
-    "chat_template.jinja",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "README.md",
-}
-GGUF_FILES = {"model.gguf", "Modelfile", "install.sh", "install.ps1", "README.md"}
+LORA_FILES = set(LORA_BUNDLE_FILES)
+GGUF_FILES = set(GGUF_BUNDLE_FILES)
 
 
 def collapse(values: list[str]) -> list[str]:

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,17 +24,12 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from control_harness import free_port
 
 from tunery.cli.client import Client, ClientError, SseParser, format_problem
 
 TUNERY = [sys.executable, "-m", "tunery.cli"]
 TERMINAL = ("completed", "failed", "cancelled")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass

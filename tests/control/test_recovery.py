@@ -145,6 +145,14 @@ def test_a_resumed_attempts_history_fills_only_steps_never_reported(
     assert response.status_code == 200, response.text
     by_step = {row["step"]: row for row in api.metrics(run["id"])}
     assert by_step[1]["loss"] == first["loss"]
+    for malformed in ("not a list", [1, 2], None):
+        refused = httpx.post(
+            f"{server.url}/internal/attempts/{attempt['id']}/events",
+            headers={"X-Attempt-Token": attempt["token"]},
+            json={"events": [{"kind": "history", "data": {"steps": malformed}}]},
+        )
+        assert refused.status_code == 422
+        assert refused.json()["detail"]["problems"][0]["field"] == "events.data.steps"
     assert (by_step[4000]["loss"], by_step[4000]["replayed"]) == (0.5, True)
     api.cancel_ok(run["id"])
 

@@ -444,19 +444,10 @@ def runs_group() -> None:
     """Runs on the server: submit, list, show, watch, cancel (uses TUNERY_URL, TUNERY_TOKEN)."""
 
 
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(2**20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def upload_recipe_datasets(client: Client, paths: list[Path]) -> list[str]:
     """Upload each local dataset, reusing an upload with the same name and content."""
     from tunery.cli.client import ClientError
+    from tunery.hub.storage import file_sha256
 
     unreadable = [path for path in paths if not path.is_file()]
     if unreadable:

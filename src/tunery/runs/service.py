@@ -508,7 +508,12 @@ def report(
             elif kind == "log":
                 store.append_event(session, run.id, "log", {"message": str(data["message"])})
             elif kind == "history":
-                _on_history(session, run, data.get("steps") or [])
+                steps = data.get("steps")
+                if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
+                    raise ConfigError.single(
+                        "events.data.steps", "a history is a list of step metrics objects"
+                    )
+                _on_history(session, run, steps)
             elif kind == "result":
                 _on_result(plane, session, attempt, run, data, at)
             elif kind == "failure":
@@ -551,7 +556,7 @@ def _on_history(session: Session, run: Run, steps: list[dict[str, Any]]) -> None
         )
     }
     for step in steps:
-        if isinstance(step, dict) and step.get("step") not in reported:
+        if step.get("step") not in reported:
             store.append_event(session, run.id, "metrics", {**step, "replayed": True})
 
 

@@ -49,18 +49,11 @@ async function errorFrom(response) {
   return new ApiError(response.status, detail);
 }
 
-/** Call the API; resolves to the parsed body (or text), rejects with ApiError/UnreachableError. */
-export async function api(path, { method = "GET", json, form, text = false, headers = {} } = {}) {
-  const init = { method, headers: authHeaders(headers) };
-  if (json !== undefined) {
-    init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(json);
-  } else if (form !== undefined) {
-    init.body = form;
-  }
+/** fetch, with the studio's answers to failure: UnreachableError, 401 reported, ApiError. */
+async function send(url, init) {
   let response;
   try {
-    response = await fetch(`/api/v1${path}`, init);
+    response = await fetch(url, init);
   } catch (error) {
     throw new UnreachableError(`cannot reach the server (${error.message})`);
   }
@@ -70,6 +63,19 @@ export async function api(path, { method = "GET", json, form, text = false, head
     throw error;
   }
   if (!response.ok) throw await errorFrom(response);
+  return response;
+}
+
+/** Call the API; resolves to the parsed body (or text), rejects with ApiError/UnreachableError. */
+export async function api(path, { method = "GET", json, form, text = false, headers = {} } = {}) {
+  const init = { method, headers: authHeaders(headers) };
+  if (json !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(json);
+  } else if (form !== undefined) {
+    init.body = form;
+  }
+  const response = await send(`/api/v1${path}`, init);
   if (response.status === 204) return null;
   return text ? response.text() : response.json();
 }
@@ -130,18 +136,7 @@ export class AccountStream {
     this.controller = new AbortController();
     const headers = authHeaders({ Accept: "text/event-stream" });
     if (this.lastEventId !== null) headers["Last-Event-ID"] = this.lastEventId;
-    let response;
-    try {
-      response = await fetch("/api/v1/events", { headers, signal: this.controller.signal });
-    } catch (error) {
-      throw new UnreachableError(`cannot reach the server (${error.message})`);
-    }
-    if (response.status === 401) {
-      const error = await errorFrom(response);
-      session.onUnauthorized(error);
-      throw error;
-    }
-    if (!response.ok) throw await errorFrom(response);
+    const response = await send("/api/v1/events", { headers, signal: this.controller.signal });
     const resumed = this.lastEventId !== null;
     onOpen();
     this.onState("live", resumed ? "resumed" : "connected");

@@ -1,0 +1,48 @@
+"""``tunery serve --demo``: the admin account gets the demo dataset and the demo run, once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from sqlalchemy import select
+
+from tunery.db import Dataset, Run, make_engine, make_sessions
+from tunery.runs.service import ControlPlane
+from tunery.runs.store import EventNotifier
+from tunery.server import DEMO_DATASET_NAME, ensure_admin, seed_demo
+from tunery.settings import Settings
+
+RECIPE = Path(__file__).resolve().parents[2] / "examples" / "demo-recipe.yaml"
+
+
+def test_the_demo_is_seeded_once_and_matches_the_example_recipe(tmp_path: Path) -> None:
+    settings = Settings.load(tmp_path)
+    assert ensure_admin(settings) is not None
+    engine = make_engine(settings.database_path)
+    plane = ControlPlane(
+        settings=settings,
+        sessions=make_sessions(engine),
+        backend=None,  # type: ignore[arg-type]  # seeding starts nothing
+        notifier=EventNotifier(),
+    )
+    try:
+        run_id = seed_demo(plane)
+        assert run_id is not None
+        assert seed_demo(plane) is None  # a restart adds nothing
+        with plane.sessions() as session:
+            datasets = session.scalars(select(Dataset)).all()
+            runs = session.scalars(select(Run)).all()
+    finally:
+        engine.dispose()
+    assert [(d.name, d.rows, d.format) for d in datasets] == [(DEMO_DATASET_NAME, 400, "messages")]
+    assert [(run.id, run.status, run.config["dataset_ids"]) for run in runs] == [
+        (run_id, "queued", [datasets[0].id])
+    ]
+    # The studio's demo run is the example recipe's, field for field.
+    recipe = yaml.safe_load(RECIPE.read_text())
+    config = runs[0].config
+    for section in ("training", "lora", "export", "attestations"):
+        for key, value in recipe[section].items():
+            assert config[section][key] == value, f"{section}.{key}"
+    assert (config["name"], config["base_model"]) == (recipe["name"], recipe["base_model"])
