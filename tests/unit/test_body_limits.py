@@ -1,0 +1,139 @@
+"""The body guard: no body is read before the token is checked, and none past its cap."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+from fastapi import FastAPI, File, UploadFile
+
+from tunery.api.body_limits import BodyGuard, BodyLimits
+
+LIMITS = BodyLimits(json_bytes=1_000, report_bytes=5_000, upload_bytes=20_000)
+
+
+def make_app() -> BodyGuard:
+    app = FastAPI()
+
+    @app.post("/api/v1/things")
+    def things(payload: dict[str, Any]) -> dict[str, int]:
+        return {"keys": len(payload)}
+
+    @app.post("/api/v1/files")
+    def files(file: Annotated[UploadFile, File()]) -> dict[str, int]:
+        return {"bytes": len(file.file.read())}
+
+    @app.post("/internal/report")
+    def report(payload: list[Any]) -> dict[str, int]:
+        return {"items": len(payload)}
+
+    return BodyGuard(app, token_is_valid=lambda token: token == "good", limits=LIMITS)
+
+
+def call(
+    path: str,
+    body_chunks: list[bytes],
+    *,
+    token: str | None = "good",
+    content_type: str = "application/json",
+    announce_length: bool = True,
+    length: bytes | None = None,
+) -> tuple[int, dict[str, Any], int]:
+    """Send one request through the guard; returns (status, JSON answer, chunks read)."""
+    headers = [(b"content-type", content_type.encode())]
+    if token is not None:
+        headers.append((b"authorization", f"Bearer {token}".encode()))
+    if length is None and announce_length:
+        length = str(sum(map(len, body_chunks))).encode()
+    if length is not None:
+        headers.append((b"content-length", length))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "server": ("127.0.0.1", 80),
+        "client": ("127.0.0.1", 1234),
+    }
+    pending = list(body_chunks)
+    read = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal read
+        if not pending:
+            return {"type": "http.disconnect"}
+        read += 1
+        chunk = pending.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(make_app()(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(body), read
+
+
+def test_a_request_without_a_token_is_refused_before_its_body_is_read() -> None:
+    status, answer, read = call("/api/v1/things", [b'{"a": 1}'] * 3, token=None)
+    assert (status, read) == (401, 0)
+    assert answer["detail"]["message"] == "missing bearer token"
+
+
+def test_an_unknown_token_is_refused_before_the_body_is_read() -> None:
+    status, answer, read = call("/api/v1/things", [b'{"a": 1}'], token="forged")
+    assert (status, read) == (401, 0)
+    assert answer["detail"]["message"] == "unknown or revoked token"
+
+
+def test_an_announced_length_over_the_cap_is_refused_unread() -> None:
+    status, answer, read = call("/api/v1/things", [b"x" * 1_001])
+    assert (status, read) == (413, 0)
+    assert "limit" in answer["detail"]["message"]
+
+
+def test_a_chunked_body_is_cut_off_at_the_cap() -> None:
+    chunks = [b'{"a": "' + b"x" * 400, b"x" * 400, b"x" * 400, b'"}']
+    status, answer, read = call("/api/v1/things", chunks, announce_length=False)
+    assert status == 413
+    assert read == 3  # the chunk that crossed the cap was the last one taken
+    assert answer["detail"]["code"] == "payload_too_large"
+
+
+def test_a_length_that_is_not_ascii_digits_is_refused_unread() -> None:
+    for length in ("١٢", "-1", "1e3"):
+        status, _, read = call("/api/v1/things", [b"{}"], length=length.encode())
+        assert (status, read) == (413, 0), length
+
+
+def test_bodies_within_their_caps_reach_the_route() -> None:
+    assert call("/api/v1/things", [b'{"a": 1, "b": 2}'])[:2] == (200, {"keys": 2})
+    report = json.dumps(["x" * 100] * 30).encode()  # over the JSON cap, within the report cap
+    assert call("/internal/report", [report], token=None)[:2] == (200, {"items": 30})
+
+
+def test_an_upload_over_its_cap_is_refused_while_streaming() -> None:
+    boundary = "b0undary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="d.jsonl"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    chunks = [head] + [b"y" * 4_000] * 10 + [f"\r\n--{boundary}--\r\n".encode()]
+    status, answer, read = call(
+        "/api/v1/files",
+        chunks,
+        content_type=f"multipart/form-data; boundary={boundary}",
+        announce_length=False,
+    )
+    assert status == 413
+    assert read < len(chunks)
+    assert answer["detail"]["code"] == "payload_too_large"
