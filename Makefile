@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[gguf,test,bench]'
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[gguf,test,bench,ray]'
 	$(BIN)/tunery gguf-toolchain
 	touch $(STAMP)
 

@@ -340,9 +340,9 @@ class Server:
 
     @property
     def env(self) -> dict[str, str]:
-        # Workers resolve tunery/demo-tiny through TUNERY_DATA_DIR, not serve's --data-dir.
+        # Only --data-dir names the data dir: workers learn it from their spec.
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUNERY_")}
-        env.update(TUNERY_DATA_DIR=str(self.root), PYTHONUNBUFFERED="1")
+        env.update(PYTHONUNBUFFERED="1")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         return env
 
@@ -410,10 +410,11 @@ class Server:
 
         if not (self.root / "tunery.db").exists():
             return
-        for row in self.query("SELECT pid FROM attempts WHERE pid IS NOT NULL"):
-            members = group_members(row["pid"])
+        for row in self.query("SELECT process_started FROM attempts"):
+            pid = worker_process(row["process_started"])[0]
+            members = group_members(pid) if pid else []
             if any(b"tunery.worker" in _cmdline(member) for member in members):
-                kill_group(row["pid"])
+                kill_group(pid)
 
     def stop(self) -> None:
         """Kill the workers, then the server's process group (TERM, then KILL)."""
@@ -427,6 +428,14 @@ class Server:
         kill_group(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=10)
+
+
+def worker_process(handle: str | None) -> tuple[int | None, str | None]:
+    """(pid, start time) of the local worker an attempt's stored handle names."""
+    from tunery.backends.base import Handle
+    from tunery.backends.local import process_of
+
+    return process_of(Handle.decode(handle)) if handle else (None, None)
 
 
 def _cmdline(pid: int) -> bytes:
@@ -528,17 +537,18 @@ class Context:
             raise RuntimeError(f"submit answered {response.status_code}: {response.text}")
         return response.json()["id"], sent, returned
 
-    async def attempt(self, run_id: str, timeout: float = 60) -> sqlite3.Row:
-        """The run's active attempt once the scheduler recorded its worker's pid."""
+    async def attempt(self, run_id: str, timeout: float = 60) -> dict[str, Any]:
+        """The run's active attempt (id, token, pid) once the scheduler recorded its worker."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             rows = self.server.query(
-                "SELECT id, token, pid FROM attempts "
-                "WHERE run_id = ? AND active = 1 AND pid IS NOT NULL",
+                "SELECT id, token, process_started FROM attempts "
+                "WHERE run_id = ? AND active = 1 AND process_started IS NOT NULL",
                 run_id,
             )
             if rows:
-                return rows[0]
+                pid = worker_process(rows[0]["process_started"])[0]
+                return {"id": rows[0]["id"], "token": rows[0]["token"], "pid": pid}
             await asyncio.sleep(0.005)
         raise RuntimeError(f"no worker started for {run_id} in {timeout:.0f}s")
 
@@ -554,10 +564,11 @@ class Context:
             kill_group(stopped)
             kill_group(stopped, signal.SIGCONT)
         pids = [
-            row["pid"]
+            pid
             for row in self.server.query(
-                "SELECT pid FROM attempts WHERE run_id = ? AND pid IS NOT NULL", run_id
+                "SELECT process_started FROM attempts WHERE run_id = ?", run_id
             )
+            if (pid := worker_process(row["process_started"])[0]) is not None
         ]
         deadline = time.monotonic() + 30
         while any(group_members(pid) for pid in pids) and time.monotonic() < deadline:
@@ -598,8 +609,9 @@ async def first_step_round(ctx: Context) -> dict[str, Any]:
         rows = ctx.server.query(
             "SELECT process_started FROM attempts WHERE run_id = ? AND number = 1", run_id
         )
-        if rows and rows[0]["process_started"]:
-            timeline["worker process started"] = process_started_at(rows[0][0]) - sent
+        started = worker_process(rows[0]["process_started"])[1] if rows else None
+        if started:
+            timeline["worker process started"] = process_started_at(started) - sent
     finally:
         await stream.close()
         await ctx.end_run(run_id)

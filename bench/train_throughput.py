@@ -63,8 +63,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from tunery.pipeline.chat import Example
     from tunery.pipeline.config import TrainingConfig
-    from tunery.pipeline.data import Example
 
 REPO = Path(__file__).resolve().parent.parent
 DATASET = REPO / "examples" / "demo-dataset.jsonl"

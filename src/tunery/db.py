@@ -2,13 +2,13 @@
 
 Times are UTC epoch seconds (floats). Ids are opaque strings with a type prefix
 (``run_``, ``ds_``, ``att_``…). ``runs.status`` is written by ``tunery.runs.store`` only.
+The schema is made by the migrations in ``tunery.migrations``: a change to a model here needs
+a revision there (a test compares the two).
 """
 
 from __future__ import annotations
 
-import contextlib
 import secrets
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,7 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
-from sqlalchemy.schema import CreateIndex, CreateTable
+
+from tunery import migrations
 
 
 def new_id(prefix: str) -> str:
@@ -158,7 +159,9 @@ class LedgerEntry(Base):
 
 
 def make_engine(path: Path) -> Engine:
+    """An engine for the database at ``path``, created or upgraded to the newest schema first."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    migrations.upgrade(path)
     engine = create_engine(
         f"sqlite:///{path}", connect_args={"check_same_thread": False, "timeout": 30}
     )
@@ -172,48 +175,7 @@ def make_engine(path: Path) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    Base.metadata.create_all(engine)
-    _never_reuse_event_ids(engine)
     return engine
-
-
-def _never_reuse_event_ids(engine: Engine) -> None:
-    """Rebuild a ``run_events`` table made before it had AUTOINCREMENT (same rows, same ids).
-
-    One transaction (SQLite's DDL is transactional), with foreign keys off so that every
-    row is copied as it is.
-    """
-    connection = engine.raw_connection()
-    try:
-        cursor = connection.cursor()
-        created = cursor.execute(
-            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'run_events'"
-        ).fetchone()
-        if created is None or "AUTOINCREMENT" in created[0].upper():
-            return
-        cursor.execute("PRAGMA foreign_keys=OFF")
-        try:
-            cursor.execute("BEGIN IMMEDIATE")
-            cursor.execute("ALTER TABLE run_events RENAME TO run_events_old")
-            for index in RunEvent.__table__.indexes:
-                cursor.execute(f"DROP INDEX IF EXISTS {index.name}")
-            cursor.execute(str(CreateTable(RunEvent.__table__).compile(engine)))
-            for index in RunEvent.__table__.indexes:
-                cursor.execute(str(CreateIndex(index).compile(engine)))
-            cursor.execute(
-                "INSERT INTO run_events (id, run_id, kind, data, created_at) "
-                "SELECT id, run_id, kind, data, created_at FROM run_events_old"
-            )
-            cursor.execute("DROP TABLE run_events_old")
-            cursor.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                cursor.execute("ROLLBACK")
-            raise
-        finally:
-            cursor.execute("PRAGMA foreign_keys=ON")
-    finally:
-        connection.close()
 
 
 def make_sessions(engine: Engine) -> sessionmaker:

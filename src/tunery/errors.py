@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 
 class TuneryError(Exception):
     """Base of every error tunery reports to a user."""
@@ -49,6 +51,21 @@ class ConfigError(TuneryError):
     @classmethod
     def single(cls, field: str, message: str, *, hint: str = "") -> ConfigError:
         return cls([FieldProblem(field, message)], hint=hint)
+
+
+def problems_from(error: ValidationError, *, whole: str = "recipe") -> list[FieldProblem]:
+    """pydantic's errors as (dotted field, message) pairs a user can act on.
+
+    ``whole`` names the value itself, for an error that belongs to no single field.
+    """
+    problems = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or whole
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        problems.append(FieldProblem(field, message))
+    return problems
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,10 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from tunery.db import Account, Dataset, Run, make_engine, make_sessions
-from tunery.runs import billing
-from tunery.runs.service import ControlPlane, create_account
-from tunery.runs.store import EventNotifier
-from tunery.settings import Settings
+from tunery.db import Account, Dataset, Run
+from tunery.runs.accounts import create_account, grant_credits
+from tunery.runs.plane import ControlPlane
+from tunery.settings import Settings, resolve_data_dir
 
 ADMIN_TOKEN_FILE = "admin-token"
 
@@ -23,29 +22,18 @@ def ensure_admin(settings: Settings) -> str | None:
     The token is also written to ``DATA_DIR/admin-token`` (mode 0600) so local commands
     can find it.
     """
-    engine = make_engine(settings.database_path)
-    plane = ControlPlane(
-        settings=settings,
-        sessions=make_sessions(engine),
-        backend=None,  # type: ignore[arg-type]
-        notifier=EventNotifier(),
-    )
+    plane = ControlPlane.open(settings)
     try:
         with plane.sessions() as session:
             if session.scalar(select(func.count()).select_from(Account)):
                 return None
         account_id, token = create_account(plane, name="admin", is_admin=True)
         if settings.admin_grant > 0:
-            with plane.sessions.begin() as session:
-                billing.record(
-                    session,
-                    account_id=account_id,
-                    kind="grant",
-                    amount=settings.admin_grant,
-                    note="welcome grant",
-                )
+            grant_credits(
+                plane, account_id=account_id, amount=settings.admin_grant, note="welcome grant"
+            )
     finally:
-        engine.dispose()
+        plane.close()
     path = settings.data_dir / ADMIN_TOKEN_FILE
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as file:
@@ -54,7 +42,7 @@ def ensure_admin(settings: Settings) -> str | None:
 
 
 def data_dir_from(option: Path | None) -> Path:
-    root = option or Path(os.environ.get("TUNERY_DATA_DIR", "~/.tunery")).expanduser()
+    root = resolve_data_dir(option)
     root.mkdir(parents=True, exist_ok=True)
     return root.resolve()
 
@@ -91,7 +79,7 @@ def seed_demo(plane: ControlPlane) -> str | None:
     """
     from tunery.catalog.demo_data import write_demo_dataset
     from tunery.runs.datasets import store_dataset
-    from tunery.runs.service import default_tier, submit_run
+    from tunery.runs.submit import default_tier, submit_run
 
     with plane.sessions() as session:
         admin = session.scalar(select(Account).where(Account.is_admin.is_(True)))

@@ -1,6 +1,15 @@
-"""Server settings: where state lives, which nodes exist, what tiers cost.
+"""Settings: every ``TUNERY_*`` variable and the server's ``DATA_DIR/tunery.yaml``, typed.
 
-``Settings.load(data_dir)`` reads ``DATA_DIR/tunery.yaml`` when present:
+A leaf module: it imports only ``tunery.errors`` and third-party libraries, so the
+pipeline, the GGUF export and the CLI read their variables here too.
+
+``environment()`` reads the process's ``TUNERY_*`` variables (``Environment``: the data dir,
+the server's URL and token for the CLI, the GGUF toolchain, the local tier, torch threads);
+``resolve_data_dir()`` is the one place the data dir is decided.
+
+``Settings.load(data_dir)`` gives the server's settings from ``DATA_DIR/tunery.yaml``
+(optional); a ``TUNERY_<FIELD>`` variable wins over the file (``TUNERY_LEASE_SECONDS=30``,
+``TUNERY_STORAGE__SECRET_ACCESS_KEY=...`` for a nested field):
 
 ```yaml
 tiers:                       # credits per minute of training; 0 switches billing off
@@ -8,6 +17,11 @@ tiers:                       # credits per minute of training; 0 switches billin
   - {id: t4, name: NVIDIA T4, credits_per_minute: 0}
 nodes:                       # default: one local node of the detected tier
   - {name: local-0, tier: cpu, backend: local}
+cluster:                     # where attempts run; default kind local (this machine's nodes)
+  kind: ray                  # local | ray (pip install 'tunery[ray]'; docs/ray.md)
+  address: ray-head:6379     # for ray: the cluster's GCS address, or auto
+  checkpoint_dir: /shared/tunery/checkpoints   # for ray: the same path on every node
+  accelerators: {a100: A100} # optional: nodes Ray labels accelerator_type:A100 serve a100
 admin_grant: 100             # credits granted to the first admin account
 lease_seconds: 20            # a worker silent this long is lost
 max_attempts: 3              # attempts per run before a transient failure is final
@@ -46,10 +60,21 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
-from tunery.errors import ConfigError
-from tunery.pipeline.config import problems_from
+from tunery.errors import ConfigError, FieldProblem, problems_from
 
+ENV_PREFIX = "TUNERY_"
+NESTED_DELIMITER = "__"
+SETTINGS_FILE = "tunery.yaml"
+DEFAULT_DATA_DIR = Path("~/.tunery")
+TIER_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 GPU_TIERS = {
     "T4": "t4",
     "L4": "l4",
@@ -71,19 +96,140 @@ TIER_NAMES = {
 }
 
 
+class Environment(BaseSettings):
+    """The ``TUNERY_*`` variables; each field is read from ``TUNERY_`` + its name in capitals.
+
+    An empty variable counts as unset.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_ignore_empty=True, str_strip_whitespace=True, extra="ignore"
+    )
+    data_dir: Path = Field(
+        DEFAULT_DATA_DIR,
+        description="the server's state directory: database, datasets, runs, Hub, admin token",
+    )
+    url: str | None = Field(None, description="the server the CLI talks to; else the local one")
+    token: SecretStr | None = Field(
+        None, description="the CLI's API token; else the admin token in the data dir"
+    )
+    toolchain_dir: Path | None = Field(
+        None, description="cache of the GGUF converter; else ~/.cache/tunery/toolchain"
+    )
+    llama_cpp_dir: Path | None = Field(
+        None, description="a llama.cpp checkout whose converter is used instead of the cache"
+    )
+    local_tier: str | None = Field(
+        None, pattern=TIER_ID_PATTERN, description="this machine's tier; else detected (cpu, t4…)"
+    )
+    torch_threads: int | None = Field(None, ge=1, description="torch threads of a worker")
+
+    @field_validator("url", "token", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value.strip() or None
+        return value
+
+    @field_validator("data_dir", "toolchain_dir", "llama_cpp_dir")
+    @classmethod
+    def _expand_home(cls, path: Path | None) -> Path | None:
+        return path.expanduser() if path is not None else None
+
+
+def environment() -> Environment:
+    """The ``TUNERY_*`` variables as they are now; a bad value is a ConfigError naming it."""
+    try:
+        return Environment()
+    except ValidationError as error:
+        problems = [
+            FieldProblem(f"{ENV_PREFIX}{problem.field.upper()}", problem.message)
+            for problem in problems_from(error, whole="environment")
+        ]
+        raise ConfigError(problems, hint="fix or unset the variable") from None
+
+
+def resolve_data_dir(option: Path | None = None) -> Path:
+    """The data dir: ``option`` when given, else ``TUNERY_DATA_DIR``, else ``~/.tunery``."""
+    return option.expanduser() if option is not None else environment().data_dir
+
+
 class TierSettings(BaseModel):
+    """A kind of node and what a minute of training on it costs."""
+
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
-    name: str
-    credits_per_minute: float = Field(ge=0)
+    id: str = Field(pattern=TIER_ID_PATTERN, description="what recipes name as gpu_tier")
+    name: str = Field(description="shown to users, e.g. NVIDIA T4")
+    credits_per_minute: float = Field(ge=0, description="0 makes training on it free")
+    gpus: int | None = Field(
+        None, ge=0, description="GPUs an attempt asks a Ray cluster for; default 0 for cpu, else 1"
+    )
+
+    @property
+    def gpus_per_attempt(self) -> int:
+        if self.gpus is not None:
+            return self.gpus
+        return 0 if self.id == "cpu" else 1
 
 
 class NodeSettings(BaseModel):
+    """A place that runs one attempt at a time."""
+
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    tier: str
-    backend: Literal["local"] = "local"
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="unique name")
+    tier: str = Field(description="the id of its tier; a tier missing from tiers is added")
+    backend: Literal["local"] = Field("local", description="how attempts start on it")
     threads: int | None = Field(None, ge=1, description="torch threads for its worker")
+
+
+class ClusterSettings(BaseModel):
+    """Where attempts run: processes on this machine's nodes, or a Ray cluster.
+
+    With ``kind: ray`` every node of the cluster needs tunery installed (``tunery[ray]``,
+    the same version as the server), the models its runs name, and ``checkpoint_dir``
+    mounted at the same path; see docs/ray.md.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["local", "ray"] = Field("local", description="local | ray")
+    address: str | None = Field(
+        None,
+        min_length=1,
+        validate_default=True,
+        description="the Ray cluster's GCS address (HOST:PORT) or auto; required for kind ray",
+    )
+    checkpoint_dir: str | None = Field(
+        None,
+        min_length=1,
+        validate_default=True,
+        description="a directory every node reaches at this path (NFS, a shared volume); "
+        "required for kind ray",
+    )
+    accelerators: dict[str, str] = Field(
+        default_factory=dict,
+        description="tier id → Ray accelerator type (A100, T4…): nodes Ray labels with it "
+        "serve the tier, as well as nodes with a tier:<id> resource",
+    )
+
+    @field_validator("address", "checkpoint_dir")
+    @classmethod
+    def _only_for_ray(cls, value: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("kind")
+        if value is not None and kind == "local":
+            raise ValueError("only used with kind: ray (remove it for kind: local)")
+        if value is None and kind == "ray":
+            raise ValueError("required with kind: ray")
+        if value is not None and info.field_name == "checkpoint_dir" and not value.startswith("/"):
+            raise ValueError("must be an absolute path (the same on every node)")
+        return value
+
+    @field_validator("kind")
+    @classmethod
+    def _client_installed(cls, kind: str) -> str:
+        # Checked here, not at the first placement, so ``tunery serve`` refuses to start.
+        if kind == "ray" and importlib.util.find_spec("ray") is None:
+            raise ValueError("kind ray needs ray, not installed: pip install 'tunery[ray]'")
+        return kind
 
 
 S3_ONLY_FIELDS = (
@@ -105,7 +251,9 @@ class StorageSettings(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["local", "s3"] = "local"
+    kind: Literal["local", "s3"] = Field(
+        "local", description="local (DATA_DIR/hub) | s3 (an S3-compatible store)"
+    )
     bucket: str | None = Field(
         None,
         pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
@@ -184,36 +332,90 @@ class StorageSettings(BaseModel):
         return secret
 
 
-class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    data_dir: Path
-    tiers: list[TierSettings] = Field(default_factory=list)
-    nodes: list[NodeSettings] = Field(default_factory=list)
-    admin_grant: float = Field(100.0, ge=0)
-    lease_seconds: float = Field(20.0, gt=1)
-    heartbeat_seconds: float = Field(2.0, gt=0)
-    max_attempts: int = Field(3, ge=1)
-    retry_backoff_seconds: float = Field(2.0, ge=0)
-    cancel_grace_seconds: float = Field(3.0, ge=0)
-    storage: StorageSettings = Field(default_factory=StorageSettings)
+class Settings(BaseSettings):
+    """The server's settings: ``TUNERY_<FIELD>`` variables over ``DATA_DIR/tunery.yaml``.
+
+    Build it with ``load``: it also adds a node of this machine's tier when none is listed,
+    a tier for every node, and reports every problem as a ConfigError. Built directly, as
+    tests do, it takes the given fields over the variables and the file, and nothing more.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=NESTED_DELIMITER,
+        env_ignore_empty=True,
+        extra="forbid",
+    )
+    data_dir: Path = Field(description="state directory; tunery.yaml is read from it")
+    tiers: list[TierSettings] = Field(
+        default_factory=list, description="what each kind of node costs; nodes' tiers are added"
+    )
+    nodes: list[NodeSettings] = Field(
+        default_factory=list,
+        description="where attempts run with cluster kind local; default one local-0 node",
+    )
+    cluster: ClusterSettings = Field(
+        default_factory=ClusterSettings, description="local nodes, or a Ray cluster"
+    )
+    admin_grant: float = Field(
+        100.0, ge=0, description="credits granted to the first admin account"
+    )
+    lease_seconds: float = Field(20.0, gt=1, description="a worker silent this long is lost")
+    heartbeat_seconds: float = Field(2.0, gt=0, description="how often a worker reports, at least")
+    max_attempts: int = Field(
+        3, ge=1, description="attempts per run before a transient failure is final"
+    )
+    retry_backoff_seconds: float = Field(
+        2.0, ge=0, description="wait before the second attempt; doubles for each further one"
+    )
+    cancel_grace_seconds: float = Field(
+        3.0, ge=0, description="how long a stopped worker may wind down before it is killed"
+    )
+    storage: StorageSettings = Field(
+        default_factory=StorageSettings, description="where Hub artifacts live"
+    )
 
     @classmethod
-    def load(cls, data_dir: Path) -> Settings:
-        """Settings from ``data_dir/tunery.yaml`` (optional), with detected defaults."""
-        path = data_dir / "tunery.yaml"
-        raw: dict = {}
-        if path.is_file():
-            try:
-                raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            except yaml.YAMLError as error:
-                raise ConfigError.single(str(path), f"not valid YAML: {error}") from None
-            if not isinstance(raw, dict):
-                raise ConfigError.single(str(path), "must be a mapping of settings")
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, SettingsFile(settings_cls))
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand_home(cls, path: Path) -> Path:
+        return path.expanduser()
+
+    @classmethod
+    def load(cls, data_dir: Path | None = None) -> Settings:
+        """The settings of ``data_dir`` (default: ``resolve_data_dir()``), defaults filled in."""
+        root = resolve_data_dir(data_dir)
+        path = root / SETTINGS_FILE
         try:
-            settings = cls.model_validate({**raw, "data_dir": data_dir})
+            settings = cls(data_dir=root)
+        except SettingsError as error:
+            # pydantic-settings raises this for a variable that is not the JSON a list needs.
+            raise ConfigError.single(
+                f"{ENV_PREFIX}* variables",
+                str(error),
+                hint=f"give a list as JSON, a nested field as {ENV_PREFIX}SECTION__FIELD",
+            ) from None
         except ValidationError as error:
-            raise ConfigError(problems_from(error), hint=f"fix {path}") from None
-        if not settings.nodes:
+            problems = [
+                FieldProblem(source_of(problem.field), problem.message)
+                for problem in problems_from(error, whole="settings")
+            ]
+            from_file = [p for p in problems if not p.field.startswith(ENV_PREFIX)]
+            hint = f"fix {path}" if from_file else "fix or unset the variables named"
+            if from_file and len(from_file) < len(problems):
+                hint += " and the variables named"
+            raise ConfigError(problems, hint=hint) from None
+        if not settings.nodes and settings.cluster.kind == "local":
             tier = detect_local_tier()
             settings.nodes = [NodeSettings(name="local-0", tier=tier)]
         known = {tier.id for tier in settings.tiers}
@@ -238,10 +440,47 @@ class Settings(BaseModel):
         return self.data_dir / "tunery.db"
 
 
+class SettingsFile(PydanticBaseSettingsSource):
+    """``DATA_DIR/tunery.yaml`` (optional), for the ``data_dir`` the sources before it gave."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        # Required by the base class; __call__ reads the whole file at once instead.
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        given = self.current_state.get("data_dir")
+        path = resolve_data_dir(Path(given) if given is not None else None) / SETTINGS_FILE
+        if not path.is_file():
+            return {}
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            raise ConfigError.single(str(path), f"not valid YAML: {error}") from None
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            raise ConfigError.single(str(path), "must be a mapping of settings")
+        return raw
+
+
+def source_of(field: str) -> str:
+    """``field`` as the variable that set it, when one did, else as written in tunery.yaml."""
+    parts = field.split(".")
+    for end in range(len(parts), 0, -1):
+        name = ENV_PREFIX + NESTED_DELIMITER.join(parts[:end]).upper()
+        if name in os.environ:
+            return name if end == len(parts) else f"{name} ({field})"
+    return field
+
+
 def detect_local_tier() -> str:
-    """``cpu``, or the tier of this machine's first NVIDIA GPU (without importing torch)."""
-    if os.environ.get("TUNERY_LOCAL_TIER"):
-        return os.environ["TUNERY_LOCAL_TIER"]
+    """``TUNERY_LOCAL_TIER``, else ``cpu`` or the tier of this machine's first NVIDIA GPU.
+
+    Detection runs nvidia-smi rather than importing torch.
+    """
+    configured = environment().local_tier
+    if configured:
+        return configured
     if shutil.which("nvidia-smi") is None:
         return "cpu"
     try:

@@ -155,6 +155,9 @@ def test_a_run_from_the_form_to_its_downloads(studio_server, open_studio, tmp_pa
     balance = Client(studio_server).http.get("/credits").json()["balance"]
     expect(page.locator("#credits-balance")).to_have_text(f"{balance:.2f}")
     expect(page.locator("#ledger-rows")).to_contain_text("grant")
+    # The billing rules are the server's, stated once in GET /api/v1/meta.
+    rules = Client(studio_server).http.get("/meta").json()["refund_rules"]
+    expect(page.locator("#billing-rules li")).to_have_text(rules)
 
     # Deleting the run record keeps the Hub entry.
     page.goto(f"{studio_server.url}/#/runs/{run_id}")
@@ -205,6 +208,8 @@ def test_cancel_through_the_dialog_bills_whole_minutes(studio_server, open_studi
     expect(dialog).to_be_visible()
     expect(dialog).to_contain_text("not reversible")
     expect(dialog).to_contain_text("rounded down to the whole minute")
+    # What cancelling bills is the server's number (metrics.cancel_credits), shown.
+    expect(dialog).to_contain_text(re.compile(r"so far \d+ min, \d+\.\d\d credits"))
     # Focus stays in the dialog, and Escape keeps the run going.
     for _ in range(3):
         page.keyboard.press("Tab")
@@ -213,8 +218,12 @@ def test_cancel_through_the_dialog_bills_whole_minutes(studio_server, open_studi
     expect(dialog).to_be_hidden()
     assert client.run(run["id"])["status"] == "training"
 
+    # The log box, once open, grows by the lines the server writes for each event.
+    panel.locator("summary", has_text="Logs").click()
+    expect(panel.locator(".logs")).to_contain_text("status: training")
     panel.get_by_role("button", name="Cancel run").click()
     dialog.get_by_role("button", name="Cancel run").click()
+    expect(panel.locator(".logs")).to_contain_text("status: cancelled")
     expect(pill).to_have_attribute("data-status", "cancelled")
     expect(pill).to_have_text("Cancelled")
     cancelled = client.wait_terminal(run["id"])
@@ -394,4 +403,5 @@ def test_queue_position_retry_and_failure_show_in_the_runs_tab(
     expect(error).to_contain_text("Failed:")
     expect(error).to_contain_text("no-weights")
     expect(error).to_contain_text("Hint:")
-    expect(error).to_contain_text("Runs on custom models are not refunded.")
+    # The refund note is the server's (`refund_note`), the one refund rule.
+    expect(error).to_contain_text("Not refunded: runs on custom models are not refunded.")

@@ -1,7 +1,8 @@
 """Test harness for the control plane: a real ``tunery serve``, a client, an SSE reader.
 
 ``Server`` runs ``python -m tunery.cli serve`` on a data dir and a port, can SIGKILL and
-restart it, and reads the SQLite database directly (the attempts table names worker pids).
+restart it, and reads the SQLite database directly (an attempt's stored handle names its
+local worker's pid and start time).
 ``Client`` calls the HTTP API as one account; ``Client.events`` reads Server-Sent Events
 and records every ``id:`` line, so tests can check resumption without gaps or duplicates.
 """
@@ -27,7 +28,8 @@ import httpx
 import pytest
 import yaml
 
-from tunery.backends.local import group_members, process_start_time
+from tunery.backends.base import Handle
+from tunery.backends.local import group_members, process_of, process_start_time
 
 TERMINAL = {"completed", "failed", "cancelled"}
 STARTUP_SECONDS = 60.0
@@ -139,18 +141,23 @@ class Server:
         finally:
             connection.close()
 
-    def attempts(self, run_id: str) -> list[sqlite3.Row]:
-        return self.query("SELECT * FROM attempts WHERE run_id = ? ORDER BY number", run_id)
+    def attempts(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's attempt rows, oldest first, plus ``pid`` and ``started`` of the local
+        worker their handle names (None before it was started)."""
+        rows = self.query("SELECT * FROM attempts WHERE run_id = ? ORDER BY number", run_id)
+        return [_with_process(row) for row in rows]
+
+    def worker_pids(self) -> list[int]:
+        """Pids of every worker this server ever started."""
+        rows = self.query("SELECT * FROM attempts WHERE process_started IS NOT NULL")
+        return [_with_process(row)["pid"] for row in rows]
 
     def worker_pid(self, run_id: str, *, timeout: float = 60) -> int:
         """The pid of the run's active attempt, once the scheduler recorded it."""
 
         def pid() -> int | None:
-            rows = self.query(
-                "SELECT pid FROM attempts WHERE run_id = ? AND active = 1 AND pid IS NOT NULL",
-                run_id,
-            )
-            return rows[0]["pid"] if rows else None
+            live = [a for a in self.attempts(run_id) if a["active"] and a["pid"] is not None]
+            return live[0]["pid"] if live else None
 
         return wait_until(pid, timeout=timeout, what=f"a worker pid for {run_id}")
 
@@ -158,12 +165,19 @@ class Server:
         """SIGKILL every worker process group this server ever started (teardown)."""
         if not self.database.exists():
             return
-        for row in self.query("SELECT pid, process_started FROM attempts WHERE pid IS NOT NULL"):
-            pid = row["pid"]
+        for pid in self.worker_pids():
             members = [m for m in group_members(pid) if _is_worker(m)]
             if members:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
+
+
+def _with_process(row: sqlite3.Row) -> dict[str, Any]:
+    attempt = dict(row)
+    attempt["pid"] = attempt["started"] = None
+    if row["process_started"]:
+        attempt["pid"], attempt["started"] = process_of(Handle.decode(row["process_started"]))
+    return attempt
 
 
 def _is_worker(pid: int) -> bool:
@@ -450,26 +464,18 @@ class Watcher(threading.Thread):
 
 def add_account(server: Server, name: str, *, credits: float = 100.0) -> str:
     """A second account on the server's database, granted ``credits``; returns its token."""
-    from tunery.db import make_engine, make_sessions
-    from tunery.runs import billing, service
-    from tunery.runs.store import EventNotifier
+    from tunery.runs.accounts import create_account, grant_credits
+    from tunery.runs.plane import ControlPlane
     from tunery.settings import Settings
 
-    engine = make_engine(server.database)
+    plane = ControlPlane.open(Settings.load(server.root))
     try:
-        plane = service.ControlPlane(
-            settings=Settings.load(server.root),
-            sessions=make_sessions(engine),
-            backend=None,  # type: ignore[arg-type]
-            notifier=EventNotifier(),
-        )
-        account_id, token = service.create_account(plane, name=name)
+        account_id, token = create_account(plane, name=name)
         if credits:
-            with plane.sessions.begin() as session:
-                billing.record(session, account_id=account_id, kind="grant", amount=credits)
+            grant_credits(plane, account_id=account_id, amount=credits, note="")
         return token
     finally:
-        engine.dispose()
+        plane.close()
 
 
 def payload(dataset_id: str, name: str = "ctl-run", **overrides: Any) -> dict[str, Any]:

@@ -16,8 +16,8 @@ CONCURRENT = 8
 def terminate_all(server: Server, api: Client) -> None:
     for run in api.runs():
         api.cancel_ok(run["id"])
-    for row in server.query("SELECT pid FROM attempts WHERE pid IS NOT NULL"):
-        group_gone(row["pid"], timeout=15)
+    for pid in server.worker_pids():
+        group_gone(pid, timeout=15)
     wait_until(lambda: api.nodes_free() == 1, timeout=15, what="the node to be free")
 
 

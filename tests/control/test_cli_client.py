@@ -21,12 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 import httpx
 import pytest
 import yaml
+from click.testing import CliRunner
 from control_harness import free_port
 
-from tunery.cli.client import Client, ClientError, SseParser, format_problem
+from tunery.cli.client import Client, ClientError, SseEvent, format_problem
+from tunery.cli.render import StepProgress
+from tunery.cli.runs import RunWatcher, confirm_cancel, describe_run
 
 TUNERY = [sys.executable, "-m", "tunery.cli"]
 TERMINAL = ("completed", "failed", "cancelled")
@@ -408,6 +412,11 @@ def sse(event_id: int, kind: str, **data: Any) -> bytes:
     return f"id: {event_id}\nevent: {kind}\ndata: {payload}\n\n".encode()
 
 
+def event_stream(chunks: list[bytes], *, drop: bool = False) -> httpx.Response:
+    headers = {"Content-Type": "text/event-stream; charset=utf-8"}
+    return httpx.Response(200, headers=headers, stream=DroppingStream(chunks, drop=drop))
+
+
 def test_event_stream_resumes_after_a_drop_without_gaps_or_duplicates():
     requests: list[httpx.Request] = []
 
@@ -421,9 +430,8 @@ def test_event_stream_resumes_after_a_drop_without_gaps_or_duplicates():
         }
         if after == 0:  # the first connection drops after event 2
             body = [b"retry: 0\n\n", history[1], b": keep-alive\n\n", history[2]]
-            return httpx.Response(200, stream=DroppingStream(body, drop=True))
-        body = [chunk for event_id, chunk in history.items() if event_id > after]
-        return httpx.Response(200, stream=DroppingStream(body, drop=False))
+            return event_stream(body, drop=True)
+        return event_stream([chunk for event_id, chunk in history.items() if event_id > after])
 
     client = Client("http://tunery.test", "t", transport=httpx.MockTransport(handler))
     notices: list[str] = []
@@ -449,25 +457,38 @@ def test_event_stream_gives_up_after_the_reconnect_budget():
         list(client.follow_events("run_1", max_reconnects=2, backoff_seconds=0))
 
 
-def test_sse_parser_follows_the_event_stream_rules():
-    parser = SseParser()
-    lines = [
-        "retry: 1000",
-        "",
-        ": comment",
-        "id: 7",
-        "event: log",
-        'data: {"message":',
-        'data: "hi"}',
-        "",
-        "data:plain",
-        "",
-    ]
-    events = [event for line in lines if (event := parser.feed_line(line)) is not None]
-    assert parser.retry_ms == 1000
-    assert [(e.id, e.event) for e in events] == [("7", "log"), ("7", "message")]
+def test_event_stream_follows_the_event_stream_rules(monkeypatch):
+    first = (
+        b"retry: 3000\n\n: comment\n\nid: 7\nevent: log\n"
+        b'data: {"message":\r\ndata: "hi"}\n\ndata:plain\n\n: keep-alive\n\n'
+    )
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        if len(requests) == 1:
+            return event_stream([first], drop=True)
+        return event_stream([sse(8, "status", status="completed", phase="done")])
+
+    waits: list[float] = []
+    monkeypatch.setattr("tunery.cli.client.time.sleep", waits.append)
+    client = Client("http://tunery.test", "t", transport=httpx.MockTransport(handler))
+    events = list(client.follow_events("run_1", backoff_seconds=0))
+    assert [(e.id, e.event) for e in events] == [("7", "log"), ("7", "message"), ("8", "status")]
     assert events[0].data == {"message": "hi"}
     assert events[1].data == "plain"
+    assert waits == [3.0]  # the server's `retry:` sets the wait before reconnecting
+    assert requests[0].headers["Accept"] == "text/event-stream"
+    assert requests[1].headers["Last-Event-ID"] == "7"
+
+
+def test_an_answer_that_is_not_an_event_stream_is_a_clear_error():
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, html="<p>a proxy's page</p>")
+
+    client = Client("http://tunery.test", "t", transport=httpx.MockTransport(handler))
+    with pytest.raises(ClientError, match="did not answer with an event stream"):
+        list(client.follow_events("run_1"))
 
 
 def test_problems_are_formatted_with_field_or_file_and_line():
@@ -483,3 +504,59 @@ def test_problems_are_formatted_with_field_or_file_and_line():
     assert format_problem({"loc": ["body", "file"], "msg": "Field required"}) == (
         "file: Field required"
     )
+
+
+# What the terminal shows -------------------------------------------------------------
+
+
+def test_the_watcher_shows_states_phases_log_lines_and_the_bar(capsys):
+    events = [
+        ("status", {"status": "training", "phase": "loading_model"}),
+        ("phase", {"phase": "preparing_data"}),
+        ("log", {"message": "400 examples", "line": "2026-01-02T03:04:05Z 400 examples"}),
+        ("log", {"message": "from an older server"}),
+        (
+            "metrics",
+            {"step": 2, "total_steps": 2, "epoch": 0.5, "epochs": 2, "loss": 1.5, "credits": 0.25},
+        ),
+        ("status", {"status": "retrying", "phase": "backoff", "error": {"message": "node lost"}}),
+    ]
+    with StepProgress() as progress:
+        watcher = RunWatcher(progress)
+        for index, (kind, data) in enumerate(events, start=1):
+            watcher.handle(SseEvent(str(index), kind, data))
+    shown = capsys.readouterr().err
+    assert "◌ Training  (training) · loading model" in shown
+    assert "▸ preparing data" in shown
+    assert "  2026-01-02T03:04:05Z 400 examples" in shown
+    assert "  from an older server" in shown
+    assert "2/2 epoch 1/2 · loss 1.5000 · ETA estimating… · credits 0.25" in shown
+    assert "↻ Retrying  (retrying) · backoff\n  node lost" in shown
+
+
+def test_show_prefers_the_servers_epoch_and_tells_the_refund():
+    run = {
+        "id": "run_1",
+        "name": "x",
+        "status": "failed",
+        "phase": "done",
+        "metrics": {"epoch": 0.2, "epochs": 3, "current_epoch": 2},
+        "refund_note": "refunded: the base model is a verified catalog model",
+    }
+    lines = dict(describe_run(run))
+    assert lines["epoch"] == "2/3"
+    assert lines["refund"] == run["refund_note"]
+    assert "refund" not in dict(describe_run({**run, "status": "training"}))
+
+
+def test_the_cancel_prompt_shows_what_cancelling_now_bills():
+    run = {"name": "x", "metrics": {"cancel_credits": 1.5}}
+
+    @click.command()
+    def ask() -> None:
+        raise SystemExit(0 if confirm_cancel(run) else 1)
+
+    declined = CliRunner().invoke(ask, input="\n")
+    assert declined.exit_code == 1
+    assert "Cancelling now bills 1.50 credits." in declined.output
+    assert CliRunner().invoke(ask, input="y\n").exit_code == 0

@@ -7,9 +7,8 @@ from pathlib import Path
 import yaml
 from sqlalchemy import select
 
-from tunery.db import Dataset, Run, make_engine, make_sessions
-from tunery.runs.service import ControlPlane
-from tunery.runs.store import EventNotifier
+from tunery.db import Dataset, Run
+from tunery.runs.plane import ControlPlane
 from tunery.server import DEMO_DATASET_NAME, ensure_admin, seed_demo
 from tunery.settings import Settings
 
@@ -19,13 +18,7 @@ RECIPE = Path(__file__).resolve().parents[2] / "examples" / "demo-recipe.yaml"
 def test_the_demo_is_seeded_once_and_matches_the_example_recipe(tmp_path: Path) -> None:
     settings = Settings.load(tmp_path)
     assert ensure_admin(settings) is not None
-    engine = make_engine(settings.database_path)
-    plane = ControlPlane(
-        settings=settings,
-        sessions=make_sessions(engine),
-        backend=None,  # type: ignore[arg-type]  # seeding starts nothing
-        notifier=EventNotifier(),
-    )
+    plane = ControlPlane.open(settings)  # no backend: seeding starts nothing
     try:
         run_id = seed_demo(plane)
         assert run_id is not None
@@ -34,7 +27,7 @@ def test_the_demo_is_seeded_once_and_matches_the_example_recipe(tmp_path: Path) 
             datasets = session.scalars(select(Dataset)).all()
             runs = session.scalars(select(Run)).all()
     finally:
-        engine.dispose()
+        plane.close()
     assert [(d.name, d.rows, d.format) for d in datasets] == [(DEMO_DATASET_NAME, 400, "messages")]
     assert [(run.id, run.status, run.config["dataset_ids"]) for run in runs] == [
         (run_id, "queued", [datasets[0].id])

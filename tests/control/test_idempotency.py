@@ -67,8 +67,8 @@ def test_concurrent_retried_submissions(shared_server: Server, demo_dataset: Pat
     finally:
         for run in api.runs():
             api.cancel_ok(run["id"])
-        for row in shared_server.query("SELECT pid FROM attempts WHERE pid IS NOT NULL"):
-            group_gone(row["pid"])
+        for pid in shared_server.worker_pids():
+            group_gone(pid)
         wait_until(lambda: api.nodes_free() == 1, timeout=15, what="the node to be free")
         api.close()
 
@@ -85,7 +85,7 @@ def test_keys_are_per_account(shared_server: Server, demo_dataset: Path) -> None
         for client in (first, second):
             for run in client.runs():
                 client.cancel_ok(run["id"])
-        for row in shared_server.query("SELECT pid FROM attempts WHERE pid IS NOT NULL"):
-            group_gone(row["pid"])
+        for pid in shared_server.worker_pids():
+            group_gone(pid)
         first.close()
         second.close()

@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from tunery.db import Account, Run, RunEvent, make_engine, make_sessions, new_id
+from tunery.phases import Phase
 from tunery.runs import store
 from tunery.runs.lifecycle import ACTIVE, TERMINAL, TRANSITIONS, RunStatus, can_move
 
@@ -126,13 +127,15 @@ def test_legal_move_writes_the_status_and_exactly_one_event(
 ) -> None:
     run_id = add_run(sessions, source)
     with sessions.begin() as session:
-        store.move(session, run_id, expected=source, to=target, phase="p", finished_at=12.5)
+        store.move(
+            session, run_id, expected=source, to=target, phase=Phase.TRAINING, finished_at=12.5
+        )
     with sessions() as session:
         run = session.get(Run, run_id)
-        assert (run.status, run.phase, run.finished_at) == (target.value, "p", 12.5)
+        assert (run.status, run.phase, run.finished_at) == (target.value, "training", 12.5)
         events = events_of(session, run_id)
     assert [(event.kind, event.data) for event in events] == [
-        ("status", {"status": target.value, "phase": "p"})
+        ("status", {"status": target.value, "phase": "training"})
     ]
 
 
@@ -142,7 +145,7 @@ def test_illegal_move_is_refused_and_writes_nothing(
 ) -> None:
     run_id = add_run(sessions, source)
     with pytest.raises(ValueError, match="not a legal move"), sessions.begin() as session:
-        store.move(session, run_id, expected=source, to=target, phase="p")
+        store.move(session, run_id, expected=source, to=target, phase=Phase.TRAINING)
     assert state_of(sessions, run_id) == (source.value, source.value, 0)
 
 
@@ -154,7 +157,7 @@ def test_wrong_source_state_raises_transition_conflict(
     for actual in (s for s in RunStatus if s != source):
         run_id = add_run(sessions, actual)
         with pytest.raises(store.TransitionConflict) as caught, sessions.begin() as session:
-            store.move(session, run_id, expected=source, to=target, phase="p")
+            store.move(session, run_id, expected=source, to=target, phase=Phase.TRAINING)
         assert caught.value.actual == actual.value
         assert caught.value.run_id == run_id
         assert state_of(sessions, run_id) == (actual.value, actual.value, 0)
@@ -168,14 +171,14 @@ def test_move_from_several_expected_states(sessions: sessionmaker) -> None:
             run_id,
             expected={S.QUEUED, S.RETRYING},
             to=S.WAITING_FOR_GPU,
-            phase="provisioning",
+            phase=Phase.PROVISIONING,
         )
     assert state_of(sessions, run_id) == ("waiting_for_gpu", "provisioning", 1)
 
 
 def test_unknown_run_raises_transition_conflict(sessions: sessionmaker) -> None:
     with pytest.raises(store.TransitionConflict) as caught, sessions.begin() as session:
-        store.move(session, "run_missing", expected=S.QUEUED, to=S.CANCELLED, phase="x")
+        store.move(session, "run_missing", expected=S.QUEUED, to=S.CANCELLED, phase=Phase.CANCELLED)
     assert caught.value.actual is None
 
 
@@ -185,9 +188,9 @@ def test_two_racing_actors_have_exactly_one_winner(sessions: sessionmaker) -> No
     first, second = sessions(), sessions()
     try:
         with first.begin():
-            store.move(first, run_id, expected=S.TRAINING, to=S.CANCELLED, phase="cancelled")
+            store.move(first, run_id, expected=S.TRAINING, to=S.CANCELLED, phase=Phase.CANCELLED)
         with pytest.raises(store.TransitionConflict) as caught, second.begin():
-            store.move(second, run_id, expected=S.TRAINING, to=S.COMPLETED, phase="done")
+            store.move(second, run_id, expected=S.TRAINING, to=S.COMPLETED, phase=Phase.DONE)
     finally:
         first.close()
         second.close()
@@ -200,7 +203,7 @@ def test_error_is_recorded_in_the_status_event(sessions: sessionmaker) -> None:
     error = {"code": "worker_lost", "message": "gone", "hint": ""}
     with sessions.begin() as session:
         store.move(
-            session, run_id, expected=S.TRAINING, to=S.RETRYING, phase="backoff", error=error
+            session, run_id, expected=S.TRAINING, to=S.RETRYING, phase=Phase.BACKOFF, error=error
         )
     with sessions() as session:
         (event,) = events_of(session, run_id)
@@ -211,7 +214,7 @@ def test_error_is_recorded_in_the_status_event(sessions: sessionmaker) -> None:
 def test_set_phase_records_a_phase_event_and_keeps_the_status(sessions: sessionmaker) -> None:
     run_id = add_run(sessions, S.WAITING_FOR_GPU)
     with sessions.begin() as session:
-        store.set_phase(session, run_id, "loading_model")
+        store.set_phase(session, run_id, Phase.LOADING_MODEL)
     with sessions() as session:
         assert session.get(Run, run_id).status == "waiting_for_gpu"
         events = events_of(session, run_id)
@@ -221,6 +224,6 @@ def test_set_phase_records_a_phase_event_and_keeps_the_status(sessions: sessionm
 def test_a_rolled_back_transaction_leaves_no_event(sessions: sessionmaker) -> None:
     run_id = add_run(sessions, S.QUEUED)
     with pytest.raises(RuntimeError), sessions.begin() as session:
-        store.move(session, run_id, expected=S.QUEUED, to=S.WAITING_FOR_GPU, phase="p")
+        store.move(session, run_id, expected=S.QUEUED, to=S.WAITING_FOR_GPU, phase=Phase.TRAINING)
         raise RuntimeError("the caller failed after the move")
     assert state_of(sessions, run_id) == ("queued", "queued", 0)

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 
 def attempt_started(server: Server, run_id: str) -> str:
-    return server.attempts(run_id)[0]["process_started"]
+    return server.attempts(run_id)[0]["started"]
 
 
 def newest_checkpoint(run_dir: Path) -> int | None:
@@ -209,7 +209,7 @@ def test_server_sigkill_mid_training_then_restart_completes(
     before: EventRead = watcher.result(timeout=30)
     assert not before.ended  # the stream broke; it did not end
     assert before.events
-    assert worker_alive(pid, attempt["process_started"]), "the worker died with the server"
+    assert worker_alive(pid, attempt["started"]), "the worker died with the server"
     if finish_while_down:
         # The worker trains, saves and samples; only its final report waits for a server.
         wait_until(lambda: (run_dir / "run.json").is_file(), timeout=300, what="run.json")
@@ -222,7 +222,7 @@ def test_server_sigkill_mid_training_then_restart_completes(
             what="training progress while the server is down",
         )
         assert not (run_dir / "run.json").exists(), "the run finished while the server was down"
-    assert worker_alive(pid, attempt["process_started"])
+    assert worker_alive(pid, attempt["started"])
 
     server.start()
     assert server.token == token  # no second admin account on restart
@@ -241,7 +241,7 @@ def test_server_sigkill_mid_training_then_restart_completes(
     assert_one_terminal(replay.events, "completed")
     (attempt,) = server.attempts(run_id)
     assert (attempt["pid"], attempt["end_reason"]) == (pid, "finished")
-    wait_until(lambda: not worker_alive(pid, attempt["process_started"]), timeout=30)
+    wait_until(lambda: not worker_alive(pid, attempt["started"]), timeout=30)
     assert api.nodes_free() == 1
     # Nothing the worker reported while the server was down was lost: every step once,
     # in order, and the phases and log lines after training.

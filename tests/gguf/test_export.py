@@ -17,7 +17,7 @@ from llama_cpp import Llama
 from tunery.errors import ConfigError
 from tunery.gguf.export import GGUF_BUNDLE_FILES, gguf_samples
 from tunery.gguf.verify import GGUF_FILE_TYPES, gguf_file_type, native_output_captured
-from tunery.pipeline.data import SamplePrompt
+from tunery.pipeline.chat import SamplePrompt
 from tunery.pipeline.datasets import Message
 from tunery.pipeline.recipe import rerun_export, run_recipe
 from tunery.pipeline.reporting import RecordingReporter

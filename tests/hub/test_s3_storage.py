@@ -23,7 +23,7 @@ from tunery.errors import ConfigError
 from tunery.hub.s3 import INSTALL_HINT, S3Storage, StorageError
 from tunery.hub.signing import MAX_LIFETIME
 from tunery.hub.storage import LocalStorage, StoredFile
-from tunery.runs.service import ControlPlane
+from tunery.runs.plane import ControlPlane
 from tunery.runs.store import EventNotifier
 from tunery.settings import Settings, StorageSettings
 
@@ -224,7 +224,7 @@ def plane_for(settings: Settings) -> ControlPlane:
     return ControlPlane(
         settings=settings,
         sessions=None,  # type: ignore[arg-type]
-        backend=None,  # type: ignore[arg-type]
+        backend=None,
         notifier=EventNotifier(),
     )
 

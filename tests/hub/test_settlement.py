@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from tunery.backends.local import LocalBackend
-from tunery.db import Account, Attempt, LedgerEntry, Run, make_engine, make_sessions, now
-from tunery.runs import billing, service
+from tunery.backends.fake import FakeBackend
+from tunery.db import Account, Attempt, LedgerEntry, Run, now
+from tunery.phases import Phase
+from tunery.runs import billing, queries
 from tunery.runs.lifecycle import RunStatus
-from tunery.runs.service import ControlPlane
-from tunery.runs.store import EventNotifier
+from tunery.runs.plane import ControlPlane
+from tunery.runs.settle import finish as settle_finish
 from tunery.scheduler.scheduler import enforce_credits
 from tunery.settings import NodeSettings, Settings, TierSettings
 
@@ -25,15 +26,11 @@ def plane(tmp_path):
         ],
         nodes=[NodeSettings(name="n0", tier="cpu"), NodeSettings(name="n1", tier="gpu")],
     )
-    plane = ControlPlane(
-        settings=settings,
-        sessions=make_sessions(make_engine(tmp_path / "t.db")),
-        backend=LocalBackend(),
-        notifier=EventNotifier(),
-    )
+    plane = ControlPlane.open(settings, backend=FakeBackend())
     with plane.sessions.begin() as session:
         session.add(Account(id="acc_1", name="a"))
-    return plane
+    yield plane
+    plane.close()
 
 
 def training_run(
@@ -80,7 +77,7 @@ def training_run(
 def finish(plane, run_id: str, to: RunStatus, error: dict | None = None) -> None:
     with plane.sessions.begin() as session:
         run = session.get(Run, run_id)
-        service.finish(plane, session, run, to=to, phase="done", at=now(), error=error)
+        settle_finish(plane, session, run, to=to, phase=Phase.DONE, at=now(), error=error)
 
 
 def ledger(plane) -> list[tuple[str, float]]:
@@ -148,3 +145,29 @@ def test_runs_within_their_balance_keep_training(plane):
     enforce_credits(plane)
     with plane.sessions() as session:
         assert session.get(Run, "r1").status == "training"
+
+
+def refund(plane, run_id: str) -> tuple[bool | None, str]:
+    run = queries.view_run(plane, "acc_1", run_id)
+    return run.refunded, run.refund_note
+
+
+def test_the_run_says_whether_it_is_refunded_as_settlement_did(plane):
+    training_run(plane, "r1", grant=10)
+    assert refund(plane, "r1")[0] is None
+    finish(plane, "r1", RunStatus.FAILED, FAILURE)
+    assert refund(plane, "r1") == (True, "Refunded: the run failed on a verified catalog model.")
+    training_run(plane, "r2", base_model="someone/custom-model")
+    finish(plane, "r2", RunStatus.FAILED, FAILURE)
+    assert refund(plane, "r2")[0] is False and "custom" in refund(plane, "r2")[1]
+    training_run(plane, "r3")
+    finish(plane, "r3", RunStatus.FAILED, {**FAILURE, "code": billing.OUT_OF_CREDITS_CODE})
+    assert refund(plane, "r3")[0] is False and "out of credits" in refund(plane, "r3")[1]
+    refunds = [kind for kind, _ in ledger(plane) if kind == "refund"]
+    assert refunds == ["refund"]  # r1 only, as its note says
+
+
+def test_metrics_show_what_cancelling_now_would_bill(plane):
+    training_run(plane, "r1", trained_seconds=150.0, grant=10)
+    metrics = queries.view_run(plane, "acc_1", "r1").metrics
+    assert (round(metrics.credits, 1), metrics.cancel_credits) == (2.5, 2.0)

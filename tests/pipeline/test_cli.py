@@ -51,6 +51,12 @@ def test_train_writes_the_bundle_and_reports(data_dir, demo_dataset, tmp_path):
     assert "6/6" in result.stderr and "epoch 1/1" in result.stderr
 
 
+def test_the_command_line_does_not_import_torch():
+    code = "import sys, tunery.cli.main; assert 'torch' not in sys.modules, 'torch was imported'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
 def test_bad_hyperparameters_are_all_named(data_dir, demo_dataset, tmp_path):
     recipe = write_recipe(tmp_path / "recipe.yaml", demo_dataset, learning_rate=-1, batch_size=0)
     result = run(["train", str(recipe)], data_dir)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from tunery.errors import DatasetError
-from tunery.pipeline.data import IGNORE, Encoder, prepare_data
+from tunery.pipeline.chat import IGNORE, Encoder
+from tunery.pipeline.data import prepare_data
 from tunery.pipeline.datasets import Message, Row
 from tunery.pipeline.load import DEFAULT_CHAT_TEMPLATE, load_tokenizer
 
@@ -47,7 +48,7 @@ def test_demo_tokenizer_has_template_and_gets_a_pad_token(demo_tokenizer):
 
 def test_only_assistant_reply_and_its_end_of_turn_are_trained(demo_tokenizer):
     tokenizer, chat_format, _ = demo_tokenizer
-    encoder = Encoder(tokenizer, chat_format, train_on_inputs=False)
+    encoder = Encoder(tokenizer, chat_format.end_of_turn, train_on_inputs=False)
     row = Row(
         "f",
         1,
@@ -74,7 +75,7 @@ def test_only_assistant_reply_and_its_end_of_turn_are_trained(demo_tokenizer):
 
 def test_every_assistant_turn_is_trained_unless_weighted_zero(demo_tokenizer):
     tokenizer, chat_format, _ = demo_tokenizer
-    encoder = Encoder(tokenizer, chat_format, train_on_inputs=False)
+    encoder = Encoder(tokenizer, chat_format.end_of_turn, train_on_inputs=False)
     row = Row(
         "f",
         1,
@@ -93,14 +94,14 @@ def test_every_assistant_turn_is_trained_unless_weighted_zero(demo_tokenizer):
 
 def test_train_on_inputs_trains_every_token_but_the_last(demo_tokenizer):
     tokenizer, chat_format, _ = demo_tokenizer
-    encoder = Encoder(tokenizer, chat_format, train_on_inputs=True)
+    encoder = Encoder(tokenizer, chat_format.end_of_turn, train_on_inputs=True)
     example = encoder.encode(Row("f", 1, (Message("user", "Hi"), Message("assistant", "Yo"))))
     assert example.targets[:-1] == example.input_ids[1:]
 
 
 def test_special_token_text_in_content_stays_plain_text(demo_tokenizer):
     tokenizer, chat_format, _ = demo_tokenizer
-    encoder = Encoder(tokenizer, chat_format, train_on_inputs=False)
+    encoder = Encoder(tokenizer, chat_format.end_of_turn, train_on_inputs=False)
     end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     hostile = Row(
         "f",
@@ -119,7 +120,7 @@ def test_special_token_text_in_content_stays_plain_text(demo_tokenizer):
 
 def test_plain_text_rows_train_every_token_and_end_with_eos(demo_tokenizer):
     tokenizer, chat_format, _ = demo_tokenizer
-    example = Encoder(tokenizer, chat_format, train_on_inputs=False).encode(
+    example = Encoder(tokenizer, chat_format.end_of_turn, train_on_inputs=False).encode(
         Row("f", 1, text="Rivers run to the sea.")
     )
     assert example.input_ids[0] == tokenizer.bos_token_id
@@ -137,7 +138,7 @@ def test_base_without_chat_template_gets_the_documented_default(demo_model_dir, 
     assert chat_format.template == DEFAULT_CHAT_TEMPLATE
     assert chat_format.end_of_turn == tokenizer.eos_token
     assert any("no chat template" in note for note in notes)
-    example = Encoder(tokenizer, chat_format, train_on_inputs=False).encode(
+    example = Encoder(tokenizer, chat_format.end_of_turn, train_on_inputs=False).encode(
         Row("f", 1, (Message("user", "Hi"), Message("assistant", "Hello.")))
     )
     assert trained_text(tokenizer, example) == "Hello.<|end_of_text|>"

@@ -10,13 +10,15 @@ import torch
 from safetensors.torch import load_file
 
 from tunery.errors import ConfigError, RunCancelled
-from tunery.pipeline.data import Example, prepare_data
+from tunery.pipeline.chat import Example
+from tunery.pipeline.data import prepare_data
 from tunery.pipeline.load import Precision, load_model, load_tokenizer
 from tunery.pipeline.lora import attach_lora
 from tunery.pipeline.recipe import run_recipe
 from tunery.pipeline.reporting import RecordingReporter
 from tunery.pipeline.save import LORA_BUNDLE_FILES, save_adapter, write_lora_bundle
 from tunery.pipeline.train import (
+    TrainingDiverged,
     TrainSetup,
     batch_loss_sum,
     complete_checkpoints,
@@ -294,3 +296,72 @@ def test_missing_dataset_file_is_named(data_dir, make_recipe, tmp_path):
         )
     assert caught.value.problems[0].field == "datasets.0"
     assert "nope.jsonl" in caught.value.message
+
+
+def test_non_finite_loss_fails_at_once_as_a_user_error(
+    demo_model_dir, demo_dataset, make_recipe, tmp_path
+):
+    # AdamW bounds each update, so even learning_rate 1 saturates rather than overflows on
+    # the demo model; an output head past fp32's range gives the same NaN in one step.
+    recipe = make_recipe(training={"learning_rate": 1.0, "checkpoint_every_steps": 1})
+    tokenizer, chat_format, _ = load_tokenizer(demo_model_dir)
+    data = prepare_data([demo_dataset], tokenizer, chat_format, max_length=512, seed=1)
+    model, _ = attach_lora(
+        load_model(demo_model_dir, FP32, CPU), recipe.lora, gradient_checkpointing=False
+    )
+    with torch.no_grad():
+        model.get_output_embeddings().weight.fill_(float("inf"))
+    reporter = RecordingReporter()
+    setup = TrainSetup(
+        model,
+        data.examples,
+        recipe.training,
+        FP32,
+        CPU,
+        tokenizer.pad_token_id,
+        tmp_path / "ckpt",
+        "fp",
+    )
+    with pytest.raises(TrainingDiverged) as caught:
+        train(setup, reporter)
+    assert not caught.value.transient
+    assert "step 1" in caught.value.message
+    assert "learning_rate" in caught.value.hint and "lora.alpha" in caught.value.hint
+    assert reporter.steps == []  # no NaN ever reaches a report
+    assert complete_checkpoints(tmp_path / "ckpt") == []
+
+
+def test_any_failure_after_the_lora_save_is_an_export_failure(
+    data_dir, make_recipe, tmp_path, monkeypatch
+):
+    import tunery.pipeline.recipe as recipe_module
+
+    def sampling_overflows(**_: object) -> None:
+        raise ValueError("Requested tokens (3000) exceed context window of 2048")
+
+    monkeypatch.setattr(recipe_module, "_preflight_gguf", lambda *args: None)
+    monkeypatch.setattr(recipe_module, "export_gguf", sampling_overflows)
+    reporter = RecordingReporter()
+    result = run_recipe(
+        make_recipe(training={"max_steps": 2}, export={"gguf": True}), tmp_path / "out", reporter
+    )
+    assert result.summary["status"] == "failed"
+    assert result.summary["error"]["code"] == "gguf_export_failed"
+    assert "exceed context window" in result.summary["error"]["message"]
+    assert result.lora_bundle.is_file() and result.gguf_bundle is None
+    assert len(result.samples) == 3  # from the trained model instead
+    assert reporter.phases[-2:] == ["exporting", "sampling"]
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["artifacts"]["gguf"] is None
+
+
+def test_sample_prompt_longer_than_the_context_is_refused_before_training(
+    data_dir, make_recipe, tmp_path
+):
+    reporter = RecordingReporter()
+    recipe = make_recipe(
+        training={"max_seq_length": 64}, samples={"prompts": ["ok", "word " * 200]}
+    )
+    with pytest.raises(ConfigError) as caught:
+        run_recipe(recipe, tmp_path / "out", reporter)
+    assert [problem.field for problem in caught.value.problems] == ["samples.prompts.1"]
+    assert reporter.steps == []

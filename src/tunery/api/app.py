@@ -1,9 +1,10 @@
 """The HTTP API (FastAPI). ``create_app`` wires settings, database, backend and scheduler.
 
-Routes are thin: they authenticate, call ``tunery.runs.service`` and shape the answer. The
-scheduler runs in a background thread for the app's lifetime. Errors map to status codes
-in one place: invalid input 422 (with every problem), unknown or foreign ids 404, state
-conflicts 409.
+Routes are thin: they authenticate, call a function of ``tunery.runs`` and return its
+``tunery.wire.rest`` model; they hold no SQL. The scheduler runs in a background thread for
+the app's lifetime. Errors map to status codes in one place: invalid input 422 (with every
+problem), unknown or foreign ids 404, state conflicts 409; every error body is
+``ErrorResponse``.
 """
 
 from __future__ import annotations
@@ -13,24 +14,28 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from tunery import __version__
+from tunery.api.body_limits import BodyGuard, BodyLimits
 from tunery.api.routes import credits, datasets, hub, internal, meta, runs
-from tunery.api.streams import SharedReads
+from tunery.api.streams import Broadcast, SharedReads
 from tunery.backends.base import Backend
 from tunery.backends.local import LocalBackend
-from tunery.db import make_engine, make_sessions
 from tunery.errors import ConfigError, DatasetError, TuneryError
 from tunery.hub.s3 import StorageError
 from tunery.hub.signing import load_secret
-from tunery.runs.service import Conflict, ControlPlane, NotFound, StaleAttempt
-from tunery.runs.store import EventNotifier
+from tunery.pipeline.config import RunRecipe
+from tunery.runs.accounts import account_for_token
+from tunery.runs.plane import Conflict, ControlPlane, NotFound, StaleAttempt
 from tunery.scheduler.scheduler import SchedulerThread
 from tunery.settings import Settings
+from tunery.wire.rest import ErrorResponse
 
 logger = logging.getLogger(__name__)
 WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
@@ -39,48 +44,50 @@ STUDIO_POLICY = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in (
+        (401, "Missing or unknown token"),
+        (404, "Unknown id, or another account's"),
+        (409, "The resource's state does not allow it"),
+        (422, "Invalid input, with every problem"),
+    )
+}
 
 
-class Broadcast:
-    """Lets event streams sleep until something new is committed (no polling per watcher)."""
+def _error(status: int, detail: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": detail})
 
-    def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiters: set[asyncio.Future[None]] = set()
-        self.generation = 0
 
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ConfigError)
+    async def invalid_config(_: Request, error: ConfigError) -> JSONResponse:
+        problems = [{"field": p.field, "message": p.message} for p in error.problems]
+        return _error(422, {**error.as_dict(), "problems": problems})
 
-    def publish(self) -> None:
-        """Called from any thread after a commit."""
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._wake)
+    @app.exception_handler(DatasetError)
+    async def invalid_dataset(_: Request, error: DatasetError) -> JSONResponse:
+        problems = [problem.as_dict() for problem in error.problems]
+        return _error(422, {**error.as_dict(), "problems": problems})
 
-    def _wake(self) -> None:
-        self.generation += 1
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._waiters.clear()
+    @app.exception_handler(TuneryError)
+    async def tunery_error(_: Request, error: TuneryError) -> JSONResponse:
+        status = {NotFound: 404, Conflict: 409, StaleAttempt: 409, StorageError: 502}.get(
+            type(error), 400
+        )
+        return _error(status, error.as_dict())
 
-    async def wait(self, seen: int, timeout: float) -> bool:
-        """Wait for a publish after generation ``seen``: True when woken, False on timeout.
 
-        A publish that happened after the caller read ``generation`` returns at once, so a
-        commit between a stream's read and its wait is never missed.
-        """
-        if self.generation != seen:
-            return True
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.add(waiter)
-        try:
-            await asyncio.wait_for(waiter, timeout)
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            self._waiters.discard(waiter)
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated schema plus the submission payload, which the route reads raw."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        recipe = RunRecipe.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(recipe.pop("$defs", {}))
+        components["RunRecipe"] = recipe
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def create_app(
@@ -90,17 +97,9 @@ def create_app(
     backend: Backend | None = None,
     run_scheduler: bool = True,
 ) -> FastAPI:
-    engine = make_engine(settings.database_path)
-    notifier = EventNotifier()
-    plane = ControlPlane(
-        settings=settings,
-        sessions=make_sessions(engine),
-        backend=backend or LocalBackend(),
-        notifier=notifier,
-        server_url=server_url,
-    )
+    plane = ControlPlane.open(settings, backend=backend or LocalBackend(), server_url=server_url)
     broadcast = Broadcast()
-    notifier.subscribe(broadcast.publish)
+    plane.notifier.subscribe(broadcast.publish)
     scheduler = SchedulerThread(plane)
 
     @asynccontextmanager
@@ -111,55 +110,26 @@ def create_app(
         yield
         if run_scheduler:
             scheduler.stop()
-        engine.dispose()
+        plane.close()
 
     app = FastAPI(title="tunery", version=__version__, lifespan=lifespan)
     app.state.plane = plane
     app.state.broadcast = broadcast
     app.state.shared_reads = SharedReads()
     app.state.secret = load_secret(settings.data_dir)
+    _add_error_handlers(app)
+    app.add_middleware(
+        BodyGuard,
+        token_is_valid=lambda token: account_for_token(plane, token) is not None,
+        limits=BodyLimits(),
+    )
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 
-    @app.exception_handler(ConfigError)
-    async def invalid_config(_: Request, error: ConfigError) -> JSONResponse:
-        problems = [{"field": p.field, "message": p.message} for p in error.problems]
-        return JSONResponse(
-            status_code=422,
-            content={
-                "detail": {
-                    "code": error.code,
-                    "message": error.message,
-                    "hint": error.hint,
-                    "problems": problems,
-                }
-            },
-        )
-
-    @app.exception_handler(DatasetError)
-    async def invalid_dataset(_: Request, error: DatasetError) -> JSONResponse:
-        return JSONResponse(
-            status_code=422,
-            content={
-                "detail": {
-                    "code": error.code,
-                    "message": error.message,
-                    "hint": error.hint,
-                    "problems": [problem.as_dict() for problem in error.problems],
-                }
-            },
-        )
-
-    @app.exception_handler(TuneryError)
-    async def tunery_error(_: Request, error: TuneryError) -> JSONResponse:
-        status = {NotFound: 404, Conflict: 409, StaleAttempt: 409, StorageError: 502}.get(
-            type(error), 400
-        )
-        return JSONResponse(status_code=status, content={"detail": error.as_dict()})
-
-    app.include_router(meta.router)
-    app.include_router(datasets.router, prefix="/api/v1")
-    app.include_router(runs.router, prefix="/api/v1")
-    app.include_router(credits.router, prefix="/api/v1")
-    app.include_router(hub.router)
+    app.include_router(meta.router, responses=ERRORS)
+    app.include_router(datasets.router, prefix="/api/v1", responses=ERRORS)
+    app.include_router(runs.router, prefix="/api/v1", responses=ERRORS)
+    app.include_router(credits.router, prefix="/api/v1", responses=ERRORS)
+    app.include_router(hub.router, responses=ERRORS)
     app.include_router(internal.router)
 
     @app.get("/", include_in_schema=False)

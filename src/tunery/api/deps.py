@@ -8,7 +8,8 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from tunery.db import Account
-from tunery.runs.service import ControlPlane, account_for_token
+from tunery.runs.accounts import account_for_token
+from tunery.runs.plane import ControlPlane
 
 bearer = HTTPBearer(auto_error=False)
 

@@ -1,8 +1,10 @@
 """Workers as local processes, each in its own process group (session).
 
 Workers outlive a control-plane crash on purpose: a restarted server finds them again by
-pid and process start time and lets them finish. Cancel signals the whole group, so
-anything the worker started (the GGUF converter, tokenizer threads) stops with it.
+the handle's reference, ``PID:START`` (the process start time, so a reused pid is never
+mistaken for the worker), and lets them finish. Cancel signals the whole group, so
+anything the worker started (the GGUF converter, tokenizer threads) stops with it. Process
+ids stay in this module: everyone else sees an opaque handle.
 """
 
 from __future__ import annotations
@@ -47,14 +49,26 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+KIND = "local"
+
+
+def local_handle(pid: int, started: str) -> Handle:
+    return Handle(KIND, f"{pid}:{started}")
+
+
+def process_of(handle: Handle) -> tuple[int, str]:
+    """The (pid, start time) a local handle names."""
+    pid, _, started = handle.ref.partition(":")
+    return int(pid), started
+
+
 class LocalBackend:
+    kind = KIND
+
     def __init__(self) -> None:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def start(self, launch: AttemptLaunch) -> Handle:
-        env = dict(os.environ)
-        if launch.threads:
-            env["TUNERY_TORCH_THREADS"] = str(launch.threads)
         log_path = Path(launch.log_path)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
@@ -73,12 +87,10 @@ class LocalBackend:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=env,
                 start_new_session=True,
             )
         self._children[process.pid] = process
-        started = process_start_time(process.pid) or ""
-        return Handle(pid=process.pid, started=started)
+        return local_handle(process.pid, process_start_time(process.pid) or "")
 
     def collect(self) -> None:
         """Wait for exited children so they do not linger as zombies."""
@@ -87,24 +99,26 @@ class LocalBackend:
                 del self._children[pid]
 
     def alive(self, handle: Handle) -> bool:
-        child = self._children.get(handle.pid)
+        pid, expected = process_of(handle)
+        child = self._children.get(pid)
         if child is not None and child.poll() is not None:
-            del self._children[handle.pid]
+            del self._children[pid]
             return False
-        started = process_start_time(handle.pid)
-        return started is not None and started == handle.started
+        started = process_start_time(pid)
+        return started is not None and started == expected
 
     def cancel(self, handle: Handle, *, grace_seconds: float) -> None:
         if not self.alive(handle):
             return
-        self._signal_group(handle.pid, signal.SIGTERM)
+        pid, _ = process_of(handle)
+        self._signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_seconds
-        while time.monotonic() < deadline and self._group_alive(handle.pid):
-            self._reap(handle.pid)
+        while time.monotonic() < deadline and self._group_alive(pid):
+            self._reap(pid)
             time.sleep(0.05)
-        if self._group_alive(handle.pid):
-            self._signal_group(handle.pid, signal.SIGKILL)
-        self._reap(handle.pid, wait=True)
+        if self._group_alive(pid):
+            self._signal_group(pid, signal.SIGKILL)
+        self._reap(pid, wait=True)
 
     def _reap(self, pid: int, *, wait: bool = False) -> None:
         child = self._children.get(pid)

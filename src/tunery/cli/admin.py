@@ -11,7 +11,8 @@ from sqlalchemy import select
 from tunery.db import Account, make_engine, make_sessions
 from tunery.errors import TuneryError
 from tunery.runs import billing
-from tunery.runs.service import ControlPlane, create_account, issue_token
+from tunery.runs.accounts import create_account, issue_token
+from tunery.runs.plane import ControlPlane
 from tunery.runs.store import EventNotifier
 from tunery.server import data_dir_from
 from tunery.settings import Settings

@@ -15,18 +15,21 @@ a repeated key with the run the first attempt created, so a retry never makes tw
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from httpx_sse import ServerSentEvent, SSEError, connect_sse
+
+from tunery.errors import ConfigError
+from tunery.runs.lifecycle import TERMINAL
+from tunery.settings import Environment, environment
 
 DEFAULT_URL = "http://127.0.0.1:8420"
 TOKEN_FILE = "admin-token"
-TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 RETRY_DELAY_SECONDS = 1.0
 # The server sends a keep-alive comment every 15 s; a stream silent for longer is dead.
 STREAM_READ_TIMEOUT_SECONDS = 45.0
@@ -50,16 +53,20 @@ class ClientError(Exception):
         self.status_code = status_code
 
 
-def data_dir() -> Path:
-    return Path(os.environ.get("TUNERY_DATA_DIR", "~/.tunery")).expanduser()
+def client_environment() -> Environment:
+    """The ``TUNERY_*`` variables; a bad one is a ClientError, reported like any other."""
+    try:
+        return environment()
+    except ConfigError as error:
+        raise ClientError(error.message, hint=error.hint) from None
 
 
 def token_from_env() -> tuple[str | None, str]:
     """The API token and where it came from (for error messages)."""
-    token = os.environ.get("TUNERY_TOKEN", "").strip()
-    if token:
-        return token, "TUNERY_TOKEN"
-    path = data_dir() / TOKEN_FILE
+    variables = client_environment()
+    if variables.token is not None:
+        return variables.token.get_secret_value(), "TUNERY_TOKEN"
+    path = variables.data_dir / TOKEN_FILE
     try:
         token = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError):
@@ -87,56 +94,25 @@ def format_problem(problem: Any) -> str:
     return str(message or problem)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SseEvent:
     """One Server-Sent Event: ``event`` is the kind, ``data`` the parsed JSON payload."""
 
     id: str | None
     event: str
     data: Any
-    raw: str = field(repr=False, default="")
 
+    @classmethod
+    def decode(cls, sse: ServerSentEvent, *, last_event_id: str | None) -> SseEvent:
+        """``sse`` with its JSON parsed (text that is not JSON stays text).
 
-class SseParser:
-    """Incremental ``text/event-stream`` parser (the WHATWG rules tunery's server needs)."""
-
-    def __init__(self) -> None:
-        self.last_event_id: str | None = None
-        self.retry_ms: int | None = None
-        self._event = ""
-        self._data: list[str] = []
-
-    def feed_line(self, line: str) -> SseEvent | None:
-        """Take one line (without its end of line); returns an event on a blank line."""
-        if not line:
-            return self._dispatch()
-        if line.startswith(":"):
-            return None
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event = value
-        elif name == "id":
-            if "\0" not in value:
-                self.last_event_id = value
-        elif name == "retry" and value.isdigit():
-            self.retry_ms = int(value)
-        return None
-
-    def _dispatch(self) -> SseEvent | None:
-        if not self._data:
-            self._event = ""
-            return None
-        raw = "\n".join(self._data)
-        kind = self._event or "message"
-        self._event, self._data = "", []
+        An event without an ``id`` line keeps the last id, as EventSource does.
+        """
         try:
-            data = json.loads(raw)
+            data = json.loads(sse.data)
         except json.JSONDecodeError:
-            data = raw
-        return SseEvent(self.last_event_id, kind, data, raw)
+            data = sse.data
+        return cls(sse.id or last_event_id, sse.event, data)
 
 
 class Client:
@@ -173,7 +149,7 @@ class Client:
     @classmethod
     def from_env(cls, **kwargs: Any) -> Client:
         token, source = token_from_env()
-        url = os.environ.get("TUNERY_URL", "").strip() or DEFAULT_URL
+        url = client_environment().url or DEFAULT_URL
         return cls(url, token, token_source=source, **kwargs)
 
     def close(self) -> None:
@@ -325,6 +301,9 @@ class Client:
     ) -> Iterator[SseEvent]:
         """The run's events, history first, until the stream ends on a terminal status.
 
+        httpx-sse reads the stream; keep-alives and a bare ``retry:`` are not events, and a
+        ``retry:`` from the server sets the least wait before a reconnect.
+
         A dropped connection (or a stream that ends before the run is terminal) is resumed
         with ``Last-Event-ID``, so no event is lost or repeated; after ``max_reconnects``
         failed tries in a row it raises ClientError. ``on_reconnect(problem, delay)`` is
@@ -334,43 +313,48 @@ class Client:
         failures = 0
         retry_seconds = 0.0
         while True:
-            parser = SseParser()
-            parser.last_event_id = last_event_id
             # A stream's connection is never reused: a server draining for shutdown could
             # otherwise hold the next request on it until the read timeout.
-            headers = {"Accept": "text/event-stream", "Connection": "close"}
+            headers = {"Connection": "close"}
             if last_event_id is not None:
                 headers["Last-Event-ID"] = last_event_id
             finished = False
             try:
-                with self._http.stream(
+                with connect_sse(
+                    self._http,
                     "GET",
                     path,
                     headers=headers,
                     timeout=httpx.Timeout(5.0, read=STREAM_READ_TIMEOUT_SECONDS),
-                ) as response:
-                    if response.status_code < 500:
-                        self.raise_for_status(response)  # 401, 404: no point retrying
-                        for line in response.iter_lines():
-                            event = parser.feed_line(line)
-                            if event is None:
-                                continue
+                ) as source:
+                    status_code = source.response.status_code
+                    if status_code < 500:
+                        self.raise_for_status(source.response)  # 401, 404: no point retrying
+                        for sse in source.iter_sse():
+                            if sse.retry is not None:
+                                retry_seconds = sse.retry / 1000
+                            if not sse.data:
+                                continue  # a bare `retry:` or a keep-alive: no event to dispatch
+                            event = SseEvent.decode(sse, last_event_id=last_event_id)
                             failures = 0
                             last_event_id = event.id
                             if event.event == "status" and isinstance(event.data, dict):
-                                finished = event.data.get("status") in TERMINAL_STATUSES
+                                finished = event.data.get("status") in TERMINAL
                             yield event
                 if finished:
                     return
                 problem = ClientError(
                     f"the event stream of run {run_id} ended before the run did "
-                    f"(HTTP {response.status_code})",
+                    f"(HTTP {status_code})",
                     hint="try again; if it keeps failing, check the server's log",
                 )
+            except SSEError as error:
+                raise ClientError(
+                    f"the server at {self.base_url} did not answer with an event stream: {error}",
+                    hint="check that TUNERY_URL points to a tunery server",
+                ) from None
             except httpx.TransportError as error:
                 problem = self._transport_error(error)
-            if parser.retry_ms is not None:
-                retry_seconds = parser.retry_ms / 1000
             failures += 1
             if failures > max_reconnects:
                 raise problem

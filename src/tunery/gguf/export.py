@@ -1,4 +1,4 @@
-"""Step 7 (second half): merge the adapter, convert, verify, quantize, bundle, sample.
+"""The GGUF bundle: merge the adapter, convert, verify, quantize, bundle, sample.
 
 ``export_gguf`` turns a saved adapter into ``<name>-gguf.zip`` (``model.gguf`` in Q4_K_M,
 ``Modelfile``, ``install.sh``, ``install.ps1``, ``README.md``) with llama.cpp's own converter
@@ -22,7 +22,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tunery.errors import TuneryError
 from tunery.gguf.merge import merge_adapter
@@ -37,9 +37,7 @@ from tunery.gguf.modelfile import (
 )
 from tunery.gguf.toolchain import converter_dir, require_llama_cpp
 from tunery.gguf.verify import check_file_type, check_parity, native_output_captured
-
-if TYPE_CHECKING:
-    from tunery.pipeline.data import SamplePrompt
+from tunery.pipeline.chat import SamplePrompt, render_with_spans
 
 GGUF_BUNDLE_FILES = ("model.gguf", "Modelfile", "install.sh", "install.ps1", "README.md")
 QUANTIZATION = "Q4_K_M"
@@ -154,8 +152,6 @@ def export_gguf(
     """Produce ``out_dir/<run_name>-gguf.zip``; raises ExportError (nothing partial remains)."""
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tunery.pipeline.data import render_with_spans
 
     require_llama_cpp()
     bundle_path = out_dir / f"{run_name}-gguf.zip"

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from tunery.errors import TuneryError
+from tunery.settings import environment
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 CONVERTER_FILES = ("convert_hf_to_gguf.py", "conversion", "gguf-py")
@@ -32,21 +33,22 @@ class ToolchainError(TuneryError):
 
 def toolchain_root() -> Path:
     """A per-machine cache (``TUNERY_TOOLCHAIN_DIR``, default ``~/.cache/tunery/toolchain``)."""
-    default = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "tunery" / "toolchain"
-    return Path(os.environ.get("TUNERY_TOOLCHAIN_DIR", default)).expanduser()
+    configured = environment().toolchain_dir
+    if configured is not None:
+        return configured
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "tunery" / "toolchain"
 
 
 def converter_dir() -> Path:
     """Where convert_hf_to_gguf.py lives; fetched on first use unless already there."""
-    local = os.environ.get("TUNERY_LLAMA_CPP_DIR")
-    if local:
-        directory = Path(local).expanduser()
-        if not (directory / "convert_hf_to_gguf.py").is_file():
+    local = environment().llama_cpp_dir
+    if local is not None:
+        if not (local / "convert_hf_to_gguf.py").is_file():
             raise ToolchainError(
                 f"TUNERY_LLAMA_CPP_DIR={local} has no convert_hf_to_gguf.py",
                 hint="point it at the root of a llama.cpp checkout",
             )
-        return directory
+        return local
     directory = toolchain_root() / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}"
     if not all((directory / name).exists() for name in CONVERTER_FILES):
         fetch_converter(directory)

@@ -1,4 +1,4 @@
-"""The run recipe: the CanvasJobSubmitData payload as typed, validated data.
+"""The run recipe: what a user submits to train, as typed, validated data.
 
 Importing this module needs no torch, so the control plane validates submissions with the
 same classes the pipeline trains from. ``load_recipe`` reads a recipe YAML and reports every
@@ -7,19 +7,45 @@ problem with its dotted field path.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from tunery.errors import ConfigError, FieldProblem
+from tunery.errors import ConfigError, problems_from
 
 RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+MODULE_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.]{0,99}\Z"
+MAX_TARGET_MODULES = 64
+"""The most module names lora.target_modules may list."""
+
+MAX_STEPS = 1_000_000
+"""The most optimizer steps a run may ask for; more is a typo, not a fine-tune."""
+MAX_SEED = 2**32 - 1
+"""The largest seed: every RNG tunery seeds (Python, torch, CUDA) takes 32 bits exactly."""
+MAX_LORA_ALPHA = 4096.0
+"""The largest LoRA alpha; alpha / rank scales the update, and beyond this it only diverges."""
+MAX_GRAD_NORM = 1e6
+"""The largest clipping norm; a larger one means no clipping, which this already is."""
+MIN_SEQ_LENGTH = 64
+"""The shortest max_seq_length: a chat template's own tokens take a few dozen."""
+MAX_BASE_MODEL_CHARS = 1000
+"""The longest base_model reference (an id, URL or path)."""
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No NaN or infinity in any float: they pass every bound and poison training.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class TrainingConfig(_Strict):
@@ -27,7 +53,10 @@ class TrainingConfig(_Strict):
 
     epochs: int = Field(3, ge=1, le=1000, description="Passes over the data when max_steps is 0.")
     max_steps: int = Field(
-        0, ge=0, description="Optimizer steps; > 0 makes the run step-based and wins over epochs."
+        0,
+        ge=0,
+        le=MAX_STEPS,
+        description="Optimizer steps; > 0 makes the run step-based and wins over epochs.",
     )
     learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak AdamW learning rate.")
     batch_size: int = Field(8, ge=1, le=4096, description="Examples per micro-batch.")
@@ -35,7 +64,9 @@ class TrainingConfig(_Strict):
         1, ge=1, le=1024, description="Micro-batches per optimizer step."
     )
     max_seq_length: int | None = Field(
-        None, ge=16, description="Token limit per example; None means the model's max context."
+        None,
+        ge=MIN_SEQ_LENGTH,
+        description="Token limit per example; None means the model's max context.",
     )
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
         "cosine", description="Learning-rate schedule after warmup."
@@ -44,8 +75,8 @@ class TrainingConfig(_Strict):
         0.03, ge=0, lt=1, description="Share of the steps spent warming up."
     )
     weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW decoupled weight decay.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
-    seed: int = Field(42, ge=0, description="Seeds shuffling, LoRA init and dropout.")
+    max_grad_norm: float = Field(1.0, gt=0, le=MAX_GRAD_NORM, description="Gradient clipping norm.")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="Seeds shuffling, LoRA init and dropout.")
     gradient_checkpointing: bool = Field(
         True, description="Recompute activations in the backward pass to save memory."
     )
@@ -58,16 +89,31 @@ class TrainingConfig(_Strict):
     train_on_inputs: bool = Field(
         False, description="Also train on system/user tokens (default: assistant tokens only)."
     )
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="torch.compile the decoder's MLPs and norms. auto: only where it was "
+        "measured to pay for its compile time (on CPU it did not; see bench/README.md).",
+    )
 
 
 class LoraSettings(_Strict):
     """The adapter attached to the frozen base."""
 
     rank: int = Field(16, ge=1, le=1024, description="LoRA rank r.")
-    alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / rank).")
+    alpha: float = Field(
+        32, gt=0, le=MAX_LORA_ALPHA, description="LoRA scaling numerator (scale = alpha / rank)."
+    )
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: Literal["all-linear"] | list[str] = Field(
-        "all-linear", description="'all-linear' or module names such as q_proj, v_proj."
+        "all-linear",
+        max_length=MAX_TARGET_MODULES,
+        description="'all-linear' or module names such as q_proj, v_proj; checked against "
+        "the model when it is loaded, before training.",
+    )
+    quantize_base: Literal["none", "nf4"] = Field(
+        "none",
+        description="nf4: load the frozen base in 4 bits with bitsandbytes (QLoRA; needs a CUDA "
+        "GPU). The GGUF export still merges the adapter into the 16-bit base weights.",
     )
 
     @field_validator("target_modules")
@@ -79,6 +125,11 @@ class LoraSettings(_Strict):
             blank = [name for name in value if not name.strip()]
             if blank:
                 raise ValueError("module names must not be blank")
+            odd = [name for name in value if not re.match(MODULE_NAME_PATTERN, name)]
+            if odd:
+                raise ValueError(
+                    f"{odd[0][:40]!r} is not a module name (letters, digits, '_' and '.')"
+                )
         return value
 
 
@@ -88,8 +139,11 @@ class ExportSettings(_Strict):
 
 
 class Attestations(_Strict):
-    dataset_rights: bool = Field(False, description="You hold the rights to train on the data.")
-    model_license: bool = Field(False, description="You accept the base model's license.")
+    # Strict: an attestation is a yes only when it is a real boolean true, never "yes" or 1.
+    dataset_rights: StrictBool = Field(
+        False, description="You hold the rights to train on the data."
+    )
+    model_license: StrictBool = Field(False, description="You accept the base model's license.")
 
 
 class SampleSettings(_Strict):
@@ -102,13 +156,15 @@ class SampleSettings(_Strict):
 
 
 class RunRecipe(_Strict):
-    """A run as submitted: the CanvasJobSubmitData payload plus local dataset paths."""
+    """A run as submitted: model, data (uploaded ids or local files), hyperparameters, export."""
 
     name: Annotated[str, Field(pattern=RUN_NAME_PATTERN)] = Field(
         description="Run name; also names the artifact files."
     )
     base_model: str = Field(
-        min_length=1, description="Catalog id, Hugging Face id or URL, or a local directory."
+        min_length=1,
+        max_length=MAX_BASE_MODEL_CHARS,
+        description="Catalog id, Hugging Face id or URL, or a local directory.",
     )
     dataset_ids: list[str] = Field(default_factory=list, description="Uploaded dataset ids.")
     datasets: list[str] = Field(default_factory=list, description="Local dataset files.")
@@ -124,18 +180,6 @@ class RunRecipe(_Strict):
         if not self.dataset_ids and not self.datasets:
             raise ValueError("no data: list dataset files under 'datasets' or ids in 'dataset_ids'")
         return self
-
-
-def problems_from(error: ValidationError) -> list[FieldProblem]:
-    """Turn pydantic's errors into (dotted field, message) pairs a user can act on."""
-    problems = []
-    for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "recipe"
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown field"
-        problems.append(FieldProblem(field, message))
-    return problems
 
 
 def parse_recipe(data: Any) -> RunRecipe:
@@ -162,6 +206,8 @@ def load_recipe(path: Path) -> RunRecipe:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError.single(str(path), f"not valid YAML{where}") from None
+    except RecursionError:
+        raise ConfigError.single(str(path), "not valid YAML: nested too deeply") from None
     recipe = parse_recipe(data)
     base = path.parent
     resolved = [str((base / entry).resolve()) for entry in recipe.datasets]

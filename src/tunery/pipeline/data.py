@@ -1,12 +1,9 @@
-"""Step 4: datasets become token ids and training targets.
+"""Datasets become training examples: read, shuffled, sample rows held out, tokenised.
 
-Rows are concatenated across files, shuffled with the run's seed, rendered with the chat
-template (in transformers' sandboxed Jinja environment) and tokenised the way inference
-will tokenise them. Targets are the next token where the model should learn and -100
-elsewhere: by default only assistant content and the end-of-turn token that closes it, so
-the model learns both what to say and when to stop. Text that looks like a special token
-inside a message stays plain text. Rows longer than the limit are truncated and counted;
-rows that lose every trained token to truncation are dropped and counted.
+Rows are concatenated across files, shuffled with the run's seed and encoded with
+``chat.Encoder``. Rows longer than the limit are truncated and counted; rows that lose every
+trained token to truncation are dropped and counted. Every problem is raised as a
+DatasetError before the first gradient step.
 """
 
 from __future__ import annotations
@@ -16,36 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tunery.errors import DatasetError, DatasetProblem
-from tunery.pipeline.datasets import Message, Row, read_dataset
-from tunery.pipeline.load import ChatFormat
+from tunery.errors import ConfigError, DatasetError, DatasetProblem, FieldProblem
+from tunery.pipeline.chat import IGNORE, Encoder, Example, SamplePrompt, TemplateFailure
+from tunery.pipeline.datasets import MAX_PROBLEMS, Message, Row, read_dataset
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-IGNORE = -100
+    from tunery.pipeline.load import ChatFormat
+
 HOLDOUT_MIN_ROWS = 30
 SAMPLE_COUNT = 3
-
-
-@dataclass(frozen=True)
-class Example:
-    """One tokenised row: ``targets[i]`` is the token to predict after ``input_ids[i]``."""
-
-    input_ids: list[int]
-    targets: list[int]
-
-    @property
-    def trained_tokens(self) -> int:
-        return sum(1 for target in self.targets if target != IGNORE)
-
-
-@dataclass(frozen=True)
-class SamplePrompt:
-    """A smoke-test prompt: the conversation up to the reply, and the reply the data holds."""
-
-    messages: tuple[Message, ...]
-    expected: str | None
 
 
 @dataclass
@@ -89,7 +67,10 @@ def prepare_data(
     train_on_inputs: bool = False,
     custom_prompts: list[str] | None = None,
 ) -> PreparedData:
-    """Validate, shuffle, hold out sample rows, tokenise; raises DatasetError before training."""
+    """Validate, shuffle, hold out sample rows, tokenise; raises DatasetError before training.
+
+    A custom sample prompt longer than ``max_length`` tokens raises ConfigError.
+    """
     problems: list[DatasetProblem] = []
     summaries = []
     for path in paths:
@@ -103,7 +84,9 @@ def prepare_data(
     rows = [row for summary in summaries for row in summary.rows]
     random.Random(seed).shuffle(rows)
     samples, rows, held_out = _pick_samples(rows, custom_prompts or [])
-    encoder = Encoder(tokenizer, chat_format, train_on_inputs=train_on_inputs)
+    encoder = Encoder(tokenizer, chat_format.end_of_turn, train_on_inputs=train_on_inputs)
+    if custom_prompts:
+        _check_prompt_lengths(encoder, samples, max_length)
     prepared = PreparedData(
         examples=[], samples=samples, max_length=max_length, held_out_rows=held_out
     )
@@ -113,7 +96,7 @@ def prepare_data(
             example = encoder.encode(row)
         except TemplateFailure as failure:
             problems.append(DatasetProblem(row.file, str(failure), row.line))
-            if len(problems) >= 20:
+            if len(problems) >= MAX_PROBLEMS:
                 break
             continue
         if len(example.input_ids) > max_length:
@@ -152,6 +135,27 @@ def prepare_data(
     return prepared
 
 
+def _check_prompt_lengths(encoder: Encoder, prompts: list[SamplePrompt], max_length: int) -> None:
+    """Refuse, before training, a sample prompt the trained model could not read whole."""
+    problems = []
+    for index, prompt in enumerate(prompts):
+        field_name = f"samples.prompts.{index}"
+        try:
+            length = len(encoder.prompt_ids(prompt.messages))
+        except TemplateFailure as failure:
+            problems.append(FieldProblem(field_name, str(failure)))
+            continue
+        if length > max_length:
+            problems.append(
+                FieldProblem(
+                    field_name,
+                    f"is {length} tokens with the chat template; the limit is {max_length}",
+                )
+            )
+    if problems:
+        raise ConfigError(problems, hint="shorten the prompt or raise training.max_seq_length")
+
+
 def _pick_samples(
     rows: list[Row], custom_prompts: list[str]
 ) -> tuple[list[SamplePrompt], list[Row], int]:
@@ -174,147 +178,3 @@ def _pick_samples(
         held = {id(row) for row in picked}
         return samples, [row for row in rows if id(row) not in held], len(picked)
     return samples, rows, 0
-
-
-class TemplateFailure(Exception):
-    """The chat template refused a conversation (it raised while rendering)."""
-
-
-class Encoder:
-    """Renders rows with the chat template and tokenises them with trained spans marked."""
-
-    def __init__(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        chat_format: ChatFormat,
-        *,
-        train_on_inputs: bool,
-    ) -> None:
-        self.tokenizer = tokenizer
-        self.end_of_turn = chat_format.end_of_turn
-        self.train_on_inputs = train_on_inputs
-        self.special_ids = set(tokenizer.all_special_ids) | {
-            token_id for token_id, token in tokenizer.added_tokens_decoder.items() if token.special
-        }
-        probe = tokenizer("a", add_special_tokens=True)["input_ids"]
-        self.bos_id = (
-            tokenizer.bos_token_id if probe and probe[0] == tokenizer.bos_token_id else None
-        )
-
-    def encode(self, row: Row) -> Example:
-        if row.text is not None:
-            return self._encode_text(row.text)
-        text, spans = render_with_spans(self.tokenizer, row.messages)
-        ids, offsets = self._tokenize(text, spans)
-        trained = [] if self.train_on_inputs else self._trained_spans(text, row.messages, spans)
-        labels = []
-        for token_id, (start, _) in zip(ids, offsets, strict=True):
-            inside = self.train_on_inputs or any(lo <= start < hi for lo, hi in trained)
-            labels.append(token_id if inside else IGNORE)
-        # targets[i] is what position i predicts: the next token's label.
-        return Example(ids, [*labels[1:], IGNORE])
-
-    def prompt_ids(self, messages: tuple[Message, ...]) -> list[int]:
-        """Token ids of ``messages`` followed by the template's generation prompt."""
-        text, spans = render_with_spans(self.tokenizer, messages, add_generation_prompt=True)
-        return self._tokenize(text, spans)[0]
-
-    def _encode_text(self, text: str) -> Example:
-        ids = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        if self.bos_id is not None:
-            ids = [self.bos_id, *ids]
-        ids = [*ids, self.tokenizer.eos_token_id]
-        return Example(ids, [*ids[1:], IGNORE])
-
-    def _tokenize(
-        self, text: str, spans: list[tuple[int, int]]
-    ) -> tuple[list[int], list[tuple[int, int]]]:
-        """Token ids and character offsets, tokenised as inference would tokenise ``text``.
-
-        If a special token turns up inside message content (someone typed ``<|im_end|>``),
-        the text is tokenised piecewise instead: template parts with special tokens, content
-        with special tokens split into plain text.
-        """
-        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
-        smuggled = any(
-            token_id in self.special_ids and any(lo <= start < hi for lo, hi in spans)
-            for token_id, (start, _) in zip(ids, offsets, strict=True)
-        )
-        if not smuggled:
-            return ids, offsets
-        ids, offsets = [], []
-        cursor = 0
-        for lo, hi in [*spans, (len(text), len(text))]:
-            for start, end, plain in ((cursor, lo, False), (lo, hi, True)):
-                if start >= end:
-                    continue
-                piece = self.tokenizer(
-                    text[start:end],
-                    add_special_tokens=False,
-                    return_offsets_mapping=True,
-                    split_special_tokens=plain,
-                )
-                ids.extend(piece["input_ids"])
-                offsets.extend((start + a, start + b) for a, b in piece["offset_mapping"])
-            cursor = hi
-        return ids, offsets
-
-    def _trained_spans(
-        self, text: str, messages: tuple[Message, ...], spans: list[tuple[int, int]]
-    ) -> list[tuple[int, int]]:
-        """Character spans to train on: each trained assistant reply plus its end-of-turn."""
-        trained = []
-        for index, (message, (lo, hi)) in enumerate(zip(messages, spans, strict=True)):
-            if message.role != "assistant" or not message.trained or lo == hi:
-                continue
-            limit = spans[index + 1][0] if index + 1 < len(spans) else len(text)
-            closing = text.find(self.end_of_turn, hi, limit) if self.end_of_turn else -1
-            trained.append((lo, closing + len(self.end_of_turn) if closing >= 0 else hi))
-        return trained
-
-
-def render_with_spans(
-    tokenizer: PreTrainedTokenizerBase,
-    messages: tuple[Message, ...],
-    *,
-    add_generation_prompt: bool = False,
-) -> tuple[str, list[tuple[int, int]]]:
-    """Render ``messages`` with the chat template; returns the text and each message's span.
-
-    Each content is first replaced by a private-use marker, so the spans are exact even when
-    a template trims or repeats text around it. A message the template leaves out gets an
-    empty span at the end.
-    """
-    markers = [f"\ue000{index}\ue001" for index in range(len(messages))]
-    try:
-        rendered = tokenizer.apply_chat_template(
-            [
-                {"role": m.role, "content": marker}
-                for m, marker in zip(messages, markers, strict=True)
-            ],
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-        )
-    except Exception as error:  # Jinja raises its own types, and templates call raise_exception
-        raise TemplateFailure(f"the chat template rejects this conversation: {error}") from None
-    pieces: list[str] = []
-    spans: list[tuple[int, int]] = [(-1, -1)] * len(messages)
-    cursor = 0
-    length = 0
-    while True:
-        start = rendered.find("\ue000", cursor)
-        if start < 0:
-            pieces.append(rendered[cursor:])
-            break
-        end = rendered.index("\ue001", start)
-        index = int(rendered[start + 1 : end])
-        pieces.append(rendered[cursor:start])
-        length += len(pieces[-1])
-        content = messages[index].content
-        spans[index] = (length, length + len(content))
-        pieces.append(content)
-        length += len(content)
-        cursor = end + 1
-    text = "".join(pieces)
-    return text, [span if span[0] >= 0 else (len(text), len(text)) for span in spans]

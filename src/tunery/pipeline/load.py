@@ -1,4 +1,4 @@
-"""Step 3: find the base model, load it and its tokenizer, settle the chat format.
+"""Finding the base model, loading it and its tokenizer, settling the chat format.
 
 A base model is named by the catalog id ``tunery/demo-tiny``, a Hugging Face id
 (``Qwen/Qwen2.5-0.5B-Instruct``), a Hub URL (``https://huggingface.co/ORG/NAME`` or
@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Literal
 
 from tunery.catalog.demo import DEMO_MODEL_ID, build_demo_model
 from tunery.errors import ConfigError, ModelLoadError, TransientError
+from tunery.pipeline.config import MAX_BASE_MODEL_CHARS
+from tunery.settings import resolve_data_dir
 
 if TYPE_CHECKING:
     import torch
@@ -58,29 +60,39 @@ def parse_model_reference(text: str) -> ModelReference:
     value = text.strip()
     if not value:
         raise ConfigError.single("base_model", "is empty; name a model to fine-tune")
+    if len(value) > MAX_BASE_MODEL_CHARS:
+        raise ConfigError.single("base_model", f"is longer than {MAX_BASE_MODEL_CHARS} characters")
     if value == DEMO_MODEL_ID:
         return ModelReference(kind="demo", name=DEMO_MODEL_ID)
     if value.startswith(("http://", "https://")):
         match = HUB_URL.match(value)
-        if not match or not HUB_ID.match(match["repo"]):
+        if not match or not _is_hub_id(match["repo"]):
             raise ConfigError.single(
                 "base_model",
                 f"{value!r} is not a Hugging Face model URL",
                 hint="use https://huggingface.co/ORG/NAME or .../ORG/NAME/tree/REVISION",
             )
+        revision = match["revision"]
+        if revision is not None and (revision == "." or ".." in revision):
+            raise ConfigError.single(
+                "base_model", f"{revision!r} is not a revision (a branch, tag or commit)"
+            )
         return ModelReference(
-            kind="hub", name=match["repo"], repo_id=match["repo"], revision=match["revision"]
+            kind="hub", name=match["repo"], repo_id=match["repo"], revision=revision
         )
-    path = Path(value).expanduser()
-    if path.is_absolute() or value.startswith((".", "~")) or path.is_dir():
-        if not (path / "config.json").is_file():
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # ~name of a user this machine does not have
+        raise ConfigError.single("base_model", f"{value[:60]!r} names no home directory") from None
+    if path.is_absolute() or value.startswith((".", "~")) or _is_dir(path):
+        if not _is_file(path / "config.json"):
             raise ConfigError.single(
                 "base_model",
                 f"local directory {value!r} does not exist or has no config.json",
                 hint="point to a directory saved with save_pretrained()",
             )
         return ModelReference(kind="local", name=str(path.resolve()), path=path.resolve())
-    if HUB_ID.match(value):
+    if _is_hub_id(value):
         return ModelReference(kind="hub", name=value, repo_id=value)
     raise ConfigError.single(
         "base_model",
@@ -88,12 +100,28 @@ def parse_model_reference(text: str) -> ModelReference:
     )
 
 
-def data_dir() -> Path:
-    return Path(os.environ.get("TUNERY_DATA_DIR", "~/.tunery")).expanduser()
+def _is_hub_id(value: str) -> bool:
+    # The Hub refuses ".." and "--" anywhere in an id.
+    return bool(HUB_ID.match(value)) and ".." not in value and "--" not in value
+
+
+def _is_dir(path: Path) -> bool:
+    # A name too long for the filesystem, or with a NUL in it, names no directory.
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def demo_model_dir() -> Path:
-    return data_dir() / "models" / "demo-tiny"
+    return resolve_data_dir() / "models" / "demo-tiny"
 
 
 def resolve_model_dir(reference: ModelReference) -> Path:

@@ -1,4 +1,4 @@
-"""Step 5: attach a LoRA adapter to the frozen base with PEFT."""
+"""Attaching a LoRA adapter to the frozen base with PEFT, targets checked against the model."""
 
 from __future__ import annotations
 

@@ -23,8 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from tunery.errors import ConfigError, TuneryError
-from tunery.gguf.export import QUANTIZATION, ExportResult, export_gguf, preflight
+from tunery.gguf.export import QUANTIZATION, ExportError, ExportResult, export_gguf, preflight
+from tunery.phases import Phase
+from tunery.pipeline.chat import SamplePrompt
 from tunery.pipeline.config import RunRecipe
+from tunery.pipeline.datasets import Message
+from tunery.pipeline.load import ModelReference, parse_model_reference
 from tunery.pipeline.reporting import Reporter
 
 
@@ -70,13 +74,15 @@ def recipe_fingerprint(recipe: RunRecipe, dataset_paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def check_recipe(recipe: RunRecipe, dataset_paths: list[Path]) -> None:
-    """Problems the pipeline can see without loading anything; raises ConfigError."""
-    from tunery.pipeline.load import parse_model_reference
+def check_recipe(recipe: RunRecipe, dataset_paths: list[Path]) -> ModelReference:
+    """Problems the pipeline can see without loading anything; raises ConfigError.
 
+    Returns the parsed base model reference, so the recipe parses it once.
+    """
     problems = []
+    reference: ModelReference | None = None
     try:
-        parse_model_reference(recipe.base_model)
+        reference = parse_model_reference(recipe.base_model)
     except ConfigError as error:
         problems.extend(error.problems)
     if not dataset_paths:
@@ -92,8 +98,9 @@ def check_recipe(recipe: RunRecipe, dataset_paths: list[Path]) -> None:
                     f"datasets.{index}", f"{path} does not exist or is not a file"
                 ).problems[0]
             )
-    if problems:
+    if problems or reference is None:
         raise ConfigError(problems)
+    return reference
 
 
 def run_recipe(
@@ -102,18 +109,23 @@ def run_recipe(
     reporter: Reporter,
     *,
     dataset_paths: list[Path] | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> RunResult:
-    """Run the whole pipeline; raises a TuneryError subclass on failure or cancel."""
+    """Run the whole pipeline; raises a TuneryError subclass on failure or cancel.
+
+    Checkpoints go to ``checkpoint_dir`` (default ``out_dir/checkpoints``): a worker keeps
+    them where every node of its tier reaches them, so another node resumes the run.
+    """
     import torch
 
-    from tunery.pipeline.data import Encoder, prepare_data
+    from tunery.pipeline.chat import Encoder
+    from tunery.pipeline.data import prepare_data
     from tunery.pipeline.load import (
         choose_device,
         choose_precision,
         load_model,
         load_tokenizer,
         max_context,
-        parse_model_reference,
         resolve_model_dir,
     )
     from tunery.pipeline.lora import attach_lora
@@ -122,13 +134,12 @@ def run_recipe(
     from tunery.pipeline.train import TrainSetup, complete_checkpoints, train
 
     paths = dataset_paths if dataset_paths is not None else [Path(p) for p in recipe.datasets]
-    check_recipe(recipe, paths)
+    reference = check_recipe(recipe, paths)
     config = recipe.training
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # Setup: model, data, adapter.
-    reporter.phase("loading_model")
-    reference = parse_model_reference(recipe.base_model)
+    reporter.phase(Phase.LOADING_MODEL)
     model_dir = resolve_model_dir(reference)
     tokenizer, chat_format, notes = load_tokenizer(model_dir)
     if recipe.export.gguf:
@@ -146,7 +157,7 @@ def run_recipe(
         )
     reporter.log(f"loaded {reference.name} on {device.type} ({precision.weights})")
 
-    reporter.phase("preparing_data")
+    reporter.phase(Phase.PREPARING_DATA)
     data = prepare_data(
         paths,
         tokenizer,
@@ -162,7 +173,7 @@ def run_recipe(
         f"{data.dropped_rows} dropped, {data.held_out_rows} held out for samples"
     )
 
-    reporter.phase("attaching_lora")
+    reporter.phase(Phase.ATTACHING_LORA)
     torch.manual_seed(config.seed)
     peft_model, adapter = attach_lora(
         model, recipe.lora, gradient_checkpointing=config.gradient_checkpointing
@@ -174,8 +185,8 @@ def run_recipe(
     )
 
     # Train.
-    reporter.phase("training")
-    checkpoint_dir = out_dir / "checkpoints"
+    reporter.phase(Phase.TRAINING)
+    checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else out_dir / "checkpoints"
     fingerprint = recipe_fingerprint(recipe, paths)
     state = train(
         TrainSetup(
@@ -193,7 +204,7 @@ def run_recipe(
     final_metrics = state.history[-1] if state.history else {}
 
     # Save.
-    reporter.phase("saving")
+    reporter.phase(Phase.SAVING)
     card = model_card(
         recipe,
         chat_format=chat_format,
@@ -215,12 +226,13 @@ def run_recipe(
             file.write(json.dumps(row) + "\n")
     reporter.log(f"saved {lora_bundle.name}")
 
-    # Export.
+    # Export and samples. The LoRA bundle is complete: from here on a failure of any kind
+    # costs the GGUF or the samples, never the LoRA the run delivers.
     gguf: ExportResult | None = None
     error: dict[str, str] | None = None
     samples: list[dict[str, Any]] = []
     if recipe.export.gguf:
-        reporter.phase("exporting")
+        reporter.phase(Phase.EXPORTING)
         try:
             gguf = export_gguf(
                 adapter_dir=adapter_dir,
@@ -238,22 +250,27 @@ def run_recipe(
                 f"saved {gguf.bundle.name}: {gguf.gguf_bytes / 2**20:.1f} MiB {QUANTIZATION}, "
                 f"logits cosine ≥ {gguf.checks['min_cosine']:.6f}"
             )
-        except TuneryError as failure:
-            error = failure.as_dict()
+        except Exception as failure:
+            error = _after_save_failure(failure, "the GGUF export").as_dict()
             reporter.log(f"GGUF export failed: {error['message']}; the LoRA bundle is saved")
 
     # Samples: from the GGUF itself when it exists, else from the trained model.
-    reporter.phase("sampling")
+    reporter.phase(Phase.SAMPLING)
     if gguf is None:
-        samples = generate_samples(
-            peft_model,
-            tokenizer,
-            Encoder(tokenizer, chat_format, train_on_inputs=False),
-            data.samples,
-            end_of_turn=chat_format.end_of_turn,
-            max_new_tokens=recipe.samples.max_new_tokens,
-            device=device,
-        )
+        try:
+            samples = generate_samples(
+                peft_model,
+                tokenizer,
+                Encoder(tokenizer, chat_format.end_of_turn, train_on_inputs=False),
+                data.samples,
+                end_of_turn=chat_format.end_of_turn,
+                max_new_tokens=recipe.samples.max_new_tokens,
+                device=device,
+            )
+        except Exception as failure:
+            failed = _after_save_failure(failure, "the sample generations")
+            error = error or failed.as_dict()
+            reporter.log(f"samples failed: {failed.message}; the LoRA bundle is saved")
     for sample in samples:
         if not sample["stopped"]:
             reporter.log(
@@ -301,14 +318,24 @@ def _preflight_gguf(model_dir: Path, end_of_turn: str) -> None:
         ) from None
 
 
+def _after_save_failure(failure: Exception, stage: str) -> TuneryError:
+    """The error a run reports when ``stage`` fails after the LoRA bundle was saved.
+
+    The run then ends with the LoRA bundle alone, as any export failure does.
+    """
+    if isinstance(failure, TuneryError):
+        return failure
+    return ExportError(
+        f"{stage} failed: {type(failure).__name__}: {failure}",
+        hint="the LoRA bundle is complete and can be downloaded",
+    )
+
+
 def rerun_export(out_dir: Path, reporter: Reporter) -> RunResult:
     """Export the GGUF again from a finished run's saved adapter: no retraining.
 
     For runs whose export failed (say, the disk filled up); updates ``run.json``.
     """
-    from tunery.pipeline.data import SamplePrompt
-    from tunery.pipeline.datasets import Message
-
     summary_path = out_dir / "run.json"
     if not summary_path.is_file():
         raise ConfigError.single(str(out_dir), "is not a run directory (no run.json)")
@@ -321,7 +348,7 @@ def rerun_export(out_dir: Path, reporter: Reporter) -> RunResult:
         )
         for sample in summary["samples"]
     ]
-    reporter.phase("exporting")
+    reporter.phase(Phase.EXPORTING)
     gguf = export_gguf(
         adapter_dir=adapter_dir,
         base_model_dir=Path(summary["base_model"]["directory"]),

@@ -12,15 +12,18 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-PHASES = (
-    "loading_model",
-    "preparing_data",
-    "attaching_lora",
-    "training",
-    "saving",
-    "exporting",
-    "sampling",
-)
+from tunery.phases import Phase
+
+
+def current_epoch(epoch: float | None, epochs: int | None) -> int | None:
+    """The epoch in progress, 1-based, as "Epoch X/Y" shows it; None before any step.
+
+    ``epoch`` is fractional (2.25 is a quarter into the third epoch); every face shows
+    this number, from the worker's step or the server's run object.
+    """
+    if epoch is None or not epochs:
+        return None
+    return min(max(1, math.ceil(epoch)), epochs)
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class StepMetrics:
     @property
     def current_epoch(self) -> int:
         """The epoch in progress, 1-based, as the panel's "Epoch X/Y" shows it."""
-        return min(max(1, math.ceil(self.epoch)), self.epochs)
+        return current_epoch(self.epoch, self.epochs) or 1
 
     @property
     def progress(self) -> float:
@@ -54,8 +57,8 @@ class StepMetrics:
 
 
 class Reporter(Protocol):
-    def phase(self, name: str) -> None:
-        """The pipeline entered ``name`` (one of PHASES)."""
+    def phase(self, phase: Phase) -> None:
+        """The pipeline entered ``phase`` (one of ``phases.PIPELINE_PHASES``)."""
 
     def log(self, message: str) -> None:
         """A human-readable line for the run's log."""
@@ -79,13 +82,13 @@ class RecordingReporter:
     """Keeps everything in memory; ``stop_after_step`` requests cancel after that step."""
 
     stop_after_step: int | None = None
-    phases: list[str] = field(default_factory=list)
+    phases: list[Phase] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)
     steps: list[StepMetrics] = field(default_factory=list)
     resumed_history: list[dict[str, Any]] | None = None
 
-    def phase(self, name: str) -> None:
-        self.phases.append(name)
+    def phase(self, phase: Phase) -> None:
+        self.phases.append(phase)
 
     def log(self, message: str) -> None:
         self.logs.append(message)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tunery.pipeline.data import Encoder, SamplePrompt
+from tunery.pipeline.chat import Encoder, SamplePrompt
 
 if TYPE_CHECKING:
     import torch

@@ -1,4 +1,4 @@
-"""Step 7 (first half): the PEFT adapter directory and the LoRA bundle ZIP."""
+"""What a trained run delivers first: the PEFT adapter directory and the LoRA bundle ZIP."""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
-"""Step 6: gradient steps, with padding-free packing and resumable checkpoints.
+"""The gradient steps, with padding-free packing and resumable checkpoints.
 
-Each micro-batch of ``batch_size`` examples is packed into as few rows as possible, with
-position ids restarting at every example. transformers reads restarting positions as
-packed sequences and masks attention block-diagonally, so examples never see each other
-and no compute goes to padding. Logits are computed only where a target is trained.
+Each micro-batch of ``batch_size`` examples is packed without padding: with a variable-length
+attention kernel, all of it in one row with the examples' boundaries passed to the kernel;
+otherwise into as few rows as possible, with position ids restarting at every example, which
+transformers turns into a block-diagonal mask (see ``tunery.pipeline.attention``). Either
+way examples never see each other. The loss runs over trained positions only, in chunks,
+so full-vocabulary logits are never materialised (``tunery.pipeline.loss``).
 
 The data order of an epoch depends on the seed and the epoch alone, so an optimizer step
 number is a complete data position: a run resumed from a checkpoint sees the same batches,
@@ -12,31 +14,43 @@ and with the RNG and optimizer state restored continues as if uninterrupted.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
-import shutil
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunery.errors import RunCancelled
+from tunery.errors import RunCancelled, TuneryError
+from tunery.pipeline.chat import IGNORE, Example
+from tunery.pipeline.checkpoints import complete_checkpoints as complete_checkpoints  # re-export
+from tunery.pipeline.checkpoints import load_newest_checkpoint, save_checkpoint
 from tunery.pipeline.config import TrainingConfig
-from tunery.pipeline.data import IGNORE, Example
 from tunery.pipeline.reporting import EtaEstimator, Reporter, StepMetrics
 
 if TYPE_CHECKING:
     import torch
     from peft import PeftModel
 
+    from tunery.pipeline.attention import AttentionKind
+    from tunery.pipeline.kernels import Kernels
     from tunery.pipeline.load import Precision
+    from tunery.pipeline.loss import LossKind
 
-COMPLETE_MARKER = "COMPLETE"
-CHECKPOINTS_KEPT = 2
+
+class TrainingDiverged(TuneryError):
+    """The loss became NaN or infinite. A user error: the same recipe diverges again."""
+
+    code = "training_diverged"
+
+
+class TrainingOutOfMemory(TuneryError):
+    """The GPU ran out of memory. Not transient: the same recipe on the same card fails again,
+    so the run fails at once with settings that would fit."""
+
+    code = "training_out_of_memory"
 
 
 @dataclass(frozen=True)
@@ -81,28 +95,32 @@ class PackedBatch:
     position_ids: torch.Tensor  # [rows, length], restarting at each example
     targets: torch.Tensor  # [rows, length], IGNORE where nothing is trained
     real_tokens: int
+    attention_inputs: dict[str, Any] = field(default_factory=dict)  # where examples start
+
+    def forward_inputs(self) -> dict[str, Any]:
+        """The model-forward keywords for this batch (the attention's included)."""
+        return {
+            "input_ids": self.input_ids,
+            "position_ids": self.position_ids,
+            **self.attention_inputs,
+        }
 
 
-def pack(batch: list[Example], pad_id: int, device: torch.device) -> PackedBatch:
-    """First-fit-decreasing packing of ``batch`` into rows; tails are padded as their own
-    segment so they attend only to themselves and are never trained."""
+def pack(
+    batch: list[Example], pad_id: int, device: torch.device, attention: AttentionKind = "sdpa"
+) -> PackedBatch:
+    """Pack ``batch`` for ``attention``: one flattened row for variable-length kernels, else
+    first-fit-decreasing rows whose tails are padded as their own segment (attending only to
+    themselves, never trained)."""
     import torch
 
-    # Rows as long as the longest example: the attention kernels compute the whole row
-    # (masked pairs included), so shorter rows cost fewer attention pairs for the same tokens.
-    capacity = max(len(example.input_ids) for example in batch)
-    rows: list[list[Example]] = []
-    fill: list[int] = []
-    for example in sorted(batch, key=lambda item: len(item.input_ids), reverse=True):
-        size = len(example.input_ids)
-        for index, used in enumerate(fill):
-            if used + size <= capacity:
-                rows[index].append(example)
-                fill[index] += size
-                break
-        else:
-            rows.append([example])
-            fill.append(size)
+    from tunery.pipeline.attention import FLATTENED, attention_inputs
+
+    if attention in FLATTENED:
+        rows = [list(batch)]
+        fill = [sum(len(example.input_ids) for example in batch)]
+    else:
+        rows, fill = _first_fit_rows(batch)
     width = max(fill)
     ids, positions, targets = [], [], []
     for row, used in zip(rows, fill, strict=True):
@@ -124,27 +142,38 @@ def pack(batch: list[Example], pad_id: int, device: torch.device) -> PackedBatch
     def tensor(values: list[list[int]]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=device)
 
-    return PackedBatch(tensor(ids), tensor(positions), tensor(targets), sum(fill))
+    lengths = tuple(len(example.input_ids) for example in rows[0])
+    extra = attention_inputs(attention, lengths, device) if attention in FLATTENED else {}
+    return PackedBatch(tensor(ids), tensor(positions), tensor(targets), sum(fill), extra)
 
 
-def batch_loss_sum(model: PeftModel, batch: PackedBatch) -> torch.Tensor:
-    """Summed cross-entropy over trained targets; logits only where a target is trained."""
-    import torch
+def _first_fit_rows(batch: list[Example]) -> tuple[list[list[Example]], list[int]]:
+    # Rows as long as the longest example: masked attention computes the whole row (masked
+    # pairs included), so shorter rows cost fewer attention pairs for the same tokens.
+    capacity = max(len(example.input_ids) for example in batch)
+    rows: list[list[Example]] = []
+    fill: list[int] = []
+    for example in sorted(batch, key=lambda item: len(item.input_ids), reverse=True):
+        size = len(example.input_ids)
+        for index, used in enumerate(fill):
+            if used + size <= capacity:
+                rows[index].append(example)
+                fill[index] += size
+                break
+        else:
+            rows.append([example])
+            fill.append(size)
+    return rows, fill
 
-    trained = (batch.targets != IGNORE).any(dim=0).nonzero().squeeze(-1)
-    output = model(
-        input_ids=batch.input_ids,
-        position_ids=batch.position_ids,
-        logits_to_keep=trained,
-        use_cache=False,
-    )
-    logits = output.logits.float()
-    return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]),
-        batch.targets[:, trained].reshape(-1),
-        ignore_index=IGNORE,
-        reduction="sum",
-    )
+
+def batch_loss_sum(model: PeftModel, batch: PackedBatch, loss: LossKind = "logits") -> torch.Tensor:
+    """Summed cross-entropy over trained targets; logits only where a target is trained.
+
+    The model must already use the attention ``batch`` was packed for (``attention_in_use``).
+    """
+    from tunery.pipeline.loss import trained_loss_sum
+
+    return trained_loss_sum(loss, model, batch.forward_inputs(), batch.targets)
 
 
 @dataclass
@@ -167,19 +196,28 @@ class TrainSetup:
     pad_id: int
     checkpoint_dir: Path
     fingerprint: str  # identifies the recipe + data; a checkpoint of another is not resumed
+    kernels: Kernels | None = None  # None: choose_kernels for the device and model
 
 
 def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
     """Run the optimizer steps, resuming from the newest complete checkpoint if there is one.
 
-    Raises RunCancelled (between steps) when ``reporter.should_stop()`` turns true.
+    Applies the layer-level kernel choices to the model in place (``apply_kernels``); the
+    attention choice holds for the loop only. Raises RunCancelled (between steps) when
+    ``reporter.should_stop()`` turns true, TrainingDiverged on a non-finite loss and
+    TrainingOutOfMemory when the GPU runs out of memory.
     """
     import torch
     from transformers import get_scheduler
 
+    from tunery.pipeline.attention import attention_in_use
+    from tunery.pipeline.kernels import apply_kernels
+
     config = setup.config
     budget = plan_budget(len(setup.examples), config)
     model = setup.model
+    kernels = setup.kernels or default_kernels(setup)
+    apply_kernels(model, kernels)
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(
         trainable, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True
@@ -190,172 +228,148 @@ def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
         num_warmup_steps=math.ceil(config.warmup_ratio * budget.total_steps),
         num_training_steps=budget.total_steps,
     )
+    # Loss scaling keeps fp16 gradients from underflowing; bf16 and fp32 need none.
     scaler = torch.amp.GradScaler(enabled=setup.precision.autocast == torch.float16)
     state = TrainerState()
-    resumed = _load_newest_checkpoint(setup, optimizer, scheduler, scaler)
+    resumed = load_newest_checkpoint(setup, optimizer, scheduler, scaler)
     if resumed is not None:
         state = resumed
         reporter.log(f"resumed from the checkpoint at step {state.step}")
         reporter.resumed(list(state.history))  # the loop appends to state.history
-    autocast: Callable[[], Any] = (
-        (lambda: torch.autocast(setup.device.type, dtype=setup.precision.autocast))
-        if setup.precision.autocast is not None
-        else nullcontext
-    )
     eta = EtaEstimator()
     model.train()
-    while state.step < budget.total_steps:
-        if reporter.should_stop():
-            raise RunCancelled(f"cancelled at step {state.step} of {budget.total_steps}")
-        started = time.perf_counter()
-        micro_batches = step_micro_batches(state.step, setup.examples, budget, config)
-        step_targets = sum(example.trained_tokens for batch in micro_batches for example in batch)
-        loss_total = 0.0
-        real_tokens = 0
-        for micro_batch in micro_batches:
-            packed = pack(micro_batch, setup.pad_id, setup.device)
-            with autocast():
-                loss = batch_loss_sum(model, packed) / step_targets
-            scaler.scale(loss).backward()
-            loss_total += loss.item()
-            real_tokens += packed.real_tokens
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm).item()
-        learning_rate = scheduler.get_last_lr()[0]
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if setup.device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
-        eta.add(seconds)
-        state.step += 1
-        state.trained_tokens += real_tokens
-        state.training_seconds += seconds
-        metrics = StepMetrics(
-            step=state.step,
-            total_steps=budget.total_steps,
-            epoch=round(state.step / budget.steps_per_epoch, 4),
-            epochs=budget.epochs,
-            loss=loss_total,
-            learning_rate=learning_rate,
-            grad_norm=grad_norm,
-            tokens_per_second=real_tokens / seconds if seconds > 0 else 0.0,
-            trained_tokens=state.trained_tokens,
-            training_seconds=state.training_seconds,
-            eta_seconds=eta.remaining(budget.total_steps - state.step),
-        )
-        state.history.append(metrics.as_dict())
-        reporter.metrics(metrics)
-        if state.step % config.checkpoint_every_steps == 0 and state.step < budget.total_steps:
-            save_checkpoint(setup, state, optimizer, scheduler, scaler)
+    with attention_in_use(model, kernels.attention), _out_of_memory_fails(setup):
+        while state.step < budget.total_steps:
+            if reporter.should_stop():
+                raise RunCancelled(f"cancelled at step {state.step} of {budget.total_steps}")
+            started = time.perf_counter()
+            micro_batches = step_micro_batches(state.step, setup.examples, budget, config)
+            loss_total, real_tokens = _accumulate_gradients(setup, kernels, micro_batches, scaler)
+            if not math.isfinite(loss_total):
+                raise _diverged(loss_total, state.step + 1)
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm).item()
+            learning_rate = scheduler.get_last_lr()[0]
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if setup.device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - started
+            eta.add(seconds)
+            state.step += 1
+            state.trained_tokens += real_tokens
+            state.training_seconds += seconds
+            metrics = StepMetrics(
+                step=state.step,
+                total_steps=budget.total_steps,
+                epoch=round(state.step / budget.steps_per_epoch, 4),
+                epochs=budget.epochs,
+                loss=loss_total,
+                learning_rate=learning_rate,
+                grad_norm=grad_norm,
+                tokens_per_second=real_tokens / seconds if seconds > 0 else 0.0,
+                trained_tokens=state.trained_tokens,
+                training_seconds=state.training_seconds,
+                eta_seconds=eta.remaining(budget.total_steps - state.step),
+            )
+            state.history.append(metrics.as_dict())
+            reporter.metrics(metrics)
+            if state.step % config.checkpoint_every_steps == 0 and state.step < budget.total_steps:
+                save_checkpoint(setup, state, optimizer, scheduler, scaler)
     return state
 
 
-def _rng_state() -> dict[str, Any]:
+def default_kernels(setup: TrainSetup) -> Kernels:
+    """``choose_kernels`` for a setup that names none, with the config's compile setting."""
+    from tunery.pipeline.kernels import choose_kernels
+
+    return choose_kernels(
+        setup.model,
+        setup.device,
+        max_length=max(len(example.input_ids) for example in setup.examples),
+        half_precision=setup.precision.autocast is not None,
+        compile_setting=setup.config.compile,
+    )
+
+
+def _accumulate_gradients(
+    setup: TrainSetup, kernels: Kernels, micro_batches: list[list[Example]], scaler: Any
+) -> tuple[float, int]:
+    """Forward and backward over one optimizer step's micro-batches.
+
+    Returns the step's loss (per trained token of the whole step, so accumulation does not
+    change the objective) and the real tokens it processed.
+    """
     import torch
 
-    state = {"torch": torch.random.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    autocast = setup.precision.autocast
+    step_targets = sum(example.trained_tokens for batch in micro_batches for example in batch)
+    losses = []
+    real_tokens = 0
+    for micro_batch in micro_batches:
+        packed = pack(micro_batch, setup.pad_id, setup.device, kernels.attention)
+        with torch.autocast(setup.device.type, dtype=autocast, enabled=autocast is not None):
+            loss = batch_loss_sum(setup.model, packed, kernels.loss) / step_targets
+        scaler.scale(loss).backward()
+        losses.append(loss.detach())
+        real_tokens += packed.real_tokens
+    # One device sync per step, not per micro-batch.
+    return torch.stack(losses).sum().item(), real_tokens
 
 
-def save_checkpoint(
-    setup: TrainSetup, state: TrainerState, optimizer: Any, scheduler: Any, scaler: Any
-) -> Path:
-    """Write a checkpoint atomically: temp dir, fsync, rename, then the marker last."""
+@contextmanager
+def _out_of_memory_fails(setup: TrainSetup) -> Iterator[None]:
+    """Turn a CUDA out-of-memory error into TrainingOutOfMemory with settings that fit."""
     import torch
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
 
-    root = setup.checkpoint_dir
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{state.step:08d}"
-    staging = root / f".tmp-step-{state.step:08d}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    adapter = {
-        key: value.detach().cpu().contiguous()
-        for key, value in get_peft_model_state_dict(setup.model).items()
-    }
-    save_file(adapter, staging / "adapter.safetensors")
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": _rng_state(),
-        },
-        staging / "training_state.pt",
-    )
-    (staging / "trainer_state.json").write_text(
-        json.dumps(
-            {
-                "fingerprint": setup.fingerprint,
-                "step": state.step,
-                "trained_tokens": state.trained_tokens,
-                "training_seconds": state.training_seconds,
-                "history": state.history,
-            }
-        )
-    )
-    for item in staging.iterdir():
-        _fsync(item)
-    shutil.rmtree(final, ignore_errors=True)
-    staging.rename(final)
-    marker = final / COMPLETE_MARKER
-    marker.write_text("ok\n")
-    _fsync(marker)
-    _fsync(root)
-    complete = complete_checkpoints(root)
-    for old in complete[:-CHECKPOINTS_KEPT]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+        yield
+    except torch.cuda.OutOfMemoryError as error:
+        raise TrainingOutOfMemory(
+            f"the GPU ran out of memory while training: {str(error).splitlines()[0]}",
+            hint=out_of_memory_hint(setup),
+        ) from None
 
 
-def complete_checkpoints(root: Path) -> list[Path]:
-    """Checkpoints whose marker was written, oldest first; half-written ones are ignored."""
-    if not root.is_dir():
-        return []
-    return sorted(path for path in root.glob("step-*") if (path / COMPLETE_MARKER).is_file())
-
-
-def _load_newest_checkpoint(
-    setup: TrainSetup, optimizer: Any, scheduler: Any, scaler: Any
-) -> TrainerState | None:
+def out_of_memory_hint(setup: TrainSetup) -> str:
+    """What to change so the run fits this card, from the memory planner."""
     import torch
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
 
-    for checkpoint in reversed(complete_checkpoints(setup.checkpoint_dir)):
-        saved = json.loads((checkpoint / "trainer_state.json").read_text())
-        if saved["fingerprint"] != setup.fingerprint:
-            continue
-        adapter = load_file(checkpoint / "adapter.safetensors", device=str(setup.device))
-        set_peft_model_state_dict(setup.model, adapter)
-        training = torch.load(
-            checkpoint / "training_state.pt", weights_only=True, map_location=setup.device
-        )
-        optimizer.load_state_dict(training["optimizer"])
-        scheduler.load_state_dict(training["scheduler"])
-        scaler.load_state_dict(training["scaler"])
-        torch.random.set_rng_state(training["rng"]["torch"].cpu())
-        if "cuda" in training["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in training["rng"]["cuda"]])
-        return TrainerState(
-            step=saved["step"],
-            trained_tokens=saved["trained_tokens"],
-            training_seconds=saved["training_seconds"],
-            history=saved["history"],
-        )
-    return None
+    from tunery.pipeline.memory import ModelShape, TrainingPlan, fit_problem
+
+    config = setup.config
+    longest = max(len(example.input_ids) for example in setup.examples)
+    generic = f"lower training.batch_size (now {config.batch_size}) or training.max_seq_length" + (
+        "" if config.gradient_checkpointing else ", or turn gradient_checkpointing on"
+    )
+    try:
+        shape = ModelShape.from_config(setup.model.config.to_dict())
+    except (KeyError, TypeError):
+        return generic
+    base = setup.model.get_base_model() if hasattr(setup.model, "get_base_model") else setup.model
+    plan = TrainingPlan(
+        trainable_parameters=sum(p.numel() for p in setup.model.parameters() if p.requires_grad),
+        gradient_checkpointing=config.gradient_checkpointing,
+        quantize_base="nf4" if getattr(base, "is_loaded_in_4bit", False) else "none",
+        value_bytes=2 if setup.precision.autocast is not None else 4,
+    )
+    card = torch.cuda.get_device_properties(setup.device).total_memory / 2**30
+    problem = fit_problem(
+        shape,
+        plan,
+        batch_size=config.batch_size,
+        sequence_length=longest,
+        gpu_memory_gib=card,
+    )
+    return problem.hint if problem is not None else generic
+
+
+def _diverged(loss: float, step: int) -> TrainingDiverged:
+    # Checked before the optimizer step, so no NaN reaches the weights or a checkpoint.
+    return TrainingDiverged(
+        f"training diverged: the loss became {loss} at step {step}",
+        hint="lower training.learning_rate or lora.alpha, or clip harder with a lower "
+        "training.max_grad_norm",
+    )

@@ -1,8 +1,9 @@
-"""What a run costs: training time only, from the attempt records.
+"""What a run costs, and whether it is refunded: the rules, written down once.
 
 Queued, waiting for a node, retry back-off and loading are free: an attempt's billable time
 runs from its first gradient step (``training_started_at``) to its end. A cancelled run is
-billed for whole minutes only, rounded down.
+billed for whole minutes only, rounded down. ``refund_decision`` is the one refund rule:
+settlement applies it and the run object shows it.
 """
 
 from __future__ import annotations
@@ -10,11 +11,54 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from tunery.catalog.models import find as catalog_find
 from tunery.db import Attempt, LedgerEntry
+from tunery.runs.lifecycle import TERMINAL, RunStatus
+
+OUT_OF_CREDITS_CODE = "out_of_credits"
+REFUND_RULES = (
+    "A completed run is billed for its exact training time.",
+    "A cancelled run is billed for whole minutes of training, rounded down.",
+    "A failed run on a verified catalog model is refunded, unless the account ran out of credits.",
+    "A failed run on a custom model is billed and not refunded.",
+)
+"""The refund and billing rules as ``GET /api/v1/meta`` states them."""
+
+
+@dataclass(frozen=True)
+class Refund:
+    refunded: bool | None
+    """None while the run is not finished."""
+    note: str
+    """One sentence saying whether and why."""
+
+
+def refund_decision(status: str, base_model: str, error: dict[str, Any] | None) -> Refund:
+    """Whether a run in ``status`` is refunded, and why (the rule of ``REFUND_RULES``)."""
+    if status not in TERMINAL:
+        return Refund(
+            None,
+            "Not finished: if it fails on a verified catalog model its training time is "
+            "refunded, unless the account runs out of credits.",
+        )
+    if status == RunStatus.COMPLETED:
+        return Refund(False, "Completed: billed for its exact training time.")
+    if status == RunStatus.CANCELLED:
+        return Refund(False, "Cancelled: billed for whole minutes of training, not refunded.")
+    entry = catalog_find(base_model)
+    if entry is None or not entry.verified:
+        return Refund(False, "Not refunded: runs on custom models are not refunded.")
+    if (error or {}).get("code") == OUT_OF_CREDITS_CODE:
+        return Refund(
+            False, "Not refunded: the run stopped because the account ran out of credits."
+        )
+    return Refund(True, "Refunded: the run failed on a verified catalog model.")
 
 
 def billable_seconds(attempts: Iterable[Attempt], at: float) -> float:

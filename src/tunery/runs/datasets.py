@@ -1,4 +1,4 @@
-"""Storing uploaded datasets: validated before they count, kept under opaque ids."""
+"""Uploaded datasets: validated before they count, kept under opaque ids, listed, deleted."""
 
 from __future__ import annotations
 
@@ -8,10 +8,16 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
-from tunery.db import Dataset, new_id
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tunery.db import Dataset, Run, new_id
 from tunery.errors import DatasetError
 from tunery.pipeline.datasets import SUFFIXES, read_dataset
-from tunery.runs.service import ControlPlane
+from tunery.runs.lifecycle import TERMINAL
+from tunery.runs.plane import Conflict, ControlPlane, NotFound
+from tunery.wire.rest import DatasetPublic
+from tunery.wire.timefmt import iso
 
 MAX_UPLOAD_BYTES = 2 * 2**30
 
@@ -72,3 +78,57 @@ def store_dataset(
     with plane.sessions.begin() as session:
         session.add(dataset)
     return dataset
+
+
+def dataset_view(dataset: Dataset) -> DatasetPublic:
+    return DatasetPublic(
+        id=dataset.id,
+        name=dataset.name,
+        format=dataset.format,
+        rows=dataset.rows,
+        bytes=dataset.bytes,
+        sha256=dataset.sha256,
+        created_at=iso(dataset.created_at),
+    )
+
+
+def list_datasets(plane: ControlPlane, account_id: str) -> list[DatasetPublic]:
+    """The account's datasets, newest first."""
+    with plane.sessions() as session:
+        rows = session.scalars(
+            select(Dataset)
+            .where(Dataset.account_id == account_id)
+            .order_by(Dataset.created_at.desc())
+        )
+        return [dataset_view(dataset) for dataset in rows]
+
+
+def owned_dataset(session: Session, account_id: str, dataset_id: str) -> Dataset:
+    """The account's dataset; raises NotFound for unknown ids and other accounts' ones."""
+    dataset = session.scalar(
+        select(Dataset).where(Dataset.id == dataset_id, Dataset.account_id == account_id)
+    )
+    if dataset is None:
+        raise NotFound(f"no dataset {dataset_id!r}")
+    return dataset
+
+
+def view_dataset(plane: ControlPlane, account_id: str, dataset_id: str) -> DatasetPublic:
+    with plane.sessions() as session:
+        return dataset_view(owned_dataset(session, account_id, dataset_id))
+
+
+def delete_dataset(plane: ControlPlane, *, account_id: str, dataset_id: str) -> None:
+    """Delete a dataset and its file; Conflict while a run that has not finished needs it."""
+    with plane.sessions.begin() as session:
+        dataset = owned_dataset(session, account_id, dataset_id)
+        pending = session.scalars(
+            select(Run).where(
+                Run.account_id == account_id, Run.status.not_in([s.value for s in TERMINAL])
+            )
+        )
+        users = [run.id for run in pending if dataset_id in run.config.get("dataset_ids", [])]
+        if users:
+            raise Conflict(f"dataset {dataset_id} is used by unfinished run(s) {', '.join(users)}")
+        (plane.datasets_dir / dataset.filename).unlink(missing_ok=True)
+        session.delete(dataset)

@@ -1,4 +1,4 @@
-"""Turning a finished run's artifacts into a Hub entry.
+"""The Hub's records: a finished run's artifacts become an entry; entries are read and deleted.
 
 An entry exists as soon as a run saved at least one artifact: a completed run (LoRA and,
 if enabled, GGUF) or a run whose GGUF export failed after the LoRA was saved (LoRA only).
@@ -8,15 +8,16 @@ Cancelled runs, runs that fail before the LoRA save and blocked submissions have
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tunery.db import HubEntry, Run, new_id, now
 from tunery.hub.storage import ARTIFACTS
-
-if TYPE_CHECKING:
-    from tunery.runs.service import ControlPlane
+from tunery.runs.plane import ControlPlane, NotFound
+from tunery.wire.rest import HubEntryPublic
+from tunery.wire.timefmt import iso
 
 
 def create_entry(
@@ -63,3 +64,48 @@ def create_entry(
         )
     )
     return entry_id
+
+
+def entry_view(entry: HubEntry) -> HubEntryPublic:
+    return HubEntryPublic(
+        id=entry.id,
+        name=entry.name,
+        run_id=entry.run_id,
+        base_model=entry.base_model,
+        artifacts=entry.artifacts,
+        created_at=iso(entry.created_at),
+    )
+
+
+def list_entries(plane: ControlPlane, account_id: str) -> list[HubEntryPublic]:
+    """The account's Hub entries, newest first."""
+    with plane.sessions() as session:
+        rows = session.scalars(
+            select(HubEntry)
+            .where(HubEntry.account_id == account_id)
+            .order_by(HubEntry.created_at.desc())
+        )
+        return [entry_view(entry) for entry in rows]
+
+
+def find_entry(plane: ControlPlane, account_id: str, entry_id: str) -> HubEntry:
+    """The account's entry; raises NotFound for unknown ids and other accounts' entries."""
+    with plane.sessions() as session:
+        entry = session.scalar(
+            select(HubEntry).where(HubEntry.id == entry_id, HubEntry.account_id == account_id)
+        )
+    if entry is None:
+        raise NotFound(f"no Hub entry {entry_id!r}")
+    return entry
+
+
+def delete_entry(plane: ControlPlane, *, account_id: str, entry_id: str) -> None:
+    """Delete the entry's record, then its stored artifacts."""
+    with plane.sessions.begin() as session:
+        entry = session.scalar(
+            select(HubEntry).where(HubEntry.id == entry_id, HubEntry.account_id == account_id)
+        )
+        if entry is None:
+            raise NotFound(f"no Hub entry {entry_id!r}")
+        session.delete(entry)
+    plane.storage.delete(entry_id)

@@ -19,6 +19,7 @@ A terminal state has no outgoing move. A cancelled run never moves to ``retrying
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -55,3 +56,23 @@ ACTIVE = frozenset({RunStatus.WAITING_FOR_GPU, RunStatus.TRAINING})
 
 def can_move(current: RunStatus, target: RunStatus) -> bool:
     return target in TRANSITIONS[current]
+
+
+@dataclass(frozen=True)
+class StatusDisplay:
+    """How every face shows a status: a label and an icon name (the face draws the icon)."""
+
+    label: str
+    icon: str
+
+
+STATUS_DISPLAY: dict[RunStatus, StatusDisplay] = {
+    RunStatus.QUEUED: StatusDisplay("Queued", "clock"),
+    RunStatus.WAITING_FOR_GPU: StatusDisplay("Waiting for GPU", "spinner"),
+    RunStatus.TRAINING: StatusDisplay("Training", "spinner"),
+    RunStatus.RETRYING: StatusDisplay("Retrying", "refresh"),
+    RunStatus.COMPLETED: StatusDisplay("Completed", "check"),
+    RunStatus.FAILED: StatusDisplay("Failed", "cross"),
+    RunStatus.CANCELLED: StatusDisplay("Cancelled", "square"),
+}
+"""In lifecycle order (the order of ``RunStatus``); ``GET /api/v1/meta`` serves it."""

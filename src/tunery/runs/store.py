@@ -1,9 +1,15 @@
-"""The only writer of ``runs.status``; every move is a guarded update with an event.
+"""The only writer of ``runs.status`` and of attempt liveness.
 
-``move`` runs ``UPDATE runs SET status=:to … WHERE id=:id AND status IN (:from)`` and, in
-the same transaction, appends a ``status`` event. If the row was not in an expected state,
-nothing changes and ``TransitionConflict`` is raised, so two actors racing (a cancel and a
-completion, a reaper and a late heartbeat) end with exactly one winner.
+``create_run`` inserts a run as ``queued`` with its first event. ``move`` runs ``UPDATE runs
+SET status=:to … WHERE id=:id AND status IN (:from)`` and, in the same transaction, appends
+a ``status`` event. If the row was not in an expected state, nothing changes and
+``TransitionConflict`` is raised, so two actors racing (a cancel and a completion, a reaper
+and a late heartbeat) end with exactly one winner.
+
+Attempts follow the same rule: ``open_attempt`` makes one live, ``end_attempt`` ends it with a
+guarded update (only one of two racing enders wins), and ``active_attempt`` /
+``busy_nodes`` are the only questions asked about liveness. Everything here runs inside
+the caller's transaction.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from tunery.db import Run, RunEvent, now
+from tunery.backends.base import Handle
+from tunery.db import Attempt, Run, RunEvent, new_id, now
+from tunery.phases import Phase
 from tunery.runs.lifecycle import RunStatus, can_move
 
 
@@ -58,7 +66,7 @@ def move(
     *,
     expected: RunStatus | Iterable[RunStatus],
     to: RunStatus,
-    phase: str,
+    phase: Phase,
     **fields: Any,
 ) -> None:
     """Guarded status change plus its event, inside the caller's transaction.
@@ -67,6 +75,7 @@ def move(
     Raises TransitionConflict if the run is in none of ``expected``; ValueError if a move
     from an expected state to ``to`` is not in the lifecycle table.
     """
+    phase = Phase(phase)  # a phase outside the vocabulary is a bug: fail before writing
     sources = {expected} if isinstance(expected, RunStatus) else set(expected)
     illegal = [source for source in sources if not can_move(source, to)]
     if illegal:
@@ -74,24 +83,126 @@ def move(
     result = session.execute(
         update(Run)
         .where(Run.id == run_id, Run.status.in_([source.value for source in sources]))
-        .values(status=to.value, phase=phase, **fields)
+        .values(status=to.value, phase=phase.value, **fields)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
         actual = session.scalar(select(Run.status).where(Run.id == run_id))
         raise TransitionConflict(run_id, sources, actual)
-    data: dict[str, Any] = {"status": to.value, "phase": phase}
+    data: dict[str, Any] = {"status": to.value, "phase": phase.value}
     if fields.get("error"):
         data["error"] = fields["error"]
     append_event(session, run_id, "status", data)
 
 
-def set_phase(session: Session, run_id: str, phase: str) -> None:
+def set_phase(session: Session, run_id: str, phase: Phase) -> None:
     """Change the phase inside the current state (never the status) and record it."""
+    phase = Phase(phase)
     session.execute(
         update(Run)
         .where(Run.id == run_id)
-        .values(phase=phase)
+        .values(phase=phase.value)
         .execution_options(synchronize_session=False)
     )
-    append_event(session, run_id, "phase", {"phase": phase})
+    append_event(session, run_id, "phase", {"phase": phase.value})
+
+
+def create_run(
+    session: Session,
+    *,
+    account_id: str,
+    name: str,
+    tier: str,
+    config: dict[str, Any],
+    idempotency_key: str | None,
+) -> Run:
+    """Insert a ``queued`` run and its first status event; returns it (flushed).
+
+    Raises IntegrityError at flush when the account already used ``idempotency_key``.
+    """
+    run = Run(
+        id=new_id("run"),
+        account_id=account_id,
+        name=name,
+        status=RunStatus.QUEUED.value,
+        phase=Phase.QUEUED.value,
+        tier=tier,
+        config=config,
+        created_at=now(),
+        idempotency_key=idempotency_key,
+        metrics={},
+        samples=[],
+    )
+    session.add(run)
+    session.flush()
+    append_event(
+        session, run.id, "status", {"status": RunStatus.QUEUED.value, "phase": Phase.QUEUED.value}
+    )
+    return run
+
+
+# Attempts ------------------------------------------------------------------------------
+
+
+def open_attempt(
+    session: Session, run: Run, *, number: int, node: str, lease_until: float
+) -> Attempt:
+    """Record a live attempt of ``run`` on ``node`` with a fresh fencing token."""
+    attempt = Attempt(
+        id=new_id("att"),
+        run_id=run.id,
+        number=number,
+        node=node,
+        token=new_id("fence"),
+        lease_expires_at=lease_until,
+    )
+    session.add(attempt)
+    return attempt
+
+
+def end_attempt(session: Session, attempt: Attempt, at: float, reason: str) -> bool:
+    """End an attempt's liveness (its node is free again); False if it had already ended.
+
+    A guarded update, so of two actors ending the same attempt (a report and the reaper, a
+    cancel and a failed start) exactly one gets True.
+    """
+    result = session.execute(
+        update(Attempt)
+        .where(Attempt.id == attempt.id, Attempt.active.is_(True))
+        .values(active=False, ended_at=at, end_reason=reason)
+    )
+    return result.rowcount == 1
+
+
+def renew_lease(attempt: Attempt, until: float) -> None:
+    """The worker reported in: it is not lost before ``until``."""
+    attempt.lease_expires_at = until
+
+
+def record_handle(attempt: Attempt, handle: Handle) -> None:
+    """Remember where the attempt's worker runs (opaque to everyone but its backend)."""
+    attempt.process_started = handle.encode()
+
+
+def handle_of(attempt: Attempt) -> Handle | None:
+    """The handle ``record_handle`` stored, or None before the worker was started."""
+    if attempt.pid is not None:
+        # Rows written before handles were opaque name a local process by its columns.
+        return Handle("local", f"{attempt.pid}:{attempt.process_started or ''}")
+    if attempt.process_started:
+        return Handle.decode(attempt.process_started)
+    return None
+
+
+def active_attempt(session: Session, run_id: str) -> Attempt | None:
+    """The run's live attempt (at most one), if any."""
+    return session.scalar(select(Attempt).where(Attempt.run_id == run_id, Attempt.active.is_(True)))
+
+
+def active_attempts(session: Session) -> list[Attempt]:
+    return list(session.scalars(select(Attempt).where(Attempt.active.is_(True))))
+
+
+def busy_nodes(session: Session) -> set[str]:
+    """Nodes that hold a live attempt."""
+    return set(session.scalars(select(Attempt.node).where(Attempt.active.is_(True))))

@@ -25,14 +25,18 @@ from collections import Counter
 from sqlalchemy import select
 
 from tunery.backends.base import AttemptLaunch, Handle
-from tunery.db import Attempt, Run, new_id, now
-from tunery.runs import billing, service, store
+from tunery.db import Attempt, Run, now
+from tunery.phases import Phase
+from tunery.runs import billing, store
+from tunery.runs.attempts import retry_or_fail
 from tunery.runs.lifecycle import ACTIVE, RunStatus
-from tunery.runs.service import ControlPlane
+from tunery.runs.plane import ControlPlane
+from tunery.runs.queries import attempts_by_run, live_metrics
+from tunery.runs.settle import finish
 
 logger = logging.getLogger(__name__)
 OUT_OF_CREDITS = {
-    "code": "out_of_credits",
+    "code": billing.OUT_OF_CREDITS_CODE,
     "message": "the account ran out of credits during training",
     "hint": "ask an admin for credits (tunery accounts grant), then submit the run again",
 }
@@ -44,16 +48,22 @@ LOST_WORKER = {
 
 
 def reconcile(plane: ControlPlane) -> None:
+    """Give every live attempt a fresh lease: workers outlive a control-plane restart."""
     with plane.sessions.begin() as session:
-        for attempt in session.scalars(select(Attempt).where(Attempt.active.is_(True))):
-            attempt.lease_expires_at = now() + plane.settings.lease_seconds
+        for attempt in store.active_attempts(session):
+            store.renew_lease(attempt, now() + plane.settings.lease_seconds)
 
 
 def tick(plane: ControlPlane) -> None:
-    plane.backend.collect()
+    plane.workers.collect()
     reap(plane)
     enforce_credits(plane)
     place(plane)
+
+
+def _stop(plane: ControlPlane, handles: list[Handle]) -> None:
+    for handle in handles:
+        plane.workers.cancel(handle, grace_seconds=plane.settings.cancel_grace_seconds)
 
 
 def enforce_credits(plane: ControlPlane) -> None:
@@ -66,75 +76,70 @@ def enforce_credits(plane: ControlPlane) -> None:
     stopped: list[Handle] = []
     finished = 0
     with plane.sessions.begin() as session:
-        training = session.scalars(select(Run).where(Run.status == RunStatus.TRAINING.value))
+        training = list(session.scalars(select(Run).where(Run.status == RunStatus.TRAINING.value)))
+        attempts = attempts_by_run(session, [run.id for run in training])
         by_account: dict[str, list[Run]] = {}
         for run in training:
             tier = plane.settings.tier(run.tier)
             if tier is not None and tier.credits_per_minute > 0:
                 by_account.setdefault(run.account_id, []).append(run)
         for account_id, runs in by_account.items():
-            accrued = sum(service.live_metrics(plane, session, run)["credits"] for run in runs)
+            accrued = sum(live_metrics(plane, run, attempts[run.id])["credits"] for run in runs)
             if accrued < billing.balance(session, account_id):
                 continue
             for run in runs:
-                attempt = session.scalar(
-                    select(Attempt).where(Attempt.run_id == run.id, Attempt.active.is_(True))
-                )
-                if attempt is not None:
-                    attempt.active, attempt.ended_at = False, at
-                    attempt.end_reason = "out of credits"
-                    if attempt.pid:
-                        stopped.append(Handle(attempt.pid, attempt.process_started or ""))
-                service.finish(
+                attempt = store.active_attempt(session, run.id)
+                if attempt is not None and store.end_attempt(
+                    session, attempt, at, "out of credits"
+                ):
+                    stopped += [handle] if (handle := store.handle_of(attempt)) else []
+                finish(
                     plane,
                     session,
                     run,
                     to=RunStatus.FAILED,
-                    phase="done",
+                    phase=Phase.DONE,
                     at=at,
                     error=OUT_OF_CREDITS,
                 )
                 finished += 1
-    for handle in stopped:
-        plane.backend.cancel(handle, grace_seconds=plane.settings.cancel_grace_seconds)
+    _stop(plane, stopped)
     if finished:
         plane.notifier.notify()
 
 
 def reap(plane: ControlPlane) -> None:
+    """End attempts whose lease expired or whose worker is gone; retry or fail their runs."""
     at = now()
     lost: list[Handle] = []
     reaped = 0
     with plane.sessions.begin() as session:
-        for attempt in session.scalars(select(Attempt).where(Attempt.active.is_(True))):
-            handle = Handle(attempt.pid, attempt.process_started or "") if attempt.pid else None
+        for attempt in store.active_attempts(session):
+            handle = store.handle_of(attempt)
             expired = attempt.lease_expires_at < at
-            gone = handle is not None and not plane.backend.alive(handle)
+            gone = handle is not None and not plane.workers.alive(handle)
             if not (expired or gone):
                 continue
-            session.refresh(attempt)  # a report may have ended it meanwhile
-            if not attempt.active:
-                continue
-            attempt.active = False
-            attempt.ended_at = at
-            attempt.end_reason = "lease expired" if expired else "process exited"
+            reason = "lease expired" if expired else "process exited"
+            if not store.end_attempt(session, attempt, at, reason):
+                continue  # a report ended it meanwhile
             reaped += 1
             if handle is not None and not gone:
                 lost.append(handle)
             run = session.get(Run, attempt.run_id)
             if run is not None and RunStatus(run.status) in ACTIVE:
-                service.retry_or_fail(plane, session, run, error=LOST_WORKER, transient=True, at=at)
-    for handle in lost:
-        plane.backend.cancel(handle, grace_seconds=plane.settings.cancel_grace_seconds)
+                retry_or_fail(plane, session, run, error=LOST_WORKER, transient=True, at=at)
+    _stop(plane, lost)
     # Watchers learn of a lost worker now, not at their next keep-alive.
     if reaped:
         plane.notifier.notify()
 
 
 def place(plane: ControlPlane) -> None:
+    """Start the next run of each idle node's tier (fair across accounts, then oldest)."""
     at = now()
     with plane.sessions() as session:
-        busy = set(session.scalars(select(Attempt.node).where(Attempt.active.is_(True))))
+        busy = store.busy_nodes(session)
         running = Counter(
             session.scalars(select(Run.account_id).where(Run.status.in_([s.value for s in ACTIVE])))
         )
@@ -157,14 +162,15 @@ def place(plane: ControlPlane) -> None:
             # A retrying run keeps its place: the node waits out its back-off rather than
             # go to a run submitted after it.
             continue
-        if _start_attempt(plane, run, node.name, node.threads):
+        if _start_attempt(plane, run, node.name):
             busy.add(node.name)
             running[run.account_id] += 1
 
 
-def _start_attempt(plane: ControlPlane, run: Run, node: str, threads: int | None) -> bool:
-    attempt_id = new_id("att")
-    token = new_id("fence")
+def _start_attempt(plane: ControlPlane, run: Run, node: str) -> bool:
+    """Move ``run`` to ``waiting_for_gpu`` on ``node`` and start its worker; False if the run
+    was cancelled meanwhile or the worker could not be started."""
+    number = run.attempt + 1
     with plane.sessions.begin() as session:
         try:
             store.move(
@@ -172,57 +178,59 @@ def _start_attempt(plane: ControlPlane, run: Run, node: str, threads: int | None
                 run.id,
                 expected={RunStatus.QUEUED, RunStatus.RETRYING},
                 to=RunStatus.WAITING_FOR_GPU,
-                phase="provisioning",
-                attempt=run.attempt + 1,
+                phase=Phase.PROVISIONING,
+                attempt=number,
                 retry_at=None,
             )
         except store.TransitionConflict:
             return False  # cancelled between the read and now
-        session.add(
-            Attempt(
-                id=attempt_id,
-                run_id=run.id,
-                number=run.attempt + 1,
-                node=node,
-                token=token,
-                # Loading a model can take a while before the first heartbeat thread starts.
-                lease_expires_at=now() + 3 * plane.settings.lease_seconds,
-            )
+        # Loading a model can take a while before the first heartbeat thread starts.
+        attempt = store.open_attempt(
+            session,
+            run,
+            number=number,
+            node=node,
+            lease_until=now() + 3 * plane.settings.lease_seconds,
         )
     plane.notifier.notify()
     launch = AttemptLaunch(
-        attempt_id=attempt_id,
-        token=token,
+        attempt_id=attempt.id,
+        token=attempt.token,
         server_url=plane.server_url,
         node=node,
-        threads=threads,
-        log_path=str(plane.runs_dir / run.id / f"attempt-{run.attempt + 1}.log"),
+        log_path=str(plane.runs_dir / run.id / f"attempt-{number}.log"),
     )
     try:
-        handle = plane.backend.start(launch)
+        handle = plane.workers.start(launch)
     except OSError as error:
         logger.exception("starting a worker on %s failed", node)
-        with plane.sessions.begin() as session:
-            attempt = session.get(Attempt, attempt_id)
-            attempt.active, attempt.ended_at, attempt.end_reason = False, now(), "start failed"
-            fresh = session.get(Run, run.id)
-            service.retry_or_fail(
-                plane,
-                session,
-                fresh,
-                at=now(),
-                transient=True,
-                error={"code": "worker_start_failed", "message": str(error), "hint": ""},
-            )
+        _start_failed(plane, attempt.id, run.id, error)
         return False
     with plane.sessions.begin() as session:
-        attempt = session.get(Attempt, attempt_id)
-        attempt.pid, attempt.process_started = handle.pid, handle.started
-        cancelled_meanwhile = not attempt.active
+        fresh = session.get(Attempt, attempt.id)
+        store.record_handle(fresh, handle)
+        cancelled_meanwhile = not fresh.active
     if cancelled_meanwhile:
-        plane.backend.cancel(handle, grace_seconds=plane.settings.cancel_grace_seconds)
+        _stop(plane, [handle])
         return False
     return True
+
+
+def _start_failed(plane: ControlPlane, attempt_id: str, run_id: str, error: OSError) -> None:
+    at = now()
+    with plane.sessions.begin() as session:
+        attempt = session.get(Attempt, attempt_id)
+        if not store.end_attempt(session, attempt, at, "start failed"):
+            return  # cancelled meanwhile: the run is settled already
+        retry_or_fail(
+            plane,
+            session,
+            session.get(Run, run_id),
+            at=at,
+            transient=True,
+            error={"code": "worker_start_failed", "message": str(error), "hint": ""},
+        )
+    plane.notifier.notify()
 
 
 class SchedulerThread:

@@ -3,7 +3,8 @@
 ``python -m tunery.worker --server URL --attempt ID --token TOKEN``. Started by a backend in
 its own process group; the control plane may kill the group at any time (cancel), and a
 worker that dies is simply replaced by a new attempt that resumes from the checkpoints in
-the run's folder.
+the run's folder. Everything else it needs (recipe, threads, where catalog models live)
+comes from its spec, never from the environment the server happened to have.
 """
 
 from __future__ import annotations
@@ -14,17 +15,25 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from tunery.errors import RunCancelled, TuneryError
+from tunery.phases import Phase
+from tunery.wire.reports import (
+    AnyReport,
+    AttemptSpec,
+    FailureData,
+    FailureReport,
+    ResultData,
+    ResultReport,
+)
 from tunery.worker.reporting import HttpReporter
 
 SPEC_DEADLINE_SECONDS = 300
 
 
-def fetch_spec(client: httpx.Client, attempt_id: str, token: str) -> dict[str, Any] | None:
+def fetch_spec(client: httpx.Client, attempt_id: str, token: str) -> AttemptSpec | None:
     """The attempt's spec; retries while the server is unreachable, None if fenced."""
     deadline = time.monotonic() + SPEC_DEADLINE_SECONDS
     while time.monotonic() < deadline:
@@ -38,12 +47,29 @@ def fetch_spec(client: httpx.Client, attempt_id: str, token: str) -> dict[str, A
         if response.status_code in (404, 409):
             return None
         response.raise_for_status()
-        return response.json()
+        return AttemptSpec.model_validate(response.json())
     return None
 
 
 def out_of_memory(error: BaseException) -> bool:
     return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()
+
+
+def failure(error: Exception) -> FailureReport:
+    """The report for an exception the pipeline did not turn into a TuneryError."""
+    if out_of_memory(error):
+        data = FailureData(
+            code="out_of_memory",
+            message="the model ran out of memory at this batch size",
+            hint="lower training.batch_size or max_seq_length, or turn on gradient_checkpointing",
+        )
+    else:
+        data = FailureData(
+            code="internal_error",
+            message=f"{type(error).__name__}: {error}",
+            hint="the attempt log in the run folder has the traceback",
+        )
+    return FailureReport(data=data)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,51 +83,34 @@ def main(argv: list[str] | None = None) -> int:
     spec = fetch_spec(client, args.attempt, args.token)
     if spec is None:
         return 0
-    threads = spec.get("threads") or os.environ.get("TUNERY_TORCH_THREADS")
+    # The pipeline finds catalog models (the demo model) under TUNERY_DATA_DIR: this
+    # process's own copy is set from the spec, so it is the server's data dir whatever
+    # environment the worker was started with.
+    os.environ["TUNERY_DATA_DIR"] = spec.data_dir
     reporter = HttpReporter(
-        client, args.attempt, args.token, heartbeat_seconds=spec["heartbeat_seconds"]
+        client, args.attempt, args.token, heartbeat_seconds=spec.heartbeat_seconds
     )
     reporter.start()
-    reporter.phase("loading_model")
+    reporter.phase(Phase.LOADING_MODEL)
 
     import torch  # after the first heartbeat: importing torch takes seconds
 
     from tunery.pipeline.config import parse_recipe
     from tunery.pipeline.recipe import run_recipe
 
-    if threads:
-        torch.set_num_threads(int(threads))
-    final: dict[str, Any]
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    final: AnyReport
     try:
-        result = run_recipe(parse_recipe(spec["recipe"]), Path(spec["out_dir"]), reporter)
-        final = {"kind": "result", "data": result.summary}
+        result = run_recipe(parse_recipe(spec.recipe), Path(spec.out_dir), reporter)
+        final = ResultReport(data=ResultData.model_validate(result.summary))
     except RunCancelled:
         return 0  # the control plane already moved the run; nothing more to say
     except TuneryError as error:
-        final = {"kind": "failure", "data": {**error.as_dict(), "transient": error.transient}}
+        final = FailureReport(data=FailureData(**error.as_dict(), transient=error.transient))
     except Exception as error:
         traceback.print_exc()
-        if out_of_memory(error):
-            final = {
-                "kind": "failure",
-                "data": {
-                    "code": "out_of_memory",
-                    "transient": False,
-                    "message": "the model ran out of memory at this batch size",
-                    "hint": "lower training.batch_size or max_seq_length, or turn on "
-                    "gradient_checkpointing",
-                },
-            }
-        else:
-            final = {
-                "kind": "failure",
-                "data": {
-                    "code": "internal_error",
-                    "transient": False,
-                    "message": f"{type(error).__name__}: {error}",
-                    "hint": "the attempt log in the run folder has the traceback",
-                },
-            }
+        final = failure(error)
     reporter.finish(final)
     return 0
 

@@ -1,14 +1,17 @@
-"""The worker's reporter: events to the control plane over HTTP, the cancel flag back.
+"""The worker's reporter: reports to the control plane over HTTP, the cancel flag back.
 
-Training never waits on the network: events go into a queue that a background thread
-sends in batches (an empty batch is a heartbeat). If the control plane is unreachable
-(restarting, say) the thread keeps retrying and nothing is lost or reordered. A 409 means
-this attempt was fenced off (cancelled, or declared lost and replaced): the run stops at
-the next step boundary and nothing more is sent.
+Training never waits on the network: each report (``tunery.wire.reports``) is encoded to
+JSON in the caller's thread and queued; a background thread sends them in batches (an
+empty batch is a heartbeat). Encoding never fails on a value (NaN and infinities become
+null), so nothing the pipeline measures can stop the thread. If the control plane is
+unreachable (restarting, say) the thread keeps retrying and nothing is lost or reordered. A
+404 or 409 means this attempt was fenced off (cancelled, or declared lost and replaced):
+the run stops at the next step boundary and nothing more is sent.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -16,11 +19,25 @@ from typing import Any
 
 import httpx
 
+from tunery.phases import Phase
 from tunery.pipeline.reporting import StepMetrics
+from tunery.wire.reports import (
+    AnyReport,
+    HistoryData,
+    HistoryReport,
+    LogData,
+    LogReport,
+    MetricsReport,
+    PhaseData,
+    PhaseReport,
+    StepData,
+    encode,
+)
 
+logger = logging.getLogger(__name__)
 BATCH_SECONDS = 0.05
 RETRY_SECONDS = 0.5
-_WAKE: dict[str, Any] = {"kind": "wake"}
+_WAKE = None  # a queue item that is no report: it only wakes the sender
 
 
 class Fenced(Exception):
@@ -35,13 +52,13 @@ class HttpReporter:
         self._path = f"/internal/attempts/{attempt_id}/events"
         self._headers = {"X-Attempt-Token": token}
         self._heartbeat = heartbeat_seconds
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._queue: queue.Queue[str | None] = queue.Queue()
         self._lock = threading.Lock()
         self._stop_requested = threading.Event()
         self._closed = threading.Event()
         self.fenced = False
         # Events taken off the queue but not yet delivered; finish() sends them first.
-        self._unsent: list[dict[str, Any]] = []
+        self._unsent: list[str] = []
         self._thread = threading.Thread(target=self._loop, name="tunery-reporter", daemon=True)
 
     def start(self) -> None:
@@ -50,28 +67,33 @@ class HttpReporter:
     # Reporter protocol -------------------------------------------------------------
 
     def phase(self, name: str) -> None:
-        self._queue.put({"kind": "phase", "data": {"phase": name}})
+        self.send(PhaseReport(data=PhaseData(phase=Phase(name))))
 
     def log(self, message: str) -> None:
-        self._queue.put({"kind": "log", "data": {"message": message}})
+        self.send(LogReport(data=LogData(message=str(message))))
 
     def metrics(self, metrics: StepMetrics) -> None:
-        self._queue.put({"kind": "metrics", "data": metrics.as_dict()})
+        self.send(MetricsReport(data=StepData.model_validate(metrics.as_dict())))
 
     def resumed(self, history: list[dict[str, Any]]) -> None:
-        self._queue.put({"kind": "history", "data": {"steps": history}})
+        steps = [StepData.model_validate(step) for step in history]
+        self.send(HistoryReport(data=HistoryData(steps=steps)))
+
+    def send(self, report: AnyReport) -> None:
+        """Queue a report; it goes out with the next batch."""
+        self._queue.put(encode(report))
 
     def should_stop(self) -> bool:
         return self._stop_requested.is_set()
 
     # Delivery ----------------------------------------------------------------------
 
-    def finish(self, event: dict[str, Any], *, deadline_seconds: float = 600.0) -> bool:
-        """Deliver everything queued plus ``event``; False if fenced or out of time."""
+    def finish(self, report: AnyReport, *, deadline_seconds: float = 600.0) -> bool:
+        """Deliver everything queued plus ``report``; False if fenced or out of time."""
         self._closed.set()
         self._queue.put(_WAKE)  # the sender may be asleep on the queue
         self._thread.join()
-        batch = [*self._unsent, *self._drain(), event]
+        batch = [*self._unsent, *self._drain(), encode(report)]
         deadline = time.monotonic() + deadline_seconds
         while time.monotonic() < deadline and not self.fenced:
             if self._send(batch):
@@ -79,7 +101,7 @@ class HttpReporter:
             time.sleep(1.0)
         return False
 
-    def _drain(self) -> list[dict[str, Any]]:
+    def _drain(self) -> list[str]:
         batch = []
         while True:
             try:
@@ -108,14 +130,23 @@ class HttpReporter:
             pending.extend(self._drain())
             if not pending and time.monotonic() - last_sent < self._heartbeat:
                 continue
-            if self._send(pending):
+            try:
+                sent = self._send(pending)
+            except Exception:
+                # The thread is the run's only voice: whatever went wrong, keep it alive
+                # and try again (the lease keeps the run until the server hears from it).
+                logger.exception("sending reports failed; retrying")
+                sent = False
+            if sent:
                 pending.clear()
                 last_sent = time.monotonic()
 
-    def _send(self, batch: list[dict[str, Any]]) -> bool:
+    def _send(self, batch: list[str]) -> bool:
         """True once delivered; False to try again later (network or server error)."""
+        body = '{"events": [' + ", ".join(batch) + "]}"
+        headers = {**self._headers, "Content-Type": "application/json"}
         try:
-            response = self._client.post(self._path, json={"events": batch}, headers=self._headers)
+            response = self._client.post(self._path, content=body, headers=headers)
         except httpx.HTTPError:
             return False
         if response.status_code in (404, 409):
@@ -123,7 +154,17 @@ class HttpReporter:
             self._stop_requested.set()
             return False
         if response.status_code >= 400:
+            # Kept and sent again: a restarting server answers 5xx for a moment.
+            logger.warning(
+                "the server refused a report batch (%s): %s",
+                response.status_code,
+                response.text[:500],
+            )
             return False
-        if response.json().get("cancel"):
+        try:
+            cancel = bool(response.json().get("cancel"))
+        except ValueError:
+            return True  # delivered; the answer was unreadable (a proxy's page, say)
+        if cancel:
             self._stop_requested.set()
         return True

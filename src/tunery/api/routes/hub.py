@@ -3,68 +3,37 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
-from sqlalchemy import select
 
 from tunery.api.deps import AccountDep, PlaneDep
-from tunery.api.timefmt import iso
-from tunery.db import HubEntry
 from tunery.hub import signing
 from tunery.hub.storage import ARTIFACTS, PresignedUrl
-from tunery.runs.service import NotFound
+from tunery.runs import hub
+from tunery.runs.plane import NotFound
+from tunery.wire.rest import HubEntryPublic, SignedUrl
 
 router = APIRouter(tags=["hub"])
 
 
-def entry_public(entry: HubEntry) -> dict[str, Any]:
-    return {
-        "id": entry.id,
-        "name": entry.name,
-        "run_id": entry.run_id,
-        "base_model": entry.base_model,
-        "artifacts": entry.artifacts,
-        "created_at": iso(entry.created_at),
-    }
+@router.get("/api/v1/hub", response_model=list[HubEntryPublic])
+def list_entries(plane: PlaneDep, account: AccountDep) -> list[HubEntryPublic]:
+    return hub.list_entries(plane, account.id)
 
 
-def _owned(session: Any, account_id: str, entry_id: str) -> HubEntry:
-    entry = session.scalar(
-        select(HubEntry).where(HubEntry.id == entry_id, HubEntry.account_id == account_id)
-    )
-    if entry is None:
-        raise NotFound(f"no Hub entry {entry_id!r}")
-    return entry
-
-
-@router.get("/api/v1/hub")
-def list_entries(plane: PlaneDep, account: AccountDep) -> list[dict[str, Any]]:
-    with plane.sessions() as session:
-        rows = session.scalars(
-            select(HubEntry)
-            .where(HubEntry.account_id == account.id)
-            .order_by(HubEntry.created_at.desc())
-        )
-        return [entry_public(entry) for entry in rows]
-
-
-@router.get("/api/v1/hub/{entry_id}")
-def get_entry(plane: PlaneDep, account: AccountDep, entry_id: str) -> dict[str, Any]:
-    with plane.sessions() as session:
-        return entry_public(_owned(session, account.id, entry_id))
+@router.get("/api/v1/hub/{entry_id}", response_model=HubEntryPublic)
+def get_entry(plane: PlaneDep, account: AccountDep, entry_id: str) -> HubEntryPublic:
+    return hub.entry_view(hub.find_entry(plane, account.id, entry_id))
 
 
 @router.delete("/api/v1/hub/{entry_id}", status_code=204)
 def delete_entry(plane: PlaneDep, account: AccountDep, entry_id: str) -> None:
-    with plane.sessions.begin() as session:
-        entry = _owned(session, account.id, entry_id)
-        session.delete(entry)
-    plane.storage.delete(entry_id)
+    hub.delete_entry(plane, account_id=account.id, entry_id=entry_id)
 
 
-@router.post("/api/v1/hub/{entry_id}/artifacts/{artifact}/url")
+@router.post("/api/v1/hub/{entry_id}/artifacts/{artifact}/url", response_model=SignedUrl)
 def mint_url(
     request: Request,
     plane: PlaneDep,
@@ -72,21 +41,20 @@ def mint_url(
     entry_id: str,
     artifact: str,
     lifetime: Annotated[int, Query(ge=1, le=signing.MAX_LIFETIME)] = signing.DEFAULT_LIFETIME,
-) -> dict[str, Any]:
+) -> SignedUrl:
     """A fresh signed URL valid for ``lifetime`` seconds; each call mints a new one.
 
     With S3 storage it is the store's own presigned URL; with local storage, this server's
     ``/hub/download`` URL.
     """
-    with plane.sessions() as session:
-        entry = _owned(session, account.id, entry_id)
+    entry = hub.find_entry(plane, account.id, entry_id)
     if artifact not in ARTIFACTS or artifact not in entry.artifacts:
         raise NotFound(f"Hub entry {entry_id} has no {artifact!r} artifact")
     source = plane.storage.download_source(
         entry_id, artifact, filename=entry.artifacts[artifact]["filename"], lifetime=lifetime
     )
     if isinstance(source, PresignedUrl):
-        return {"url": source.url, "expires_at": source.expires_at}
+        return SignedUrl(url=source.url, expires_at=source.expires_at)
     query, expires = signing.sign(
         request.app.state.secret,
         account_id=account.id,
@@ -95,10 +63,17 @@ def mint_url(
         lifetime=lifetime,
     )
     base = str(request.base_url).rstrip("/")
-    return {"url": f"{base}/hub/download/{entry_id}/{artifact}?{query}", "expires_at": expires}
+    return SignedUrl(url=f"{base}/hub/download/{entry_id}/{artifact}?{query}", expires_at=expires)
 
 
-@router.get("/hub/download/{entry_id}/{artifact}")
+@router.get(
+    "/hub/download/{entry_id}/{artifact}",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/zip": {}}, "description": "The artifact ZIP"},
+        307: {"description": "Redirect to the store's presigned URL"},
+    },
+)
 def download(
     request: Request,
     plane: PlaneDep,
@@ -132,11 +107,8 @@ def download(
                 "hint": "ask for a fresh link",
             },
         )
-    with plane.sessions() as session:
-        entry = session.scalar(
-            select(HubEntry).where(HubEntry.id == entry_id, HubEntry.account_id == account)
-        )
-    if entry is None or artifact not in entry.artifacts:
+    entry = hub.find_entry(plane, account, entry_id)
+    if artifact not in entry.artifacts:
         raise NotFound(f"no {artifact} artifact in Hub entry {entry_id}")
     info = entry.artifacts[artifact]
     source = plane.storage.download_source(

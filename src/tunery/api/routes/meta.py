@@ -1,43 +1,54 @@
-"""Liveness, tiers and the model catalog."""
+"""Liveness, tiers, the model catalog, and the vocabularies clients display."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
-from sqlalchemy import select
 
 from tunery.api.deps import AccountDep, PlaneDep
 from tunery.catalog.models import catalog
-from tunery.db import Attempt
+from tunery.phases import PHASE_DESCRIPTIONS
+from tunery.runs import queries
+from tunery.runs.billing import REFUND_RULES
+from tunery.runs.lifecycle import ACTIVE, STATUS_DISPLAY, TERMINAL
+from tunery.wire.events import EVENT_KINDS
+from tunery.wire.rest import Health, Meta, ModelPublic, PhaseInfo, StatusInfo, TierPublic
 
 router = APIRouter()
 
 
-@router.get("/healthz")
-def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/healthz", response_model=Health, tags=["meta"])
+def healthz() -> Health:
+    return Health(status="ok")
 
 
-@router.get("/api/v1/tiers")
-def tiers(plane: PlaneDep, _: AccountDep) -> list[dict[str, Any]]:
-    with plane.sessions() as session:
-        busy = set(session.scalars(select(Attempt.node).where(Attempt.active.is_(True))))
-    rows = []
-    for tier in plane.settings.tiers:
-        nodes = [node.name for node in plane.settings.nodes if node.tier == tier.id]
-        rows.append(
-            {
-                "id": tier.id,
-                "name": tier.name,
-                "credits_per_minute": tier.credits_per_minute,
-                "nodes_total": len(nodes),
-                "nodes_free": len([n for n in nodes if n not in busy]),
-            }
-        )
-    return rows
+@router.get("/api/v1/meta", response_model=Meta, tags=["meta"])
+def meta() -> Meta:
+    """Statuses (in lifecycle order, with labels and icons), phases, event kinds and the
+    refund rules: what the CLI and the studio show, from one place. No token needed."""
+    return Meta(
+        statuses=[
+            StatusInfo(
+                id=status,
+                label=display.label,
+                icon=display.icon,
+                terminal=status in TERMINAL,
+                active=status in ACTIVE,
+            )
+            for status, display in STATUS_DISPLAY.items()
+        ],
+        phases=[
+            PhaseInfo(id=phase, description=text) for phase, text in PHASE_DESCRIPTIONS.items()
+        ],
+        event_kinds=list(EVENT_KINDS),
+        refund_rules=list(REFUND_RULES),
+    )
 
 
-@router.get("/api/v1/models")
-def models(_: AccountDep) -> list[dict[str, Any]]:
-    return [entry.as_dict() for entry in catalog()]
+@router.get("/api/v1/tiers", response_model=list[TierPublic], tags=["meta"])
+def tiers(plane: PlaneDep, _: AccountDep) -> list[TierPublic]:
+    return queries.tiers_view(plane)
+
+
+@router.get("/api/v1/models", response_model=list[ModelPublic], tags=["meta"])
+def models(_: AccountDep) -> list[ModelPublic]:
+    return [ModelPublic.model_validate(entry.as_dict()) for entry in catalog()]

@@ -1,0 +1,232 @@
+"""Commands that work on this machine, no server needed: train, export, demo-model,
+gguf-toolchain, and serve (which starts the server).
+
+The pipeline (torch) and the server are imported inside each command that needs them.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from tunery.cli.render import (
+    EXIT_CANCELLED,
+    StepProgress,
+    fail,
+    fail_with,
+    format_duration,
+    panel_numbers,
+    print_samples,
+)
+from tunery.errors import RunCancelled, TuneryError
+from tunery.phases import Phase
+from tunery.pipeline.reporting import StepMetrics, StopFlag
+
+if TYPE_CHECKING:
+    from tunery.pipeline.recipe import RunResult
+
+
+class TerminalReporter:
+    """The pipeline's ``Reporter`` for a run in this process: ``StepProgress`` on stderr.
+
+    ``stop`` is the cancel request, set by Ctrl-C; the pipeline stops after the current step.
+    """
+
+    def __init__(self, stop: StopFlag, progress: StepProgress) -> None:
+        self._stop = stop
+        self._progress = progress
+
+    def phase(self, phase: Phase) -> None:
+        self._progress.phase(phase)
+
+    def log(self, message: str) -> None:
+        self._progress.log(message)
+
+    def resumed(self, history: list[dict[str, Any]]) -> None:
+        """The bar starts at the resumed step; earlier steps are not shown again."""
+
+    def metrics(self, metrics: StepMetrics) -> None:
+        numbers = panel_numbers({**metrics.as_dict(), "current_epoch": metrics.current_epoch})
+        self._progress.step(metrics.step, metrics.total_steps, numbers)
+
+    def should_stop(self) -> bool:
+        return self._stop.is_set()
+
+
+@click.command("demo-model")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write it (default: TUNERY_DATA_DIR/models/demo-tiny).",
+)
+@click.option("--force", is_flag=True, help="Rebuild even if the model is already there.")
+def demo_model(out_dir: Path | None, force: bool) -> None:
+    """Build the tiny demo base model tunery/demo-tiny, offline and deterministically."""
+    from tunery.catalog.demo import build_demo_model
+    from tunery.pipeline.load import demo_model_dir
+
+    target = out_dir or demo_model_dir()
+    if force or not (target / "model.safetensors").is_file():
+        click.echo("building the demo model (about a minute on 2 cores)…", err=True)
+        build_demo_model(target)
+    click.echo(str(target))
+
+
+@click.command("train")
+@click.argument(
+    "recipe_path", metavar="RECIPE.yaml", type=click.Path(dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output directory (default: runs/NAME). Re-running resumes.",
+)
+def train(recipe_path: Path, out_dir: Path | None) -> None:
+    """Run the training pipeline in this process, with a live progress bar."""
+    from transformers.utils import logging as transformers_logging
+
+    from tunery.pipeline.config import load_recipe
+    from tunery.pipeline.recipe import run_recipe
+
+    # The run's own progress bar is the one to watch; the library's per-file bars are noise.
+    transformers_logging.disable_progress_bar()
+
+    stop = StopFlag()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        click.echo("\nstopping after this step (Ctrl-C again to abort)…", err=True)
+
+    previous = signal.signal(signal.SIGINT, request_stop)
+    try:
+        recipe = load_recipe(recipe_path)
+        target = out_dir or Path("runs") / recipe.name
+        with StepProgress() as progress:
+            result = run_recipe(recipe, target, TerminalReporter(stop, progress))
+    except RunCancelled as cancelled:
+        click.echo(f"cancelled: {cancelled.message}; no adapter was saved", err=True)
+        sys.exit(EXIT_CANCELLED)
+    except TuneryError as error:
+        fail_with(error)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+    metrics = result.final_metrics
+    click.echo(
+        f"trained {metrics.get('step')} steps in "
+        f"{format_duration(metrics.get('training_seconds'))} · "
+        f"final loss {metrics.get('loss', float('nan')):.4f}"
+    )
+    report_outcome(result)
+
+
+def report_outcome(result: RunResult) -> None:
+    """Samples and bundles on stdout; a failed export exits 1 with its reason on stderr."""
+    print_samples(result.samples)
+    click.echo(f"\nLoRA bundle: {result.lora_bundle}")
+    if result.gguf_bundle is not None:
+        click.echo(f"GGUF bundle: {result.gguf_bundle}")
+    if not result.completed:
+        error = result.summary["error"]
+        fail(error["message"], hint=error.get("hint") or "")
+
+
+@click.command("export")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+def export(run_dir: Path) -> None:
+    """Export the GGUF bundle again from a finished run's adapter (no retraining)."""
+    from tunery.pipeline.recipe import rerun_export
+
+    try:
+        with StepProgress() as progress:
+            result = rerun_export(run_dir, TerminalReporter(StopFlag(), progress))
+    except TuneryError as error:
+        fail_with(error)
+    report_outcome(result)
+
+
+@click.command("gguf-toolchain")
+def gguf_toolchain() -> None:
+    """Fetch llama.cpp's converter at the pinned version (once; later exports work offline)."""
+    from tunery.gguf.toolchain import converter_dir, require_llama_cpp
+
+    try:
+        require_llama_cpp()
+    except TuneryError as error:
+        fail_with(error)
+    click.echo(str(converter_dir()))
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8420, show_default=True, type=int)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="State directory (default: TUNERY_DATA_DIR or ~/.tunery).",
+)
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Give the admin account the demo dataset and a first demo run, and print a "
+    "sign-in link for the studio.",
+)
+def serve(host: str, port: int, data_dir: Path | None, demo: bool) -> None:
+    """Run the control plane, scheduler, local node pool and the web studio at /."""
+    import uvicorn
+
+    from tunery.api.app import create_app
+    from tunery.server import ADMIN_TOKEN_FILE, data_dir_from, ensure_admin, seed_demo
+    from tunery.settings import Settings
+
+    root = data_dir_from(data_dir)
+    try:
+        settings = Settings.load(root)
+    except TuneryError as error:
+        fail_with(error)
+    token = ensure_admin(settings)
+    if token is not None:
+        click.echo(
+            f"Created the admin account. Its API token (shown once, also in "
+            f"{root / ADMIN_TOKEN_FILE}):\n\n    {token}\n",
+            err=True,
+        )
+    reachable = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    studio = f"http://{reachable}:{port}"
+    app = create_app(settings, server_url=studio)
+    nodes = ", ".join(f"{node.name} ({node.tier})" for node in settings.nodes)
+    click.echo(f"tunery serving {studio} · data {root} · nodes: {nodes}", err=True)
+    if demo:
+        try:
+            run_id = seed_demo(app.state.plane)
+        except TuneryError as error:
+            fail_with(error)
+        if run_id:
+            click.echo(f"Submitted the demo run {run_id}.", err=True)
+        token = token or (root / ADMIN_TOKEN_FILE).read_text().strip()
+    if token is not None:
+        # The token rides in the URL fragment, which browsers never send to a server.
+        click.echo(f"Open the studio: {studio}/#token={token}", err=True)
+    else:
+        click.echo(
+            f"Open the studio: {studio}/ (sign in with the token in {root / ADMIN_TOKEN_FILE})",
+            err=True,
+        )
+    # Event streams stay open until their run ends; do not let them hold a shutdown hostage
+    # (clients reconnect with Last-Event-ID).
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+
+
+LOCAL_COMMANDS = (demo_model, train, export, gguf_toolchain, serve)

@@ -1,0 +1,99 @@
+"""How the training loop computes on this device, chosen once per run and recorded in run.json.
+
+- attention over packed examples (``tunery.pipeline.attention``);
+- the loss without full-vocabulary logits (``tunery.pipeline.loss``);
+- Liger Kernel's fused RMSNorm, RoPE and SwiGLU on CUDA where installed (Triton kernels,
+  exact to bf16 rounding);
+- ``torch.compile`` of each decoder layer's MLP and norms (attention stays eager: its
+  per-example calls would recompile for every batch). ``training.compile: auto`` leaves it
+  off: on CPU it did not pay for its compile time (bench/README.md); on GPUs
+  ``make gpu-check`` measures it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from tunery.pipeline.attention import AttentionKind, choose_attention
+from tunery.pipeline.loss import LossKind, causal_lm, choose_loss
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """The loop's choices, each with the reason it was made."""
+
+    attention: AttentionKind
+    loss: LossKind
+    fused_layers: bool = False
+    compiled: bool = False
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "attention": self.attention,
+            "loss": self.loss,
+            "fused_layers": "liger" if self.fused_layers else "none",
+            "compile": self.compiled,
+            "reasons": dict(self.reasons),
+        }
+
+
+def choose_kernels(
+    model: Any,
+    device: torch.device,
+    *,
+    max_length: int,
+    half_precision: bool,
+    compile_setting: Literal["auto", "on", "off"] = "auto",
+) -> Kernels:
+    """Choose for ``model`` (with its adapter attached, so frozen weights are known)."""
+    attention, attention_reason = choose_attention(
+        causal_lm(model), device, max_length=max_length, half_precision=half_precision
+    )
+    loss, loss_reason = choose_loss(model, device)
+    fused = device.type == "cuda" and importlib.util.find_spec("liger_kernel") is not None
+    compiled = compile_setting == "on"
+    compile_reason = {
+        "on": "training.compile is on",
+        "off": "training.compile is off",
+        "auto": "auto: off, it did not pay for its compile time where measured",
+    }[compile_setting]
+    return Kernels(
+        attention=attention,
+        loss=loss,
+        fused_layers=fused,
+        compiled=compiled,
+        reasons={
+            "attention": attention_reason,
+            "loss": loss_reason,
+            "fused_layers": "liger-kernel is installed" if fused else "needs CUDA and liger-kernel",
+            "compile": compile_reason,
+        },
+    )
+
+
+def apply_kernels(model: Any, kernels: Kernels) -> None:
+    """Patch ``model`` in place for the layer-level choices (fused layers, compilation)."""
+    lm = causal_lm(model)
+    if kernels.fused_layers:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+        # The loss is tunery's own (it skips untrained positions), so only the layers.
+        _apply_liger_kernel_to_instance(
+            model=lm,
+            rope=True,
+            rms_norm=True,
+            swiglu=True,
+            cross_entropy=False,
+            fused_linear_cross_entropy=False,
+        )
+    if kernels.compiled:
+        for layer in lm.get_decoder().layers:
+            for name in ("mlp", "input_layernorm", "post_attention_layernorm"):
+                module = getattr(layer, name, None)
+                if module is not None:
+                    module.compile(dynamic=True)

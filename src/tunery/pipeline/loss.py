@@ -1,0 +1,130 @@
+"""Cross-entropy over trained positions without materialising full-vocabulary logits.
+
+The backbone's hidden states are taken at trained positions only; the output head and the
+loss then run over them in chunks of positions, so at most one chunk of logits exists at a
+time. Three kinds:
+
+- ``liger``: Liger Kernel's fused linear cross-entropy (Triton, CUDA), where installed;
+- ``chunked``: ``ChunkedLinearCrossEntropy`` below, on any device;
+- ``logits``: the model's own forward with ``logits_to_keep`` (the reference), for models
+  whose head does more than a matrix product (soft-capped or scaled logits), or whose head
+  is trained.
+
+Both fused kinds compute the gradient with respect to the hidden states in the forward
+pass, chunk by chunk, which costs the same matrix products as the reference's backward.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+LossKind = Literal["liger", "chunked", "logits"]
+LOGITS_CHUNK_ELEMENTS = 2**26
+"""Logits computed at once: positions per chunk × vocabulary (256 MiB in fp32)."""
+_HEAD_EXTRAS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
+
+
+def chunk_positions(vocab_size: int) -> int:
+    """Positions per chunk for a vocabulary: LOGITS_CHUNK_ELEMENTS logits, at least one row."""
+    return max(1, LOGITS_CHUNK_ELEMENTS // vocab_size)
+
+
+def causal_lm(model: Any) -> PreTrainedModel:
+    """The transformers model under a PEFT wrapper (or ``model`` itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def choose_loss(model: Any, device: torch.device) -> tuple[LossKind, str]:
+    """The loss kind for ``model`` on ``device``, and why."""
+    lm = causal_lm(model)
+    extras = [name for name in _HEAD_EXTRAS if getattr(lm.config, name, None) not in (None, 1.0)]
+    if extras:
+        return "logits", f"the model's head applies {extras[0]}"
+    head = lm.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        return "logits", "the output head is not a plain bias-free linear layer"
+    if head.weight.requires_grad:
+        return "logits", "the output head is trained"
+    if device.type == "cuda" and importlib.util.find_spec("liger_kernel") is not None:
+        return "liger", "liger-kernel is installed (fused linear cross-entropy)"
+    return "chunked", f"chunks of {chunk_positions(head.out_features)} positions"
+
+
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """``sum(cross_entropy(hidden @ weight.T, targets))`` for a frozen ``weight``.
+
+    ``hidden``: [positions, hidden_size]; ``targets``: [positions], every one trained.
+    The forward pass computes the gradient with respect to ``hidden`` chunk by chunk and
+    keeps only that; the backward pass scales it. ``weight`` gets no gradient (it must be
+    frozen). Logits are taken in float32 for the softmax, as the reference does.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int
+    ) -> torch.Tensor:
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        if hidden.dtype == torch.float64:
+            total = total.double()
+        gradient = torch.empty_like(hidden) if hidden.requires_grad else None
+        for start in range(0, hidden.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            logits = hidden[rows] @ weight.t()
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            wanted = targets[rows].unsqueeze(1)
+            normaliser = torch.logsumexp(logits, dim=-1, keepdim=True)
+            total += (normaliser - logits.gather(1, wanted)).sum()
+            if gradient is not None:
+                # d(loss)/d(logits) = softmax - one_hot, computed in place over the chunk.
+                probabilities = logits.sub_(normaliser).exp_()
+                probabilities.scatter_add_(
+                    1,
+                    wanted,
+                    torch.full(wanted.shape, -1.0, dtype=logits.dtype, device=wanted.device),
+                )
+                gradient[rows] = probabilities.to(weight.dtype) @ weight
+        ctx.save_for_backward(gradient)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:
+        (gradient,) = ctx.saved_tensors
+        return (gradient * grad_output).to(gradient.dtype), None, None, None
+
+
+def trained_loss_sum(
+    kind: LossKind, model: Any, forward_inputs: dict[str, Any], targets: torch.Tensor
+) -> torch.Tensor:
+    """Summed cross-entropy over ``targets`` (IGNORE where nothing is trained).
+
+    ``forward_inputs``: the model-forward keywords (input ids, position ids, attention
+    inputs); ``targets`` has the shape of the input ids.
+    """
+    from tunery.pipeline.chat import IGNORE
+
+    if kind == "logits":
+        trained = (targets != IGNORE).any(dim=0).nonzero().squeeze(-1)
+        output = model(**forward_inputs, logits_to_keep=trained, use_cache=False)
+        logits = output.logits.float()
+        return torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            targets[:, trained].reshape(-1),
+            ignore_index=IGNORE,
+            reduction="sum",
+        )
+    lm = causal_lm(model)
+    hidden = lm.get_decoder()(**forward_inputs, use_cache=False).last_hidden_state
+    selected = targets != IGNORE
+    hidden, wanted = hidden[selected], targets[selected]
+    weight = lm.get_output_embeddings().weight
+    if kind == "liger":
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+        return LigerFusedLinearCrossEntropyLoss(reduction="sum")(weight, hidden, wanted)
+    return ChunkedLinearCrossEntropy.apply(hidden, weight, wanted, chunk_positions(weight.shape[0]))

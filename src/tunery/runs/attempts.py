@@ -1,0 +1,217 @@
+"""The worker protocol: a worker's spec, its reports, and what ends an attempt.
+
+A worker knows only its attempt id and fencing token. It asks for its spec, then posts
+batches of reports (``tunery.wire.reports``); each batch renews its lease and answers
+whether the owner asked to cancel. Writes from an attempt that no longer owns its run
+(cancelled, or declared lost and replaced) are refused with StaleAttempt.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tunery.db import Attempt, Dataset, Run, now
+from tunery.errors import TuneryError
+from tunery.phases import Phase
+from tunery.runs import history, hub, store
+from tunery.runs.lifecycle import TERMINAL, RunStatus
+from tunery.runs.plane import ControlPlane, NotFound, StaleAttempt
+from tunery.runs.queries import live_metrics_of
+from tunery.runs.settle import finish
+from tunery.wire.reports import (
+    AttemptSpec,
+    ErrorData,
+    FailureReport,
+    HistoryReport,
+    LogReport,
+    MetricsReport,
+    PhaseReport,
+    ReportAck,
+    ReportBatch,
+    ResultData,
+    ResultReport,
+)
+
+
+def _fenced_attempt(session: Session, attempt_id: str, token: str) -> tuple[Attempt, Run]:
+    attempt = session.get(Attempt, attempt_id)
+    if attempt is None or not secrets.compare_digest(attempt.token, token):
+        raise NotFound(f"no attempt {attempt_id!r}")
+    run = session.get(Run, attempt.run_id)
+    if not attempt.active or run is None or run.attempt != attempt.number or run.status in TERMINAL:
+        raise StaleAttempt(f"attempt {attempt_id} no longer owns its run")
+    return attempt, run
+
+
+def attempt_spec(plane: ControlPlane, *, attempt_id: str, token: str) -> AttemptSpec:
+    """What the worker runs: the recipe with dataset files resolved on this machine."""
+    with plane.sessions() as session:
+        attempt, run = _fenced_attempt(session, attempt_id, token)
+        datasets = session.scalars(
+            select(Dataset).where(Dataset.id.in_(run.config["dataset_ids"]))
+        ).all()
+        paths = {dataset.id: str(plane.datasets_dir / dataset.filename) for dataset in datasets}
+        recipe = {
+            **run.config,
+            "datasets": [paths[i] for i in run.config["dataset_ids"]],
+            "dataset_ids": [],
+        }
+        node = next(n for n in plane.settings.nodes if n.name == attempt.node)
+        return AttemptSpec(
+            run_id=run.id,
+            attempt=attempt.number,
+            recipe=recipe,
+            out_dir=str(plane.runs_dir / run.id),
+            heartbeat_seconds=plane.settings.heartbeat_seconds,
+            threads=node.threads,
+            data_dir=str(plane.settings.data_dir),
+        )
+
+
+def report(plane: ControlPlane, *, attempt_id: str, token: str, batch: ReportBatch) -> ReportAck:
+    """Apply a worker's batch of reports in order (an empty batch is a heartbeat).
+
+    Raises StaleAttempt when the attempt was fenced off (the run was cancelled, or the
+    attempt was declared lost and replaced).
+    """
+    with plane.sessions.begin() as session:
+        attempt, run = _fenced_attempt(session, attempt_id, token)
+        at = now()
+        store.renew_lease(attempt, at + plane.settings.lease_seconds)
+        for item in batch.events:
+            _apply(plane, session, attempt, run, item, at)
+        cancel = run.cancel_requested
+    plane.notifier.notify()
+    return ReportAck(cancel=cancel)
+
+
+def _apply(
+    plane: ControlPlane, session: Session, attempt: Attempt, run: Run, item: Any, at: float
+) -> None:
+    match item:
+        case PhaseReport():
+            _on_phase(session, attempt, run, item.data.phase, at)
+        case MetricsReport():
+            _on_phase(session, attempt, run, Phase.TRAINING, at)
+            run.metrics = item.data.model_dump(mode="json", exclude_unset=True)
+            store.append_event(session, run.id, "metrics", live_metrics_of(plane, session, run))
+        case LogReport():
+            store.append_event(session, run.id, "log", {"message": item.data.message})
+        case HistoryReport():
+            _on_history(
+                session,
+                run,
+                [s.model_dump(mode="json", exclude_unset=True) for s in item.data.steps],
+            )
+        case ResultReport():
+            _on_result(plane, session, attempt, run, item.data, at)
+        case FailureReport():
+            store.end_attempt(session, attempt, at, "failed")
+            error = item.data.model_dump(include={"code", "message", "hint"})
+            retry_or_fail(plane, session, run, error=error, transient=item.data.transient, at=at)
+
+
+def _on_phase(session: Session, attempt: Attempt, run: Run, phase: Phase, at: float) -> None:
+    if phase == Phase.TRAINING and run.status == RunStatus.WAITING_FOR_GPU:
+        attempt.training_started_at = at
+        store.move(
+            session,
+            run.id,
+            expected=RunStatus.WAITING_FOR_GPU,
+            to=RunStatus.TRAINING,
+            phase=Phase.TRAINING,
+            started_at=run.started_at or at,
+        )
+        session.refresh(run)
+    elif phase != run.phase:
+        store.set_phase(session, run.id, phase)
+        session.refresh(run)
+
+
+def _on_history(session: Session, run: Run, steps: list[dict[str, Any]]) -> None:
+    """Record the steps of a resumed run's history that no report delivered.
+
+    An attempt killed right after a checkpoint may not have reported its last steps; the
+    next attempt sends the checkpoint's history and the missing steps are stored, marked
+    ``replayed``, so the run's metrics have every step once.
+    """
+    reported = history.reported_steps(session, run.id)
+    for step in steps:
+        if step.get("step") not in reported:
+            store.append_event(session, run.id, "metrics", {**step, "replayed": True})
+
+
+def _on_result(
+    plane: ControlPlane, session: Session, attempt: Attempt, run: Run, result: ResultData, at: float
+) -> None:
+    store.end_attempt(session, attempt, at, "finished")
+    summary = result.model_dump(mode="json", exclude_unset=True)
+    error = summary.get("error")
+    target = RunStatus.COMPLETED if result.status == "completed" else RunStatus.FAILED
+    if result.samples:
+        store.append_event(session, run.id, "samples", {"samples": summary["samples"]})
+    try:
+        entry_id = hub.create_entry(plane, session, run, summary)
+    except (TuneryError, OSError) as failure:
+        # Retrying would not help a misconfigured or full store; say so on the run instead
+        # of failing the worker's report over and over.
+        entry_id, target, error = None, RunStatus.FAILED, _hub_failure(failure)
+    finish(
+        plane,
+        session,
+        run,
+        to=target,
+        phase=Phase.DONE,
+        at=at,
+        summary=summary,
+        samples=summary.get("samples", []),
+        hub_entry_id=entry_id,
+        metrics={**run.metrics, **(result.metrics or {})},
+        error=error,
+    )
+    plane.wake_scheduler.set()
+
+
+def _hub_failure(failure: TuneryError | OSError) -> dict[str, Any]:
+    reason = failure.message if isinstance(failure, TuneryError) else str(failure)
+    hint = failure.hint if isinstance(failure, TuneryError) else ""
+    return ErrorData(
+        code="hub_storage_failed",
+        message=f"the run finished but its bundles could not be stored in the Hub: {reason}",
+        hint=hint
+        or "check the storage settings and free space; the bundles stay in the run's "
+        "folder on the server",
+    ).model_dump()
+
+
+def retry_or_fail(
+    plane: ControlPlane,
+    session: Session,
+    run: Run,
+    *,
+    error: dict[str, Any],
+    transient: bool,
+    at: float,
+) -> None:
+    """After an attempt ended badly: back off and retry while the budget lasts, else fail."""
+    current = RunStatus(run.status)
+    if transient and run.attempt < plane.settings.max_attempts:
+        delay = plane.settings.retry_backoff_seconds * 2 ** (run.attempt - 1)
+        store.move(
+            session,
+            run.id,
+            expected=current,
+            to=RunStatus.RETRYING,
+            phase=Phase.BACKOFF,
+            retry_at=at + delay,
+            error=error,
+        )
+    else:
+        if transient:
+            error = {**error, "message": f"{error['message']} (after {run.attempt} attempts)"}
+        finish(plane, session, run, to=RunStatus.FAILED, phase=Phase.DONE, at=at, error=error)
+    plane.wake_scheduler.set()

@@ -1,0 +1,137 @@
+"""A run's stored history: its events, the metrics per step, and its log lines.
+
+Events are appended by ``tunery.runs.store`` and never changed. ``event_payload`` turns a
+row into the typed payload both event streams send; ``log_line`` is the one place the text
+of a log line is written, for ``GET /runs/{id}/logs`` and the ``line`` of stream events.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import TypeAdapter
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from tunery.db import Run, RunEvent
+from tunery.runs.plane import ControlPlane
+from tunery.runs.queries import get_run
+from tunery.wire.events import StoredEvent
+from tunery.wire.timefmt import iso
+
+LOG_KINDS = ("status", "phase", "log")
+_STORED_EVENT: TypeAdapter[Any] = TypeAdapter(StoredEvent)
+
+
+def log_line(kind: str, data: dict[str, Any], at: float) -> str | None:
+    """The log line of an event (None for kinds that are not part of the log)."""
+    if kind == "log":
+        text = str(data.get("message", ""))
+    elif kind == "status":
+        text = f"status: {data['status']} ({data['phase']})"
+        if data.get("error"):
+            text += f" — {data['error'].get('message')}"
+    elif kind == "phase":
+        text = f"phase: {data['phase']}"
+    else:
+        return None
+    return f"{iso(at)} {text}"
+
+
+def event_payload(event: RunEvent, *, with_run_id: bool = False) -> StoredEvent:
+    """A stored event as the streams send it (``run_id`` on the account stream)."""
+    fields: dict[str, Any] = {
+        "id": event.id,
+        "kind": event.kind,
+        "at": iso(event.created_at),
+        **event.data,
+    }
+    if with_run_id:
+        fields["run_id"] = event.run_id
+    line = log_line(event.kind, event.data, event.created_at)
+    if line is not None:
+        fields["line"] = line
+    return _STORED_EVENT.validate_python(fields)
+
+
+def events_after(session: Session, run_id: str, after_id: int, limit: int = 500) -> list[RunEvent]:
+    return list(
+        session.scalars(
+            select(RunEvent)
+            .where(RunEvent.run_id == run_id, RunEvent.id > after_id)
+            .order_by(RunEvent.id)
+            .limit(limit)
+        )
+    )
+
+
+def account_events_after(
+    session: Session, account_id: str, after_id: int, limit: int = 500
+) -> list[RunEvent]:
+    """Events of every run of the account after ``after_id``, oldest first."""
+    return list(
+        session.scalars(
+            select(RunEvent)
+            .join(Run, Run.id == RunEvent.run_id)
+            .where(Run.account_id == account_id, RunEvent.id > after_id)
+            .order_by(RunEvent.id)
+            .limit(limit)
+        )
+    )
+
+
+def latest_account_event(session: Session, account_id: str) -> int:
+    """The id of the account's newest event (0 when it has none): a stream cursor for "now"."""
+    newest = session.scalar(
+        select(func.max(RunEvent.id))
+        .join(Run, Run.id == RunEvent.run_id)
+        .where(Run.account_id == account_id)
+    )
+    return newest or 0
+
+
+def reported_steps(session: Session, run_id: str) -> set[Any]:
+    """Steps that have a metrics event already."""
+    return {
+        event.data.get("step")
+        for event in session.scalars(
+            select(RunEvent).where(RunEvent.run_id == run_id, RunEvent.kind == "metrics")
+        )
+    }
+
+
+def step_rows(session: Session, run_id: str) -> list[dict[str, Any]]:
+    """One row per optimizer step. A resumed attempt retrains the steps after its
+    checkpoint; the newest report of each step is the one kept."""
+    rows = session.scalars(
+        select(RunEvent)
+        .where(RunEvent.run_id == run_id, RunEvent.kind == "metrics")
+        .order_by(RunEvent.id)
+    )
+    by_step = {event.data.get("step"): event.data for event in rows}
+    return [by_step[step] for step in sorted(by_step, key=lambda step: step or 0)]
+
+
+def log_text(session: Session, run_id: str) -> str:
+    """The run's log: one line per status change, phase and log message."""
+    rows = session.scalars(
+        select(RunEvent)
+        .where(RunEvent.run_id == run_id, RunEvent.kind.in_(LOG_KINDS))
+        .order_by(RunEvent.id)
+    )
+    lines = [log_line(event.kind, event.data, event.created_at) for event in rows]
+    return "".join(f"{line}\n" for line in lines if line is not None)
+
+
+def run_steps(plane: ControlPlane, account_id: str, run_id: str) -> list[dict[str, Any]]:
+    """``step_rows`` of the account's run; raises NotFound."""
+    with plane.sessions() as session:
+        get_run(session, account_id, run_id)
+        return step_rows(session, run_id)
+
+
+def run_log(plane: ControlPlane, account_id: str, run_id: str) -> str:
+    """``log_text`` of the account's run; raises NotFound."""
+    with plane.sessions() as session:
+        get_run(session, account_id, run_id)
+        return log_text(session, run_id)

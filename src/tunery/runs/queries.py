@@ -1,0 +1,250 @@
+"""Read models: runs, credits and tiers as the API returns them.
+
+Every read the routes need lives here (or in ``history``, ``datasets``, ``hub``), so routes
+hold no SQL. A list of runs costs four queries whatever its length: newest event ids, the
+runs, their attempts, the queues they wait in.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import Session
+
+from tunery.db import Attempt, LedgerEntry, Run, RunEvent, now
+from tunery.pipeline.reporting import current_epoch
+from tunery.runs import billing, store
+from tunery.runs.lifecycle import TERMINAL, RunStatus
+from tunery.runs.plane import ControlPlane, NotFound
+from tunery.wire.events import RunSnapshot
+from tunery.wire.rest import CreditsPublic, LedgerEntryPublic, RunMetrics, RunPublic, TierPublic
+from tunery.wire.timefmt import iso
+
+# What the Run panel shows before the first step.
+BEFORE_FIRST_STEP: dict[str, Any] = {
+    "epoch": None,
+    "epochs": None,
+    "step": 0,
+    "total_steps": None,
+    "loss": None,
+    "progress": 0.0,
+    "eta_seconds": None,
+}
+
+
+def get_run(session: Session, account_id: str, run_id: str) -> Run:
+    """The account's run; raises NotFound for unknown ids and other accounts' runs."""
+    run = session.scalar(select(Run).where(Run.id == run_id, Run.account_id == account_id))
+    if run is None:
+        raise NotFound(f"no run {run_id!r}")
+    return run
+
+
+def require_run(plane: ControlPlane, account_id: str, run_id: str) -> None:
+    """Raises NotFound unless the account has the run."""
+    with plane.sessions() as session:
+        get_run(session, account_id, run_id)
+
+
+def run_status(session: Session, run_id: str) -> str | None:
+    """The run's status, or None once it was deleted."""
+    return session.scalar(select(Run.status).where(Run.id == run_id))
+
+
+def price_of(plane: ControlPlane, tier_id: str) -> float:
+    tier = plane.settings.tier(tier_id)
+    return tier.credits_per_minute if tier else 0.0
+
+
+def live_metrics(plane: ControlPlane, run: Run, attempts: Iterable[Attempt]) -> dict[str, Any]:
+    """The Run panel numbers: the worker's latest step plus duration and credits now."""
+    at = run.finished_at or now()
+    seconds = billing.billable_seconds(attempts, at)
+    price = price_of(plane, run.tier)
+    stored = run.metrics or {}
+    metrics = {
+        **BEFORE_FIRST_STEP,
+        **stored,
+        "current_epoch": current_epoch(stored.get("epoch"), stored.get("epochs")),
+        "duration_seconds": round(at - run.created_at, 1),
+        "billable_seconds": round(seconds, 1),
+        "credits": billing.credits_for(
+            seconds, price, whole_minutes=run.status == RunStatus.CANCELLED
+        ),
+        "cancel_credits": None
+        if run.status in TERMINAL
+        else billing.credits_for(seconds, price, whole_minutes=True),
+    }
+    if run.status == RunStatus.COMPLETED:
+        metrics["eta_seconds"] = 0.0
+    return metrics
+
+
+def live_metrics_of(plane: ControlPlane, session: Session, run: Run) -> dict[str, Any]:
+    """``live_metrics`` of one run, reading its attempts."""
+    return live_metrics(plane, run, attempts_by_run(session, [run.id]).get(run.id, []))
+
+
+def attempts_by_run(session: Session, run_ids: Sequence[str]) -> dict[str, list[Attempt]]:
+    grouped: dict[str, list[Attempt]] = defaultdict(list)
+    if run_ids:
+        for attempt in session.scalars(select(Attempt).where(Attempt.run_id.in_(run_ids))):
+            grouped[attempt.run_id].append(attempt)
+    return grouped
+
+
+def queue_positions(session: Session, runs: Iterable[Run]) -> dict[str, int]:
+    """1-based place of each queued run among the queued runs of its tier (all accounts)."""
+    tiers = {run.tier for run in runs if run.status == RunStatus.QUEUED}
+    if not tiers:
+        return {}
+    queued = session.execute(
+        select(Run.id, Run.tier, Run.created_at).where(
+            Run.status == RunStatus.QUEUED.value, Run.tier.in_(tiers)
+        )
+    ).all()
+    positions: dict[str, int] = {}
+    counts: dict[str, int] = defaultdict(int)
+    for run_id, tier, _ in sorted(queued, key=lambda row: (row.created_at, row.id)):
+        counts[tier] += 1
+        positions[run_id] = counts[tier]
+    return positions
+
+
+def _run_views(
+    plane: ControlPlane, session: Session, *where: ColumnElement[bool]
+) -> list[RunPublic]:
+    # Each SELECT sees the newest commit: the newest event ids are read before the runs, so
+    # every run is at least as new as its ``last_event_id`` says.
+    newest = session.execute(
+        select(RunEvent.run_id, func.max(RunEvent.id))
+        .join(Run, Run.id == RunEvent.run_id)
+        .where(*where)
+        .group_by(RunEvent.run_id)
+    )
+    last_event = {run_id: event_id for run_id, event_id in newest}
+    runs = list(
+        session.scalars(
+            select(Run)
+            .where(*where)
+            .order_by(Run.created_at.desc())
+            .execution_options(populate_existing=True)
+        )
+    )
+    attempts = attempts_by_run(session, [run.id for run in runs])
+    positions = queue_positions(session, runs)
+    return [
+        run_view(plane, run, attempts[run.id], positions.get(run.id), last_event.get(run.id))
+        for run in runs
+    ]
+
+
+def run_view(
+    plane: ControlPlane,
+    run: Run,
+    attempts: Iterable[Attempt],
+    queue_position: int | None,
+    last_event_id: int | None,
+) -> RunPublic:
+    """A run as the API shows it, from rows already read."""
+    refund = billing.refund_decision(run.status, run.config.get("base_model", ""), run.error)
+    return RunPublic(
+        id=run.id,
+        name=run.name,
+        status=run.status,
+        phase=run.phase,
+        tier=run.tier,
+        created_at=iso(run.created_at),
+        started_at=iso(run.started_at),
+        finished_at=iso(run.finished_at),
+        config=run.config,
+        metrics=RunMetrics.model_validate(live_metrics(plane, run, attempts)),
+        error=run.error if run.status in (RunStatus.FAILED, RunStatus.RETRYING) else None,
+        attempt=run.attempt,
+        queue_position=queue_position,
+        cancel_requested=run.cancel_requested,
+        samples=run.samples or [],
+        artifacts=(run.summary or {}).get("artifacts"),
+        hub_entry_id=run.hub_entry_id,
+        last_event_id=last_event_id,
+        refunded=refund.refunded,
+        refund_note=refund.note,
+    )
+
+
+def view_run(plane: ControlPlane, account_id: str, run_id: str) -> RunPublic:
+    """The account's run as the API shows it; raises NotFound."""
+    with plane.sessions() as session:
+        views = _run_views(plane, session, Run.id == run_id, Run.account_id == account_id)
+    if not views:
+        raise NotFound(f"no run {run_id!r}")
+    return views[0]
+
+
+def list_runs(plane: ControlPlane, account_id: str) -> list[RunPublic]:
+    """The account's runs, newest first."""
+    with plane.sessions() as session:
+        return _run_views(plane, session, Run.account_id == account_id)
+
+
+def snapshots(plane: ControlPlane, account_id: str) -> list[RunSnapshot]:
+    """Live numbers (duration, credits, queue position) of the account's unfinished runs."""
+    with plane.sessions() as session:
+        views = _run_views(
+            plane,
+            session,
+            Run.account_id == account_id,
+            Run.status.not_in([status.value for status in TERMINAL]),
+        )
+    return [
+        RunSnapshot(
+            id=view.id,
+            status=view.status,
+            phase=view.phase,
+            metrics=view.metrics,
+            queue_position=view.queue_position,
+        )
+        for view in views
+    ]
+
+
+def credits_view(plane: ControlPlane, account_id: str) -> CreditsPublic:
+    """The account's balance and its ledger, oldest movement first."""
+    with plane.sessions() as session:
+        rows = session.scalars(
+            select(LedgerEntry).where(LedgerEntry.account_id == account_id).order_by(LedgerEntry.id)
+        )
+        ledger = [
+            LedgerEntryPublic(
+                id=row.id,
+                kind=row.kind,
+                amount=row.amount,
+                run_id=row.run_id,
+                note=row.note,
+                created_at=iso(row.created_at),
+            )
+            for row in rows
+        ]
+        return CreditsPublic(balance=billing.balance(session, account_id), ledger=ledger)
+
+
+def tiers_view(plane: ControlPlane) -> list[TierPublic]:
+    """GPU tiers with their prices and how many of their nodes are free now."""
+    with plane.sessions() as session:
+        busy = store.busy_nodes(session)
+    rows = []
+    for tier in plane.settings.tiers:
+        nodes = [node.name for node in plane.settings.nodes if node.tier == tier.id]
+        rows.append(
+            TierPublic(
+                id=tier.id,
+                name=tier.name,
+                credits_per_minute=tier.credits_per_minute,
+                nodes_total=len(nodes),
+                nodes_free=len([name for name in nodes if name not in busy]),
+            )
+        )
+    return rows

@@ -1,0 +1,115 @@
+"""Ending runs: cancel, the move to a terminal state with its bill, and deletion."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tunery.backends.base import Handle
+from tunery.db import Attempt, Run, RunEvent, now
+from tunery.phases import Phase
+from tunery.runs import billing, store
+from tunery.runs.lifecycle import TERMINAL, RunStatus
+from tunery.runs.plane import Conflict, ControlPlane
+from tunery.runs.queries import get_run
+
+
+def cancel_run(plane: ControlPlane, *, account_id: str, run_id: str) -> None:
+    """Stop a run in any non-terminal state; cancelling twice is harmless.
+
+    The run is ``cancelled`` (and billed) when this returns; its worker is stopped on a
+    background thread (terminate, then kill after the grace). Raises NotFound, or Conflict
+    once the run is completed or failed.
+    """
+    while True:
+        handle: Handle | None = None
+        try:
+            with plane.sessions.begin() as session:
+                run = get_run(session, account_id, run_id)
+                if run.status == RunStatus.CANCELLED:
+                    return
+                if run.status in TERMINAL:
+                    raise Conflict(f"run {run_id} is already {run.status}; it cannot be cancelled")
+                at = now()
+                attempt = store.active_attempt(session, run.id)
+                if attempt is not None and store.end_attempt(session, attempt, at, "cancelled"):
+                    handle = store.handle_of(attempt)
+                finish(
+                    plane,
+                    session,
+                    run,
+                    to=RunStatus.CANCELLED,
+                    phase=Phase.CANCELLED,
+                    at=at,
+                    cancel_requested=True,
+                    retry_at=None,
+                )
+        except store.TransitionConflict:
+            # The scheduler or the worker moved the run meanwhile (the transaction rolled
+            # back); look again. A run that became terminal answers the conflict above.
+            continue
+        break
+    if handle is not None:
+        threading.Thread(
+            target=plane.workers.cancel,
+            args=(handle,),
+            kwargs={"grace_seconds": plane.settings.cancel_grace_seconds},
+            daemon=True,
+        ).start()
+    plane.changed()
+
+
+def finish(
+    plane: ControlPlane,
+    session: Session,
+    run: Run,
+    *,
+    to: RunStatus,
+    phase: Phase,
+    at: float,
+    **fields: Any,
+) -> None:
+    """Move a run to a terminal state and settle its bill in the same transaction.
+
+    ``fields`` are other run columns set with the move (``error``, ``summary``…); the refund
+    follows ``billing.refund_decision``.
+    """
+    store.move(
+        session,
+        run.id,
+        expected=RunStatus(run.status),
+        to=to,
+        phase=phase,
+        finished_at=at,
+        **fields,
+    )
+    attempts = session.scalars(select(Attempt).where(Attempt.run_id == run.id)).all()
+    refund = billing.refund_decision(to, run.config.get("base_model", ""), fields.get("error"))
+    tier = plane.settings.tier(run.tier)
+    billing.settle(
+        session,
+        account_id=run.account_id,
+        run_id=run.id,
+        seconds=billing.billable_seconds(attempts, at),
+        credits_per_minute=tier.credits_per_minute if tier else 0.0,
+        cancelled=to == RunStatus.CANCELLED,
+        refund=refund.refunded is True,
+    )
+
+
+def delete_run(plane: ControlPlane, *, account_id: str, run_id: str) -> None:
+    """Delete a finished run's record and history (never its Hub entry).
+
+    Raises NotFound, or Conflict while the run is not terminal.
+    """
+    with plane.sessions.begin() as session:
+        run = get_run(session, account_id, run_id)
+        if run.status not in TERMINAL:
+            raise Conflict(f"run {run_id} is {run.status}; cancel it before deleting it")
+        for model in (RunEvent, Attempt):
+            for row in session.scalars(select(model).where(model.run_id == run_id)):
+                session.delete(row)
+        session.delete(run)

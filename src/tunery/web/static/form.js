@@ -1,0 +1,215 @@
+// The New run form: models, datasets (with upload), tiers, and submitting a run.
+
+import { ApiError, api } from "./api.js";
+import { $, h, reportError } from "./dom.js";
+import { formatBytes } from "./format.js";
+import { clearProblems, showProblems } from "./problems.js";
+import { receiveRun, state } from "./state.js";
+
+// One key per composed run: pressing play again after a lost answer returns the same run.
+let submissionKey = null;
+
+/** Attach the form's listeners; called once at start. */
+export function setUpForm() {
+  $("#f-model").addEventListener("change", chooseModel);
+  $("#f-upload").addEventListener("change", (event) => upload(event.target));
+  $("#run-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    submit();
+  });
+}
+
+/** Fill the lists from the loaded state, keeping what the user already chose. */
+export function renderForm() {
+  const select = $("#f-model");
+  const chosen = select.value;
+  select.replaceChildren(
+    ...state.models.map((model) => h("option", { value: model.id }, modelLabel(model))),
+    h("option", { value: "__custom__" }, "Custom model (Hugging Face id, URL or path)…"),
+  );
+  if (chosen) select.value = chosen;
+  describeModel();
+  renderDatasets();
+  renderTiers();
+  if (!$("#f-name").value) {
+    const stamp = new Date().toISOString().slice(0, 16).replace(/[-:]/g, "").replace("T", "-");
+    $("#f-name").value = `run-${stamp}`;
+  }
+}
+
+function modelLabel(model) {
+  const millions = (model.parameters / 1e6).toFixed(model.parameters < 1e7 ? 1 : 0);
+  return `${model.id} · ${model.family} · ${millions}M · ${model.license}`;
+}
+
+const selectedModel = () => state.models.find((entry) => entry.id === $("#f-model").value);
+
+function describeModel() {
+  const custom = $("#f-model").value === "__custom__";
+  $("#f-model-custom").hidden = !custom;
+  const model = selectedModel();
+  $("#f-model-note").textContent = custom
+    ? "Custom model: trained as given, but a failed run on a custom model is not refunded."
+    : model
+      ? `Verified: ${model.context_length.toLocaleString()} tokens of context, ${model.chat_template} `
+        + "chat template, GGUF export tested; a failed run is refunded unless the account runs "
+        + "out of credits."
+      : "";
+}
+
+/** A catalog model brings its own LoRA defaults. */
+function chooseModel() {
+  describeModel();
+  const defaults = selectedModel()?.lora_defaults;
+  if (!defaults) return;
+  $("#f-rank").value = defaults.rank;
+  $("#f-alpha").value = defaults.alpha;
+  const targets = defaults.target_modules;
+  $("#f-targets").value = Array.isArray(targets) ? targets.join(", ") : targets;
+}
+
+function renderDatasets(select = []) {
+  const checked = new Set([...document.querySelectorAll("#f-datasets input:checked")]
+    .map((box) => box.value).concat(select));
+  const list = $("#f-datasets");
+  if (!state.datasets.length) {
+    list.replaceChildren(h("p", { class: "muted" }, "No datasets yet: upload one below."));
+    return;
+  }
+  list.replaceChildren(...state.datasets.map((dataset) => h("div", { class: "field check" },
+    h("input", {
+      type: "checkbox", id: `ds-${dataset.id}`, value: dataset.id,
+      checked: checked.has(dataset.id),
+    }),
+    h("label", { for: `ds-${dataset.id}` },
+      `${dataset.name} `, h("span", { class: "muted" },
+        `${dataset.rows.toLocaleString()} rows · ${dataset.format} · ${formatBytes(dataset.bytes)}`)),
+  )));
+}
+
+export function renderTiers() {
+  const list = $("#f-tiers");
+  // Rebuilding the radios would drop the keyboard focus: only when something changed.
+  const drawn = JSON.stringify(state.tiers);
+  if (list.dataset.drawn === drawn) return;
+  list.dataset.drawn = drawn;
+  const chosen = list.querySelector("input:checked")?.value;
+  const usable = state.tiers.filter((tier) => tier.nodes_total > 0);
+  const selected = chosen || usable[0]?.id || state.tiers[0]?.id;
+  list.replaceChildren(...state.tiers.map((tier) => h("div", { class: "field check tier" },
+    h("input", {
+      type: "radio", name: "tier", id: `tier-${tier.id}`, value: tier.id,
+      checked: tier.id === selected,
+    }),
+    h("label", { for: `tier-${tier.id}` },
+      h("strong", {}, tier.name), " ",
+      h("span", { class: "muted" },
+        `${tier.credits_per_minute > 0 ? `${tier.credits_per_minute} credits/min` : "free"} · `
+        + `${tier.nodes_free} of ${tier.nodes_total} nodes free`)),
+  )));
+}
+
+/** Upload the chosen file; the server checks every row and names the bad ones. */
+async function upload(input) {
+  const file = input.files[0];
+  if (!file) return;
+  const result = $("#upload-result");
+  result.replaceChildren(h("span", { class: "muted" }, `Checking ${file.name}…`));
+  const form = new FormData();
+  form.append("file", file);
+  try {
+    const dataset = await api("/datasets", { method: "POST", form });
+    state.datasets.unshift(dataset);
+    renderDatasets([dataset.id]);
+    result.replaceChildren(h("span", { class: "ok-text" },
+      `✓ ${dataset.name}: ${dataset.rows.toLocaleString()} rows in ${dataset.format} format.`));
+  } catch (error) {
+    if (error instanceof ApiError) result.replaceChildren(uploadProblems(file, error));
+    else {
+      reportError(error, "Upload");
+      result.replaceChildren();
+    }
+  } finally {
+    input.value = "";
+  }
+}
+
+function uploadProblems(file, error) {
+  const problems = error.problems.length ? error.problems : [{ message: error.message }];
+  return h("div", { class: "error-text", role: "alert" },
+    h("p", {}, `${file.name} cannot be used:`),
+    h("ul", {}, problems.map((problem) => h("li", {},
+      problem.line ? `${problem.unit || "line"} ${problem.line}: ${problem.message}` : problem.message))),
+    error.hint ? h("p", {}, error.hint) : null);
+}
+
+/** A random key (crypto.randomUUID needs a secure context; a LAN address is not one). */
+function newKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return [...bytes].map((byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
+/** A number when the text is one; otherwise the text, so the server names the field. */
+function numeric(selector, { optional = false } = {}) {
+  const text = $(selector).value.trim();
+  if (text === "" && optional) return null;
+  const value = Number(text);
+  return text === "" || Number.isNaN(value) ? text : value;
+}
+
+function payload() {
+  const targets = $("#f-targets").value.trim();
+  const custom = $("#f-model").value === "__custom__";
+  return {
+    name: $("#f-name").value.trim(),
+    base_model: custom ? $("#f-model-custom").value.trim() : $("#f-model").value,
+    dataset_ids: [...document.querySelectorAll("#f-datasets input:checked")].map((box) => box.value),
+    training: {
+      epochs: numeric("#f-epochs"),
+      max_steps: numeric("#f-max-steps"),
+      learning_rate: numeric("#f-lr"),
+      batch_size: numeric("#f-batch"),
+      gradient_accumulation_steps: numeric("#f-accum"),
+      max_seq_length: numeric("#f-seq", { optional: true }),
+      lr_scheduler: $("#f-sched").value,
+      warmup_ratio: numeric("#f-warmup"),
+      weight_decay: numeric("#f-wd"),
+      seed: numeric("#f-seed"),
+      gradient_checkpointing: $("#f-checkpointing").checked,
+      mixed_precision: $("#f-precision").value,
+    },
+    lora: {
+      rank: numeric("#f-rank"),
+      alpha: numeric("#f-alpha"),
+      dropout: numeric("#f-dropout"),
+      target_modules: targets === "all-linear" || targets === ""
+        ? "all-linear" : targets.split(",").map((name) => name.trim()).filter(Boolean),
+    },
+    gpu_tier: $("#f-tiers input:checked")?.value ?? null,
+    export: { gguf: $("#f-gguf").checked, quantization: "Q4_K_M" },
+    attestations: { dataset_rights: $("#f-rights").checked, model_license: $("#f-license").checked },
+  };
+}
+
+async function submit() {
+  clearProblems();
+  const button = $("#f-submit");
+  button.disabled = true;
+  try {
+    submissionKey ??= newKey();
+    const run = receiveRun(await api("/runs", {
+      method: "POST", json: payload(), headers: { "Idempotency-Key": submissionKey },
+    }));
+    submissionKey = null;
+    $("#f-name").value = "";
+    renderForm();
+    location.hash = `#/runs/${run.id}`;
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 422) {
+      submissionKey = null;  // nothing was created; the corrected form is a new run
+      showProblems(error);
+    } else reportError(error, "Submitting the run");
+  } finally {
+    button.disabled = false;
+  }
+}

@@ -1,0 +1,97 @@
+"""Server-Sent Events: one payload model per ``kind``.
+
+A run's stream (``GET /runs/{id}/events``) and an account's stream (``GET /events``) carry
+the stored events of its runs, each once and in id order, as ``id: N`` / ``event: KIND`` /
+``data: JSON``. The payload repeats ``id`` and ``kind``, adds ``at`` (ISO time) and, on the
+account stream, ``run_id``. Events that belong in the run's log (status, phase, log) carry
+``line``: the exact text ``GET /runs/{id}/logs`` shows for them.
+
+Two kinds are not stored and have no id: ``ready`` (the account stream's starting cursor)
+and ``snapshot`` (live numbers of the account's unfinished runs, every few seconds).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tunery.phases import Phase
+from tunery.runs.lifecycle import RunStatus
+from tunery.wire.reports import ErrorData, SampleData
+from tunery.wire.rest import RunMetrics
+
+STORED_KINDS = ("status", "phase", "metrics", "log", "samples")
+EVENT_KINDS = (*STORED_KINDS, "ready", "snapshot")
+
+
+class _Stored(BaseModel):
+    id: int
+    at: str
+    run_id: str | None = None
+    """Set on the account stream only."""
+
+
+class StatusEvent(_Stored):
+    """The run moved to another state (the first one is ``queued``)."""
+
+    kind: Literal["status"] = "status"
+    status: RunStatus
+    phase: Phase
+    error: ErrorData | None = None
+    line: str
+
+
+class PhaseEvent(_Stored):
+    """The run entered another phase inside its state."""
+
+    kind: Literal["phase"] = "phase"
+    phase: Phase
+    line: str
+
+
+class LogEvent(_Stored):
+    kind: Literal["log"] = "log"
+    message: str
+    line: str
+
+
+class MetricsEvent(_Stored, RunMetrics):
+    """After a step: the run's live numbers; ``replayed`` marks a step filled in later."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: Literal["metrics"] = "metrics"
+    replayed: bool | None = None
+
+
+class SamplesEvent(_Stored):
+    """The answers of the finished adapter to the sample prompts."""
+
+    kind: Literal["samples"] = "samples"
+    samples: list[SampleData]
+
+
+StoredEvent = Annotated[
+    StatusEvent | PhaseEvent | LogEvent | MetricsEvent | SamplesEvent,
+    Field(discriminator="kind"),
+]
+
+
+class ReadyEvent(BaseModel):
+    """The account stream started "now": resume from ``cursor`` after a reconnect."""
+
+    kind: Literal["ready"] = "ready"
+    cursor: int
+
+
+class RunSnapshot(BaseModel):
+    id: str
+    status: RunStatus
+    phase: Phase
+    metrics: RunMetrics
+    queue_position: int | None
+
+
+class SnapshotEvent(BaseModel):
+    kind: Literal["snapshot"] = "snapshot"
+    runs: list[RunSnapshot]

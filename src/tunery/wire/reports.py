@@ -1,0 +1,202 @@
+"""Worker → server reports: what a worker posts to ``/internal/attempts/{id}/events``.
+
+One model per ``kind`` (phase, metrics, log, history, result, failure), joined as a union
+discriminated on ``kind``. The worker's reporter builds them and the server parses them with
+the same classes, so the two sides cannot drift. A batch is ``{"events": [report, ...]}``;
+an empty batch is a heartbeat. Non-finite floats (NaN, ±inf) become ``null``: JSON has no
+spelling for them, and one bad loss must not stop a run's reports.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+from tunery.errors import ConfigError, FieldProblem
+from tunery.phases import PIPELINE_PHASES, Phase
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
+
+
+Finite = Annotated[float | None, AfterValidator(_finite)]
+"""A float that is ``None`` when the worker measured NaN or infinity."""
+
+
+class StepData(BaseModel):
+    """One optimizer step, as the pipeline's ``StepMetrics.as_dict`` gives it."""
+
+    # Newer workers may add numbers; they are kept and shown, not refused.
+    model_config = ConfigDict(extra="allow")
+    step: int = Field(ge=0)
+    total_steps: int | None = None
+    epoch: Finite = None
+    epochs: int | None = None
+    loss: Finite = None
+    learning_rate: Finite = None
+    grad_norm: Finite = None
+    tokens_per_second: Finite = None
+    trained_tokens: int | None = None
+    training_seconds: Finite = None
+    eta_seconds: Finite = None
+    progress: Finite = None
+
+
+class ErrorData(BaseModel):
+    """Why a run failed, written for its owner."""
+
+    code: str
+    message: str
+    hint: str = ""
+
+
+class SampleData(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    prompt: str
+    response: str
+
+
+class PhaseData(BaseModel):
+    phase: Phase
+
+    @field_validator("phase")
+    @classmethod
+    def _reportable(cls, phase: Phase) -> Phase:
+        if phase not in PIPELINE_PHASES:
+            names = ", ".join(PIPELINE_PHASES)
+            raise ValueError(f"a worker reports only the pipeline's phases ({names})")
+        return phase
+
+
+class LogData(BaseModel):
+    message: str
+
+
+class HistoryData(BaseModel):
+    steps: list[StepData]
+
+
+class ResultData(BaseModel):
+    """The pipeline's run summary; stored whole on the run."""
+
+    model_config = ConfigDict(extra="allow")
+    status: Literal["completed", "failed"]
+    error: ErrorData | None = None
+    samples: list[SampleData] = []
+    artifacts: dict[str, str | None] = {}
+    metrics: dict[str, Any] | None = None
+
+
+class FailureData(ErrorData):
+    transient: bool = False
+
+
+class PhaseReport(BaseModel):
+    """The pipeline entered a phase."""
+
+    kind: Literal["phase"] = "phase"
+    data: PhaseData
+
+
+class MetricsReport(BaseModel):
+    """An optimizer step finished."""
+
+    kind: Literal["metrics"] = "metrics"
+    data: StepData
+
+
+class LogReport(BaseModel):
+    """A line for the run's log."""
+
+    kind: Literal["log"] = "log"
+    data: LogData
+
+
+class HistoryReport(BaseModel):
+    """A resumed attempt's checkpoint history: every step before the checkpoint."""
+
+    kind: Literal["history"] = "history"
+    data: HistoryData
+
+
+class ResultReport(BaseModel):
+    """The recipe returned (completed, or failed after saving the adapter)."""
+
+    kind: Literal["result"] = "result"
+    data: ResultData
+
+
+class FailureReport(BaseModel):
+    """The recipe raised; ``transient`` failures are retried."""
+
+    kind: Literal["failure"] = "failure"
+    data: FailureData
+
+
+AnyReport = PhaseReport | MetricsReport | LogReport | HistoryReport | ResultReport | FailureReport
+Report = Annotated[AnyReport, Field(discriminator="kind")]
+"""One report; ``kind`` says which."""
+REPORT_KINDS = ("phase", "metrics", "log", "history", "result", "failure")
+
+
+class ReportBatch(BaseModel):
+    events: list[Report] = []
+
+
+class ReportAck(BaseModel):
+    """The server's answer to a batch: whether the owner asked to cancel the run."""
+
+    cancel: bool
+
+
+class AttemptSpec(BaseModel):
+    """What a worker runs, answered by ``GET /internal/attempts/{id}/spec``.
+
+    Everything a worker needs comes from here, never from environment variables set by
+    the server: the recipe (dataset files resolved on the node), where to write, how often
+    to report, how many threads to use and where catalog models live.
+    """
+
+    run_id: str
+    attempt: int
+    recipe: dict[str, Any]
+    out_dir: str
+    heartbeat_seconds: float
+    threads: int | None = None
+    data_dir: str
+
+
+def encode(report: AnyReport) -> str:
+    """A report as JSON text; never raises on non-finite floats (they become null)."""
+    return report.model_dump_json()
+
+
+def parse_batch(raw: Any) -> ReportBatch:
+    """Validate a posted batch; raises ConfigError naming every malformed field.
+
+    Field names drop list positions and the union's tag, so a bad history reads
+    ``events.data.steps`` whichever report of the batch it was.
+    """
+    try:
+        return ReportBatch.model_validate(raw)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            parts = [
+                str(part)
+                for part in item["loc"]
+                if not isinstance(part, int) and part not in REPORT_KINDS
+            ]
+            message = item["msg"].removeprefix("Value error, ")
+            problems.append(FieldProblem(".".join(parts) or "events", message))
+        raise ConfigError(problems, hint="the worker and the server disagree on reports") from None
