@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS := constraints-cpu.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo demo-cli test test-fast lint bench bench-quick clean
+.PHONY: install system-deps demo demo-cli test test-fast reliability lint bench bench-quick clean gpu-check
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ test: $(STAMP) system-deps lint
 test-fast: $(STAMP)
 	$(BIN)/pytest -q
 
+## The reliability suite; its figures land in build/reliability.json (docs/reliability.md).
+reliability: $(STAMP)
+	$(BIN)/pytest -m reliability tests/reliability
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
@@ -59,6 +63,17 @@ bench-quick: $(STAMP)
 	$(BIN)/python bench/train_throughput.py --quick --threads 1
 	$(BIN)/python bench/gguf_export.py --quick
 	$(BIN)/python bench/control_plane.py --quick
+
+## The GPU check (bench/gpu_check.py): CUDA against CPU, throughput and memory against HF
+## Trainer, resume. Runs from the tree with the python that has torch (no install needed);
+## wheels in .whl/ (pydantic and friends, liger-kernel, bitsandbytes) go to a temporary
+## --target folder first. Without CUDA it runs the CPU part and exits 0.
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check:
+	@site=$$(mktemp -d) && trap 'rm -rf "$$site"' EXIT && \
+	if [ -d .whl ]; then $(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile \
+		--target "$$site" .whl/*.whl; fi && \
+	PYTHONPATH="$$site:$(CURDIR)/src" $(GPU_PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build runs .pytest_cache .ruff_cache

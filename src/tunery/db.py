@@ -8,6 +8,7 @@ a revision there (a test compares the two).
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from pathlib import Path
@@ -93,18 +94,32 @@ class Run(Base):
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     hub_entry_id: Mapped[str | None] = mapped_column(String, nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String, nullable=True)
+    idempotency_payload_hash: Mapped[str | None] = mapped_column(String, nullable=True)
+    """SHA-256 of the payload the key was first used with; a different payload is refused."""
+    finish_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    """"Finish now": training stops at the next step, then the run saves, exports, samples."""
+    estimate: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """The estimate at submission (``wire.rest.RunEstimate``), kept to compare with the run."""
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """The latest evaluation, the best one, and whether early stopping ended the run."""
     __table_args__ = (UniqueConstraint("account_id", "idempotency_key"),)
 
 
 class Attempt(Base):
-    """One try at a run on one node; ``token`` fences writes from stale attempts."""
+    """One try at a run on one node; its token fences writes from stale attempts.
+
+    Only the token's SHA-256 is stored (``token_hash``): the database gives no one a token.
+    ``node`` is "" until a cluster placed the attempt; ``waiting_reason`` says why a
+    cluster has not placed it yet.
+    """
 
     __tablename__ = "attempts"
     id: Mapped[str] = mapped_column(String, primary_key=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
     number: Mapped[int] = mapped_column(Integer)
     node: Mapped[str] = mapped_column(String, index=True)
-    token: Mapped[str] = mapped_column(String)
+    token_hash: Mapped[str] = mapped_column(String)
+    waiting_reason: Mapped[str | None] = mapped_column(String, nullable=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     process_started: Mapped[str | None] = mapped_column(String, nullable=True)
@@ -158,9 +173,57 @@ class LedgerEntry(Base):
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
 
+class FineTuningJob(Base):
+    """What an OpenAI-style job adds to its run (``/v1/fine_tuning/jobs``); one row per run."""
+
+    __tablename__ = "fine_tuning_jobs"
+    # No foreign key: deleting a run's record (``settle.delete_run``) leaves this row inert.
+    run_id: Mapped[str] = mapped_column(String, primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    suffix: Mapped[str | None] = mapped_column(String, nullable=True)
+    validation_file: Mapped[str | None] = mapped_column(String, nullable=True)
+    job_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class WebhookEndpoint(Base):
+    """A URL an account registered for job notifications, with its signing secret."""
+
+    __tablename__ = "webhook_endpoints"
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    url: Mapped[str] = mapped_column(String)
+    secret: Mapped[str] = mapped_column(String)
+    event_types: Mapped[list[Any]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint, and how its delivery went (retried with back-off)."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    """The Standard Webhooks message id (``webhook-id``), the same on every retry."""
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id"), index=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    source_event_id: Mapped[int] = mapped_column(Integer, index=True)
+    event_type: Mapped[str] = mapped_column(String)
+    payload: Mapped[str] = mapped_column(String)
+    status: Mapped[str] = mapped_column(String, index=True)  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(String, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    __table_args__ = (UniqueConstraint("endpoint_id", "source_event_id"),)
+
+
 def make_engine(path: Path) -> Engine:
     """An engine for the database at ``path``, created or upgraded to the newest schema first."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Owner-only from the first byte: SQLite gives its -wal and -shm files the same mode.
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    path.chmod(0o600)
     migrations.upgrade(path)
     engine = create_engine(
         f"sqlite:///{path}", connect_args={"check_same_thread": False, "timeout": 30}

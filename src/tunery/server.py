@@ -42,8 +42,12 @@ def ensure_admin(settings: Settings) -> str | None:
 
 
 def data_dir_from(option: Path | None) -> Path:
+    """The data dir, created owner-only (0700) if missing: it holds the database, the
+    signing key and the admin token."""
     root = resolve_data_dir(option)
-    root.mkdir(parents=True, exist_ok=True)
+    if not root.exists():
+        root.mkdir(parents=True, mode=0o700)
+        root.chmod(0o700)  # mkdir's mode is filtered by the umask
     return root.resolve()
 
 

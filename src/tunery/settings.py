@@ -14,7 +14,7 @@ the server's URL and token for the CLI, the GGUF toolchain, the local tier, torc
 ```yaml
 tiers:                       # credits per minute of training; 0 switches billing off
   - {id: cpu, name: CPU, credits_per_minute: 1.0}
-  - {id: t4, name: NVIDIA T4, credits_per_minute: 0}
+  - {id: t4, name: NVIDIA T4, credits_per_minute: 0, tflops: 20}   # tflops: the estimate's prior
 nodes:                       # default: one local node of the detected tier
   - {name: local-0, tier: cpu, backend: local}
 cluster:                     # where attempts run; default kind local (this machine's nodes)
@@ -25,6 +25,10 @@ cluster:                     # where attempts run; default kind local (this mach
 admin_grant: 100             # credits granted to the first admin account
 lease_seconds: 20            # a worker silent this long is lost
 max_attempts: 3              # attempts per run before a transient failure is final
+max_queued_runs_per_account: 50   # more queued runs of one account answer 429
+dataset_quota_bytes: 21474836480  # datasets one account may keep (20 GiB); past it 413
+failed_run_retention_hours: 168   # a failed or cancelled run's folder is removed after this
+local_models_dir: /srv/models     # local base models only from here; default DATA_DIR/models
 storage:                     # where Hub artifacts live; default: kind local (DATA_DIR/hub)
   kind: s3                   # local | s3 (any S3-compatible store; pip install 'tunery[s3]')
   bucket: tunery-hub         # required for s3; must already exist
@@ -84,6 +88,21 @@ GPU_TIERS = {
     "H200": "h200",
     "L40S": "l40s",
 }
+ASSUMED_TRAINING_TFLOPS = {
+    "cpu": 0.04,
+    "t4": 20.0,
+    "l4": 40.0,
+    "a10g": 40.0,
+    "a100": 100.0,
+    "l40s": 120.0,
+    "h100": 300.0,
+    "h200": 300.0,
+}
+"""Training throughput each tier is assumed to reach before any run measured it: about a
+third of the card's dense bf16 peak (LoRA steps are small matrix products and the loop
+syncs every step); for ``cpu``, about what the demo model reaches on two quiet cores
+(``tests/pipeline/test_estimate_accuracy.py``). The estimate of
+a run divides 6 × parameters × tokens by it (``tunery.runs.estimate``)."""
 TIER_NAMES = {
     "cpu": "CPU",
     "t4": "NVIDIA T4",
@@ -164,12 +183,23 @@ class TierSettings(BaseModel):
     gpus: int | None = Field(
         None, ge=0, description="GPUs an attempt asks a Ray cluster for; default 0 for cpu, else 1"
     )
+    tflops: float | None = Field(
+        None,
+        gt=0,
+        description="training TFLOPS a run's estimate assumes until runs on the tier measured "
+        "it; default: ASSUMED_TRAINING_TFLOPS for known tiers",
+    )
 
     @property
     def gpus_per_attempt(self) -> int:
         if self.gpus is not None:
             return self.gpus
         return 0 if self.id == "cpu" else 1
+
+    @property
+    def assumed_tflops(self) -> float | None:
+        """The estimate's prior throughput; None for an unknown tier without ``tflops``."""
+        return self.tflops or ASSUMED_TRAINING_TFLOPS.get(self.id)
 
 
 class NodeSettings(BaseModel):
@@ -374,6 +404,21 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(
         default_factory=StorageSettings, description="where Hub artifacts live"
     )
+    max_queued_runs_per_account: int = Field(
+        50, ge=1, description="queued runs one account may have; a submission past it is a 429"
+    )
+    dataset_quota_bytes: int = Field(
+        20 * 2**30, ge=0, description="bytes of datasets one account may keep; past it a 413"
+    )
+    failed_run_retention_hours: float = Field(
+        168.0,
+        ge=0,
+        description="how long a failed or cancelled run's folder (checkpoints, logs) is kept",
+    )
+    local_models_dir: Path | None = Field(
+        None,
+        description="the only directory local base models may come from; else DATA_DIR/models",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -438,6 +483,11 @@ class Settings(BaseSettings):
     @property
     def database_path(self) -> Path:
         return self.data_dir / "tunery.db"
+
+    @property
+    def models_dir(self) -> Path:
+        """Where submissions may name local base models from (``local_models_dir``)."""
+        return (self.local_models_dir or self.data_dir / "models").expanduser()
 
 
 class SettingsFile(PydanticBaseSettingsSource):

@@ -360,9 +360,7 @@ def test_every_page_fits_a_phone(studio_server, open_studio, view: str) -> None:
     assert overflow <= 0, f"{view} is {overflow}px wider than the phone"
 
 
-def test_queue_position_retry_and_failure_show_in_the_runs_tab(
-    start_studio, open_studio, tmp_path: Path
-) -> None:
+def test_queue_position_retry_and_failure_show_in_the_runs_tab(start_studio, open_studio) -> None:
     # A back-off long enough to read the Retrying message.
     studio_server = start_studio(retry_backoff_seconds=6)
     client = Client(studio_server)
@@ -392,7 +390,7 @@ def test_queue_position_retry_and_failure_show_in_the_runs_tab(
     expect(page.locator(f"#panel-{first['id']} .phase")).to_contain_text("attempt 2")
 
     # A run whose model cannot load fails with its message and hint inline.
-    broken = tmp_path / "no-weights"
+    broken = studio_server.root / "models" / "no-weights"  # the folder local models come from
     broken.mkdir()
     (broken / "config.json").write_text('{"model_type": "llama"}')
     missing = client.submit_ok(payload(dataset, "missing-model", base_model=str(broken)))

@@ -150,7 +150,7 @@ class Server:
     def worker_pids(self) -> list[int]:
         """Pids of every worker this server ever started."""
         rows = self.query("SELECT * FROM attempts WHERE process_started IS NOT NULL")
-        return [_with_process(row)["pid"] for row in rows]
+        return [pid for row in rows if (pid := _with_process(row)["pid"]) is not None]
 
     def worker_pid(self, run_id: str, *, timeout: float = 60) -> int:
         """The pid of the run's active attempt, once the scheduler recorded it."""
@@ -175,8 +175,9 @@ class Server:
 def _with_process(row: sqlite3.Row) -> dict[str, Any]:
     attempt = dict(row)
     attempt["pid"] = attempt["started"] = None
-    if row["process_started"]:
-        attempt["pid"], attempt["started"] = process_of(Handle.decode(row["process_started"]))
+    handle = Handle.decode(row["process_started"]) if row["process_started"] else None
+    if handle is not None and handle.backend == "local":
+        attempt["pid"], attempt["started"] = process_of(handle)
     return attempt
 
 
@@ -186,6 +187,14 @@ def _is_worker(pid: int) -> bool:
     except OSError:
         return False
     return b"tunery.worker" in cmdline
+
+
+def attempt_token(pid: int) -> str:
+    """The token a local worker was started with, from its environment (readable by the
+    same user only; the database keeps its hash, the command line never has it)."""
+    variables = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    prefix = b"TUNERY_ATTEMPT_TOKEN="
+    return next(v[len(prefix) :].decode() for v in variables if v.startswith(prefix))
 
 
 def worker_alive(pid: int, started: str | None) -> bool:

@@ -25,7 +25,12 @@ from tunery.settings import Settings
 def api(tmp_path: Path) -> Iterator[tuple[TestClient, str]]:
     settings = Settings.load(tmp_path)
     token = ensure_admin(settings)
-    app = create_app(settings, server_url="http://test", backend=FakeBackend(), run_scheduler=False)
+    app = create_app(
+        settings,
+        server_url="http://test",
+        backend=FakeBackend.for_settings(settings),
+        run_scheduler=False,
+    )
     with TestClient(app) as client:
         yield client, token
 

@@ -195,14 +195,14 @@ def test_cancel_retrying(
 
 
 def test_cancel_of_a_failed_or_completed_run_is_409(
-    server: Server, client_for: Callable[..., Client], demo_dataset: Path, tmp_path: Path
+    server: Server, client_for: Callable[..., Client], demo_dataset: Path
 ) -> None:
     """A run that fails on its own (a user error in the worker) is terminal too."""
     api = client_for(server)
     dataset_id = api.dataset(demo_dataset)
     # A local base model directory that exists but holds no loadable model fails in the
     # worker (not at submission): config.json is there, the weights are not.
-    broken = tmp_path / "broken-model"
+    broken = server.root / "models" / "broken-model"  # the folder local models come from
     broken.mkdir()
     (broken / "config.json").write_text('{"model_type": "llama"}')
     run = api.submit_ok(payload(dataset_id, "broken", base_model=str(broken)))

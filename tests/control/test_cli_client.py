@@ -292,7 +292,7 @@ def test_cancel_asks_first_then_cancels(server, demo_dataset, tmp_path):
 
 
 def test_watch_of_a_failed_run_exits_1_with_the_error(server, demo_dataset, tmp_path):
-    broken_model = tmp_path / "broken-model"
+    broken_model = server.data_dir / "models" / "broken-model"  # the allowed folder
     broken_model.mkdir()
     (broken_model / "config.json").write_text("{}")
     recipe = write_recipe(tmp_path, demo_dataset, name="broken", base_model=str(broken_model))

@@ -17,6 +17,7 @@ from control_harness import (
     Server,
     Watcher,
     assert_one_terminal,
+    attempt_token,
     payload,
     prepare_root,
     running_server,
@@ -132,9 +133,10 @@ def test_a_resumed_attempts_history_fills_only_steps_never_reported(
     api = client_for(server)
     run = api.submit_ok(payload(api.dataset(demo_dataset), "history", training={"max_steps": 5000}))
     api.wait_step(run["id"], 3)
-    attempt = server.query(
-        "SELECT id, token FROM attempts WHERE run_id = ? AND active = 1", run["id"]
-    )[0]
+    attempt = dict(
+        server.query("SELECT id FROM attempts WHERE run_id = ? AND active = 1", run["id"])[0]
+    )
+    attempt["token"] = attempt_token(server.worker_pid(run["id"]))
     first = api.metrics(run["id"])[0]
     history = [{**first, "loss": 99.0}, {**first, "step": 4000, "loss": 0.5}]
     response = httpx.post(
@@ -211,8 +213,10 @@ def test_server_sigkill_mid_training_then_restart_completes(
     assert before.events
     assert worker_alive(pid, attempt["started"]), "the worker died with the server"
     if finish_while_down:
-        # The worker trains, saves and samples; only its final report waits for a server.
-        wait_until(lambda: (run_dir / "run.json").is_file(), timeout=300, what="run.json")
+        # The worker trains, saves and samples (its checkpoints go once the adapter is
+        # saved); only its bundle upload and final report wait for a server.
+        wait_until(lambda: newest_checkpoint(run_dir), timeout=120, what="a checkpoint")
+        wait_until(lambda: newest_checkpoint(run_dir) is None, timeout=300, what="training to end")
     else:
         # The worker trains on (its checkpoints show it) and queues reports nobody takes.
         wait_until(
@@ -221,7 +225,7 @@ def test_server_sigkill_mid_training_then_restart_completes(
             interval=0.02,
             what="training progress while the server is down",
         )
-        assert not (run_dir / "run.json").exists(), "the run finished while the server was down"
+        assert newest_checkpoint(run_dir), "the run finished while the server was down"
     assert worker_alive(pid, attempt["started"])
 
     server.start()

@@ -38,7 +38,7 @@ ACCOUNT = "acc_1"
 
 @pytest.fixture
 def backend() -> FakeBackend:
-    return FakeBackend()
+    return FakeBackend(nodes=[("s0", "small"), ("s1", "small"), ("b0", "big")])
 
 
 @pytest.fixture
@@ -127,7 +127,9 @@ def test_cancel_frees_the_node_for_the_next_run(plane, backend):
     assert status(plane, second) == "waiting_for_gpu"
     assert attempt.id not in backend.running()
     with pytest.raises(StaleAttempt):
-        attempts.report(plane, attempt_id=attempt.id, token=attempt.token, batch=ReportBatch())
+        attempts.report(
+            plane, attempt_id=attempt.id, token=token_of(plane, attempt), batch=ReportBatch()
+        )
 
 
 def test_a_lost_worker_sends_its_run_to_retrying_then_back_to_a_node(plane, backend):
@@ -161,9 +163,17 @@ def test_a_worker_that_cannot_start_is_retried(plane, backend):
     assert len(backend.launches) == 1
 
 
+def token_of(plane: ControlPlane, attempt: Attempt) -> str:
+    """The token the attempt's worker was started with (the database keeps only its hash)."""
+    launches = plane.workers.launches  # type: ignore[attr-defined]
+    return next(launch.token for launch in launches if launch.attempt_id == attempt.id)
+
+
 def report(plane: ControlPlane, attempt: Attempt, *reports) -> bool:
     batch = parse_batch({"events": [json.loads(encode(r)) for r in reports]})
-    return attempts.report(plane, attempt_id=attempt.id, token=attempt.token, batch=batch).cancel
+    return attempts.report(
+        plane, attempt_id=attempt.id, token=token_of(plane, attempt), batch=batch
+    ).cancel
 
 
 def step(number: int, **values) -> MetricsReport:
@@ -205,13 +215,15 @@ def test_a_malformed_report_names_its_field():
 
 def test_out_of_credits_is_not_refunded_and_says_why(plane, backend):
     plane.settings.tiers[1].credits_per_minute = 1.0
+    with plane.sessions.begin() as session:  # pays the first minute, not the second
+        billing.record(session, account_id=ACCOUNT, kind="grant", amount=1.5)
     run_id = queue(plane, "big")
     tick(plane)
     attempt = live(plane, run_id)
     report(plane, attempt, step(1))
     with plane.sessions.begin() as session:
         session.get(Attempt, attempt.id).training_started_at -= 120  # two minutes trained
-    tick(plane)  # the balance is 0: enforce_credits stops the run
+    tick(plane)  # the credits so far reach the balance: enforce_credits stops the run
     run = queries.view_run(plane, ACCOUNT, run_id)
     assert (run.status, run.error.code, run.refunded) == ("failed", "out_of_credits", False)
     assert "ran out of credits" in run.refund_note

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from tunery.backends.fake import FakeBackend
 from tunery.db import Account, Attempt, LedgerEntry, Run, now
 from tunery.phases import Phase
-from tunery.runs import billing, queries
+from tunery.runs import billing, queries, store
 from tunery.runs.lifecycle import RunStatus
 from tunery.runs.plane import ControlPlane
 from tunery.runs.settle import finish as settle_finish
@@ -26,7 +26,7 @@ def plane(tmp_path):
         ],
         nodes=[NodeSettings(name="n0", tier="cpu"), NodeSettings(name="n1", tier="gpu")],
     )
-    plane = ControlPlane.open(settings, backend=FakeBackend())
+    plane = ControlPlane.open(settings, backend=FakeBackend.for_settings(settings))
     with plane.sessions.begin() as session:
         session.add(Account(id="acc_1", name="a"))
     yield plane
@@ -67,7 +67,7 @@ def training_run(
                 run_id=run_id,
                 number=1,
                 node="n0",
-                token="t",
+                token_hash=store.token_digest("t"),
                 lease_expires_at=now() + 60,
                 training_started_at=now() - trained_seconds,
             )

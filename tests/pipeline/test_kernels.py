@@ -168,3 +168,15 @@ def test_flattened_packing_is_one_row_without_padding():
     flash = attention_inputs("flash_attention_2", (5, 3, 7), CPU)
     assert flash["cu_seq_lens_q"].tolist() == [0, 5, 8, 15]
     assert flash["cu_seq_lens_q"].dtype == torch.int32 and flash["max_length_q"] == 7
+
+
+def test_run_json_records_the_kernels_chosen(data_dir, make_recipe, tmp_path):
+    from tunery.pipeline.recipe import run_recipe
+    from tunery.pipeline.reporting import RecordingReporter
+
+    reporter = RecordingReporter()
+    result = run_recipe(make_recipe(training={"max_steps": 2}), tmp_path / "out", reporter)
+    kernels = result.summary["kernels"]
+    assert kernels["attention"] == "sdpa_segments" and kernels["loss"] == "chunked"
+    assert kernels["compile"] is False and kernels["fused_layers"] == "none"
+    assert any(line.startswith("attention sdpa_segments") for line in reporter.logs)

@@ -137,3 +137,10 @@ def test_an_upload_over_its_cap_is_refused_while_streaming() -> None:
     assert status == 413
     assert read < len(chunks)
     assert answer["detail"]["code"] == "payload_too_large"
+
+
+def test_refusals_on_the_openai_paths_come_in_openai_shape() -> None:
+    status, answer, read = call("/v1/fine_tuning/jobs", [b"{}"], token=None)
+    assert (status, read) == (401, 0)
+    assert answer["error"]["message"].startswith("missing bearer token")
+    assert answer["error"]["type"] == "invalid_request_error"

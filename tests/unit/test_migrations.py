@@ -3,6 +3,7 @@ with all its rows, and the migrations never drift from the models."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import subprocess
@@ -279,6 +280,14 @@ ROWS: dict[type[Base], list[dict[str, Any]]] = {
 }
 
 
+def upgraded(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` as the newest schema holds it: attempt tokens hashed since 0003."""
+    if "token" not in row:
+        return row
+    row = {key: value for key, value in row.items() if key != "token"}
+    return {**row, "token_hash": hashlib.sha256(b"fence").hexdigest(), "waiting_reason": None}
+
+
 def release_database(path: Path) -> None:
     """A database as release 5c9f119 left it, holding ROWS."""
     connection = sqlite3.connect(path)
@@ -330,7 +339,8 @@ def test_a_release_database_is_upgraded_with_every_row(tmp_path: Path) -> None:
                 stored = session.scalars(select(model).order_by(model.id)).all()
                 assert len(stored) == len(rows), model.__tablename__
                 for item, row in zip(stored, rows, strict=True):
-                    assert {key: getattr(item, key) for key in row} == row
+                    expected = upgraded(row)
+                    assert {key: getattr(item, key) for key in expected} == expected
     finally:
         engine.dispose()
     assert version(database) == HEAD

@@ -22,17 +22,25 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from tunery import __version__
+from tunery.api import openai as openai_api
 from tunery.api.body_limits import BodyGuard, BodyLimits
 from tunery.api.routes import credits, datasets, hub, internal, meta, runs
 from tunery.api.streams import Broadcast, SharedReads
+from tunery.backends import open_backend
 from tunery.backends.base import Backend
-from tunery.backends.local import LocalBackend
 from tunery.errors import ConfigError, DatasetError, TuneryError
 from tunery.hub.s3 import StorageError
 from tunery.hub.signing import load_secret
 from tunery.pipeline.config import RunRecipe
 from tunery.runs.accounts import account_for_token
-from tunery.runs.plane import Conflict, ControlPlane, NotFound, StaleAttempt
+from tunery.runs.plane import (
+    Conflict,
+    ControlPlane,
+    NotFound,
+    QuotaExceeded,
+    StaleAttempt,
+    TooManyQueued,
+)
 from tunery.scheduler.scheduler import SchedulerThread
 from tunery.settings import Settings
 from tunery.wire.rest import ErrorResponse
@@ -50,7 +58,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (401, "Missing or unknown token"),
         (404, "Unknown id, or another account's"),
         (409, "The resource's state does not allow it"),
+        (413, "The body, or the account's storage quota, is too large"),
         (422, "Invalid input, with every problem"),
+        (429, "The account has as many queued runs as the server allows"),
     )
 }
 
@@ -72,9 +82,14 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(TuneryError)
     async def tunery_error(_: Request, error: TuneryError) -> JSONResponse:
-        status = {NotFound: 404, Conflict: 409, StaleAttempt: 409, StorageError: 502}.get(
-            type(error), 400
-        )
+        status = {
+            NotFound: 404,
+            Conflict: 409,
+            StaleAttempt: 409,
+            QuotaExceeded: 413,
+            TooManyQueued: 429,
+            StorageError: 502,
+        }.get(type(error), 400)
         return _error(status, error.as_dict())
 
 
@@ -97,7 +112,9 @@ def create_app(
     backend: Backend | None = None,
     run_scheduler: bool = True,
 ) -> FastAPI:
-    plane = ControlPlane.open(settings, backend=backend or LocalBackend(), server_url=server_url)
+    plane = ControlPlane.open(
+        settings, backend=backend or open_backend(settings), server_url=server_url
+    )
     broadcast = Broadcast()
     plane.notifier.subscribe(broadcast.publish)
     scheduler = SchedulerThread(plane)
@@ -118,6 +135,7 @@ def create_app(
     app.state.shared_reads = SharedReads()
     app.state.secret = load_secret(settings.data_dir)
     _add_error_handlers(app)
+    openai_api.add_error_handler(app)
     app.add_middleware(
         BodyGuard,
         token_is_valid=lambda token: account_for_token(plane, token) is not None,
@@ -131,6 +149,7 @@ def create_app(
     app.include_router(credits.router, prefix="/api/v1", responses=ERRORS)
     app.include_router(hub.router, responses=ERRORS)
     app.include_router(internal.router)
+    app.include_router(openai_api.router)  # /v1 (OpenAI's API) and /api/v1/webhooks
 
     @app.get("/", include_in_schema=False)
     def studio() -> FileResponse:

@@ -30,8 +30,13 @@ class BodyLimits:
     """A worker's batch may carry a resumed run's whole step history."""
     upload_bytes: int = 512 * MIB
     """A dataset upload (multipart); datasets are further capped by rows and decoded size."""
+    bundle_bytes: int = 32 * 1024 * MIB
+    """A worker's bundle upload (a 70B model's Q4_K_M GGUF is about 40 GiB: export those
+    with a larger cap); the route reads it only after checking the attempt's token."""
 
     def for_request(self, path: str, content_type: str) -> int:
+        if path.startswith("/internal/attempts/") and "/bundles/" in path:
+            return self.bundle_bytes
         if path.startswith("/internal/"):
             return self.report_bytes
         if content_type.startswith("multipart/form-data"):
@@ -52,7 +57,13 @@ def requires_token(path: str) -> bool:
     return path.startswith(("/api/", "/v1/"))
 
 
-def error_body(code: str, message: str, hint: str) -> bytes:
+def error_body(path: str, code: str, message: str, hint: str) -> bytes:
+    """The refusal in the shape the path's clients parse: tunery's, or OpenAI's on ``/v1``."""
+    if path.startswith("/v1/"):
+        # The openai SDK picks its exception class by status and reads ``error.message``.
+        text = f"{message}; {hint}" if hint else message
+        error = {"message": text, "type": "invalid_request_error", "param": None, "code": code}
+        return json.dumps({"error": error}).encode()
     return json.dumps({"detail": {"code": code, "message": message, "hint": hint}}).encode()
 
 
@@ -81,14 +92,14 @@ class BodyGuard:
         headers = {key.decode("latin-1").lower(): value for key, value in scope["headers"]}
         path: str = scope["path"]
         if requires_token(path):
-            refusal = await self._authenticate(headers.get("authorization", b""))
+            refusal = await self._authenticate(path, headers.get("authorization", b""))
             if refusal is not None:
                 await respond(send, 401, refusal)
                 return
         limit = self.limits.for_request(path, headers.get("content-type", b"").decode("latin-1"))
         announced = headers.get("content-length")
         if announced is not None and (not announced.isdigit() or int(announced) > limit):
-            await respond(send, 413, too_large(limit))
+            await respond(send, 413, too_large(path, limit))
             return
         counter = BodyCounter(receive, limit)
         replaced = False
@@ -101,30 +112,32 @@ class BodyGuard:
                 await send(message)
             elif not replaced:
                 replaced = True
-                await respond(send, 413, too_large(limit))
+                await respond(send, 413, too_large(path, limit))
 
         try:
             await self.app(scope, counter.receive, replacing_send)
         except BodyTooLarge:
             if not replaced:
-                await respond(send, 413, too_large(limit))
+                await respond(send, 413, too_large(path, limit))
 
-    async def _authenticate(self, authorization: bytes) -> bytes | None:
+    async def _authenticate(self, path: str, authorization: bytes) -> bytes | None:
         """None when the header holds a valid bearer token, else the 401 body."""
         scheme, _, token = authorization.decode("latin-1").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return error_body(
+                path,
                 "unauthorized",
                 "missing bearer token",
                 "send Authorization: Bearer TOKEN (see TUNERY_TOKEN)",
             )
         if not await run_in_threadpool(self.token_is_valid, token.strip()):
-            return error_body("unauthorized", "unknown or revoked token", "")
+            return error_body(path, "unauthorized", "unknown or revoked token", "")
         return None
 
 
-def too_large(limit: int) -> bytes:
+def too_large(path: str, limit: int) -> bytes:
     return error_body(
+        path,
         "payload_too_large",
         f"the request body is larger than {limit // MIB} MiB, the limit for this route",
         "send a smaller body; dataset uploads and their limits are described in the README",

@@ -9,6 +9,7 @@ encoded once, so fifty watchers of one run cost one query instead of fifty.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import AsyncIterator, Callable, Hashable
 from functools import partial
@@ -28,6 +29,8 @@ KEEPALIVE_SECONDS = 15.0
 # The account stream pushes live numbers (duration, credits) of active runs this often.
 SNAPSHOT_SECONDS = 3.0
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+CURSOR = re.compile(r"[0-9]{1,19}")
+MAX_EVENT_ID = 2**63 - 1
 
 
 class Broadcast:
@@ -106,8 +109,15 @@ def sse(payload: BaseModel, event_id: int | None = None) -> str:
 
 
 def cursor(last_event_id: str | None) -> int | None:
-    """A ``Last-Event-ID`` header as an event id; None when absent or malformed."""
-    return int(last_event_id) if last_event_id and last_event_id.isdigit() else None
+    """A ``Last-Event-ID`` header as an event id; None when absent or malformed.
+
+    Only ASCII digits that fit SQLite's integer count: other digits, thousands of them, or
+    a value past 2**63 - 1 would fail in ``int`` or in the query. A malformed cursor is
+    ignored rather than refused, since a browser's EventSource stops reconnecting on a 4xx.
+    """
+    if last_event_id and CURSOR.fullmatch(last_event_id) and int(last_event_id) <= MAX_EVENT_ID:
+        return int(last_event_id)
+    return None
 
 
 async def run_stream(

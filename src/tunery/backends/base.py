@@ -1,31 +1,71 @@
-"""The seam between the scheduler and where workers run: start, poll, cancel.
+"""The seam between the scheduler and where workers run: capacity, start, placement, cancel.
 
-A backend starts one worker per attempt and can be asked, later and possibly from a
-restarted control plane, whether it is still running. What it hands back is a ``Handle``:
-its own kind plus a reference string only it reads (the local backend packs a process id
-and start time into it; a Ray backend would use an actor id). The scheduler stores handles
+A backend owns placement: the scheduler asks it for a slot of a tier (``claim``), hands it
+the attempt (``start``), and later, possibly from a restarted control plane, asks where the
+worker is (``placement``: pending and why, running on a node, or gone). What ``start`` hands
+back is a ``Handle``: its own kind plus a reference string only it reads (the local backend
+packs a process id and start time into it, Ray an actor name). The scheduler stores handles
 through ``tunery.runs.store`` and passes them back unread. Implementations: ``local`` (a
-process group per attempt on this machine) and ``fake`` (in memory, for tests).
+process group per attempt on this machine's nodes), ``ray`` (an actor per attempt on a Ray
+cluster) and ``fake`` (in memory, for tests).
+
+Every backend runs the same worker protocol (``tunery.worker.attempt``): a worker gets its
+attempt id and token (never on a command line), and everything else over the API.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
+
+TOKEN_VARIABLE = "TUNERY_ATTEMPT_TOKEN"
+"""The environment variable a local worker finds its token in."""
 
 
 @dataclass(frozen=True)
 class AttemptLaunch:
     """What a worker needs to find its spec: the server, its attempt id and fencing token.
 
-    Everything else (recipe, threads, where to write) the worker reads from its spec.
+    ``token`` is a secret: backends hand it over by environment, stdin or an RPC argument,
+    never on a command line. ``node`` is the node ``claim`` gave ("" where the backend
+    places the attempt itself). Everything else the worker reads from its spec.
     """
 
     attempt_id: str
+    run_id: str
+    number: int
+    tier: str
+    node: str
     token: str
     server_url: str
-    node: str
-    log_path: str
+
+
+class WorkerState(StrEnum):
+    PENDING = "pending"
+    """Waiting for placement (the cluster has no free node of its tier yet)."""
+    RUNNING = "running"
+    """Placed and started (it may still be loading)."""
+    GONE = "gone"
+    """Exited, killed, or lost with its node."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a started worker is: ``node`` once placed, ``reason`` while pending."""
+
+    state: WorkerState
+    node: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class TierCapacity:
+    """Slots of a tier: on live nodes (``total``) and free now (``free``)."""
+
+    total: int
+    free: int
 
 
 @dataclass(frozen=True)
@@ -49,14 +89,33 @@ class Backend(Protocol):
     kind: str
     """The ``Handle.backend`` of the handles it makes."""
 
-    def start(self, launch: AttemptLaunch) -> Handle:
-        """Start the worker; returns once it is spawned (not loaded). Raises OSError."""
+    def capacity(self, tier: str, busy: Collection[str]) -> TierCapacity:
+        """The tier's slots; ``busy`` names the nodes that hold a live attempt."""
 
-    def alive(self, handle: Handle) -> bool:
-        """Whether the worker still exists."""
+    def claim(self, tier: str, busy: Collection[str]) -> str | None:
+        """A slot for one more attempt of ``tier`` now: the node's name, "" where the backend
+        places attempts itself, or None to keep the run in tunery's queue."""
+
+    def start(self, launch: AttemptLaunch) -> Handle:
+        """Start the worker; returns once it is spawned or submitted (not loaded).
+
+        Raises OSError when it cannot."""
+
+    def placement(self, handle: Handle) -> Placement:
+        """Whether the worker is pending, running (and where), or gone."""
 
     def cancel(self, handle: Handle, *, grace_seconds: float) -> None:
-        """Stop the worker and everything it started: terminate, then kill after the grace."""
+        """Stop the worker and everything it started, and free its slot."""
 
     def collect(self) -> None:
         """Release what workers that have exited still hold (called every scheduler tick)."""
+
+
+def node_slots(
+    nodes: Iterable[tuple[str, str]], tier: str, busy: Collection[str]
+) -> tuple[TierCapacity, str | None]:
+    """Capacity and the first idle node of ``tier`` among ``(name, tier)`` pairs: how a
+    pool of named one-attempt nodes (local, fake) answers ``capacity`` and ``claim``."""
+    names = [name for name, node_tier in nodes if node_tier == tier]
+    idle = [name for name in names if name not in busy]
+    return TierCapacity(total=len(names), free=len(idle)), (idle[0] if idle else None)

@@ -1,30 +1,59 @@
 """An in-memory backend: workers that exist only as records, for scheduler tests.
 
-``start`` records the launch and returns a handle; nothing runs. Tests play the worker's
-part through the control plane's functions (spec, reports) and the backend's controls:
-``lose`` (the worker vanished), ``fail_starts`` (spawning raises OSError).
+``start`` records the launch and returns a handle; nothing runs. Placement comes from
+``nodes`` (``(name, tier)`` pairs, one attempt each) as the local pool's does. Tests play the
+worker's part through the control plane's functions (spec, reports) and the backend's
+controls: ``lose`` (the worker vanished), ``fail_starts`` (spawning raises OSError),
+``hold`` (a started worker waits for placement, with a reason, as on a full cluster).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from tunery.backends.base import AttemptLaunch, Handle
+from tunery.backends.base import (
+    AttemptLaunch,
+    Handle,
+    Placement,
+    TierCapacity,
+    WorkerState,
+    node_slots,
+)
+
+if TYPE_CHECKING:
+    from tunery.settings import Settings
 
 KIND = "fake"
 
 
 @dataclass
 class FakeBackend:
+    nodes: list[tuple[str, str]] = field(default_factory=list)
+    """``(name, tier)`` of each node."""
     kind: str = KIND
     fail_starts: int = 0
     """How many of the next starts raise OSError."""
     launches: list[AttemptLaunch] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     """Attempt ids whose workers were cancelled, in order."""
+    pending: dict[str, str] = field(default_factory=dict)
+    """Attempt id → why it waits for placement (``hold``)."""
     _alive: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> FakeBackend:
+        """A fake pool of the settings' nodes."""
+        return cls(nodes=[(node.name, node.tier) for node in settings.nodes])
+
+    def capacity(self, tier: str, busy: Collection[str]) -> TierCapacity:
+        return node_slots(self.nodes, tier, busy)[0]
+
+    def claim(self, tier: str, busy: Collection[str]) -> str | None:
+        return node_slots(self.nodes, tier, busy)[1]
 
     def start(self, launch: AttemptLaunch) -> Handle:
         with self._lock:
@@ -35,9 +64,25 @@ class FakeBackend:
             self._alive.add(launch.attempt_id)
         return Handle(KIND, launch.attempt_id)
 
-    def alive(self, handle: Handle) -> bool:
+    def placement(self, handle: Handle) -> Placement:
         with self._lock:
-            return handle.ref in self._alive
+            if handle.ref not in self._alive:
+                return Placement(WorkerState.GONE)
+            if handle.ref in self.pending:
+                return Placement(WorkerState.PENDING, reason=self.pending[handle.ref])
+            node = next(
+                (launch.node for launch in self.launches if launch.attempt_id == handle.ref), None
+            )
+            return Placement(WorkerState.RUNNING, node=node)
+
+    def hold(self, attempt_id: str, reason: str) -> None:
+        """The worker of ``attempt_id`` waits for placement until ``place`` is called."""
+        with self._lock:
+            self.pending[attempt_id] = reason
+
+    def place(self, attempt_id: str) -> None:
+        with self._lock:
+            self.pending.pop(attempt_id, None)
 
     def cancel(self, handle: Handle, *, grace_seconds: float) -> None:
         with self._lock:

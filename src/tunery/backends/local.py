@@ -5,6 +5,11 @@ the handle's reference, ``PID:START`` (the process start time, so a reused pid i
 mistaken for the worker), and lets them finish. Cancel signals the whole group, so
 anything the worker started (the GGUF converter, tokenizer threads) stops with it. Process
 ids stay in this module: everyone else sees an opaque handle.
+
+Placement comes from the configured nodes: one attempt per node. A worker gets its token in
+its environment (``TUNERY_ATTEMPT_TOKEN``), never on its command line, which any local user
+can read; its checkpoints go to the run folders of the data dir, this pool's checkpoint
+store; its output goes to the run folder's ``attempt-N.log``.
 """
 
 from __future__ import annotations
@@ -15,9 +20,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 
-from tunery.backends.base import AttemptLaunch, Handle
+from tunery.backends.base import (
+    TOKEN_VARIABLE,
+    AttemptLaunch,
+    Handle,
+    Placement,
+    TierCapacity,
+    WorkerState,
+    node_slots,
+)
 
 
 def process_start_time(pid: int) -> str | None:
@@ -63,15 +77,32 @@ def process_of(handle: Handle) -> tuple[int, str]:
 
 
 class LocalBackend:
+    """Workers as processes of this machine, one per configured node.
+
+    ``nodes`` are ``(name, tier)`` pairs; ``data_dir`` is the server's: the run folders
+    under it hold checkpoints and attempt logs, and its ``models/`` the catalog models the
+    worker loads (the node is this machine).
+    """
+
     kind = KIND
 
-    def __init__(self) -> None:
+    def __init__(self, nodes: list[tuple[str, str]], data_dir: Path) -> None:
+        self._nodes = nodes
+        self._runs_dir = data_dir / "runs"
+        self._data_dir = data_dir
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
+    def capacity(self, tier: str, busy: Collection[str]) -> TierCapacity:
+        return node_slots(self._nodes, tier, busy)[0]
+
+    def claim(self, tier: str, busy: Collection[str]) -> str | None:
+        return node_slots(self._nodes, tier, busy)[1]
+
     def start(self, launch: AttemptLaunch) -> Handle:
-        log_path = Path(launch.log_path)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("ab") as log:
+        run_dir = self._runs_dir / launch.run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, TOKEN_VARIABLE: launch.token, "TUNERY_DATA_DIR": str(self._data_dir)}
+        with (run_dir / f"attempt-{launch.number}.log").open("ab") as log:
             process = subprocess.Popen(
                 [
                     sys.executable,
@@ -81,12 +112,13 @@ class LocalBackend:
                     launch.server_url,
                     "--attempt",
                     launch.attempt_id,
-                    "--token",
-                    launch.token,
+                    "--checkpoints",
+                    str(self._runs_dir),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=env,
                 start_new_session=True,
             )
         self._children[process.pid] = process
@@ -97,6 +129,10 @@ class LocalBackend:
         for pid, child in list(self._children.items()):
             if child.poll() is not None:
                 del self._children[pid]
+
+    def placement(self, handle: Handle) -> Placement:
+        """A local worker runs from its start (its node was claimed before) until it exits."""
+        return Placement(WorkerState.RUNNING if self.alive(handle) else WorkerState.GONE)
 
     def alive(self, handle: Handle) -> bool:
         pid, expected = process_of(handle)

@@ -290,6 +290,16 @@ class Client:
         # Cancel is idempotent on the server, so a retry is safe.
         return self.json("POST", f"/api/v1/runs/{_segment(run_id)}/cancel", retry=True)
 
+    def finish_run(self, run_id: str) -> dict[str, Any]:
+        # Finish now is idempotent on the server too.
+        return self.json("POST", f"/api/v1/runs/{_segment(run_id)}/finish", retry=True)
+
+    def estimate_run(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return self.json("POST", "/api/v1/runs/estimate", json=payload, retry=True)
+
+    def get_run_recipe(self, run_id: str) -> dict[str, Any]:
+        return self.json("GET", f"/api/v1/runs/{_segment(run_id)}/recipe", retry=True)
+
     def follow_events(
         self,
         run_id: str,

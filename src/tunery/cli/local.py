@@ -17,6 +17,8 @@ import click
 from tunery.cli.render import (
     EXIT_CANCELLED,
     StepProgress,
+    eval_line,
+    evaluation_lines,
     fail,
     fail_with,
     format_duration,
@@ -25,10 +27,13 @@ from tunery.cli.render import (
 )
 from tunery.errors import RunCancelled, TuneryError
 from tunery.phases import Phase
-from tunery.pipeline.reporting import StepMetrics, StopFlag
+from tunery.pipeline.reporting import EvalMetrics, StepMetrics, StopFlag
 
 if TYPE_CHECKING:
     from tunery.pipeline.recipe import RunResult
+
+BASE_ANSWERS_CACHE = "cache/base-responses"
+"""Under the data dir: the base model's sample answers, per base model and prompt set."""
 
 
 class TerminalReporter:
@@ -54,8 +59,15 @@ class TerminalReporter:
         numbers = panel_numbers({**metrics.as_dict(), "current_epoch": metrics.current_epoch})
         self._progress.step(metrics.step, metrics.total_steps, numbers)
 
+    def eval_metrics(self, metrics: EvalMetrics) -> None:
+        self._progress.log(eval_line(metrics.as_dict()))
+
     def should_stop(self) -> bool:
         return self._stop.is_set()
+
+    def should_finish(self) -> bool:
+        """Ctrl-C cancels a local run; "Finish now" is a server action."""
+        return False
 
 
 @click.command("demo-model")
@@ -96,6 +108,7 @@ def train(recipe_path: Path, out_dir: Path | None) -> None:
 
     from tunery.pipeline.config import load_recipe
     from tunery.pipeline.recipe import run_recipe
+    from tunery.settings import resolve_data_dir
 
     # The run's own progress bar is the one to watch; the library's per-file bars are noise.
     transformers_logging.disable_progress_bar()
@@ -113,7 +126,12 @@ def train(recipe_path: Path, out_dir: Path | None) -> None:
         recipe = load_recipe(recipe_path)
         target = out_dir or Path("runs") / recipe.name
         with StepProgress() as progress:
-            result = run_recipe(recipe, target, TerminalReporter(stop, progress))
+            result = run_recipe(
+                recipe,
+                target,
+                TerminalReporter(stop, progress),
+                base_cache_dir=resolve_data_dir() / BASE_ANSWERS_CACHE,
+            )
     except RunCancelled as cancelled:
         click.echo(f"cancelled: {cancelled.message}; no adapter was saved", err=True)
         sys.exit(EXIT_CANCELLED)
@@ -132,7 +150,10 @@ def train(recipe_path: Path, out_dir: Path | None) -> None:
 
 
 def report_outcome(result: RunResult) -> None:
-    """Samples and bundles on stdout; a failed export exits 1 with its reason on stderr."""
+    """Evaluation, samples and bundles on stdout; a failed export exits 1 with its reason on
+    stderr."""
+    for label, value in evaluation_lines({**result.summary, "estimate": None}):
+        click.echo(f"{label}: {value}")
     print_samples(result.samples)
     click.echo(f"\nLoRA bundle: {result.lora_bundle}")
     if result.gguf_bundle is not None:
@@ -188,6 +209,7 @@ def serve(host: str, port: int, data_dir: Path | None, demo: bool) -> None:
     import uvicorn
 
     from tunery.api.app import create_app
+    from tunery.api.slow_clients import UVICORN_LIMITS, HeaderDeadlineProtocol
     from tunery.server import ADMIN_TOKEN_FILE, data_dir_from, ensure_admin, seed_demo
     from tunery.settings import Settings
 
@@ -206,8 +228,11 @@ def serve(host: str, port: int, data_dir: Path | None, demo: bool) -> None:
     reachable = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     studio = f"http://{reachable}:{port}"
     app = create_app(settings, server_url=studio)
-    nodes = ", ".join(f"{node.name} ({node.tier})" for node in settings.nodes)
-    click.echo(f"tunery serving {studio} · data {root} · nodes: {nodes}", err=True)
+    if settings.cluster.kind == "ray":
+        where = f"Ray cluster {settings.cluster.address}"
+    else:
+        where = "nodes: " + ", ".join(f"{node.name} ({node.tier})" for node in settings.nodes)
+    click.echo(f"tunery serving {studio} · data {root} · {where}", err=True)
     if demo:
         try:
             run_id = seed_demo(app.state.plane)
@@ -225,8 +250,16 @@ def serve(host: str, port: int, data_dir: Path | None, demo: bool) -> None:
             err=True,
         )
     # Event streams stay open until their run ends; do not let them hold a shutdown hostage
-    # (clients reconnect with Last-Event-ID).
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    # (clients reconnect with Last-Event-ID). Slow request headers close the connection.
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+        http=HeaderDeadlineProtocol,
+        **UVICORN_LIMITS,
+    )
 
 
 LOCAL_COMMANDS = (demo_model, train, export, gguf_toolchain, serve)

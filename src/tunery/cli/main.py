@@ -15,9 +15,11 @@ import click
 
 from tunery import __version__
 from tunery.cli.admin import accounts
+from tunery.cli.chat import chat
 from tunery.cli.local import LOCAL_COMMANDS
 from tunery.cli.remote import datasets_group, hub_group
 from tunery.cli.runs import runs_group
+from tunery.cli.webhooks import webhooks_group
 
 
 @click.group()
@@ -26,5 +28,13 @@ def cli() -> None:
     """tunery: LoRA fine-tuning with a queue, a live Run panel, and Ollama-ready exports."""
 
 
-for command in (*LOCAL_COMMANDS, datasets_group, runs_group, hub_group, accounts):
+for command in (
+    *LOCAL_COMMANDS,
+    datasets_group,
+    runs_group,
+    hub_group,
+    accounts,
+    chat,
+    webhooks_group,
+):
     cli.add_command(command)

@@ -16,7 +16,7 @@ import click
 
 from tunery.errors import ConfigError, DatasetError, TuneryError
 from tunery.pipeline.reporting import current_epoch
-from tunery.runs.lifecycle import STATUS_DISPLAY, RunStatus
+from tunery.runs.lifecycle import STATUS_DISPLAY, TERMINAL, RunStatus
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -128,6 +128,16 @@ def panel_numbers(metrics: Mapping[str, Any], *, live: bool = True) -> str:
     return " · ".join(parts)
 
 
+def eval_line(evaluation: Mapping[str, Any]) -> str:
+    """``eval loss L · accuracy A% · best B at step S`` for one evaluation."""
+    parts = [f"step {evaluation.get('step')}: eval loss {evaluation['eval_loss']:.4f}"]
+    if evaluation.get("eval_accuracy") is not None:
+        parts.append(f"token accuracy {100 * evaluation['eval_accuracy']:.1f}%")
+    if evaluation.get("best_eval_loss") is not None:
+        parts.append(f"best {evaluation['best_eval_loss']:.4f} at step {evaluation['best_step']}")
+    return " · ".join(parts)
+
+
 # Tables and samples ----------------------------------------------------------------------
 
 
@@ -139,17 +149,78 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
 
 
 def print_samples(samples: list[dict[str, Any]]) -> None:
-    """The smoke-test generations on stdout; a reply that ran out of tokens is flagged."""
+    """The smoke-test generations on stdout: tuned, base and reference answers side by side.
+
+    A reply that ran out of tokens, or is empty, is flagged.
+    """
     for index, sample in enumerate(samples, start=1):
-        flag = "  [did not stop]" if sample.get("stopped") is False else ""
         click.echo(f"\nsample {index}: {sample.get('prompt', '')}")
-        click.echo(f"  → {sample.get('response', '')}{flag}")
+        click.echo(f"  tuned    → {_reply(sample.get('response'), sample.get('stopped'))}")
+        if "base_response" in sample:
+            click.echo(f"  base     → {_reply(sample['base_response'], None)}")
+        if sample.get("expected") is not None:
+            click.echo(f"  expected → {sample['expected']}")
+
+
+def _reply(text: str | None, stopped: bool | None) -> str:
+    if not text:
+        return "[empty reply]"
+    return f"{text}  [did not stop]" if stopped is False else text
 
 
 def artifact_files(run: Mapping[str, Any]) -> list[str]:
     """The file names of a run's bundles, LoRA first."""
     artifacts = run.get("artifacts") or {}
     return [name for name in (artifacts.get("lora"), artifacts.get("gguf")) if name]
+
+
+def print_estimate(estimate: dict[str, Any]) -> None:
+    """The estimate on stdout, one fact a line."""
+    seconds = estimate.get("seconds")
+    source = {
+        "measured": f"measured on {estimate.get('measured_runs')} earlier run(s) of this model",
+        "prior": "assumed from the tier's FLOPs (no run of this model measured yet)",
+    }.get(estimate.get("throughput_source") or "", "unknown")
+    lines = [
+        f"examples    {estimate['examples']} of {estimate['rows']} rows "
+        f"({estimate['validation_examples']} for validation)",
+        f"tokens      ~{estimate['tokens']:,} ({estimate['tokens_per_epoch']:,} per epoch)",
+        f"steps       {estimate['total_steps']} ({estimate['epochs']} epoch(s))",
+        f"time        ~{format_duration(seconds) if seconds is not None else 'unknown'} "
+        f"on {estimate['tier']} ({source})",
+    ]
+    if estimate.get("credits") is not None:
+        covered = "covered" if estimate.get("covered") else "NOT covered"
+        lines.append(
+            f"credits     ~{estimate['credits']:.2f} at {estimate['credits_per_minute']:g}/min; "
+            f"balance {estimate['balance']:.2f} ({covered})"
+        )
+    lines += [f"note        {note}" for note in estimate.get("notes") or []]
+    click.echo("\n".join(lines))
+
+
+def evaluation_lines(run: dict[str, Any]) -> list[tuple[str, str]]:
+    """Eval loss, the early stop, and the estimate beside the actual time."""
+    lines = []
+    evaluation = run.get("evaluation") or {}
+    if evaluation.get("eval_loss") is not None:
+        lines.append(("eval", eval_line(evaluation)))
+    if evaluation.get("stopped_early"):
+        lines.append(
+            (
+                "stopped",
+                f"early at step {evaluation.get('stopped_at_step')}: the eval loss stopped "
+                f"improving; the adapter of step {evaluation.get('best_step')} (the best) is kept",
+            )
+        )
+    estimate = run.get("estimate") or {}
+    if estimate.get("seconds") is not None:
+        actual = (run.get("metrics") or {}).get("training_seconds")
+        text = f"{format_duration(estimate['seconds'])} estimated"
+        if run["status"] in TERMINAL and actual:
+            text += f", {format_duration(actual)} trained"
+        lines.append(("estimate", text))
+    return lines
 
 
 # Errors --------------------------------------------------------------------------------

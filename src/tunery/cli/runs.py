@@ -1,4 +1,4 @@
-"""``tunery runs``: submit, list, show, watch and cancel runs on a tunery server."""
+"""``tunery runs``: estimate, submit, list, show, watch, finish and cancel runs on a server."""
 
 from __future__ import annotations
 
@@ -15,12 +15,15 @@ from tunery.cli.render import (
     StepProgress,
     artifact_files,
     epoch_label,
+    eval_line,
+    evaluation_lines,
     fail,
     fail_with,
     format_duration,
     format_time,
     panel_numbers,
     pill,
+    print_estimate,
     print_samples,
     print_table,
 )
@@ -39,7 +42,7 @@ CANCEL_PROMPT = (
 
 @click.group("runs")
 def runs_group() -> None:
-    """Runs on the server: submit, list, show, watch, cancel (uses TUNERY_URL, TUNERY_TOKEN)."""
+    """Runs on the server: submit, list, show, watch, finish, cancel (TUNERY_URL, TUNERY_TOKEN)."""
 
 
 # Submitting ----------------------------------------------------------------------------
@@ -54,8 +57,18 @@ def runs_group() -> None:
     default=None,
     help="Submitting again with the same key returns the first run (default: one per call).",
 )
-def runs_submit(recipe_path: Path, idempotency_key: str | None) -> None:
-    """Upload the recipe's local datasets and queue the run; prints its id."""
+@click.option(
+    "--estimate",
+    "estimate_only",
+    is_flag=True,
+    help="Print what the run would train, how long and what it would cost; submit nothing.",
+)
+def runs_submit(recipe_path: Path, idempotency_key: str | None, estimate_only: bool) -> None:
+    """Upload the recipe's local datasets and queue the run; prints its id.
+
+    With --estimate the datasets are uploaded (a later submit reuses them) and the
+    estimate printed instead.
+    """
     import uuid
 
     import yaml
@@ -75,6 +88,18 @@ def runs_submit(recipe_path: Path, idempotency_key: str | None) -> None:
     with connected() as client:
         local = [Path(path) for path in recipe.datasets]
         payload["dataset_ids"] = [*recipe.dataset_ids, *upload_recipe_datasets(client, local)]
+        if recipe.validation.datasets:
+            validation = dict(payload.get("validation") or {})
+            validation.pop("datasets", None)
+            held_out = [Path(path) for path in recipe.validation.datasets]
+            validation["dataset_ids"] = [
+                *recipe.validation.dataset_ids,
+                *upload_recipe_datasets(client, held_out),
+            ]
+            payload["validation"] = validation
+        if estimate_only:
+            print_estimate(client.estimate_run(payload))
+            return
         run = client.submit_run(payload, idempotency_key=key)
     where = f", position {run['queue_position']} in the queue" if run.get("queue_position") else ""
     click.echo(
@@ -148,11 +173,23 @@ def runs_list() -> None:
 @runs_group.command("show")
 @click.argument("run_id", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="Print the run object as JSON.")
-def runs_show(run_id: str, as_json: bool) -> None:
+@click.option(
+    "--recipe",
+    "as_recipe",
+    is_flag=True,
+    help="Print the run's recipe as YAML, to edit and submit again (attestations unset).",
+)
+def runs_show(run_id: str, as_json: bool, as_recipe: bool) -> None:
     """One run as the Run panel shows it: state, numbers, error, samples, artifacts."""
     import json
 
+    import yaml
+
     with connected() as client:
+        if as_recipe:
+            recipe = client.get_run_recipe(run_id)
+            click.echo(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True), nl=False)
+            return
         run = client.get_run(run_id)
     if as_json:
         click.echo(json.dumps(run, indent=2))
@@ -175,6 +212,8 @@ def describe_run(run: dict[str, Any]) -> list[tuple[str, str]]:
         state += f" · position {run['queue_position']} in the {run.get('tier')} queue"
     if run.get("cancel_requested") and status != RunStatus.CANCELLED:
         state += " · cancel requested"
+    if run.get("finish_requested") and status not in TERMINAL:
+        state += " · finishing after this step"
     lines = [("status", state), ("tier", str(run.get("tier") or "—"))]
     if run.get("attempt", 1) > 1 or status == RunStatus.RETRYING:
         lines.append(("attempt", str(run.get("attempt"))))
@@ -188,6 +227,7 @@ def describe_run(run: dict[str, Any]) -> list[tuple[str, str]]:
         )
     if metrics.get("loss") is not None:
         lines.append(("loss", f"{metrics['loss']:.4f}"))
+    lines += evaluation_lines(run)
     if status == RunStatus.TRAINING:
         lines.append(("ETA", format_duration(metrics.get("eta_seconds"))))
     if metrics.get("duration_seconds") is not None:
@@ -212,7 +252,23 @@ def describe_run(run: dict[str, Any]) -> list[tuple[str, str]]:
     return lines
 
 
-# Cancelling ----------------------------------------------------------------------------
+# Finishing and cancelling ----------------------------------------------------------------
+
+
+@runs_group.command("finish")
+@click.argument("run_id", metavar="ID")
+def runs_finish(run_id: str) -> None:
+    """Finish now: stop training at the next step, then save, export and sample.
+
+    Billed as a completed run; unlike cancel, the adapter is kept.
+    """
+    with connected() as client:
+        run = client.finish_run(run_id)
+    click.echo(
+        f"{pill(run['status'])} {run['name']} ({run['id']}): training stops after the "
+        f"current step, then the adapter is saved, exported and sampled; follow it with: "
+        f"tunery runs watch {run['id']}"
+    )
 
 
 @runs_group.command("cancel")
@@ -277,6 +333,8 @@ class RunWatcher:
         elif event.event == "metrics":
             step, total = int(data.get("step") or 0), int(data.get("total_steps") or 0)
             self._progress.step(step, total, panel_numbers(data))
+        elif event.event == "evaluation" and data.get("eval_loss") is not None:
+            self._progress.log(eval_line(data))
 
     def _status(self, data: dict[str, Any]) -> None:
         status, phase = data.get("status") or "?", data.get("phase")
@@ -330,6 +388,8 @@ def report_run_outcome(run: dict[str, Any]) -> None:
     )
     numbers = panel_numbers(metrics, live=False)
     click.echo(f"{summary} · {numbers}" if numbers else summary)
+    for label, value in evaluation_lines(run):
+        click.echo(f"{label}: {value}")
     print_samples(run.get("samples") or [])
     if files := artifact_files(run):
         click.echo(f"\nartifacts: {', '.join(files)}")

@@ -96,11 +96,18 @@ def convert_to_gguf(
 
 
 def quantize(source: Path, target: Path, quantization: str = QUANTIZATION) -> None:
-    """Quantize with llama.cpp's own quantizer (byte-identical to ``llama-quantize``)."""
+    """Quantize with llama.cpp's own quantizer (byte-identical to ``llama-quantize``).
+
+    Raises ExportError; when the disk is (nearly) full it says so, with how much is free:
+    the quantizer itself often reports a failed write with no reason at all.
+    """
     import ctypes
 
     import llama_cpp
 
+    short = _space_shortfall(source, target)
+    if short is not None:
+        raise ExportError(f"llama.cpp's quantizer cannot run: {short}", hint=RERUN_HINT)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quantization}")
     with native_output_captured() as output:
@@ -108,8 +115,31 @@ def quantize(source: Path, target: Path, quantization: str = QUANTIZATION) -> No
             str(source).encode(), str(target).encode(), ctypes.byref(params)
         )
     if status != 0:
-        tail = output[0].strip().splitlines()[-3:] if output else []
-        raise ExportError(f"llama.cpp's quantizer failed ({status}): {' '.join(tail)}")
+        text = output[0] if output else ""
+        tail = " ".join(text.strip().splitlines()[-3:]) or "no reason given"
+        short = _space_shortfall(source, target)
+        if short is not None or any(failure in text for failure in IO_FAILURES):
+            raise ExportError(f"llama.cpp's quantizer failed: {short or tail}", hint=RERUN_HINT)
+        raise ExportError(f"llama.cpp's quantizer failed ({status}): {tail}")
+
+
+# A Q4_K_M file is about 0.3 of its f16 source; the margin covers metadata and rounding.
+QUANTIZED_SHARE = 0.35
+
+
+def _space_shortfall(source: Path, target: Path) -> str | None:
+    """Why the quantized file will not fit on the target's disk, or None if it will."""
+    try:
+        free = shutil.disk_usage(target.parent).free
+        needed = int(source.stat().st_size * QUANTIZED_SHARE)
+    except OSError:
+        return None
+    if free >= needed:
+        return None
+    return (
+        f"no space left on the server's disk for the quantized model "
+        f"({free / 2**20:.0f} MiB free, about {needed / 2**20:.0f} MiB needed)"
+    )
 
 
 def modelfile_parts(tokenizer_dir: Path, end_of_turn: str) -> tuple[str, list[str]]:
@@ -158,7 +188,9 @@ def export_gguf(
     try:
         scratch = Path(tempfile.mkdtemp(prefix=".gguf-export-", dir=out_dir))
     except OSError as error:
-        raise ExportError(f"cannot create the export folder: {error}", hint=RERUN_HINT) from None
+        raise ExportError(
+            f"cannot create the export folder: {os_reason(error)}", hint=RERUN_HINT
+        ) from None
     try:
         merged_dir = scratch / "merged"
         merge_adapter(base_model_dir, adapter_dir, merged_dir)
@@ -201,9 +233,17 @@ def export_gguf(
             samples=samples,
         )
     except (OSError, SafetensorError) as error:
-        raise ExportError(f"writing the GGUF bundle failed: {error}", hint=RERUN_HINT) from None
+        reason = os_reason(error) if isinstance(error, OSError) else str(error)
+        raise ExportError(f"writing the GGUF bundle failed: {reason}", hint=RERUN_HINT) from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def os_reason(error: OSError) -> str:
+    """An OSError as a user reads it: the reason and the file's name, not its server path."""
+    reason = error.strerror or type(error).__name__
+    named = isinstance(error.filename, str) and error.filename
+    return f"{reason} ({Path(error.filename).name})" if named else reason
 
 
 def _write_bundle(bundle_path: Path, gguf_file: Path, texts: dict[str, str]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -18,6 +19,9 @@ from urllib.parse import urlencode
 DEFAULT_LIFETIME = 15 * 60
 MAX_LIFETIME = 60 * 60
 SECRET_FILE = "secret-key"
+# What a URL this server minted carries: ASCII digits (epoch seconds) and lowercase hex.
+EXPIRES = re.compile(r"[0-9]{1,12}")
+SIGNATURE = re.compile(r"[0-9a-f]{64}")
 
 
 def load_secret(data_dir: Path) -> bytes:
@@ -72,8 +76,12 @@ def verify(
     nonce: str,
     signature: str,
 ) -> bool:
-    """True only for an untampered URL that has not expired."""
-    if not expires.isdigit():
+    """True only for an untampered URL that has not expired.
+
+    Any other shape of ``expires`` or ``signature`` (other digits, thousands of them, text)
+    is a tampered URL, never an error.
+    """
+    if not EXPIRES.fullmatch(expires) or not SIGNATURE.fullmatch(signature):
         return False
     expiry = int(expires)
     now = time.time()

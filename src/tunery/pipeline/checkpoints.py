@@ -66,6 +66,8 @@ def save_checkpoint(
                 "trained_tokens": state.trained_tokens,
                 "training_seconds": state.training_seconds,
                 "history": state.history,
+                "evaluations": state.evaluations,
+                "early_stopping": state.early_stopping,
             }
         )
     )
@@ -127,5 +129,8 @@ def load_newest_checkpoint(
             trained_tokens=saved["trained_tokens"],
             training_seconds=saved["training_seconds"],
             history=saved["history"],
+            # Checkpoints written before evaluations existed have neither.
+            evaluations=saved.get("evaluations", []),
+            early_stopping=saved.get("early_stopping"),
         )
     return None

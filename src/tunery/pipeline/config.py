@@ -21,6 +21,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from tunery.errors import ConfigError, problems_from
 
@@ -41,6 +42,14 @@ MIN_SEQ_LENGTH = 64
 """The shortest max_seq_length: a chat template's own tokens take a few dozen."""
 MAX_BASE_MODEL_CHARS = 1000
 """The longest base_model reference (an id, URL or path)."""
+MAX_VALIDATION_SPLIT = 0.5
+"""The largest share of rows validation.split may hold out; more leaves too little to train."""
+AUTO_VALIDATION_MIN_ROWS = 200
+"""Data with this many rows or more gets a default validation split when none is set."""
+AUTO_VALIDATION_SHARE = 0.05
+"""The default validation split's share of the rows..."""
+AUTO_VALIDATION_MAX_ROWS = 500
+"""...and its most rows: evaluation time stays small next to training time."""
 
 
 class _Strict(BaseModel):
@@ -85,6 +94,13 @@ class TrainingConfig(_Strict):
     )
     checkpoint_every_steps: int = Field(
         50, ge=1, description="Optimizer steps between resumable checkpoints."
+    )
+    eval_every_steps: int = Field(
+        0,
+        ge=0,
+        le=MAX_STEPS,
+        description="Optimizer steps between evaluations on the validation data; 0: only at "
+        "the end. Ignored when the run has no validation data.",
     )
     train_on_inputs: bool = Field(
         False, description="Also train on system/user tokens (default: assistant tokens only)."
@@ -155,6 +171,49 @@ class SampleSettings(_Strict):
     max_new_tokens: int = Field(96, ge=1, le=2048)
 
 
+class ValidationSettings(_Strict):
+    """Held-out data the run is evaluated on: eval loss and mean token accuracy.
+
+    Separate validation data (``datasets`` for ``tunery train``, ``dataset_ids`` on a
+    server) wins over ``split``. With neither and ``split`` unset, data of
+    AUTO_VALIDATION_MIN_ROWS (200) rows or more holds out AUTO_VALIDATION_SHARE (5%) of
+    them, at most AUTO_VALIDATION_MAX_ROWS (500); smaller data holds out none.
+    """
+
+    split: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_VALIDATION_SPLIT,
+        description="Share of the rows held out for evaluation; 0: none. Unset: 5% (at most "
+        "500 rows) when the data has 200 rows or more, else none.",
+    )
+    datasets: list[str] = Field(
+        default_factory=list, description="Local validation files; win over split."
+    )
+    dataset_ids: list[str] = Field(
+        default_factory=list, description="Uploaded validation dataset ids; win over split."
+    )
+
+    @property
+    def separate(self) -> bool:
+        """Whether the run evaluates on separate validation data rather than a split."""
+        return bool(self.datasets or self.dataset_ids)
+
+
+class EarlyStoppingSettings(_Strict):
+    """Stop when the eval loss stops improving, keeping the best evaluation's adapter."""
+
+    patience: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="Evaluations without improvement before training stops; 0: off.",
+    )
+    min_delta: float = Field(
+        0.0, ge=0, le=1000, description="How much lower an eval loss must be to count as better."
+    )
+
+
 class RunRecipe(_Strict):
     """A run as submitted: model, data (uploaded ids or local files), hyperparameters, export."""
 
@@ -174,11 +233,48 @@ class RunRecipe(_Strict):
     export: ExportSettings = Field(default_factory=ExportSettings)
     attestations: Attestations = Field(default_factory=Attestations)
     samples: SampleSettings = Field(default_factory=SampleSettings)
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
+    early_stopping: EarlyStoppingSettings = Field(default_factory=EarlyStoppingSettings)
 
     @model_validator(mode="after")
     def _has_data(self) -> RunRecipe:
         if not self.dataset_ids and not self.datasets:
             raise ValueError("no data: list dataset files under 'datasets' or ids in 'dataset_ids'")
+        return self
+
+    @model_validator(mode="after")
+    def _early_stopping_has_evaluations(self) -> RunRecipe:
+        # Checked here with the field named; a default split that the data turns out too
+        # small for is refused when the rows are counted (``holdout.validation_rows``).
+        if self.early_stopping.patience == 0:
+            return self
+        problems = []
+        if self.validation.split == 0 and not self.validation.separate:
+            problems.append(
+                (
+                    ("early_stopping", "patience"),
+                    "needs validation data: set validation.split above 0 or list "
+                    "validation datasets",
+                )
+            )
+        if self.training.eval_every_steps == 0:
+            problems.append(
+                (
+                    ("training", "eval_every_steps"),
+                    "is 0 (evaluate only at the end); early stopping needs evaluations during "
+                    "training",
+                )
+            )
+        if problems:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("value_error", message), loc=loc, input=None
+                    )
+                    for loc, message in problems
+                ],
+            )
         return self
 
 
@@ -211,8 +307,12 @@ def load_recipe(path: Path) -> RunRecipe:
     recipe = parse_recipe(data)
     base = path.parent
     resolved = [str((base / entry).resolve()) for entry in recipe.datasets]
+    validation = [str((base / entry).resolve()) for entry in recipe.validation.datasets]
     local_model = base / recipe.base_model
-    updates: dict[str, Any] = {"datasets": resolved}
+    updates: dict[str, Any] = {
+        "datasets": resolved,
+        "validation": recipe.validation.model_copy(update={"datasets": validation}),
+    }
     if (
         not Path(recipe.base_model).is_absolute()
         and recipe.base_model.startswith(".")

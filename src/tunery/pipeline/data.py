@@ -1,9 +1,11 @@
-"""Datasets become training examples: read, shuffled, sample rows held out, tokenised.
+"""Datasets become training examples: read, shuffled, rows held out, tokenised.
 
 Rows are concatenated across files, shuffled with the run's seed and encoded with
-``chat.Encoder``. Rows longer than the limit are truncated and counted; rows that lose every
+``chat.Encoder``. Sample prompts and the validation split are held out as
+``tunery.pipeline.holdout`` counts them; separate validation files are read and encoded the
+same way. Rows longer than the limit are truncated and counted; rows that lose every
 trained token to truncation are dropped and counted. Every problem is raised as a
-DatasetError before the first gradient step.
+DatasetError (or a ConfigError naming the recipe field) before the first gradient step.
 """
 
 from __future__ import annotations
@@ -15,15 +17,14 @@ from typing import TYPE_CHECKING
 
 from tunery.errors import ConfigError, DatasetError, DatasetProblem, FieldProblem
 from tunery.pipeline.chat import IGNORE, Encoder, Example, SamplePrompt, TemplateFailure
-from tunery.pipeline.datasets import MAX_PROBLEMS, Message, Row, read_dataset
+from tunery.pipeline.config import ValidationSettings
+from tunery.pipeline.datasets import MAX_PROBLEMS, DatasetSummary, Message, Row, read_dataset
+from tunery.pipeline.holdout import SAMPLE_COUNT, sample_rows, validation_rows
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from tunery.pipeline.load import ChatFormat
-
-HOLDOUT_MIN_ROWS = 30
-SAMPLE_COUNT = 3
 
 
 @dataclass
@@ -35,6 +36,10 @@ class PreparedData:
     truncated_rows: int = 0
     dropped_rows: int = 0
     held_out_rows: int = 0
+    validation: list[Example] = field(default_factory=list)
+    """Examples the run is evaluated on; never trained on."""
+    validation_source: str = "none"
+    """Where they came from: ``split``, ``datasets`` or ``none``."""
 
     @property
     def total_tokens(self) -> int:
@@ -54,6 +59,8 @@ class PreparedData:
             "truncated_rows": self.truncated_rows,
             "dropped_rows": self.dropped_rows,
             "held_out_rows": self.held_out_rows,
+            "validation_examples": len(self.validation),
+            "validation_source": self.validation_source,
         }
 
 
@@ -66,53 +73,36 @@ def prepare_data(
     seed: int,
     train_on_inputs: bool = False,
     custom_prompts: list[str] | None = None,
+    validation: ValidationSettings | None = None,
+    validation_paths: list[Path] | None = None,
+    require_validation: bool = False,
 ) -> PreparedData:
-    """Validate, shuffle, hold out sample rows, tokenise; raises DatasetError before training.
+    """Validate, shuffle, hold out sample and validation rows, tokenise.
 
-    A custom sample prompt longer than ``max_length`` tokens raises ConfigError.
+    Raises DatasetError before training. ``validation`` None holds out no validation rows;
+    ``validation_paths`` are separate validation files (they win over the split). A custom
+    sample prompt longer than ``max_length`` tokens, validation data with no trainable row,
+    or none at all when ``require_validation`` (early stopping) raise ConfigError.
     """
-    problems: list[DatasetProblem] = []
-    summaries = []
-    for path in paths:
-        try:
-            summaries.append(read_dataset(path))
-        except DatasetError as error:
-            problems.extend(error.problems)
-    if problems:
-        raise DatasetError(problems)
-
+    summaries = _read_all(paths)
     rows = [row for summary in summaries for row in summary.rows]
     random.Random(seed).shuffle(rows)
     samples, rows, held_out = _pick_samples(rows, custom_prompts or [])
+    split_rows: list[Row] = []
+    settings = validation or ValidationSettings(split=0)
+    if not validation_paths:
+        held = validation_rows(len(rows), settings)
+        rows, split_rows = rows[: len(rows) - held], rows[len(rows) - held :]
     encoder = Encoder(tokenizer, chat_format.end_of_turn, train_on_inputs=train_on_inputs)
     if custom_prompts:
         _check_prompt_lengths(encoder, samples, max_length)
     prepared = PreparedData(
         examples=[], samples=samples, max_length=max_length, held_out_rows=held_out
     )
-    kept_per_file: dict[str, int] = {summary.file: 0 for summary in summaries}
-    for row in rows:
-        try:
-            example = encoder.encode(row)
-        except TemplateFailure as failure:
-            problems.append(DatasetProblem(row.file, str(failure), row.line))
-            if len(problems) >= MAX_PROBLEMS:
-                break
-            continue
-        if len(example.input_ids) > max_length:
-            prepared.truncated_rows += 1
-            example = Example(
-                example.input_ids[:max_length], [*example.targets[: max_length - 1], IGNORE]
-            )
-        if example.trained_tokens == 0:
-            prepared.dropped_rows += 1
-            continue
-        kept_per_file[row.file] += 1
-        prepared.examples.append(example)
-    if problems:
-        raise DatasetError(problems)
+    kept_per_file = _encode_rows(encoder, rows, max_length, prepared.examples, prepared)
+    training_files = {row.file for row in rows}
     for summary in summaries:
-        if kept_per_file[summary.file] == 0 and summary.rows:
+        if summary.file in training_files and kept_per_file.get(summary.file, 0) == 0:
             raise DatasetError.single(
                 summary.file,
                 f"every row loses all of its trained tokens when cut to {max_length} tokens",
@@ -123,16 +113,97 @@ def prepare_data(
                 "file": summary.file,
                 "format": summary.format,
                 "rows": summary.row_count,
-                "used": kept_per_file[summary.file],
+                "used": kept_per_file.get(summary.file, 0),
             }
         )
     if not prepared.examples:
         raise DatasetError.single(
             ", ".join(summary.file for summary in summaries),
-            "no rows are left to train on after holding out the sample rows",
-            hint="add more rows, or give explicit samples.prompts",
+            "no rows are left to train on after holding out the sample and validation rows",
+            hint="add more rows, give explicit samples.prompts, or lower validation.split",
         )
+    if validation_paths:
+        split_rows = [row for summary in _read_all(validation_paths) for row in summary.rows]
+        prepared.validation_source = "datasets"
+    elif split_rows:
+        prepared.validation_source = "split"
+    _encode_rows(encoder, split_rows, max_length, prepared.validation, None)
+    _check_validation(prepared, split_rows, require_validation=require_validation)
     return prepared
+
+
+def _read_all(paths: list[Path]) -> list[DatasetSummary]:
+    """Every file read and validated; every problem of every file raised at once."""
+    problems: list[DatasetProblem] = []
+    summaries = []
+    for path in paths:
+        try:
+            summaries.append(read_dataset(path))
+        except DatasetError as error:
+            problems.extend(error.problems)
+    if problems:
+        raise DatasetError(problems)
+    return summaries
+
+
+def _encode_rows(
+    encoder: Encoder,
+    rows: list[Row],
+    max_length: int,
+    into: list[Example],
+    counts: PreparedData | None,
+) -> dict[str, int]:
+    """Encode ``rows`` into ``into``, truncated to ``max_length``; rows kept per file.
+
+    Truncated and dropped rows are counted on ``counts`` when given (training rows only).
+    """
+    problems: list[DatasetProblem] = []
+    kept_per_file: dict[str, int] = {}
+    for row in rows:
+        try:
+            example = encoder.encode(row)
+        except TemplateFailure as failure:
+            problems.append(DatasetProblem(row.file, str(failure), row.line))
+            if len(problems) >= MAX_PROBLEMS:
+                break
+            continue
+        if len(example.input_ids) > max_length:
+            if counts is not None:
+                counts.truncated_rows += 1
+            example = Example(
+                example.input_ids[:max_length], [*example.targets[: max_length - 1], IGNORE]
+            )
+        if example.trained_tokens == 0:
+            if counts is not None:
+                counts.dropped_rows += 1
+            continue
+        kept_per_file[row.file] = kept_per_file.get(row.file, 0) + 1
+        into.append(example)
+    if problems:
+        raise DatasetError(problems)
+    return kept_per_file
+
+
+def _check_validation(
+    prepared: PreparedData, validation_rows_read: list[Row], *, require_validation: bool
+) -> None:
+    """Validation data that was asked for must have a trainable row; early stopping needs it."""
+    field_name = (
+        "validation.datasets" if prepared.validation_source == "datasets" else ("validation.split")
+    )
+    if validation_rows_read and not prepared.validation:
+        raise ConfigError.single(
+            field_name,
+            f"no validation row has a trained token within {prepared.max_length} tokens",
+            hint="use rows with an assistant answer, or raise training.max_seq_length",
+        )
+    if require_validation and not prepared.validation:
+        raise ConfigError.single(
+            "early_stopping.patience",
+            "needs validation data, and this data holds out none (the default split needs "
+            "200 rows or more)",
+            hint="set validation.split above 0, list validation datasets, or set patience to 0",
+        )
 
 
 def _check_prompt_lengths(encoder: Encoder, prompts: list[SamplePrompt], max_length: int) -> None:
@@ -174,7 +245,8 @@ def _pick_samples(
     for row in picked:
         last_reply = max(i for i, message in enumerate(row.messages) if message.role == "assistant")
         samples.append(SamplePrompt(row.messages[:last_reply], row.messages[last_reply].content))
-    if len(rows) >= HOLDOUT_MIN_ROWS:
+    held_count = sample_rows(len(rows), len(chat_rows), custom_prompts=False)
+    if held_count:
         held = {id(row) for row in picked}
-        return samples, [row for row in rows if id(row) not in held], len(picked)
+        return samples, [row for row in rows if id(row) not in held], held_count
     return samples, rows, 0

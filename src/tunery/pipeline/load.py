@@ -286,18 +286,57 @@ def choose_precision(mixed_precision: str, device: torch.device) -> Precision:
     return Precision(dtype if on_gpu else torch.float32, dtype)
 
 
-def load_model(model_dir: Path, precision: Precision, device: torch.device) -> PreTrainedModel:
-    """Load the causal LM in ``precision.weights`` on ``device``."""
+def check_quantization(quantize_base: str, device: torch.device) -> None:
+    """Refuse a 4-bit base where bitsandbytes cannot train it: no CUDA, or not installed."""
+    import importlib.util
+
+    if quantize_base == "none":
+        return
+    if device.type != "cuda":
+        raise ConfigError.single(
+            "lora.quantize_base",
+            f"{quantize_base} needs a CUDA GPU (bitsandbytes); this node has none",
+            hint="set lora.quantize_base to none, or run on a GPU tier",
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError.single(
+            "lora.quantize_base",
+            f"{quantize_base} needs the bitsandbytes package, which this node lacks",
+            hint="install tunery[gpu] on the GPU node, or set lora.quantize_base to none",
+        )
+
+
+def load_model(
+    model_dir: Path, precision: Precision, device: torch.device, *, quantize_base: str = "none"
+) -> PreTrainedModel:
+    """Load the causal LM in ``precision.weights`` on ``device``.
+
+    ``quantize_base="nf4"`` loads the decoder's linear layers in 4 bits (bitsandbytes NF4
+    with double quantization, computing in the autocast dtype); embeddings and the output
+    head stay in ``precision.weights``. Callers check ``check_quantization`` first.
+    """
     from transformers import AutoModelForCausalLM
 
+    options: dict[str, object] = {"dtype": precision.weights}
+    if quantize_base == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        options["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=precision.autocast or precision.weights,
+        )
+        # A quantized model is placed while loading; it cannot be moved afterwards.
+        options["device_map"] = {"": device}
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=precision.weights)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, **options)
     except (OSError, ValueError, KeyError) as error:
         raise ModelLoadError(
             f"cannot load a causal language model from {model_dir}: {error}",
             hint="tunery fine-tunes decoder-only models that AutoModelForCausalLM loads",
         ) from None
-    return model.to(device)
+    return model if quantize_base == "nf4" else model.to(device)
 
 
 def max_context(model: PreTrainedModel) -> int:

@@ -69,14 +69,13 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     def forward(
         ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int
     ) -> torch.Tensor:
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        if hidden.dtype == torch.float64:
-            total = total.double()
-        gradient = torch.empty_like(hidden) if hidden.requires_grad else None
+        # Logits and the sum in at least float32, as the reference takes them.
+        accumulate = torch.promote_types(hidden.dtype, torch.float32)
+        total = torch.zeros((), dtype=accumulate, device=hidden.device)
+        gradient = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         for start in range(0, hidden.shape[0], chunk):
             rows = slice(start, start + chunk)
-            logits = hidden[rows] @ weight.t()
-            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            logits = (hidden[rows] @ weight.t()).to(accumulate)
             wanted = targets[rows].unsqueeze(1)
             normaliser = torch.logsumexp(logits, dim=-1, keepdim=True)
             total += (normaliser - logits.gather(1, wanted)).sum()

@@ -6,8 +6,9 @@
 - ``adapter/``: the PEFT adapter directory;
 - ``<name>-lora.zip``: the LoRA bundle;
 - ``<name>-gguf.zip``: the GGUF bundle, when ``export.gguf`` is on;
-- ``metrics.jsonl``: one line per optimizer step;
-- ``run.json``: the configuration snapshot, data summary, final metrics, samples, artifacts.
+- ``metrics.jsonl``: one line per optimizer step, with the eval loss where one was measured;
+- ``run.json``: the configuration snapshot, data summary, final metrics, evaluation (final
+  and best eval loss, early stop), samples (tuned beside base answers), artifacts.
 
 Calling it again with the same recipe and ``out_dir`` resumes from the newest complete
 checkpoint. Every step checks its inputs before any gradient step runs.
@@ -57,7 +58,8 @@ class RunResult:
 
 
 def recipe_fingerprint(recipe: RunRecipe, dataset_paths: list[Path]) -> str:
-    """Identifies what determines the training trajectory: model, data bytes, hyperparameters."""
+    """Identifies what determines the training trajectory: model, data bytes, hyperparameters,
+    the rows held out for validation and when training stops early."""
     digest = hashlib.sha256()
     digest.update(
         json.dumps(
@@ -65,6 +67,8 @@ def recipe_fingerprint(recipe: RunRecipe, dataset_paths: list[Path]) -> str:
                 "base_model": recipe.base_model,
                 "training": recipe.training.model_dump(),
                 "lora": recipe.lora.model_dump(),
+                "validation": recipe.validation.model_dump(),
+                "early_stopping": recipe.early_stopping.model_dump(),
             },
             sort_keys=True,
         ).encode()
@@ -74,7 +78,9 @@ def recipe_fingerprint(recipe: RunRecipe, dataset_paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def check_recipe(recipe: RunRecipe, dataset_paths: list[Path]) -> ModelReference:
+def check_recipe(
+    recipe: RunRecipe, dataset_paths: list[Path], validation_paths: list[Path] | None = None
+) -> ModelReference:
     """Problems the pipeline can see without loading anything; raises ConfigError.
 
     Returns the parsed base model reference, so the recipe parses it once.
@@ -91,13 +97,15 @@ def check_recipe(recipe: RunRecipe, dataset_paths: list[Path]) -> ModelReference
                 "datasets", "tunery train needs local dataset files under 'datasets'"
             ).problems[0]
         )
-    for index, path in enumerate(dataset_paths):
-        if not path.is_file():
-            problems.append(
-                ConfigError.single(
-                    f"datasets.{index}", f"{path} does not exist or is not a file"
-                ).problems[0]
-            )
+    named = [("datasets", dataset_paths), ("validation.datasets", validation_paths or [])]
+    for field, paths in named:
+        for index, path in enumerate(paths):
+            if not path.is_file():
+                problems.append(
+                    ConfigError.single(
+                        f"{field}.{index}", f"{path} does not exist or is not a file"
+                    ).problems[0]
+                )
     if problems or reference is None:
         raise ConfigError(problems)
     return reference
@@ -109,18 +117,30 @@ def run_recipe(
     reporter: Reporter,
     *,
     dataset_paths: list[Path] | None = None,
+    validation_paths: list[Path] | None = None,
     checkpoint_dir: Path | None = None,
+    base_cache_dir: Path | None = None,
 ) -> RunResult:
     """Run the whole pipeline; raises a TuneryError subclass on failure or cancel.
 
     Checkpoints go to ``checkpoint_dir`` (default ``out_dir/checkpoints``): a worker keeps
-    them where every node of its tier reaches them, so another node resumes the run.
+    them where every node of its tier reaches them, so another node resumes the run. The
+    base model's sample answers are cached in ``base_cache_dir`` (None: not cached).
     """
     import torch
 
     from tunery.pipeline.chat import Encoder
     from tunery.pipeline.data import prepare_data
+    from tunery.pipeline.early_stopping import EarlyStopping, best_adapter_dir
+    from tunery.pipeline.evaluation import (
+        EvaluationPlan,
+        evaluation_summary,
+        keep_best_adapter,
+        with_evaluations,
+    )
+    from tunery.pipeline.kernels import choose_kernels
     from tunery.pipeline.load import (
+        check_quantization,
         choose_device,
         choose_precision,
         load_model,
@@ -129,12 +149,14 @@ def run_recipe(
         resolve_model_dir,
     )
     from tunery.pipeline.lora import attach_lora
-    from tunery.pipeline.samples import generate_samples
+    from tunery.pipeline.samples import add_base_answers, generate_samples
     from tunery.pipeline.save import model_card, save_adapter, write_lora_bundle
     from tunery.pipeline.train import TrainSetup, complete_checkpoints, train
 
     paths = dataset_paths if dataset_paths is not None else [Path(p) for p in recipe.datasets]
-    reference = check_recipe(recipe, paths)
+    if validation_paths is None:
+        validation_paths = [Path(p) for p in recipe.validation.datasets]
+    reference = check_recipe(recipe, paths, validation_paths)
     config = recipe.training
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -145,8 +167,9 @@ def run_recipe(
     if recipe.export.gguf:
         _preflight_gguf(model_dir, chat_format.end_of_turn)
     device = choose_device()
+    check_quantization(recipe.lora.quantize_base, device)
     precision = choose_precision(config.mixed_precision, device)
-    model = load_model(model_dir, precision, device)
+    model = load_model(model_dir, precision, device, quantize_base=recipe.lora.quantize_base)
     for note in notes:
         reporter.log(note)
     context = max_context(model)
@@ -166,11 +189,15 @@ def run_recipe(
         seed=config.seed,
         train_on_inputs=config.train_on_inputs,
         custom_prompts=recipe.samples.prompts,
+        validation=recipe.validation,
+        validation_paths=validation_paths,
+        require_validation=recipe.early_stopping.patience > 0,
     )
     reporter.log(
         f"{len(data.examples)} examples, {data.total_tokens} tokens "
         f"({data.trained_tokens} trained), {data.truncated_rows} truncated, "
-        f"{data.dropped_rows} dropped, {data.held_out_rows} held out for samples"
+        f"{data.dropped_rows} dropped, {data.held_out_rows} held out for samples, "
+        f"{len(data.validation)} for validation"
     )
 
     reporter.phase(Phase.ATTACHING_LORA)
@@ -185,9 +212,32 @@ def run_recipe(
     )
 
     # Train.
+    kernels = choose_kernels(
+        peft_model,
+        device,
+        max_length=max_length,
+        half_precision=precision.autocast is not None,
+        compile_setting=config.compile,
+    )
+    reporter.log(
+        f"attention {kernels.attention}, loss {kernels.loss}, "
+        f"compile {'on' if kernels.compiled else 'off'}"
+    )
+
     reporter.phase(Phase.TRAINING)
     checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else out_dir / "checkpoints"
-    fingerprint = recipe_fingerprint(recipe, paths)
+    fingerprint = recipe_fingerprint(recipe, [*paths, *validation_paths])
+    patience = recipe.early_stopping.patience
+    evaluation = (
+        EvaluationPlan(
+            data.validation,
+            config.eval_every_steps,
+            EarlyStopping(patience, recipe.early_stopping.min_delta),
+            best_adapter_dir(checkpoint_dir) if patience else None,
+        )
+        if data.validation
+        else None
+    )
     state = train(
         TrainSetup(
             model=peft_model,
@@ -198,10 +248,20 @@ def run_recipe(
             pad_id=tokenizer.pad_token_id,
             checkpoint_dir=checkpoint_dir,
             fingerprint=fingerprint,
+            kernels=kernels,
+            evaluation=evaluation,
         ),
         reporter,
     )
     final_metrics = state.history[-1] if state.history else {}
+    evaluated = None
+    if evaluation is not None:
+        keep_best_adapter(
+            evaluation, peft_model, last_step=state.step, device=device, reporter=reporter
+        )
+        evaluated = evaluation_summary(
+            state.evaluations, evaluation.early_stopping, finished_early=state.finished_early
+        )
 
     # Save.
     reporter.phase(Phase.SAVING)
@@ -211,6 +271,7 @@ def run_recipe(
         data_summary=data.summary(),
         final_metrics=final_metrics,
         trainable_parameters=adapter.trainable_parameters,
+        evaluation=evaluated,
     )
     adapter_dir = save_adapter(
         peft_model,
@@ -222,7 +283,7 @@ def run_recipe(
     )
     lora_bundle = write_lora_bundle(adapter_dir, out_dir / f"{recipe.name}-lora.zip")
     with (out_dir / "metrics.jsonl").open("w", encoding="utf-8") as file:
-        for row in state.history:
+        for row in with_evaluations(state.history, state.evaluations):
             file.write(json.dumps(row) + "\n")
     reporter.log(f"saved {lora_bundle.name}")
 
@@ -256,12 +317,13 @@ def run_recipe(
 
     # Samples: from the GGUF itself when it exists, else from the trained model.
     reporter.phase(Phase.SAMPLING)
+    sample_encoder = Encoder(tokenizer, chat_format.end_of_turn, train_on_inputs=False)
     if gguf is None:
         try:
             samples = generate_samples(
                 peft_model,
                 tokenizer,
-                Encoder(tokenizer, chat_format.end_of_turn, train_on_inputs=False),
+                sample_encoder,
                 data.samples,
                 end_of_turn=chat_format.end_of_turn,
                 max_new_tokens=recipe.samples.max_new_tokens,
@@ -271,6 +333,19 @@ def run_recipe(
             failed = _after_save_failure(failure, "the sample generations")
             error = error or failed.as_dict()
             reporter.log(f"samples failed: {failed.message}; the LoRA bundle is saved")
+    samples = add_base_answers(
+        samples,
+        peft_model,
+        tokenizer,
+        sample_encoder,
+        data.samples,
+        base_model=reference.name,
+        end_of_turn=chat_format.end_of_turn,
+        max_new_tokens=recipe.samples.max_new_tokens,
+        device=device,
+        cache_dir=base_cache_dir,
+        reporter=reporter,
+    )
     for sample in samples:
         if not sample["stopped"]:
             reporter.log(
@@ -290,12 +365,14 @@ def run_recipe(
         "chat_template": {"source": chat_format.source, "end_of_turn": chat_format.end_of_turn},
         "notes": notes,
         "data": data.summary(),
+        "kernels": kernels.as_dict(),
         "adapter": {
             "trainable_parameters": adapter.trainable_parameters,
             "total_parameters": adapter.total_parameters,
             "target_modules": adapter.target_modules,
         },
         "metrics": final_metrics,
+        "evaluation": evaluated,
         "samples": samples,
         "artifacts": {"lora": lora_bundle.name, "gguf": gguf.bundle.name if gguf else None},
         "export": {"gguf": recipe.export.gguf, "checks": gguf.checks if gguf else None},
@@ -303,6 +380,7 @@ def run_recipe(
     (out_dir / "run.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     for checkpoint in complete_checkpoints(checkpoint_dir):
         shutil.rmtree(checkpoint, ignore_errors=True)
+    shutil.rmtree(best_adapter_dir(checkpoint_dir), ignore_errors=True)
     return RunResult(out_dir, adapter_dir, lora_bundle, gguf.bundle if gguf else None, summary)
 
 

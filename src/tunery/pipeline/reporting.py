@@ -1,4 +1,4 @@
-"""How the pipeline talks to the world: events out, a cancel flag in.
+"""How the pipeline talks to the world: events out, cancel and finish flags in.
 
 ``tunery train`` passes a terminal reporter, a worker passes one that posts to the control
 plane, tests pass ``RecordingReporter``. The pipeline never imports any of them.
@@ -56,6 +56,26 @@ class StepMetrics:
         return {**asdict(self), "progress": round(self.progress, 2)}
 
 
+@dataclass(frozen=True)
+class EvalMetrics:
+    """An evaluation on the validation data, after optimizer step ``step``."""
+
+    step: int
+    total_steps: int
+    eval_loss: float
+    """Cross-entropy per trained token of the validation examples."""
+    eval_accuracy: float
+    """Mean token accuracy: the share of trained tokens the model predicts exactly (greedy)."""
+    best_eval_loss: float
+    """The lowest eval loss so far, this evaluation included."""
+    best_step: int
+    examples: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class Reporter(Protocol):
     def phase(self, phase: Phase) -> None:
         """The pipeline entered ``phase`` (one of ``phases.PIPELINE_PHASES``)."""
@@ -65,6 +85,9 @@ class Reporter(Protocol):
 
     def metrics(self, metrics: StepMetrics) -> None:
         """An optimizer step finished."""
+
+    def eval_metrics(self, metrics: EvalMetrics) -> None:
+        """An evaluation on the validation data finished."""
 
     def resumed(self, history: list[dict[str, Any]]) -> None:
         """Training resumed from a checkpoint; ``history`` holds every step before it.
@@ -76,15 +99,22 @@ class Reporter(Protocol):
     def should_stop(self) -> bool:
         """True once cancellation was requested; checked between steps."""
 
+    def should_finish(self) -> bool:
+        """True once "Finish now" was requested: training ends after the current step and
+        the run goes on to save, export and sample with what it learned."""
+
 
 @dataclass
 class RecordingReporter:
-    """Keeps everything in memory; ``stop_after_step`` requests cancel after that step."""
+    """Keeps everything in memory; ``stop_after_step`` requests cancel after that step,
+    ``finish_after_step`` "Finish now"."""
 
     stop_after_step: int | None = None
+    finish_after_step: int | None = None
     phases: list[Phase] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)
     steps: list[StepMetrics] = field(default_factory=list)
+    evaluations: list[EvalMetrics] = field(default_factory=list)
     resumed_history: list[dict[str, Any]] | None = None
 
     def phase(self, phase: Phase) -> None:
@@ -96,13 +126,20 @@ class RecordingReporter:
     def metrics(self, metrics: StepMetrics) -> None:
         self.steps.append(metrics)
 
+    def eval_metrics(self, metrics: EvalMetrics) -> None:
+        self.evaluations.append(metrics)
+
     def resumed(self, history: list[dict[str, Any]]) -> None:
         self.resumed_history = history
 
     def should_stop(self) -> bool:
-        if self.stop_after_step is None or not self.steps:
-            return False
-        return self.steps[-1].step >= self.stop_after_step
+        return self._reached(self.stop_after_step)
+
+    def should_finish(self) -> bool:
+        return self._reached(self.finish_after_step)
+
+    def _reached(self, step: int | None) -> bool:
+        return step is not None and bool(self.steps) and self.steps[-1].step >= step
 
 
 class StopFlag:

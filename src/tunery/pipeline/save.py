@@ -75,8 +75,13 @@ def model_card(
     data_summary: dict[str, Any],
     final_metrics: dict[str, Any],
     trainable_parameters: int,
+    evaluation: dict[str, Any] | None = None,
 ) -> str:
-    """A README for the adapter: what it was trained from, how, and how to run it."""
+    """A README for the adapter: what it was trained from, how, and how to run it.
+
+    ``evaluation``: the run's evaluation summary (``evaluation.evaluation_summary``), when it
+    had validation data.
+    """
     files = data_summary.get("files", [])
     dataset_lines = (
         "\n".join(
@@ -119,7 +124,7 @@ Conversations were rendered with {template_note}; `chat_template.jinja` holds it
 
 - Optimizer steps: {final_metrics.get("step")} of {final_metrics.get("total_steps")}
 - Final training loss: {loss_text}
-- Trainable parameters: {trainable_parameters:,}
+{_evaluation_lines(evaluation)}- Trainable parameters: {trainable_parameters:,}
 - Training time: {final_metrics.get("training_seconds", 0):.1f} s
 
 ## Hyperparameters
@@ -149,3 +154,20 @@ Ollama runs merged GGUF files, not adapters. Enable `export.gguf` in the recipe 
 `{recipe.name}-gguf.zip` bundle: unzip it and run `./install.sh` (or
 `ollama create {recipe.name} -f Modelfile`), then `ollama run {recipe.name}`.
 """
+
+
+def _evaluation_lines(evaluation: dict[str, Any] | None) -> str:
+    """The model card's eval-loss lines (each ending in a newline); "" without evaluations."""
+    if not evaluation or evaluation.get("eval_loss") is None:
+        return ""
+    lines = [
+        f"- Final eval loss: {evaluation['eval_loss']:.4f} "
+        f"(mean token accuracy {100 * evaluation['eval_accuracy']:.1f}%)",
+        f"- Best eval loss: {evaluation['best_eval_loss']:.4f} at step {evaluation['best_step']}",
+    ]
+    if evaluation.get("stopped_early"):
+        lines.append(
+            f"- Stopped early at step {evaluation['stopped_at_step']}; this adapter is the one "
+            f"of step {evaluation['best_step']}, the best evaluation"
+        )
+    return "".join(f"{line}\n" for line in lines)

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from peft import PeftModel
 
     from tunery.pipeline.attention import AttentionKind
+    from tunery.pipeline.evaluation import EvaluationPlan
     from tunery.pipeline.kernels import Kernels
     from tunery.pipeline.load import Precision
     from tunery.pipeline.loss import LossKind
@@ -184,6 +185,11 @@ class TrainerState:
     trained_tokens: int = 0
     training_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    early_stopping: dict[str, Any] | None = None
+    """The early-stopping state after the latest evaluation (``EarlyStopping.as_dict``)."""
+    finished_early: bool = False
+    """"Finish now" ended training before its budget."""
 
 
 @dataclass(frozen=True)
@@ -197,13 +203,16 @@ class TrainSetup:
     checkpoint_dir: Path
     fingerprint: str  # identifies the recipe + data; a checkpoint of another is not resumed
     kernels: Kernels | None = None  # None: choose_kernels for the device and model
+    evaluation: EvaluationPlan | None = None  # None: no validation data, no evaluations
 
 
 def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
     """Run the optimizer steps, resuming from the newest complete checkpoint if there is one.
 
     Applies the layer-level kernel choices to the model in place (``apply_kernels``); the
-    attention choice holds for the loop only. Raises RunCancelled (between steps) when
+    attention choice holds for the loop only. Evaluates as ``setup.evaluation`` plans and
+    stops early when it says so; stops after the current step when
+    ``reporter.should_finish()`` turns true. Raises RunCancelled (between steps) when
     ``reporter.should_stop()`` turns true, TrainingDiverged on a non-finite loss and
     TrainingOutOfMemory when the GPU runs out of memory.
     """
@@ -236,6 +245,8 @@ def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
         state = resumed
         reporter.log(f"resumed from the checkpoint at step {state.step}")
         reporter.resumed(list(state.history))  # the loop appends to state.history
+    if setup.evaluation is not None:
+        setup.evaluation.resume(state.early_stopping)
     eta = EtaEstimator()
     model.train()
     with attention_in_use(model, kernels.attention), _out_of_memory_fails(setup):
@@ -276,9 +287,48 @@ def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
             )
             state.history.append(metrics.as_dict())
             reporter.metrics(metrics)
+            # Evaluated before the checkpoint, so a resumed run never misses an evaluation.
+            ends_here = _evaluate_or_finish(setup, kernels, state, budget, reporter)
             if state.step % config.checkpoint_every_steps == 0 and state.step < budget.total_steps:
                 save_checkpoint(setup, state, optimizer, scheduler, scaler)
+            if ends_here:
+                break
     return state
+
+
+def _evaluate_or_finish(
+    setup: TrainSetup, kernels: Kernels, state: TrainerState, budget: Budget, reporter: Reporter
+) -> bool:
+    """Evaluate when due (and before finishing now); True when training ends at this step:
+    early stopping ran out of patience, or "Finish now" was asked."""
+    from tunery.pipeline.evaluation import evaluate_and_report
+
+    plan = setup.evaluation
+    finishing = state.step < budget.total_steps and reporter.should_finish()
+    if plan is not None and (plan.due(state.step, budget.total_steps) or finishing):
+        evaluation = evaluate_and_report(
+            plan,
+            setup.model,
+            reporter,
+            step=state.step,
+            total_steps=budget.total_steps,
+            pad_id=setup.pad_id,
+            device=setup.device,
+            autocast=setup.precision.autocast,
+            attention=kernels.attention,
+        )
+        state.evaluations.append(evaluation.as_dict())
+        state.early_stopping = plan.early_stopping.as_dict()
+        if plan.early_stopping.should_stop and state.step < budget.total_steps:
+            reporter.log(
+                f"stopping early at step {state.step} of {budget.total_steps}: the eval loss "
+                f"has not improved for {plan.early_stopping.patience} evaluations"
+            )
+            return True
+    if finishing:
+        state.finished_early = True
+        reporter.log(f"finishing now at step {state.step} of {budget.total_steps}")
+    return finishing
 
 
 def default_kernels(setup: TrainSetup) -> Kernels:

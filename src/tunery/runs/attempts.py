@@ -1,14 +1,15 @@
 """The worker protocol: a worker's spec, its reports, and what ends an attempt.
 
-A worker knows only its attempt id and fencing token. It asks for its spec, then posts
+A worker knows only its attempt id and fencing token (stored hashed). It asks for its spec
+(``tunery.runs.transfers`` serves its datasets and takes its bundles), then posts
 batches of reports (``tunery.wire.reports``); each batch renews its lease and answers
-whether the owner asked to cancel. Writes from an attempt that no longer owns its run
-(cancelled, or declared lost and replaced) are refused with StaleAttempt.
+whether the owner asked to cancel or to finish now. Writes from an attempt that no longer
+owns its run (cancelled, or declared lost and replaced) are refused with StaleAttempt.
 """
 
 from __future__ import annotations
 
-import secrets
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -24,7 +25,9 @@ from tunery.runs.queries import live_metrics_of
 from tunery.runs.settle import finish
 from tunery.wire.reports import (
     AttemptSpec,
+    DatasetRef,
     ErrorData,
+    EvaluationReport,
     FailureReport,
     HistoryReport,
     LogReport,
@@ -37,9 +40,11 @@ from tunery.wire.reports import (
 )
 
 
-def _fenced_attempt(session: Session, attempt_id: str, token: str) -> tuple[Attempt, Run]:
+def fenced_attempt(session: Session, attempt_id: str, token: str) -> tuple[Attempt, Run]:
+    """The attempt ``token`` belongs to and its run; NotFound for a wrong token, StaleAttempt
+    once the attempt no longer owns its run."""
     attempt = session.get(Attempt, attempt_id)
-    if attempt is None or not secrets.compare_digest(attempt.token, token):
+    if attempt is None or not store.token_matches(attempt, token):
         raise NotFound(f"no attempt {attempt_id!r}")
     run = session.get(Run, attempt.run_id)
     if not attempt.active or run is None or run.attempt != attempt.number or run.status in TERMINAL:
@@ -48,27 +53,39 @@ def _fenced_attempt(session: Session, attempt_id: str, token: str) -> tuple[Atte
 
 
 def attempt_spec(plane: ControlPlane, *, attempt_id: str, token: str) -> AttemptSpec:
-    """What the worker runs: the recipe with dataset files resolved on this machine."""
+    """What the worker runs: the recipe and its datasets by id (no server paths)."""
     with plane.sessions() as session:
-        attempt, run = _fenced_attempt(session, attempt_id, token)
-        datasets = session.scalars(
-            select(Dataset).where(Dataset.id.in_(run.config["dataset_ids"]))
-        ).all()
-        paths = {dataset.id: str(plane.datasets_dir / dataset.filename) for dataset in datasets}
-        recipe = {
-            **run.config,
-            "datasets": [paths[i] for i in run.config["dataset_ids"]],
-            "dataset_ids": [],
+        attempt, run = fenced_attempt(session, attempt_id, token)
+        validation_ids = (run.config.get("validation") or {}).get("dataset_ids", [])
+        wanted = [*run.config["dataset_ids"], *validation_ids]
+        datasets = {
+            dataset.id: dataset
+            for dataset in session.scalars(select(Dataset).where(Dataset.id.in_(wanted)))
         }
-        node = next(n for n in plane.settings.nodes if n.name == attempt.node)
+
+        def refs(ids: list[str]) -> list[DatasetRef]:
+            return [
+                DatasetRef(
+                    id=dataset.id,
+                    suffix=Path(dataset.filename).suffix,
+                    sha256=dataset.sha256,
+                    bytes=dataset.bytes,
+                )
+                for dataset in (datasets[i] for i in ids)
+            ]
+
+        node = next((n for n in plane.settings.nodes if n.name == attempt.node), None)
+        recipe = {**run.config, "datasets": []}
+        if "validation" in recipe:
+            recipe["validation"] = {**recipe["validation"], "datasets": []}
         return AttemptSpec(
             run_id=run.id,
             attempt=attempt.number,
             recipe=recipe,
-            out_dir=str(plane.runs_dir / run.id),
+            datasets=refs(run.config["dataset_ids"]),
+            validation_datasets=refs(validation_ids),
             heartbeat_seconds=plane.settings.heartbeat_seconds,
-            threads=node.threads,
-            data_dir=str(plane.settings.data_dir),
+            threads=node.threads if node is not None else None,
         )
 
 
@@ -79,14 +96,14 @@ def report(plane: ControlPlane, *, attempt_id: str, token: str, batch: ReportBat
     attempt was declared lost and replaced).
     """
     with plane.sessions.begin() as session:
-        attempt, run = _fenced_attempt(session, attempt_id, token)
+        attempt, run = fenced_attempt(session, attempt_id, token)
         at = now()
         store.renew_lease(attempt, at + plane.settings.lease_seconds)
         for item in batch.events:
             _apply(plane, session, attempt, run, item, at)
-        cancel = run.cancel_requested
+        answer = ReportAck(cancel=run.cancel_requested, finish=run.finish_requested)
     plane.notifier.notify()
-    return ReportAck(cancel=cancel)
+    return answer
 
 
 def _apply(
@@ -99,6 +116,10 @@ def _apply(
             _on_phase(session, attempt, run, Phase.TRAINING, at)
             run.metrics = item.data.model_dump(mode="json", exclude_unset=True)
             store.append_event(session, run.id, "metrics", live_metrics_of(plane, session, run))
+        case EvaluationReport():
+            evaluation = item.data.model_dump(mode="json", exclude_unset=True)
+            run.evaluation = evaluation
+            store.append_event(session, run.id, "evaluation", evaluation)
         case LogReport():
             store.append_event(session, run.id, "log", {"message": item.data.message})
         case HistoryReport():
@@ -150,12 +171,14 @@ def _on_result(
 ) -> None:
     store.end_attempt(session, attempt, at, "finished")
     summary = result.model_dump(mode="json", exclude_unset=True)
+    # The worker's own file names are ignored: what counts is what it uploaded.
+    summary["artifacts"] = hub.received_bundles(plane, run)
     error = summary.get("error")
     target = RunStatus.COMPLETED if result.status == "completed" else RunStatus.FAILED
     if result.samples:
         store.append_event(session, run.id, "samples", {"samples": summary["samples"]})
     try:
-        entry_id = hub.create_entry(plane, session, run, summary)
+        entry_id = hub.create_entry(plane, session, run)
     except (TuneryError, OSError) as failure:
         # Retrying would not help a misconfigured or full store; say so on the run instead
         # of failing the worker's report over and over.

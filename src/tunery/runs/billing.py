@@ -25,7 +25,10 @@ OUT_OF_CREDITS_CODE = "out_of_credits"
 REFUND_RULES = (
     "A completed run is billed for its exact training time.",
     "A cancelled run is billed for whole minutes of training, rounded down.",
-    "A failed run on a verified catalog model is refunded, unless the account ran out of credits.",
+    "A failed run on a verified catalog model is refunded, unless the account ran out of credits "
+    "or its LoRA was delivered.",
+    "A run whose LoRA reached the Hub is billed even if a later step (the GGUF export) failed: "
+    "the training was delivered, and the export can be rerun without retraining.",
     "A failed run on a custom model is billed and not refunded.",
 )
 """The refund and billing rules as ``GET /api/v1/meta`` states them."""
@@ -39,18 +42,29 @@ class Refund:
     """One sentence saying whether and why."""
 
 
-def refund_decision(status: str, base_model: str, error: dict[str, Any] | None) -> Refund:
-    """Whether a run in ``status`` is refunded, and why (the rule of ``REFUND_RULES``)."""
+def refund_decision(
+    status: str, base_model: str, error: dict[str, Any] | None, *, delivered: bool = False
+) -> Refund:
+    """Whether a run in ``status`` is refunded, and why (the rule of ``REFUND_RULES``).
+
+    ``delivered``: the run's LoRA reached the Hub (it has an entry).
+    """
     if status not in TERMINAL:
         return Refund(
             None,
-            "Not finished: if it fails on a verified catalog model its training time is "
-            "refunded, unless the account runs out of credits.",
+            "Not finished: if it fails on a verified catalog model before its LoRA reaches "
+            "the Hub, its training time is refunded, unless the account runs out of credits.",
         )
     if status == RunStatus.COMPLETED:
         return Refund(False, "Completed: billed for its exact training time.")
     if status == RunStatus.CANCELLED:
         return Refund(False, "Cancelled: billed for whole minutes of training, not refunded.")
+    if delivered:
+        return Refund(
+            False,
+            "Not refunded: the LoRA was delivered to the Hub; only a later step failed "
+            "(rerun the export without retraining).",
+        )
     entry = catalog_find(base_model)
     if entry is None or not entry.verified:
         return Refund(False, "Not refunded: runs on custom models are not refunded.")

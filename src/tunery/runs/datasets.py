@@ -1,4 +1,10 @@
-"""Uploaded datasets: validated before they count, kept under opaque ids, listed, deleted."""
+"""Uploaded datasets: validated before they count, kept under opaque ids, listed, deleted.
+
+An account keeps at most ``dataset_quota_bytes`` of datasets (QuotaExceeded, HTTP 413). A
+dataset that a run which has not finished trains on cannot be deleted (Conflict naming the
+runs); the check and the deletion hold the database's write lock, as a submission's checks
+and insert do, so neither can slip between the other's check and write.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,16 @@ import hashlib
 import shutil
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tunery.db import Dataset, Run, new_id
 from tunery.errors import DatasetError
 from tunery.pipeline.datasets import SUFFIXES, read_dataset
 from tunery.runs.lifecycle import TERMINAL
-from tunery.runs.plane import Conflict, ControlPlane, NotFound
+from tunery.runs.plane import Conflict, ControlPlane, NotFound, QuotaExceeded
 from tunery.wire.rest import DatasetPublic
 from tunery.wire.timefmt import iso
 
@@ -33,8 +39,8 @@ def store_dataset(
     """Copy ``source`` into the data dir, validate it and record it for the account.
 
     Raises DatasetError with every problem (file, 1-based line) when the file cannot be
-    used; nothing is kept then. The file is stored as ``DATASET_ID.SUFFIX``, never under
-    the user's name.
+    used, QuotaExceeded when it does not fit the account's quota; nothing is kept then. The
+    file is stored as ``DATASET_ID.SUFFIX``, never under the user's name.
     """
     original = Path(original_name).name
     suffix = Path(original).suffix.lower()
@@ -45,6 +51,8 @@ def store_dataset(
     dataset_id = new_id("ds")
     plane.datasets_dir.mkdir(parents=True, exist_ok=True)
     target = plane.datasets_dir / f"{dataset_id}{suffix}"
+    with plane.sessions() as session:
+        room = plane.settings.dataset_quota_bytes - stored_bytes(session, account_id)
     digest = hashlib.sha256()
     size = 0
     with tempfile.NamedTemporaryFile(dir=plane.datasets_dir, suffix=suffix, delete=False) as out:
@@ -54,6 +62,8 @@ def store_dataset(
                 size += len(chunk)
                 if size > MAX_UPLOAD_BYTES:
                     raise DatasetError.single(original, "the file is larger than 2 GiB")
+                if size > room:
+                    raise over_quota(plane)
                 digest.update(chunk)
                 out.write(chunk)
         except BaseException:
@@ -64,7 +74,6 @@ def store_dataset(
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    shutil.move(partial, target)
     dataset = Dataset(
         id=dataset_id,
         account_id=account_id,
@@ -75,9 +84,35 @@ def store_dataset(
         bytes=size,
         sha256=digest.hexdigest(),
     )
-    with plane.sessions.begin() as session:
-        session.add(dataset)
+    try:
+        with plane.exclusive() as session:
+            # Checked again under the lock: uploads running side by side share one quota.
+            if stored_bytes(session, account_id) + size > plane.settings.dataset_quota_bytes:
+                raise over_quota(plane)
+            shutil.move(partial, target)
+            session.add(dataset)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        target.unlink(missing_ok=True)
+        raise
     return dataset
+
+
+def stored_bytes(session: Session, account_id: str) -> int:
+    """Bytes of datasets the account keeps on the server."""
+    total = session.scalar(
+        select(func.coalesce(func.sum(Dataset.bytes), 0)).where(Dataset.account_id == account_id)
+    )
+    return int(total or 0)
+
+
+def over_quota(plane: ControlPlane) -> QuotaExceeded:
+    quota = plane.settings.dataset_quota_bytes
+    return QuotaExceeded(
+        f"the upload would take the account's datasets past its quota of {quota / 2**30:.3g} "
+        "GiB (setting dataset_quota_bytes)",
+        hint="delete datasets you no longer need (tunery datasets list), or ask the admin",
+    )
 
 
 def dataset_view(dataset: Dataset) -> DatasetPublic:
@@ -119,16 +154,27 @@ def view_dataset(plane: ControlPlane, account_id: str, dataset_id: str) -> Datas
 
 
 def delete_dataset(plane: ControlPlane, *, account_id: str, dataset_id: str) -> None:
-    """Delete a dataset and its file; Conflict while a run that has not finished needs it."""
-    with plane.sessions.begin() as session:
+    """Delete a dataset and its file; Conflict naming the runs that have not finished and
+    train on it."""
+    with plane.exclusive() as session:
         dataset = owned_dataset(session, account_id, dataset_id)
         pending = session.scalars(
             select(Run).where(
                 Run.account_id == account_id, Run.status.not_in([s.value for s in TERMINAL])
             )
         )
-        users = [run.id for run in pending if dataset_id in run.config.get("dataset_ids", [])]
+        users = [run.id for run in pending if dataset_id in _dataset_ids_of(run.config)]
         if users:
-            raise Conflict(f"dataset {dataset_id} is used by unfinished run(s) {', '.join(users)}")
-        (plane.datasets_dir / dataset.filename).unlink(missing_ok=True)
+            raise Conflict(
+                f"dataset {dataset_id} is used by unfinished run(s) {', '.join(users)}",
+                hint="wait for them to finish, or cancel them, then delete the dataset",
+            )
         session.delete(dataset)
+    # Only once the record is gone: no submission can name the file after this point.
+    (plane.datasets_dir / dataset.filename).unlink(missing_ok=True)
+
+
+def _dataset_ids_of(config: dict[str, Any]) -> list[str]:
+    """Every dataset a run's recipe names: training data and validation data."""
+    validation = config.get("validation") or {}
+    return [*config.get("dataset_ids", []), *validation.get("dataset_ids", [])]

@@ -101,15 +101,29 @@ def reported_steps(session: Session, run_id: str) -> set[Any]:
 
 
 def step_rows(session: Session, run_id: str) -> list[dict[str, Any]]:
-    """One row per optimizer step. A resumed attempt retrains the steps after its
+    """One row per optimizer step, with the evaluation after it where there was one
+    (``eval_loss``, ``eval_accuracy``). A resumed attempt retrains the steps after its
     checkpoint; the newest report of each step is the one kept."""
     rows = session.scalars(
         select(RunEvent)
-        .where(RunEvent.run_id == run_id, RunEvent.kind == "metrics")
+        .where(RunEvent.run_id == run_id, RunEvent.kind.in_(("metrics", "evaluation")))
         .order_by(RunEvent.id)
     )
-    by_step = {event.data.get("step"): event.data for event in rows}
-    return [by_step[step] for step in sorted(by_step, key=lambda step: step or 0)]
+    by_step: dict[Any, dict[str, Any]] = {}
+    evaluations: dict[Any, dict[str, Any]] = {}
+    for event in rows:
+        step = event.data.get("step")
+        if event.kind == "metrics":
+            by_step[step] = event.data
+        else:
+            evaluations[step] = {
+                "eval_loss": event.data.get("eval_loss"),
+                "eval_accuracy": event.data.get("eval_accuracy"),
+            }
+    return [
+        {**by_step[step], **evaluations.get(step, {})}
+        for step in sorted(by_step, key=lambda step: step or 0)
+    ]
 
 
 def log_text(session: Session, run_id: str) -> str:

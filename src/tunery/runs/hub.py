@@ -8,7 +8,7 @@ Cancelled runs, runs that fail before the LoRA save and blocked submissions have
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -20,20 +20,33 @@ from tunery.wire.rest import HubEntryPublic
 from tunery.wire.timefmt import iso
 
 
-def create_entry(
-    plane: ControlPlane, session: Session, run: Run, summary: dict[str, Any]
-) -> str | None:
-    """Move the run's artifact ZIPs into Hub storage and record the entry; returns its id.
+def bundle_path(plane: ControlPlane, run: Run, kind: str) -> Path:
+    """Where the server keeps the ``kind`` bundle a worker uploaded for ``run``.
+
+    Named by the server from the run's validated name and the artifact kind, never from
+    anything a worker sent.
+    """
+    if kind not in ARTIFACTS:
+        raise NotFound(f"no artifact kind {kind!r}")
+    return plane.runs_dir / run.id / f"{run.name}-{kind}.zip"
+
+
+def received_bundles(plane: ControlPlane, run: Run) -> dict[str, str | None]:
+    """The run's uploaded bundles by kind (file name, or None when there is none)."""
+    return {
+        kind: path.name if (path := bundle_path(plane, run, kind)).is_file() else None
+        for kind in ARTIFACTS
+    }
+
+
+def create_entry(plane: ControlPlane, session: Session, run: Run) -> str | None:
+    """Move the run's uploaded bundles into Hub storage and record the entry; returns its id.
 
     Raises what the storage raises (a TuneryError or OSError) after removing anything it
     stored for this entry.
     """
-    names = summary.get("artifacts") or {}
-    run_dir = plane.runs_dir / run.id
     present = {
-        kind: run_dir / names[kind]
-        for kind in ARTIFACTS
-        if names.get(kind) and (run_dir / names[kind]).is_file()
+        kind: path for kind in ARTIFACTS if (path := bundle_path(plane, run, kind)).is_file()
     }
     if "lora" not in present:
         return None

@@ -8,12 +8,15 @@ admin commands and tests); ``close`` releases the database.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
 
 from tunery.backends.base import Backend
 from tunery.db import make_engine, make_sessions
@@ -29,6 +32,18 @@ class NotFound(TuneryError):
 
 class Conflict(TuneryError):
     code = "conflict"
+
+
+class TooManyQueued(TuneryError):
+    """The account already has as many queued runs as the server allows (HTTP 429)."""
+
+    code = "too_many_queued_runs"
+
+
+class QuotaExceeded(TuneryError):
+    """Storing this would take the account past its storage quota (HTTP 413)."""
+
+    code = "storage_quota_exceeded"
 
 
 class StaleAttempt(TuneryError):
@@ -48,6 +63,11 @@ class ControlPlane:
 
     def __post_init__(self) -> None:
         self.wake_scheduler = threading.Event()
+        self.last_tick_at: float | None = None
+        """When the scheduler last ticked (wall clock); a long gap means workers could not
+        report in meanwhile."""
+        self.last_sweep_at = 0.0
+        """When expired run folders were last looked for (``tunery.runs.retention``)."""
 
     @classmethod
     def open(
@@ -61,6 +81,18 @@ class ControlPlane:
             notifier=EventNotifier(),
             server_url=server_url,
         )
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[Session]:
+        """A transaction that takes SQLite's write lock before its first read.
+
+        What it checks cannot be changed by another writer before it commits, so a check
+        and the write that depends on it are atomic (a submission and the deletion of its
+        dataset, two uploads against one quota). Writers wait for each other (busy timeout).
+        """
+        with self.sessions.begin() as session:
+            session.execute(text("BEGIN IMMEDIATE"))
+            yield session
 
     def close(self) -> None:
         self.sessions.kw["bind"].dispose()

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from tunery.db import Attempt, LedgerEntry, Run, RunEvent, now
 from tunery.pipeline.reporting import current_epoch
-from tunery.runs import billing, store
+from tunery.runs import billing, queue, store
 from tunery.runs.lifecycle import TERMINAL, RunStatus
 from tunery.runs.plane import ControlPlane, NotFound
 from tunery.wire.events import RunSnapshot
@@ -96,22 +96,14 @@ def attempts_by_run(session: Session, run_ids: Sequence[str]) -> dict[str, list[
     return grouped
 
 
-def queue_positions(session: Session, runs: Iterable[Run]) -> dict[str, int]:
-    """1-based place of each queued run among the queued runs of its tier (all accounts)."""
-    tiers = {run.tier for run in runs if run.status == RunStatus.QUEUED}
-    if not tiers:
+def queue_positions(plane: ControlPlane, session: Session, runs: Iterable[Run]) -> dict[str, int]:
+    """1-based place of each queued run in its tier's queue, in the order the scheduler
+    starts them (``tunery.runs.queue``); a run its account cannot pay for yet has none."""
+    queued = {run.id: run.tier for run in runs if run.status == RunStatus.QUEUED}
+    if not queued:
         return {}
-    queued = session.execute(
-        select(Run.id, Run.tier, Run.created_at).where(
-            Run.status == RunStatus.QUEUED.value, Run.tier.in_(tiers)
-        )
-    ).all()
-    positions: dict[str, int] = {}
-    counts: dict[str, int] = defaultdict(int)
-    for run_id, tier, _ in sorted(queued, key=lambda row: (row.created_at, row.id)):
-        counts[tier] += 1
-        positions[run_id] = counts[tier]
-    return positions
+    places = queue.positions(plane, session, set(queued.values()))
+    return {run_id: places[run_id] for run_id in queued if run_id in places}
 
 
 def _run_views(
@@ -135,7 +127,7 @@ def _run_views(
         )
     )
     attempts = attempts_by_run(session, [run.id for run in runs])
-    positions = queue_positions(session, runs)
+    positions = queue_positions(plane, session, runs)
     return [
         run_view(plane, run, attempts[run.id], positions.get(run.id), last_event.get(run.id))
         for run in runs
@@ -150,7 +142,14 @@ def run_view(
     last_event_id: int | None,
 ) -> RunPublic:
     """A run as the API shows it, from rows already read."""
-    refund = billing.refund_decision(run.status, run.config.get("base_model", ""), run.error)
+    refund = billing.refund_decision(
+        run.status,
+        run.config.get("base_model", ""),
+        run.error,
+        delivered=run.hub_entry_id is not None,
+    )
+    current = max(attempts, key=lambda attempt: attempt.number, default=None)
+    waiting = current is not None and current.active and run.status == RunStatus.WAITING_FOR_GPU
     return RunPublic(
         id=run.id,
         name=run.name,
@@ -164,8 +163,13 @@ def run_view(
         metrics=RunMetrics.model_validate(live_metrics(plane, run, attempts)),
         error=run.error if run.status in (RunStatus.FAILED, RunStatus.RETRYING) else None,
         attempt=run.attempt,
+        node=(current.node or None) if current is not None else None,
+        waiting_reason=current.waiting_reason if waiting and current is not None else None,
         queue_position=queue_position,
         cancel_requested=run.cancel_requested,
+        finish_requested=run.finish_requested,
+        evaluation=(run.summary or {}).get("evaluation") or run.evaluation,
+        estimate=run.estimate,
         samples=run.samples or [],
         artifacts=(run.summary or {}).get("artifacts"),
         hub_entry_id=run.hub_entry_id,
@@ -173,6 +177,18 @@ def run_view(
         refunded=refund.refunded,
         refund_note=refund.note,
     )
+
+
+def run_payload(plane: ControlPlane, account_id: str, run_id: str) -> dict[str, Any]:
+    """The submission payload of the account's run, for a rerun; raises NotFound.
+
+    The recipe as it was submitted (normalised), with the attestations unset: a rerun is
+    a new submission, attested anew.
+    """
+    with plane.sessions() as session:
+        config = dict(get_run(session, account_id, run_id).config)
+    config.pop("attestations", None)
+    return config
 
 
 def view_run(plane: ControlPlane, account_id: str, run_id: str) -> RunPublic:
@@ -232,19 +248,20 @@ def credits_view(plane: ControlPlane, account_id: str) -> CreditsPublic:
 
 
 def tiers_view(plane: ControlPlane) -> list[TierPublic]:
-    """GPU tiers with their prices and how many of their nodes are free now."""
+    """GPU tiers with their prices and their nodes, total and free now, as the backend
+    counts them (the configured nodes, or the cluster's)."""
     with plane.sessions() as session:
         busy = store.busy_nodes(session)
     rows = []
     for tier in plane.settings.tiers:
-        nodes = [node.name for node in plane.settings.nodes if node.tier == tier.id]
+        capacity = plane.workers.capacity(tier.id, busy)
         rows.append(
             TierPublic(
                 id=tier.id,
                 name=tier.name,
                 credits_per_minute=tier.credits_per_minute,
-                nodes_total=len(nodes),
-                nodes_free=len([name for name in nodes if name not in busy]),
+                nodes_total=capacity.total,
+                nodes_free=capacity.free,
             )
         )
     return rows

@@ -1,4 +1,5 @@
-"""Ending runs: cancel, the move to a terminal state with its bill, and deletion."""
+"""Ending runs: cancel, the move to a terminal state with its bill, runs that can never
+start, and deletion."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tunery.backends.base import Handle
-from tunery.db import Attempt, Run, RunEvent, now
+from tunery.db import Attempt, Dataset, Run, RunEvent, now
 from tunery.phases import Phase
-from tunery.runs import billing, store
+from tunery.runs import billing, queue, retention, store
 from tunery.runs.lifecycle import TERMINAL, RunStatus
 from tunery.runs.plane import Conflict, ControlPlane
 from tunery.runs.queries import get_run
@@ -87,7 +88,12 @@ def finish(
         **fields,
     )
     attempts = session.scalars(select(Attempt).where(Attempt.run_id == run.id)).all()
-    refund = billing.refund_decision(to, run.config.get("base_model", ""), fields.get("error"))
+    refund = billing.refund_decision(
+        to,
+        run.config.get("base_model", ""),
+        fields.get("error"),
+        delivered=fields.get("hub_entry_id") is not None,
+    )
     tier = plane.settings.tier(run.tier)
     billing.settle(
         session,
@@ -100,8 +106,59 @@ def finish(
     )
 
 
+def fail_stranded(plane: ControlPlane) -> int:
+    """Fail, once and with the reason, waiting runs that can never start as things stand.
+
+    A run whose dataset is gone (its record or its file) fails with ``dataset_missing``
+    instead of starting workers that cannot read it. A run whose account cannot pay its first
+    minute, with no active run left to free credits, fails with ``out_of_credits``; nothing
+    is charged for it. Returns how many runs failed.
+    """
+    at = now()
+    with plane.sessions.begin() as session:
+        stranded = {run.id: (run, _unpaid(plane, run)) for run in queue.unpayable(plane, session)}
+        for run in _without_inputs(plane, session):
+            stranded[run.id] = (run, _inputs_gone())
+        for run, error in stranded.values():
+            finish(plane, session, run, to=RunStatus.FAILED, phase=Phase.DONE, at=at, error=error)
+    if stranded:
+        plane.changed()
+    return len(stranded)
+
+
+def _without_inputs(plane: ControlPlane, session: Session) -> list[Run]:
+    waiting = list(session.scalars(select(Run).where(Run.status.in_(queue.WAITING))))
+    wanted = {dataset_id for run in waiting for dataset_id in run.config.get("dataset_ids", [])}
+    present = {
+        dataset.id
+        for dataset in session.scalars(select(Dataset).where(Dataset.id.in_(wanted)))
+        if (plane.datasets_dir / dataset.filename).is_file()
+    }
+    return [run for run in waiting if not set(run.config.get("dataset_ids", [])) <= present]
+
+
+def _inputs_gone() -> dict[str, str]:
+    return {
+        "code": "dataset_missing",
+        "message": "a dataset of the run is no longer on the server (deleted, or its file is "
+        "missing)",
+        "hint": "upload the dataset again and submit the run again",
+    }
+
+
+def _unpaid(plane: ControlPlane, run: Run) -> dict[str, str]:
+    price = queue.minute_price(plane, run.tier)
+    return {
+        "code": billing.OUT_OF_CREDITS_CODE,
+        "message": f"the balance does not cover the first minute on {run.tier} "
+        f"({price:g} credits/min), and no other run of the account holds credits",
+        "hint": "ask an admin for credits (tunery accounts grant), then submit the run again",
+    }
+
+
 def delete_run(plane: ControlPlane, *, account_id: str, run_id: str) -> None:
-    """Delete a finished run's record and history (never its Hub entry).
+    """Delete a finished run's record, history and folder on the server (never its Hub
+    entry).
 
     Raises NotFound, or Conflict while the run is not terminal.
     """
@@ -113,3 +170,4 @@ def delete_run(plane: ControlPlane, *, account_id: str, run_id: str) -> None:
             for row in session.scalars(select(model).where(model.run_id == run_id)):
                 session.delete(row)
         session.delete(run)
+    retention.remove_run_folder(plane, run_id)

@@ -14,6 +14,8 @@ the caller's transaction.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -25,6 +27,7 @@ from tunery.backends.base import Handle
 from tunery.db import Attempt, Run, RunEvent, new_id, now
 from tunery.phases import Phase
 from tunery.runs.lifecycle import RunStatus, can_move
+from tunery.runs.redact import redact_error
 
 
 class TransitionConflict(Exception):
@@ -71,11 +74,14 @@ def move(
 ) -> None:
     """Guarded status change plus its event, inside the caller's transaction.
 
-    ``fields`` are other columns set in the same UPDATE (``finished_at``, ``error``…).
+    ``fields`` are other columns set in the same UPDATE (``finished_at``, ``error``…); an
+    error is stored without server paths (``redact.redact_error``).
     Raises TransitionConflict if the run is in none of ``expected``; ValueError if a move
     from an expected state to ``to`` is not in the lifecycle table.
     """
     phase = Phase(phase)  # a phase outside the vocabulary is a bug: fail before writing
+    if fields.get("error"):
+        fields["error"] = redact_error(fields["error"])
     sources = {expected} if isinstance(expected, RunStatus) else set(expected)
     illegal = [source for source in sources if not can_move(source, to)]
     if illegal:
@@ -115,10 +121,12 @@ def create_run(
     tier: str,
     config: dict[str, Any],
     idempotency_key: str | None,
+    payload_hash: str | None = None,
 ) -> Run:
     """Insert a ``queued`` run and its first status event; returns it (flushed).
 
-    Raises IntegrityError at flush when the account already used ``idempotency_key``.
+    ``payload_hash`` is the digest of the payload ``idempotency_key`` stands for. Raises
+    IntegrityError at flush when the account already used ``idempotency_key``.
     """
     run = Run(
         id=new_id("run"),
@@ -130,6 +138,7 @@ def create_run(
         config=config,
         created_at=now(),
         idempotency_key=idempotency_key,
+        idempotency_payload_hash=payload_hash,
         metrics={},
         samples=[],
     )
@@ -146,18 +155,40 @@ def create_run(
 
 def open_attempt(
     session: Session, run: Run, *, number: int, node: str, lease_until: float
-) -> Attempt:
-    """Record a live attempt of ``run`` on ``node`` with a fresh fencing token."""
+) -> tuple[Attempt, str]:
+    """Record a live attempt of ``run`` on ``node``; returns it and its fencing token.
+
+    The token exists only in the returned value: the row keeps its SHA-256.
+    """
+    token = secrets.token_urlsafe(32)
     attempt = Attempt(
         id=new_id("att"),
         run_id=run.id,
         number=number,
         node=node,
-        token=new_id("fence"),
+        token_hash=token_digest(token),
         lease_expires_at=lease_until,
     )
     session.add(attempt)
-    return attempt
+    return attempt, token
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_matches(attempt: Attempt, token: str) -> bool:
+    """Whether ``token`` is the attempt's (constant-time)."""
+    return secrets.compare_digest(attempt.token_hash, token_digest(token))
+
+
+def record_placement(attempt: Attempt, *, node: str | None, waiting_reason: str | None) -> bool:
+    """Where a cluster placed the attempt, or why it has not yet; True if anything changed."""
+    node = node if node is not None else attempt.node
+    if (attempt.node, attempt.waiting_reason) == (node, waiting_reason):
+        return False
+    attempt.node, attempt.waiting_reason = node, waiting_reason
+    return True
 
 
 def end_attempt(session: Session, attempt: Attempt, at: float, reason: str) -> bool:
@@ -204,5 +235,5 @@ def active_attempts(session: Session) -> list[Attempt]:
 
 
 def busy_nodes(session: Session) -> set[str]:
-    """Nodes that hold a live attempt."""
+    """Nodes that hold a live attempt ("" stands for attempts a cluster has not placed)."""
     return set(session.scalars(select(Attempt.node).where(Attempt.active.is_(True))))

@@ -4,23 +4,37 @@ Schema problems (types, ranges, unknown fields) and the checks against this serv
 (datasets, attestations, tier, base model, credits) are reported together in one
 ConfigError (HTTP 422); nothing is created or charged then. A field whose schema is wrong is
 not checked again.
+
+The checks and the insert run in one transaction that holds the database's write lock
+(``ControlPlane.exclusive``): a dataset cannot be deleted between the check that it exists
+and the run that names it, and concurrent submissions cannot pass the queue cap together.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tunery.db import Dataset, Run
 from tunery.errors import ConfigError, FieldProblem
 from tunery.pipeline.config import RunRecipe, parse_recipe
+from tunery.pipeline.holdout import plan_holdout
 from tunery.pipeline.load import parse_model_reference
 from tunery.runs import billing, store
-from tunery.runs.plane import ControlPlane
+from tunery.runs.lifecycle import RunStatus
+from tunery.runs.plane import ControlPlane, TooManyQueued
+
+LOCAL_MODELS_ONLY = (
+    "local base models must be in the server's models directory (setting local_models_dir); "
+    "ask the server's admin to put the model there, or name a Hugging Face id"
+)
 
 Field = Callable[[str, Any], Any]
 """``field(name, default)``: a payload field's value, or ``default`` when its schema is broken."""
@@ -57,14 +71,57 @@ def validate_submission(
         problems += _tier_problems(plane, tier)
     base_model = field("base_model", None)
     if "base_model" not in broken and isinstance(base_model, str):
-        try:
-            parse_model_reference(base_model)
-        except ConfigError as error:
-            problems.extend(error.problems)
+        problems += _base_model_problems(plane, base_model)
     problems += _credit_problems(plane, session, account_id, tier)
+    if recipe is not None:
+        problems += validation_data_problems(session, account_id, recipe)
     if problems or recipe is None:
         raise ConfigError(problems)
     return recipe, tier
+
+
+def validation_data_problems(
+    session: Session, account_id: str, recipe: RunRecipe
+) -> list[FieldProblem]:
+    """The server's checks of ``validation``: uploaded ids the account owns, no local files,
+    and held-out rows for early stopping when the default split is relied on."""
+    problems = []
+    if recipe.validation.datasets:
+        problems.append(
+            FieldProblem(
+                "validation.datasets",
+                "the server takes uploaded dataset ids: list them under validation.dataset_ids",
+            )
+        )
+    wanted = [*recipe.validation.dataset_ids, *recipe.dataset_ids]
+    rows = dict(
+        session.execute(
+            select(Dataset.id, Dataset.rows).where(
+                Dataset.id.in_(wanted), Dataset.account_id == account_id
+            )
+        ).all()
+    )
+    for index, dataset_id in enumerate(recipe.validation.dataset_ids):
+        if dataset_id not in rows:
+            problems.append(
+                FieldProblem(
+                    f"validation.dataset_ids.{index}", f"unknown dataset id {dataset_id!r}"
+                )
+            )
+    total = sum(rows.get(dataset_id, 0) for dataset_id in recipe.dataset_ids)
+    # Every row counted as a chat row: the sample prompts are then as many as can be held.
+    held = plan_holdout(
+        total, total, custom_prompts=bool(recipe.samples.prompts), validation=recipe.validation
+    ).validation
+    if recipe.early_stopping.patience and not recipe.validation.separate and held == 0:
+        problems.append(
+            FieldProblem(
+                "early_stopping.patience",
+                f"needs validation data, and {total} rows hold out none (the default split "
+                "needs 200 rows or more): set validation.split or validation.dataset_ids",
+            )
+        )
+    return problems
 
 
 def _dataset_problems(
@@ -98,6 +155,41 @@ def _dataset_problems(
     return problems
 
 
+def _base_model_problems(plane: ControlPlane, base_model: str) -> list[FieldProblem]:
+    """A base model this server can use; a local one only from the allow-listed directory.
+
+    A path outside it is refused before the filesystem is asked, so the answer says
+    nothing about which server directories exist.
+    """
+    value = base_model.strip()
+    if value.startswith(("/", ".", "~")) and not _in_models_dir(plane, value):
+        return [FieldProblem("base_model", LOCAL_MODELS_ONLY)]
+    try:
+        reference = parse_model_reference(base_model)
+    except ConfigError as error:
+        return list(error.problems)
+    if reference.kind == "local" and not _in_models_dir(plane, value):
+        return [FieldProblem("base_model", LOCAL_MODELS_ONLY)]
+    return []
+
+
+def _in_models_dir(plane: ControlPlane, value: str) -> bool:
+    """Whether ``value`` names a path below the models directory without walking up.
+
+    Compared as written (symlinks the admin placed there are allowed), with ``..`` refused
+    so the written path cannot leave it.
+    """
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # ~name of a user this machine does not have
+        return False
+    if ".." in path.parts:
+        return False
+    root = Path(os.path.abspath(plane.settings.models_dir))
+    absolute = Path(os.path.abspath(path))
+    return absolute != root and absolute.is_relative_to(root)
+
+
 def _attestation_problems(attestations: dict[str, Any]) -> list[FieldProblem]:
     problems = []
     if attestations.get("dataset_rights") is not True:
@@ -120,7 +212,9 @@ def _tier_problems(plane: ControlPlane, tier: str) -> list[FieldProblem]:
     if plane.settings.tier(tier) is None:
         known = ", ".join(t.id for t in plane.settings.tiers)
         return [FieldProblem("gpu_tier", f"unknown tier {tier!r}; tiers: {known}")]
-    if not any(node.tier == tier for node in plane.settings.nodes):
+    # A cluster's tier may gain nodes (an autoscaler, a node joining): its runs wait.
+    local = plane.settings.cluster.kind == "local"
+    if local and not any(node.tier == tier for node in plane.settings.nodes):
         return [FieldProblem("gpu_tier", f"no node serves tier {tier!r}")]
     return []
 
@@ -142,40 +236,66 @@ def _credit_problems(
     return []
 
 
+def payload_hash(payload: Any) -> str:
+    """A digest of the payload's JSON, key order aside: what an ``Idempotency-Key`` names."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def submit_run(
     plane: ControlPlane, *, account_id: str, payload: Any, idempotency_key: str | None
 ) -> Run:
     """Queue a run, or return the run an earlier submission with the same key created.
 
-    Raises ConfigError with every problem when the submission is blocked.
+    Raises ConfigError with every problem when the submission is blocked, or when the key
+    was used before with a different payload; TooManyQueued when the account already has
+    ``max_queued_runs_per_account`` queued runs.
     """
-    if idempotency_key:
-        existing = _run_by_key(plane, account_id, idempotency_key)
-        if existing is not None:
-            return existing
-    try:
-        with plane.sessions.begin() as session:
-            recipe, tier = validate_submission(plane, session, account_id, payload)
-            run = store.create_run(
-                session,
-                account_id=account_id,
-                name=recipe.name,
-                tier=tier,
-                config=recipe.model_dump(mode="json"),
-                idempotency_key=idempotency_key,
+    digest = payload_hash(payload)
+    with plane.exclusive() as session:
+        if idempotency_key:
+            existing = session.scalar(
+                select(Run).where(
+                    Run.account_id == account_id, Run.idempotency_key == idempotency_key
+                )
             )
-    except IntegrityError:
-        # Two retries of one submission raced; the first insert won.
-        existing = _run_by_key(plane, account_id, idempotency_key or "")
-        if existing is None:
-            raise
-        return existing
+            if existing is not None:
+                _same_payload(existing, digest)
+                return existing
+        recipe, tier = validate_submission(plane, session, account_id, payload)
+        _within_queue_cap(plane, session, account_id)
+        run = store.create_run(
+            session,
+            account_id=account_id,
+            name=recipe.name,
+            tier=tier,
+            config=recipe.model_dump(mode="json"),
+            idempotency_key=idempotency_key,
+            payload_hash=digest if idempotency_key else None,
+        )
     plane.changed()
     return run
 
 
-def _run_by_key(plane: ControlPlane, account_id: str, key: str) -> Run | None:
-    with plane.sessions() as session:
-        return session.scalar(
-            select(Run).where(Run.account_id == account_id, Run.idempotency_key == key)
+def _same_payload(existing: Run, digest: str) -> None:
+    # Runs created before payloads were hashed have none: they keep answering as before.
+    if existing.idempotency_payload_hash not in (None, digest):
+        raise ConfigError.single(
+            "Idempotency-Key",
+            f"was already used for a different submission (run {existing.id})",
+            hint="use a new key for a new submission; reuse a key only to retry the same one",
+        )
+
+
+def _within_queue_cap(plane: ControlPlane, session: Session, account_id: str) -> None:
+    cap = plane.settings.max_queued_runs_per_account
+    queued = session.scalar(
+        select(func.count())
+        .select_from(Run)
+        .where(Run.account_id == account_id, Run.status == RunStatus.QUEUED.value)
+    )
+    if (queued or 0) >= cap:
+        raise TooManyQueued(
+            f"the account already has {queued} queued runs, the most this server allows",
+            hint="wait for some to start, or cancel some (setting max_queued_runs_per_account)",
         )

@@ -1,19 +1,24 @@
-"""The scheduler: one thread that reaps lost attempts and places runs on idle nodes.
+"""The scheduler: one thread that reaps lost attempts and hands queued runs to the backend.
 
 Each ``tick``:
 
 1. *Reap*: an active attempt whose lease expired (no heartbeat for ``lease_seconds``) or
-   whose worker process is gone is lost; its process group is stopped and its run moves to
-   ``retrying`` (transient) or ``failed`` once the retry budget is spent.
-2. *Place*: for every idle node, the next run of the node's tier moves to
-   ``waiting_for_gpu`` and a worker is started for a new attempt. Runs wait in ``queued``
-   (and ``retrying`` until their back-off ends) while no node of their tier is idle. Order is
-   fair across accounts: the account with the fewest runs on nodes goes first, then the
-   oldest run. A retrying run keeps its place: while it is next but still backing off, its
-   node stays idle instead of going to a later run.
+   whose worker the backend reports gone is lost; its worker is stopped and its run moves
+   to ``retrying`` (transient) or ``failed`` once the retry budget is spent. Attempts the
+   backend still places (a cluster with no free node of the tier) keep a fresh lease and
+   record why they wait; placed ones record their node.
+2. *Place*: for each tier, while the backend has a slot for it (``claim``: an idle node of
+   the local pool, room for one more pending attempt on a cluster), the next run of the
+   tier moves to ``waiting_for_gpu`` and its attempt is handed to the backend. Runs wait in
+   ``queued`` (and ``retrying`` until their back-off ends) otherwise. The order is
+   ``tunery.runs.queue``'s (round robin across accounts, only runs whose first minute
+   is paid for), the one users see as queue positions. A retrying run keeps its place:
+   while it is next but still backing off, it holds the slot instead of letting a later run
+   take it.
 
-``reconcile`` runs once at start-up: workers survive a control-plane crash, so every attempt
-that was active gets a fresh lease to report in before it is declared lost.
+``reconcile`` runs at start-up, and at a tick after a gap longer than half the lease (a
+paused or starved server): workers outlive both, so every attempt that was active gets a
+fresh lease to report in before it is declared lost.
 """
 
 from __future__ import annotations
@@ -24,15 +29,15 @@ from collections import Counter
 
 from sqlalchemy import select
 
-from tunery.backends.base import AttemptLaunch, Handle
+from tunery.backends.base import AttemptLaunch, Handle, WorkerState
 from tunery.db import Attempt, Run, now
 from tunery.phases import Phase
-from tunery.runs import billing, store
+from tunery.runs import billing, queue, retention, store
 from tunery.runs.attempts import retry_or_fail
 from tunery.runs.lifecycle import ACTIVE, RunStatus
 from tunery.runs.plane import ControlPlane
 from tunery.runs.queries import attempts_by_run, live_metrics
-from tunery.runs.settle import finish
+from tunery.runs.settle import fail_stranded, finish
 
 logger = logging.getLogger(__name__)
 OUT_OF_CREDITS = {
@@ -56,9 +61,20 @@ def reconcile(plane: ControlPlane) -> None:
 
 def tick(plane: ControlPlane) -> None:
     plane.workers.collect()
+    at = now()
+    if (
+        plane.last_tick_at is not None
+        and at - plane.last_tick_at > plane.settings.lease_seconds / 2
+    ):
+        # The server was paused or starved: workers could not report in meanwhile, so they
+        # get a fresh lease, as on start-up, instead of being declared lost.
+        reconcile(plane)
+    plane.last_tick_at = at
     reap(plane)
     enforce_credits(plane)
+    fail_stranded(plane)
     place(plane)
+    retention.sweep(plane)
 
 
 def _stop(plane: ControlPlane, handles: list[Handle]) -> None:
@@ -109,34 +125,46 @@ def enforce_credits(plane: ControlPlane) -> None:
 
 
 def reap(plane: ControlPlane) -> None:
-    """End attempts whose lease expired or whose worker is gone; retry or fail their runs."""
+    """End attempts whose lease expired or whose worker is gone; retry or fail their runs.
+
+    Attempts still waiting for placement are not lost: their lease is renewed.
+    """
     at = now()
     lost: list[Handle] = []
-    reaped = 0
+    changed = 0
     with plane.sessions.begin() as session:
         for attempt in store.active_attempts(session):
             handle = store.handle_of(attempt)
+            where = plane.workers.placement(handle) if handle is not None else None
+            if where is not None and where.state != WorkerState.GONE:
+                changed += store.record_placement(
+                    attempt, node=where.node, waiting_reason=where.reason
+                )
+                if where.state == WorkerState.PENDING:
+                    # Once placed it still has to start and load, as a fresh attempt does.
+                    store.renew_lease(attempt, at + 3 * plane.settings.lease_seconds)
+                    continue
             expired = attempt.lease_expires_at < at
-            gone = handle is not None and not plane.workers.alive(handle)
+            gone = where is not None and where.state == WorkerState.GONE
             if not (expired or gone):
                 continue
             reason = "lease expired" if expired else "process exited"
             if not store.end_attempt(session, attempt, at, reason):
                 continue  # a report ended it meanwhile
-            reaped += 1
+            changed += 1
             if handle is not None and not gone:
                 lost.append(handle)
             run = session.get(Run, attempt.run_id)
             if run is not None and RunStatus(run.status) in ACTIVE:
                 retry_or_fail(plane, session, run, error=LOST_WORKER, transient=True, at=at)
     _stop(plane, lost)
-    # Watchers learn of a lost worker now, not at their next keep-alive.
-    if reaped:
+    # Watchers learn of a lost worker (or where a run landed) now, not at their next poll.
+    if changed:
         plane.notifier.notify()
 
 
 def place(plane: ControlPlane) -> None:
-    """Start the next run of each idle node's tier (fair across accounts, then oldest)."""
+    """Hand the next runs of each tier to the backend while it has slots for them."""
     at = now()
     with plane.sessions() as session:
         busy = store.busy_nodes(session)
@@ -150,26 +178,28 @@ def place(plane: ControlPlane) -> None:
                 )
             )
         )
-    for node in plane.settings.nodes:
-        if node.name in busy:
-            continue
-        waiting = [run for run in candidates if run.tier == node.tier]
-        if not waiting:
-            continue
-        run = min(waiting, key=lambda r: (running[r.account_id], r.created_at, r.id))
-        candidates.remove(run)
-        if run.status == RunStatus.RETRYING.value and (run.retry_at or 0) > at:
-            # A retrying run keeps its place: the node waits out its back-off rather than
-            # go to a run submitted after it.
-            continue
-        if _start_attempt(plane, run, node.name):
-            busy.add(node.name)
-            running[run.account_id] += 1
+    for tier in sorted({run.tier for run in candidates}):
+        waiting = queue.startable(plane, candidates, tier)
+        while waiting:
+            node = plane.workers.claim(tier, busy)
+            if node is None:
+                break
+            run = queue.next_run(plane, waiting, running)
+            waiting.remove(run)
+            if node:
+                busy.add(node)
+            if run.status == RunStatus.RETRYING.value and (run.retry_at or 0) > at:
+                # A retrying run keeps its place: its slot waits out the back-off rather
+                # than go to a run submitted after it.
+                continue
+            if _start_attempt(plane, run, node):
+                running[run.account_id] += 1
 
 
 def _start_attempt(plane: ControlPlane, run: Run, node: str) -> bool:
-    """Move ``run`` to ``waiting_for_gpu`` on ``node`` and start its worker; False if the run
-    was cancelled meanwhile or the worker could not be started."""
+    """Move ``run`` to ``waiting_for_gpu`` and hand its new attempt to the backend (on
+    ``node``, or "" where the backend places it); False if the run was cancelled meanwhile
+    or the backend could not take the attempt."""
     number = run.attempt + 1
     with plane.sessions.begin() as session:
         try:
@@ -185,7 +215,7 @@ def _start_attempt(plane: ControlPlane, run: Run, node: str) -> bool:
         except store.TransitionConflict:
             return False  # cancelled between the read and now
         # Loading a model can take a while before the first heartbeat thread starts.
-        attempt = store.open_attempt(
+        attempt, token = store.open_attempt(
             session,
             run,
             number=number,
@@ -195,15 +225,17 @@ def _start_attempt(plane: ControlPlane, run: Run, node: str) -> bool:
     plane.notifier.notify()
     launch = AttemptLaunch(
         attempt_id=attempt.id,
-        token=attempt.token,
-        server_url=plane.server_url,
+        run_id=run.id,
+        number=number,
+        tier=run.tier,
         node=node,
-        log_path=str(plane.runs_dir / run.id / f"attempt-{number}.log"),
+        token=token,
+        server_url=plane.server_url,
     )
     try:
         handle = plane.workers.start(launch)
     except OSError as error:
-        logger.exception("starting a worker on %s failed", node)
+        logger.exception("starting a worker for %s failed", run.id)
         _start_failed(plane, attempt.id, run.id, error)
         return False
     with plane.sessions.begin() as session:

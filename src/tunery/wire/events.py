@@ -19,9 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from tunery.phases import Phase
 from tunery.runs.lifecycle import RunStatus
 from tunery.wire.reports import ErrorData, SampleData
-from tunery.wire.rest import RunMetrics
+from tunery.wire.rest import RunEvaluation, RunMetrics
 
-STORED_KINDS = ("status", "phase", "metrics", "log", "samples")
+STORED_KINDS = ("status", "phase", "metrics", "evaluation", "log", "samples")
 EVENT_KINDS = (*STORED_KINDS, "ready", "snapshot")
 
 
@@ -64,6 +64,12 @@ class MetricsEvent(_Stored, RunMetrics):
     replayed: bool | None = None
 
 
+class EvaluationEvent(_Stored, RunEvaluation):
+    """An evaluation on the validation data finished (after step ``step``)."""
+
+    kind: Literal["evaluation"] = "evaluation"
+
+
 class SamplesEvent(_Stored):
     """The answers of the finished adapter to the sample prompts."""
 
@@ -72,7 +78,7 @@ class SamplesEvent(_Stored):
 
 
 StoredEvent = Annotated[
-    StatusEvent | PhaseEvent | LogEvent | MetricsEvent | SamplesEvent,
+    StatusEvent | PhaseEvent | LogEvent | MetricsEvent | EvaluationEvent | SamplesEvent,
     Field(discriminator="kind"),
 ]
 

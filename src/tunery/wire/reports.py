@@ -52,6 +52,20 @@ class StepData(BaseModel):
     progress: Finite = None
 
 
+class EvaluationData(BaseModel):
+    """An evaluation on the validation data, as the pipeline's ``EvalMetrics.as_dict`` gives it."""
+
+    model_config = ConfigDict(extra="allow")
+    step: int = Field(ge=0)
+    total_steps: int | None = None
+    eval_loss: Finite = None
+    eval_accuracy: Finite = None
+    best_eval_loss: Finite = None
+    best_step: int | None = None
+    examples: int | None = None
+    seconds: Finite = None
+
+
 class ErrorData(BaseModel):
     """Why a run failed, written for its owner."""
 
@@ -122,6 +136,13 @@ class LogReport(BaseModel):
     data: LogData
 
 
+class EvaluationReport(BaseModel):
+    """An evaluation on the validation data finished."""
+
+    kind: Literal["evaluation"] = "evaluation"
+    data: EvaluationData
+
+
 class HistoryReport(BaseModel):
     """A resumed attempt's checkpoint history: every step before the checkpoint."""
 
@@ -143,10 +164,18 @@ class FailureReport(BaseModel):
     data: FailureData
 
 
-AnyReport = PhaseReport | MetricsReport | LogReport | HistoryReport | ResultReport | FailureReport
+AnyReport = (
+    PhaseReport
+    | MetricsReport
+    | EvaluationReport
+    | LogReport
+    | HistoryReport
+    | ResultReport
+    | FailureReport
+)
 Report = Annotated[AnyReport, Field(discriminator="kind")]
 """One report; ``kind`` says which."""
-REPORT_KINDS = ("phase", "metrics", "log", "history", "result", "failure")
+REPORT_KINDS = ("phase", "metrics", "evaluation", "log", "history", "result", "failure")
 
 
 class ReportBatch(BaseModel):
@@ -154,26 +183,39 @@ class ReportBatch(BaseModel):
 
 
 class ReportAck(BaseModel):
-    """The server's answer to a batch: whether the owner asked to cancel the run."""
+    """The server's answer to a batch: whether the owner asked to cancel the run, or to
+    finish it now (stop training at the next step, then save, export and sample)."""
 
     cancel: bool
+    finish: bool = False
+
+
+class DatasetRef(BaseModel):
+    """A dataset of the run, to download from ``/internal/attempts/{id}/datasets/{dataset}``."""
+
+    id: str
+    suffix: Literal[".jsonl", ".csv", ".parquet"]
+    sha256: str
+    bytes: int
 
 
 class AttemptSpec(BaseModel):
     """What a worker runs, answered by ``GET /internal/attempts/{id}/spec``.
 
-    Everything a worker needs comes from here, never from environment variables set by
-    the server: the recipe (dataset files resolved on the node), where to write, how often
-    to report, how many threads to use and where catalog models live.
+    It names no path of the server's: the recipe's datasets are ``datasets``, fetched over
+    the API; the worker writes into a scratch directory of its own and uploads its bundles;
+    checkpoints go to the store its backend gave it. ``threads`` is the node's setting, if
+    any (else the worker's ``TUNERY_TORCH_THREADS``).
     """
 
     run_id: str
     attempt: int
     recipe: dict[str, Any]
-    out_dir: str
+    datasets: list[DatasetRef]
+    validation_datasets: list[DatasetRef] = []
+    """The recipe's ``validation.dataset_ids``, fetched the same way."""
     heartbeat_seconds: float
     threads: int | None = None
-    data_dir: str
 
 
 def encode(report: AnyReport) -> str:

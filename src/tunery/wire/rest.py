@@ -7,7 +7,7 @@ log lines), so the CLI and the studio keep no copies of the rules behind them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -57,11 +57,75 @@ class RunMetrics(BaseModel):
     """What cancelling now would bill (whole minutes); None once the run is terminal."""
 
 
+class RunEvaluation(BaseModel):
+    """An evaluation on the validation data, and the best one so far."""
+
+    model_config = ConfigDict(extra="allow")
+    step: int
+    total_steps: int | None = None
+    eval_loss: Finite = None
+    eval_accuracy: Finite = None
+    """Mean token accuracy: the share of trained tokens predicted exactly (greedy)."""
+    best_eval_loss: Finite = None
+    best_step: int | None = None
+
+
+class RunOutcome(RunEvaluation):
+    """A run's evaluation as the run object carries it: the latest one, the best one,
+    and, once finished, whether early stopping or "Finish now" ended training early."""
+
+    stopped_early: bool = False
+    stopped_at_step: int | None = None
+    finished_early: bool = False
+    """"Finish now" ended training before its budget."""
+
+
 class StepRow(RunMetrics):
-    """One row of ``GET /runs/{id}/metrics``: a step as it was reported."""
+    """One row of ``GET /runs/{id}/metrics``: a step as it was reported, with the
+    evaluation after it when there was one (``eval_loss``, ``eval_accuracy``)."""
 
     replayed: bool | None = None
     """True for a step a resumed attempt's history filled in."""
+    eval_loss: Finite = None
+    eval_accuracy: Finite = None
+
+
+class RunEstimate(BaseModel):
+    """What a submission would train and cost, before anything is created.
+
+    Tokens are estimated from characters (``tunery.runs.estimate``), steps are exact for
+    data whose rows all keep a trained token; seconds are the tokens over the tier's
+    throughput, measured on earlier completed runs of the same model on the tier
+    (``throughput_source`` ``measured``) or the tier's FLOPs-based prior (``prior``).
+    """
+
+    tier: str
+    base_model: str
+    parameters: int | None
+    """The base model's size, when the catalog knows it."""
+    rows: int
+    examples: int
+    """Training examples: the rows left after sample prompts and the validation split."""
+    validation_examples: int
+    tokens_per_epoch: int
+    """Estimated tokens of the training examples after templating (and truncation)."""
+    tokens: int
+    """Estimated tokens the whole run processes."""
+    total_steps: int
+    epochs: int
+    seconds: float | None
+    """Estimated training seconds on the tier; None when neither a measurement nor a prior
+    exists (an unknown model on a tier without ``tflops``)."""
+    tokens_per_second: float | None
+    throughput_source: Literal["measured", "prior"] | None
+    measured_runs: int
+    """Completed runs of this model on this tier the throughput was measured on."""
+    credits: float | None
+    credits_per_minute: float
+    balance: float
+    covered: bool | None
+    """Whether the balance covers the estimated credits; None without an estimate."""
+    notes: list[str]
 
 
 class RunPublic(BaseModel):
@@ -78,8 +142,18 @@ class RunPublic(BaseModel):
     metrics: RunMetrics
     error: ErrorData | None
     attempt: int
+    node: str | None = None
+    """The node that runs (or ran) the current attempt; None before one was placed."""
+    waiting_reason: str | None = None
+    """While waiting for a GPU: why the cluster has not placed the run yet."""
     queue_position: int | None
     cancel_requested: bool
+    finish_requested: bool = False
+    """"Finish now" was asked: training stops at the next step, then saves and exports."""
+    evaluation: RunOutcome | None = None
+    """The latest and best evaluation; None for a run without validation data (so far)."""
+    estimate: RunEstimate | None = None
+    """The estimate the run was submitted with, to compare with ``metrics``."""
     samples: list[SampleData]
     artifacts: dict[str, str | None] | None
     hub_entry_id: str | None

@@ -1,4 +1,4 @@
-"""The worker's reporter: reports to the control plane over HTTP, the cancel flag back.
+"""The worker's reporter: reports to the control plane over HTTP, cancel and finish back.
 
 Training never waits on the network: each report (``tunery.wire.reports``) is encoded to
 JSON in the caller's thread and queued; a background thread sends them in batches (an
@@ -20,9 +20,11 @@ from typing import Any
 import httpx
 
 from tunery.phases import Phase
-from tunery.pipeline.reporting import StepMetrics
+from tunery.pipeline.reporting import EvalMetrics, StepMetrics
 from tunery.wire.reports import (
     AnyReport,
+    EvaluationData,
+    EvaluationReport,
     HistoryData,
     HistoryReport,
     LogData,
@@ -55,6 +57,7 @@ class HttpReporter:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._lock = threading.Lock()
         self._stop_requested = threading.Event()
+        self._finish_requested = threading.Event()
         self._closed = threading.Event()
         self.fenced = False
         # Events taken off the queue but not yet delivered; finish() sends them first.
@@ -75,6 +78,9 @@ class HttpReporter:
     def metrics(self, metrics: StepMetrics) -> None:
         self.send(MetricsReport(data=StepData.model_validate(metrics.as_dict())))
 
+    def eval_metrics(self, metrics: EvalMetrics) -> None:
+        self.send(EvaluationReport(data=EvaluationData.model_validate(metrics.as_dict())))
+
     def resumed(self, history: list[dict[str, Any]]) -> None:
         steps = [StepData.model_validate(step) for step in history]
         self.send(HistoryReport(data=HistoryData(steps=steps)))
@@ -85,6 +91,9 @@ class HttpReporter:
 
     def should_stop(self) -> bool:
         return self._stop_requested.is_set()
+
+    def should_finish(self) -> bool:
+        return self._finish_requested.is_set()
 
     # Delivery ----------------------------------------------------------------------
 
@@ -162,9 +171,11 @@ class HttpReporter:
             )
             return False
         try:
-            cancel = bool(response.json().get("cancel"))
+            answer = response.json()
         except ValueError:
             return True  # delivered; the answer was unreadable (a proxy's page, say)
-        if cancel:
+        if answer.get("cancel"):
             self._stop_requested.set()
+        if answer.get("finish"):
+            self._finish_requested.set()
         return True

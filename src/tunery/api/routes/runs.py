@@ -16,8 +16,8 @@ from tunery.api.streams import (
     cursor,
     run_stream,
 )
-from tunery.runs import history, queries, settle, submit
-from tunery.wire.rest import RunPublic, StepRow
+from tunery.runs import estimate, finish, history, queries, settle, submit
+from tunery.wire.rest import RunEstimate, RunPublic, StepRow
 
 router = APIRouter(tags=["runs"])
 # The payload is read raw so that every problem is reported at once (422); the schema is
@@ -45,7 +45,19 @@ def submit_run(
     run = submit.submit_run(
         plane, account_id=account.id, payload=payload, idempotency_key=idempotency_key
     )
+    estimate.record_estimate(plane, account_id=account.id, run_id=run.id)
     return queries.view_run(plane, account.id, run.id)
+
+
+@router.post("/runs/estimate", response_model=RunEstimate, openapi_extra=RECIPE_BODY)
+def estimate_run(
+    plane: PlaneDep, account: AccountDep, payload: Annotated[Any, Body(include_in_schema=False)]
+) -> RunEstimate:
+    """What the submission would train, how long and at what price; creates nothing.
+
+    422 with every problem, as a submission answers (the attestations and the balance
+    aside: ``covered`` says whether the balance pays for it)."""
+    return estimate.estimate_run(plane, account_id=account.id, payload=payload)
 
 
 @router.get("/runs", response_model=list[RunPublic])
@@ -63,6 +75,20 @@ def cancel_run(plane: PlaneDep, account: AccountDep, run_id: str) -> RunPublic:
     """Cancel; idempotent; 409 once the run completed or failed."""
     settle.cancel_run(plane, account_id=account.id, run_id=run_id)
     return queries.view_run(plane, account.id, run_id)
+
+
+@router.post("/runs/{run_id}/finish", response_model=RunPublic)
+def finish_run(plane: PlaneDep, account: AccountDep, run_id: str) -> RunPublic:
+    """Finish now: training stops at the next step; the run saves, exports and samples
+    what it learned and completes (billed as completed). Idempotent; 409 unless training."""
+    finish.finish_run(plane, account_id=account.id, run_id=run_id)
+    return queries.view_run(plane, account.id, run_id)
+
+
+@router.get("/runs/{run_id}/recipe", response_model=dict[str, Any])
+def run_recipe(plane: PlaneDep, account: AccountDep, run_id: str) -> dict[str, Any]:
+    """The run's submission payload (attestations unset), to submit again with changes."""
+    return queries.run_payload(plane, account.id, run_id)
 
 
 @router.delete("/runs/{run_id}", status_code=204)

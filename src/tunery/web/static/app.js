@@ -11,7 +11,7 @@ import { $, hideBanner, showBanner, trapDialogFocus } from "./dom.js";
 import { renderForm, renderTiers, setUpForm } from "./form.js";
 import { renderHub } from "./hub.js";
 import { followRoutes, render, route } from "./router.js";
-import { addLogLine, addPoint, renderRuns, updateRun } from "./runs.js";
+import { addEvaluation, addLogLine, addPoint, renderRuns, updateRun } from "./runs.js";
 import { setUpSignIn, takeTokenFromLink } from "./signin.js";
 import { hooks, loadUntilDone, receiveEvent, resetForStream } from "./state.js";
 
@@ -52,11 +52,18 @@ Object.assign(hooks, {
     renderBalance();
     renderTiers();
     if (route().view === "hub") renderHub();
+    // A deleted Hub entry changes what a run's download buttons say.
+    if (route().view === "runs") renderRuns();
     if (route().view === "credits") renderCredits();
   },
   runsChanged: renderRuns,
-  runChanged: updateRun,
+  runChanged: (run) => {
+    updateRun(run);
+    // The header's balance counts what unfinished runs have trained so far.
+    renderBalance();
+  },
   point: addPoint,
+  evaluation: addEvaluation,
   logLine: addLogLine,
 });
 trapDialogFocus();

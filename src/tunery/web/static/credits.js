@@ -3,12 +3,23 @@
 import { $, h } from "./dom.js";
 import { formatCredits, formatTime } from "./format.js";
 import { state } from "./state.js";
-import { refundRules } from "./vocabulary.js";
+import { isTerminal, refundRules } from "./vocabulary.js";
+import { renderWebhooks } from "./webhooks.js";
 
+/**
+ * The balance as it will be once the unfinished runs settle: the ledger's balance less the
+ * credits each has trained so far (the server's live number), so it moves while they train.
+ */
 export function renderBalance() {
   const balance = $("#balance");
   balance.hidden = !state.credits;
-  if (state.credits) balance.textContent = `${formatCredits(state.credits.balance)} credits`;
+  if (!state.credits) return;
+  const training = [...state.runs.values()].filter((run) => !isTerminal(run.status))
+    .reduce((sum, run) => sum + (run.metrics?.credits || 0), 0);
+  balance.textContent = `${formatCredits(state.credits.balance - training)} credits`;
+  balance.title = training > 0
+    ? `Credit balance, less ${formatCredits(training)} that unfinished runs have used so far`
+    : "Credit balance";
 }
 
 export function renderCredits() {
@@ -16,6 +27,7 @@ export function renderCredits() {
   $("#credits-balance").textContent = formatCredits(state.credits.balance);
   $("#billing-rules").replaceChildren(...refundRules().map((rule) => h("li", {}, rule)));
   $("#ledger-rows").replaceChildren(...[...state.credits.ledger].reverse().map(ledgerRow));
+  renderWebhooks();
 }
 
 function ledgerRow(row) {

@@ -1,13 +1,17 @@
-// The New run form: models, datasets (with upload), tiers, and submitting a run.
+// The New run form: models, datasets (with upload), tiers, the live estimate, submitting a
+// run, and the form prefilled from an earlier run (Rerun with changes).
 
 import { ApiError, api } from "./api.js";
 import { $, h, reportError } from "./dom.js";
+import { setUpEstimate } from "./estimate.js";
 import { formatBytes } from "./format.js";
 import { clearProblems, showProblems } from "./problems.js";
 import { receiveRun, state } from "./state.js";
 
 // One key per composed run: pressing play again after a lost answer returns the same run.
 let submissionKey = null;
+// Asks for a new estimate of the form as it is now (set up once).
+let reestimate = () => {};
 
 /** Attach the form's listeners; called once at start. */
 export function setUpForm() {
@@ -17,6 +21,7 @@ export function setUpForm() {
     event.preventDefault();
     submit();
   });
+  reestimate = setUpEstimate(payload);
 }
 
 /** Fill the lists from the loaded state, keeping what the user already chose. */
@@ -35,6 +40,7 @@ export function renderForm() {
     const stamp = new Date().toISOString().slice(0, 16).replace(/[-:]/g, "").replace("T", "-");
     $("#f-name").value = `run-${stamp}`;
   }
+  reestimate();
 }
 
 function modelLabel(model) {
@@ -71,6 +77,11 @@ function chooseModel() {
 function renderDatasets(select = []) {
   const checked = new Set([...document.querySelectorAll("#f-datasets input:checked")]
     .map((box) => box.value).concat(select));
+  const validation = $("#f-val-dataset");
+  const held = validation.value;
+  validation.replaceChildren(h("option", { value: "" }, "none: hold out a split"),
+    ...state.datasets.map((dataset) => h("option", { value: dataset.id }, dataset.name)));
+  validation.value = state.datasets.some((dataset) => dataset.id === held) ? held : "";
   const list = $("#f-datasets");
   if (!state.datasets.length) {
     list.replaceChildren(h("p", { class: "muted" }, "No datasets yet: upload one below."));
@@ -177,7 +188,13 @@ function payload() {
       seed: numeric("#f-seed"),
       gradient_checkpointing: $("#f-checkpointing").checked,
       mixed_precision: $("#f-precision").value,
+      eval_every_steps: numeric("#f-eval-every"),
     },
+    validation: {
+      split: numeric("#f-val-split", { optional: true }),
+      dataset_ids: $("#f-val-dataset").value ? [$("#f-val-dataset").value] : [],
+    },
+    early_stopping: { patience: numeric("#f-patience"), min_delta: numeric("#f-min-delta") },
     lora: {
       rank: numeric("#f-rank"),
       alpha: numeric("#f-alpha"),
@@ -212,4 +229,57 @@ async function submit() {
   } finally {
     button.disabled = false;
   }
+}
+
+/**
+ * Open the New run form filled in with run `id`'s recipe (GET /runs/{id}/recipe), named
+ * anew; the attestations are left for the user to give again.
+ */
+export async function rerun(id) {
+  try {
+    const recipe = await api(`/runs/${id}/recipe`);
+    location.hash = "#/new";
+    fillForm(recipe);
+  } catch (error) {
+    reportError(error, "Opening the run as a new one");
+  }
+}
+
+function fillForm(recipe) {
+  const set = (selector, value) => {
+    $(selector).value = value === null || value === undefined ? "" : String(value);
+  };
+  const known = state.models.some((model) => model.id === recipe.base_model);
+  set("#f-model", known ? recipe.base_model : "__custom__");
+  set("#f-model-custom", known ? "" : recipe.base_model);
+  describeModel();
+  set("#f-name", `${recipe.name}-rerun`.slice(0, 64));
+  for (const box of document.querySelectorAll("#f-datasets input")) {
+    box.checked = recipe.dataset_ids.includes(box.value);
+  }
+  const training = recipe.training;
+  const fields = {
+    "#f-epochs": training.epochs, "#f-max-steps": training.max_steps,
+    "#f-lr": training.learning_rate, "#f-batch": training.batch_size,
+    "#f-accum": training.gradient_accumulation_steps, "#f-seq": training.max_seq_length,
+    "#f-sched": training.lr_scheduler, "#f-warmup": training.warmup_ratio,
+    "#f-wd": training.weight_decay, "#f-seed": training.seed,
+    "#f-precision": training.mixed_precision, "#f-eval-every": training.eval_every_steps ?? 0,
+    "#f-rank": recipe.lora.rank, "#f-alpha": recipe.lora.alpha, "#f-dropout": recipe.lora.dropout,
+    "#f-val-split": recipe.validation?.split, "#f-val-dataset": recipe.validation?.dataset_ids?.[0] ?? "",
+    "#f-patience": recipe.early_stopping?.patience ?? 0,
+    "#f-min-delta": recipe.early_stopping?.min_delta ?? 0,
+  };
+  for (const [selector, value] of Object.entries(fields)) set(selector, value);
+  const targets = recipe.lora.target_modules;
+  set("#f-targets", Array.isArray(targets) ? targets.join(", ") : targets);
+  $("#f-checkpointing").checked = training.gradient_checkpointing;
+  $("#f-gguf").checked = recipe.export.gguf;
+  const tier = document.getElementById(`tier-${recipe.gpu_tier}`);
+  if (tier) tier.checked = true;
+  $("#f-rights").checked = false;
+  $("#f-license").checked = false;
+  submissionKey = null;
+  clearProblems();
+  reestimate();
 }

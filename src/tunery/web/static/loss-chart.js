@@ -1,70 +1,132 @@
-// A run's training loss by step, drawn with uPlot (vendored, loaded as a classic script).
+// A run's curves, drawn with uPlot (vendored, loaded as a classic script): the training
+// loss with a smoothed line and the eval loss, then learning rate, gradient norm and
+// tokens/s. Hovering shows each series' value at that step in the legend.
 
 import { api } from "./api.js";
 import { h, reportError } from "./dom.js";
 
 const HEIGHT = 220;
+const SMALL_HEIGHT = 120;
 const MIN_WIDTH = 240;
+const SMOOTHING = 0.6;
+const SMALL_CHARTS = [
+  ["learning_rate", "Learning rate", "#7c3aed"],
+  ["grad_norm", "Grad norm", "#b45309"],
+  ["tokens_per_second", "Tokens/s", "#0f766e"],
+];
+
+/**
+ * The smoothed loss as TensorBoard and W&B draw it: an exponential moving average with
+ * weight `SMOOTHING`, debiased so that the first points are not pulled towards zero.
+ */
+export function smooth(values, weight = SMOOTHING) {
+  let last = 0;
+  let count = 0;
+  return values.map((value) => {
+    if (value === null || value === undefined) return null;
+    count += 1;
+    last = last * weight + (1 - weight) * value;
+    return last / (1 - weight ** count);
+  });
+}
 
 export class LossChart {
   constructor(runId) {
     this.runId = runId;
-    this.steps = [];
-    this.losses = [];
-    this.chart = null;
-    this.element = h("div", { class: "chart", "aria-label": "Training loss by step", role: "img" },
-      h("p", { class: "muted" }, "The loss curve starts with the first gradient step."));
+    this.rows = new Map();  // step → {loss, learning_rate, …, eval_loss}
+    this.charts = [];
+    this.lossSlot = h("div", { class: "chart", role: "img",
+      "aria-label": "Training loss, smoothed loss and eval loss by step" },
+    h("p", { class: "muted" }, "The loss curve starts with the first gradient step."));
+    this.smallSlots = SMALL_CHARTS.map(([, label]) => h("div", {
+      class: "chart chart-small", role: "img", "aria-label": `${label} by step` }));
+    this.element = h("div", { class: "charts" }, this.lossSlot,
+      h("div", { class: "small-charts" }, this.smallSlots));
   }
 
-  /** Load the stored history; points that arrived live while it loaded are newer and win. */
+  /** Load the stored history; rows that arrived live while it loaded are newer and win. */
   async load() {
     try {
       const history = await api(`/runs/${this.runId}/metrics`);
-      const byStep = new Map(history.map((row) => [row.step, row.loss]));
-      this.steps.forEach((step, index) => byStep.set(step, this.losses[index]));
-      const steps = [...byStep.keys()].filter((step) => byStep.get(step) != null)
-        .sort((a, b) => a - b);
-      this.steps.splice(0, Infinity, ...steps);
-      this.losses.splice(0, Infinity, ...steps.map((step) => byStep.get(step)));
-      if (this.steps.length) this.draw();
+      const live = this.rows;
+      this.rows = new Map(history.map((row) => [row.step, row]));
+      for (const [step, row] of live) this.rows.set(step, { ...this.rows.get(step), ...row });
+      if (this.rows.size) this.draw();
     } catch (error) {
       reportError(error, "Loading the loss curve");
     }
   }
 
-  addPoint(step, loss) {
-    if (step === undefined || loss === null || loss === undefined) return;
-    // A resumed attempt re-reports steps after its checkpoint: the newer value replaces.
-    let keep = this.steps.length;
-    while (keep > 0 && this.steps[keep - 1] >= step) keep -= 1;
-    this.steps.length = keep;
-    this.losses.length = keep;
-    this.steps.push(step);
-    this.losses.push(loss);
+  /** A step's numbers (a metrics event). */
+  addStep(metrics) {
+    if (metrics.step === undefined || metrics.loss === null || metrics.loss === undefined) return;
+    // A resumed attempt re-reports steps after its checkpoint: later steps are dropped.
+    for (const step of [...this.rows.keys()]) if (step > metrics.step) this.rows.delete(step);
+    this.rows.set(metrics.step, { ...this.rows.get(metrics.step), ...metrics });
     this.draw();
   }
 
+  /** An evaluation after a step (an evaluation event). */
+  addEvaluation(evaluation) {
+    if (evaluation.step === undefined) return;
+    const row = this.rows.get(evaluation.step) || { step: evaluation.step };
+    this.rows.set(evaluation.step, { ...row, eval_loss: evaluation.eval_loss,
+      eval_accuracy: evaluation.eval_accuracy });
+    this.draw();
+  }
+
+  data() {
+    const steps = [...this.rows.keys()].filter((step) => this.rows.get(step).loss != null)
+      .sort((a, b) => a - b);
+    const column = (name) => steps.map((step) => this.rows.get(step)[name] ?? null);
+    const losses = column("loss");
+    return { steps, losses, smoothed: smooth(losses), column };
+  }
+
   draw() {
-    if (this.chart) {
-      this.chart.setData([this.steps, this.losses]);
+    const { steps, losses, smoothed, column } = this.data();
+    if (!steps.length) return;
+    const lossData = [steps, losses, smoothed, column("eval_loss")];
+    const smallData = SMALL_CHARTS.map(([name]) => [steps, column(name)]);
+    if (this.charts.length) {
+      this.charts[0].setData(lossData);
+      smallData.forEach((data, index) => this.charts[index + 1].setData(data));
       return;
     }
-    this.element.replaceChildren();
-    this.chart = new window.uPlot({
-      width: Math.max(MIN_WIDTH, this.element.clientWidth || 600), height: HEIGHT,
-      scales: { x: { time: false } },
-      axes: [{ label: "step" }, { label: "loss" }],
-      legend: { show: false },
-      series: [{ label: "step" }, { label: "loss", stroke: "#2563eb", width: 2 }],
-    }, [this.steps, this.losses], this.element);
+    this.lossSlot.replaceChildren();
+    this.charts.push(plot(this.lossSlot, HEIGHT, lossData, [
+      { label: "loss", stroke: "#93c5fd", width: 1 },
+      { label: "smoothed", stroke: "#2563eb", width: 2 },
+      { label: "eval loss", stroke: "#dc2626", width: 2, spanGaps: true,
+        points: { show: true, size: 6 } },
+    ]));
+    SMALL_CHARTS.forEach(([, label, stroke], index) => {
+      this.charts.push(plot(this.smallSlots[index], SMALL_HEIGHT, smallData[index],
+        [{ label, stroke, width: 1.5 }]));
+    });
     this.resizer = new ResizeObserver(() => {
-      this.chart?.setSize({ width: Math.max(MIN_WIDTH, this.element.clientWidth), height: HEIGHT });
+      for (const chart of this.charts) {
+        const width = Math.max(MIN_WIDTH, chart.root.parentElement.clientWidth);
+        chart.setSize({ width, height: chart.height });
+      }
     });
     this.resizer.observe(this.element);
   }
 
   destroy() {
     this.resizer?.disconnect();
-    this.chart?.destroy();
+    for (const chart of this.charts) chart.destroy();
   }
+}
+
+function plot(slot, height, data, series) {
+  return new window.uPlot({
+    width: Math.max(MIN_WIDTH, slot.clientWidth || 600), height,
+    scales: { x: { time: false } },
+    axes: [{ label: "step" }, {}],
+    // The legend shows the hovered step's value of every series.
+    legend: { show: true, live: true },
+    cursor: { sync: { key: "run-charts" } },
+    series: [{ label: "step" }, ...series],
+  }, data, slot);
 }

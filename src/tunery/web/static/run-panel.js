@@ -1,12 +1,15 @@
-// The Run panel: one run's live numbers, loss curve, samples, downloads, actions,
-// configuration and logs. The server computes what is shown (epoch, credits, refund note,
+// The Run panel: one run's live numbers, curves, samples beside the base model's answers,
+// downloads, actions (Finish now, Cancel, Rerun), configuration and logs. The server computes what is shown (epoch, credits, refund note,
 // log lines); the panel only lays it out.
 
 import { api, saveBlob } from "./api.js";
+import { chatBox } from "./chat.js";
 import { confirmAction, h, reportError } from "./dom.js";
+import { rerun } from "./form.js";
 import { formatCredits, formatDuration, plural } from "./format.js";
 import { downloadArtifact } from "./hub.js";
 import { LossChart } from "./loss-chart.js";
+import { sampleCards } from "./samples.js";
 import { forgetRun, receiveRun, refreshAccount, state } from "./state.js";
 import { isTerminal, phaseDescription, statusLabel } from "./vocabulary.js";
 
@@ -31,18 +34,21 @@ export class RunPanel {
       "aria-valuemin": "0", "aria-valuemax": "100", "aria-valuenow": "0",
     }, h("div", { class: "progress-fill" }));
     this.phase = h("p", { class: "phase", "aria-live": "polite" });
+    this.outcome = h("p", { class: "outcome", dataset: { note: "outcome" }, hidden: true });
     this.error = h("div", { class: "run-error", role: "alert", hidden: true });
     this.samples = h("section", { class: "samples", hidden: true });
     this.downloads = h("div", { class: "downloads" });
+    this.chatSlot = h("div");
     this.linkNote = h("p", { class: "muted link-note", role: "status" });
     this.actions = h("div", { class: "panel-actions" });
     this.element.append(
       h("div", { class: "stats" },
         stat("epoch", "Epoch"), stat("loss", "Loss"), stat("eta", "Time left"),
-        stat("duration", "Duration"), stat("credits", "Credits"), stat("step", "Step")),
-      this.progress, this.phase, this.error,
-      h("h3", {}, "Loss"), this.chart.element,
-      this.samples, this.downloads, this.linkNote, this.actions,
+        stat("duration", "Duration"), stat("credits", "Credits"), stat("step", "Step"),
+        stat("eval", "Eval loss")),
+      this.progress, this.phase, this.outcome, this.error,
+      h("h3", {}, "Curves"), this.chart.element,
+      this.samples, this.downloads, this.linkNote, this.chatSlot, this.actions,
       configView(run), this.logView());
   }
 
@@ -64,18 +70,19 @@ export class RunPanel {
     this.chart.load();
   }
 
-  addPoint(step, loss) {
-    this.chart.addPoint(step, loss);
-  }
-
   update(run) {
     if (!run) return;
     this.updateStats(run);
     this.updatePhase(run);
+    this.updateOutcome(run);
     this.updateError(run);
     this.updateSamples(run);
     this.updateDownloads(run);
     this.updateActions(run);
+    // A completed run with a GGUF can be chatted with (once: the box keeps its conversation).
+    if (!this.chatSlot.childElementCount && run.status === "completed" && run.artifacts?.gguf) {
+      this.chatSlot.append(chatBox(run));
+    }
   }
 
   updateStats(run) {
@@ -89,6 +96,8 @@ export class RunPanel {
     set("duration", formatDuration(metrics.duration_seconds));
     set("credits", formatCredits(metrics.credits));
     set("step", metrics.total_steps ? `${metrics.step}/${metrics.total_steps}` : String(metrics.step ?? 0));
+    const evaluation = run.evaluation;
+    set("eval", missing(evaluation?.eval_loss) ? "–" : evaluation.eval_loss.toFixed(4));
     // `progress` is a percentage of the step budget.
     const percent = Math.round(run.status === "completed" ? 100 : metrics.progress || 0);
     this.progress.setAttribute("aria-valuenow", String(percent));
@@ -100,6 +109,12 @@ export class RunPanel {
     const text = whereItStands(run);
     // The line is a polite live region: rewriting the same text would be read out again.
     if (this.phase.textContent !== text) this.phase.textContent = text;
+  }
+
+  updateOutcome(run) {
+    const text = outcomeNote(run);
+    this.outcome.hidden = !text;
+    if (this.outcome.textContent !== text) this.outcome.textContent = text;
   }
 
   updateError(run) {
@@ -120,25 +135,30 @@ export class RunPanel {
   updateSamples(run) {
     const samples = run.samples || [];
     this.samples.hidden = samples.length === 0;
-    if (!samples.length || this.samples.childElementCount) return;
-    this.samples.append(h("h3", {}, "Inference samples"),
-      ...samples.map((sample, index) => h("article", { class: "sample" },
-        h("p", { class: "sample-prompt" }, h("strong", {}, `Prompt ${index + 1}: `), sample.prompt),
-        h("p", { class: "sample-response" }, sample.response),
-        sample.stopped === false
-          ? h("p", { class: "warning-text" }, "This reply hit the token limit without stopping.")
-          : null)));
+    const key = JSON.stringify(samples);
+    if (!samples.length || this.samplesKey === key) return;
+    this.samplesKey = key;
+    this.samples.replaceChildren(h("h3", {}, "Inference samples: tuned, base model, reference"),
+      ...sampleCards(samples));
   }
 
   updateDownloads(run) {
     const artifacts = run.hub_entry_id ? (run.artifacts || {}) : {};
     const wanted = ["lora", "gguf"].filter((kind) => artifacts[kind]);
-    const shown = [...this.downloads.querySelectorAll("button")].map((button) => button.dataset.artifact);
-    if (wanted.join() === shown.join()) return;
+    // The Hub entry may have been deleted since: the buttons say so instead of failing.
+    const gone = Boolean(run.hub_entry_id) && state.loaded
+      && !state.hub.some((entry) => entry.id === run.hub_entry_id);
+    const key = `${wanted.join()}-${gone}`;
+    if (this.downloadsKey === key) return;
+    this.downloadsKey = key;
     this.downloads.replaceChildren(...wanted.map((kind) => h("button", {
-      type: "button", class: "primary", dataset: { artifact: kind },
+      type: "button", class: "primary", dataset: { artifact: kind }, disabled: gone,
       onclick: () => downloadArtifact(run.hub_entry_id, kind, this.linkNote),
-    }, kind === "lora" ? "Download LoRA" : "Download GGUF")));
+    }, `${kind === "lora" ? "Download LoRA" : "Download GGUF"}${gone ? " (deleted from the Hub)" : ""}`)));
+    if (gone) {
+      this.downloads.append(h("p", { class: "muted" },
+        "This run's Hub entry was deleted: its bundles are gone. Rerun it to train them again."));
+    }
     if (run.status === "completed" && run.hub_entry_id && !artifacts.gguf && run.config.export.gguf) {
       this.downloads.append(h("p", { class: "muted" }, "The GGUF export failed; the LoRA was saved."));
     }
@@ -146,15 +166,18 @@ export class RunPanel {
 
   updateActions(run) {
     const terminal = isTerminal(run.status);
-    const key = `${terminal}-${run.cancel_requested}`;
+    const finishable = run.status === "training" && !run.finish_requested;
+    const key = `${terminal}-${run.cancel_requested}-${finishable}`;
     // Redrawing the button under the pointer or the keyboard would lose the click or focus.
     if (this.actionsKey === key) return;
     this.actionsKey = key;
-    this.actions.replaceChildren(terminal
-      ? h("button", { type: "button", class: "danger-outline", onclick: () => deleteRun(run.id) },
-        "Delete run record")
-      : h("button", { type: "button", class: "danger", onclick: () => cancelRun(run.id) },
-        "Cancel run"));
+    const button = (label, className, action) =>
+      h("button", { type: "button", class: className, onclick: action }, label);
+    this.actions.replaceChildren(...(terminal
+      ? [button("Rerun with changes", "", () => rerun(run.id)),
+        button("Delete run record", "danger-outline", () => deleteRun(run.id))]
+      : [finishable ? button("Finish now", "primary", () => finishRun(run.id)) : null,
+        button("Cancel run", "danger", () => cancelRun(run.id))].filter(Boolean)));
   }
 
   async loadLogs() {
@@ -211,6 +234,27 @@ function whereItStands(run) {
   return where;
 }
 
+/** Why training ended before its budget, and what was kept; "" when it did not. */
+function outcomeNote(run) {
+  const evaluation = run.evaluation || {};
+  if (run.finish_requested && !isTerminal(run.status)) {
+    return "Finishing: training stops after this step; the adapter is then saved, exported "
+      + "and sampled.";
+  }
+  if (run.status !== "completed") return "";
+  if (evaluation.stopped_early) {
+    return `Stopped early at step ${evaluation.stopped_at_step}: the eval loss stopped `
+      + `improving. The best evaluation's adapter (step ${evaluation.best_step}, eval loss `
+      + `${evaluation.best_eval_loss?.toFixed(4)}) was kept and exported; only the time used `
+      + "was billed.";
+  }
+  if (evaluation.finished_early) {
+    return `Finished now at step ${run.metrics?.step}: the adapter trained so far was saved `
+      + "and exported.";
+  }
+  return "";
+}
+
 /** The recipe the run was submitted with, in three groups. */
 function configView(run) {
   const config = run.config;
@@ -252,6 +296,22 @@ async function cancelRun(id) {
     refreshAccount();
   } catch (error) {
     reportError(error, "Cancelling");
+  }
+}
+
+async function finishRun(id) {
+  const confirmed = await confirmAction({
+    title: `Finish run ${state.runs.get(id).name} now?`,
+    body: "Training stops after the current step; the adapter learned so far is saved, "
+      + "exported and sampled, and the run is billed as completed for the time used.",
+    confirm: "Finish now",
+    keep: "Keep training",
+  });
+  if (!confirmed) return;
+  try {
+    receiveRun(await api(`/runs/${id}/finish`, { method: "POST" }));
+  } catch (error) {
+    reportError(error, "Finishing the run");
   }
 }
 

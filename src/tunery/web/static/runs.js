@@ -78,9 +78,14 @@ export function updateRun(run) {
   if (panel?.runId === run.id) panel.update(run);
 }
 
-/** A step's loss, for the open panel's curve. */
-export function addPoint(run, step, loss) {
-  if (panel?.runId === run.id) panel.addPoint(step, loss);
+/** A step's numbers, for the open panel's curves. */
+export function addPoint(run, metrics) {
+  if (panel?.runId === run.id) panel.chart.addStep(metrics);
+}
+
+/** An evaluation, for the open panel's eval-loss curve. */
+export function addEvaluation(run, evaluation) {
+  if (panel?.runId === run.id) panel.chart.addEvaluation(evaluation);
 }
 
 /** A line of the run's history, for the open panel's log box. */

@@ -29,7 +29,8 @@ export const hooks = {
   accountChanged: () => {},
   runsChanged: () => {},
   runChanged: (_run) => {},
-  point: (_run, _step, _loss) => {},
+  point: (_run, _metrics) => {},
+  evaluation: (_run, _evaluation) => {},
   logLine: (_run, _line) => {},
 };
 
@@ -153,6 +154,11 @@ function applyEvent(run, kind, data) {
     hooks.runChanged(run);
   } else if (kind === "metrics") {
     applyMetrics(run, data);
+  } else if (kind === "evaluation") {
+    const { id: _id, kind: _kind, at: _at, run_id: _run, ...evaluation } = data;
+    run.evaluation = { ...run.evaluation, ...evaluation };
+    hooks.runChanged(run);
+    hooks.evaluation(run, evaluation);
   } else if (kind === "samples") {
     run.samples = data.samples;
     hooks.runChanged(run);
@@ -164,7 +170,7 @@ function applyMetrics(run, data) {
   // A replayed step fills the curve's history; the header keeps the newest step.
   if (!metrics.replayed) run.metrics = { ...run.metrics, ...metrics };
   hooks.runChanged(run);
-  hooks.point(run, metrics.step, metrics.loss);
+  hooks.point(run, metrics);
 }
 
 /**
@@ -178,6 +184,7 @@ export function receiveRun(fresh, { quiet = false } = {}) {
     // The page's state is newer; take only what no event carries.
     known.attempt = Math.max(known.attempt, fresh.attempt);
     known.cancel_requested ||= fresh.cancel_requested;
+    known.finish_requested ||= fresh.finish_requested;
     known.started_at ??= fresh.started_at;
     run = known;
   } else {

@@ -1,0 +1,55 @@
+"""What every ``/v1`` route shares: the caller's account (the tunery token is the API key),
+page sizes, and the handler that writes ``OpenAIError`` in OpenAI's shape."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from tunery.api.deps import PlaneDep
+from tunery.db import Account
+from tunery.openai_api.objects import OpenAIError
+from tunery.runs.accounts import account_for_token
+
+bearer = HTTPBearer(auto_error=False)
+MAX_PAGE = 100
+
+
+def openai_account(
+    plane: PlaneDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Account:
+    """The account whose tunery token is the bearer API key; 401 in OpenAI's shape."""
+    if credentials is None:
+        raise OpenAIError(
+            401,
+            "You didn't provide an API key: send your tunery token as the bearer API key.",
+            code="invalid_api_key",
+        )
+    account = account_for_token(plane, credentials.credentials)
+    if account is None:
+        raise OpenAIError(401, "Incorrect API key provided.", code="invalid_api_key")
+    return account
+
+
+OpenAIAccount = Annotated[Account, Depends(openai_account)]
+
+
+def page_size(limit: str | None, default: int, maximum: int = MAX_PAGE) -> int:
+    """``limit`` as a page size from 1 to ``maximum``; 400 (param ``limit``) otherwise."""
+    if limit is None:
+        return default
+    if not limit.isdigit() or not 1 <= int(limit) <= maximum:
+        raise OpenAIError(400, f"limit must be a whole number from 1 to {maximum}", param="limit")
+    return int(limit)
+
+
+def add_error_handler(app: FastAPI) -> None:
+    """``OpenAIError`` (raised on ``/v1`` routes only) answers ``{"error": {…}}``."""
+
+    @app.exception_handler(OpenAIError)
+    async def openai_error(_: Request, error: OpenAIError) -> JSONResponse:
+        return JSONResponse(status_code=error.status, content=error.body())

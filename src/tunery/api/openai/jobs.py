@@ -1,0 +1,85 @@
+"""``/v1/fine_tuning/jobs``: create, list, retrieve, cancel, events, checkpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.concurrency import run_in_threadpool
+
+from tunery.api.deps import PlaneDep
+from tunery.api.openai.common import OpenAIAccount, page_size
+from tunery.openai_api import jobs, mapping, progress
+from tunery.openai_api.objects import Checkpoint, FineTuningJob, JobEvent, OpenAIError, Page
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["openai"])
+
+
+@router.post("", response_model=FineTuningJob)
+async def create_job(
+    request: Request,
+    plane: PlaneDep,
+    account: OpenAIAccount,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> FineTuningJob:
+    """Submit a run from OpenAI's job parameters; tunery's own settings ride in ``tunery``."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise OpenAIError(400, "the request body is not valid JSON") from None
+    return await run_in_threadpool(
+        jobs.create_job, plane, account.id, body, idempotency_key=idempotency_key
+    )
+
+
+@router.get("", response_model=Page[FineTuningJob])
+def list_jobs(
+    request: Request,
+    plane: PlaneDep,
+    account: OpenAIAccount,
+    after: str | None = None,
+    limit: str | None = None,
+) -> dict[str, Any]:
+    """Newest first; ``metadata[k]=v`` filters, ``metadata=null`` keeps jobs without any."""
+    return jobs.list_jobs(
+        plane,
+        account.id,
+        after=after,
+        limit=page_size(limit, 20),
+        metadata=mapping.query_metadata(list(request.query_params.multi_items())),
+    )
+
+
+@router.get("/{job_id}", response_model=FineTuningJob)
+def retrieve_job(plane: PlaneDep, account: OpenAIAccount, job_id: str) -> FineTuningJob:
+    return jobs.get_job(plane, account.id, job_id)
+
+
+@router.post("/{job_id}/cancel", response_model=FineTuningJob)
+def cancel_job(plane: PlaneDep, account: OpenAIAccount, job_id: str) -> FineTuningJob:
+    return jobs.cancel_job(plane, account.id, job_id)
+
+
+@router.get("/{job_id}/events", response_model=Page[JobEvent])
+def list_events(
+    plane: PlaneDep,
+    account: OpenAIAccount,
+    job_id: str,
+    after: str | None = None,
+    limit: str | None = None,
+) -> dict[str, Any]:
+    """Newest first; the next page is ``after=<id of the last event>``."""
+    return progress.list_events(plane, account.id, job_id, after=after, limit=page_size(limit, 20))
+
+
+@router.get("/{job_id}/checkpoints", response_model=Page[Checkpoint])
+def list_checkpoints(
+    plane: PlaneDep,
+    account: OpenAIAccount,
+    job_id: str,
+    after: str | None = None,
+    limit: str | None = None,
+) -> dict[str, Any]:
+    return progress.list_checkpoints(
+        plane, account.id, job_id, after=after, limit=page_size(limit, 10)
+    )

@@ -1,0 +1,290 @@
+"""``/v1/fine_tuning/jobs``: a job is a tunery run (same id) plus what OpenAI adds to it.
+
+Every run of the account is a job, also those submitted from the studio or the CLI; a job
+created here additionally records its suffix, validation file and metadata. Creating one
+submits a run with ``runs.submit.submit_run``, so it is checked and billed like any other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from tunery.db import FineTuningJob, Run, now
+from tunery.errors import ConfigError, TuneryError
+from tunery.openai_api import mapping
+from tunery.openai_api.objects import (
+    FineTuningJob as JobObject,
+)
+from tunery.openai_api.objects import (
+    JobError,
+    Method,
+    OpenAIError,
+    SupervisedMethod,
+    TuneryJobState,
+    openai_error,
+    page_of,
+)
+from tunery.pipeline.config import MAX_SEED, RUN_NAME_PATTERN
+from tunery.runs import datasets, queries, settle, submit
+from tunery.runs.lifecycle import TERMINAL, RunStatus
+from tunery.runs.plane import Conflict, ControlPlane, NotFound
+
+CREATE_FIELDS = frozenset(
+    {
+        "model",
+        "training_file",
+        "validation_file",
+        "suffix",
+        "seed",
+        "metadata",
+        "method",
+        "hyperparameters",
+        "integrations",
+        "tunery",
+    }
+)
+
+
+def create_job(
+    plane: ControlPlane, account_id: str, body: Any, *, idempotency_key: str | None
+) -> JobObject:
+    """Submit the run a job request describes; OpenAIError (400/429) when it is refused."""
+    if not isinstance(body, dict):
+        raise OpenAIError(400, "the request body must be a JSON object")
+    unknown = sorted(set(body) - CREATE_FIELDS)
+    if unknown:
+        raise OpenAIError(400, f"unknown parameter {unknown[0]!r}", param=unknown[0])
+    if body.get("integrations"):
+        raise OpenAIError(400, "integrations are not supported", param="integrations")
+    model = _required_text(body, "model")
+    training_file = _required_text(body, "training_file")
+    hyperparameters, where = mapping.hyperparameters_of(body)
+    overrides = mapping.training_overrides(hyperparameters, where)
+    metadata = mapping.check_metadata(body.get("metadata"))
+    suffix = _suffix(body.get("suffix"))
+    extra = body.get("tunery") or {}
+    if not isinstance(extra, dict):
+        raise OpenAIError(400, "tunery must be an object of recipe sections", param="tunery")
+    with plane.sessions() as session:
+        _require_file(session, account_id, training_file, "training_file")
+        validation_file = body.get("validation_file")
+        if validation_file is not None:
+            _require_file(session, account_id, str(validation_file), "validation_file")
+    payload = mapping.merged(
+        {
+            "name": suffix or mapping.DEFAULT_JOB_NAME,
+            "base_model": model,
+            "dataset_ids": [training_file],
+            # Creating a job through the API states what the studio's checkboxes state, as
+            # OpenAI's own terms do for its API; the tunery object may still say otherwise.
+            "attestations": {"dataset_rights": True, "model_license": True},
+        },
+        extra,
+    )
+    training = dict(payload.get("training") or {})
+    training.update(overrides)
+    training["seed"] = _seed(body.get("seed"), training.get("seed"), idempotency_key)
+    payload["training"] = training
+    try:
+        run = submit.submit_run(
+            plane, account_id=account_id, payload=payload, idempotency_key=idempotency_key
+        )
+    except ConfigError as error:
+        raise _refusal(error, where) from None
+    except TuneryError as error:
+        raise openai_error(error) from None
+    with plane.sessions.begin() as session:
+        session.merge(
+            FineTuningJob(
+                run_id=run.id,
+                account_id=account_id,
+                suffix=suffix,
+                validation_file=validation_file,
+                job_metadata=metadata,
+            )
+        )
+    return get_job(plane, account_id, run.id)
+
+
+def _required_text(body: Mapping[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise OpenAIError(400, f"missing required parameter {name!r}", param=name)
+    return value
+
+
+def _suffix(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.match(RUN_NAME_PATTERN, value):
+        raise OpenAIError(
+            400,
+            "suffix takes up to 64 letters, digits, '.', '_' and '-' (starting with a "
+            "letter or digit)",
+            param="suffix",
+        )
+    return value
+
+
+def _seed(given: Any, from_extra: Any, idempotency_key: str | None) -> int:
+    if given is None and from_extra is not None:
+        return from_extra
+    if given is None:
+        # A retried request (same Idempotency-Key) must send the same payload, seed included.
+        if idempotency_key:
+            return int(hashlib.sha256(idempotency_key.encode()).hexdigest(), 16) % 2**31
+        return secrets.randbelow(2**31)
+    if isinstance(given, bool) or not isinstance(given, int) or not 0 <= given <= MAX_SEED:
+        raise OpenAIError(400, f"seed must be a whole number from 0 to {MAX_SEED}", param="seed")
+    return given
+
+
+def _require_file(session: Session, account_id: str, file_id: str, param: str) -> None:
+    try:
+        datasets.owned_dataset(session, account_id, file_id)
+    except NotFound:
+        raise OpenAIError(
+            400, f"invalid {param}: no file {file_id!r}", param=param, code="invalid_file"
+        ) from None
+
+
+def _refusal(error: ConfigError, where: str) -> OpenAIError:
+    """Every problem of a refused submission in one message; ``param`` names the first."""
+    if all(problem.field == "credits" for problem in error.problems):
+        return OpenAIError(429, error.problems[0].message, code="insufficient_quota")
+    message = "; ".join(
+        f"{mapping.param_for(problem, where)}: {problem.message}" for problem in error.problems
+    )
+    return OpenAIError(400, message, param=mapping.param_for(error.problems[0], where))
+
+
+# Reading -------------------------------------------------------------------------------
+
+
+def owned_run(session: Session, account_id: str, job_id: str) -> Run:
+    try:
+        return queries.get_run(session, account_id, job_id)
+    except NotFound:
+        raise OpenAIError(
+            404, f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id"
+        ) from None
+
+
+def job_object(run: Run, extra: FineTuningJob | None, position: int | None, at: float) -> JobObject:
+    """A run as OpenAI's job object, from rows already read."""
+    config = run.config
+    hyperparameters = mapping.resolved_hyperparameters(config)
+    completed = run.status == RunStatus.COMPLETED
+    metrics = run.metrics or {}
+    eta = metrics.get("eta_seconds")
+    error = run.error if run.status == RunStatus.FAILED and run.error else None
+    return JobObject(
+        id=run.id,
+        created_at=int(run.created_at),
+        error=JobError(code=error["code"], message=error["message"]) if error else None,
+        fine_tuned_model=mapping.fine_tuned_model_name(
+            config["base_model"], run.account_id, run.name, run.id
+        )
+        if completed
+        else None,
+        finished_at=int(run.finished_at) if run.finished_at else None,
+        hyperparameters=hyperparameters,
+        model=config["base_model"],
+        organization_id=run.account_id,
+        result_files=[mapping.results_file_id(run.id)] if completed else [],
+        seed=config.get("training", {}).get("seed", 42),
+        status=mapping.job_status(run.status),
+        trained_tokens=metrics.get("trained_tokens") if run.status in TERMINAL else None,
+        training_file=(config.get("dataset_ids") or [""])[0],
+        validation_file=extra.validation_file if extra else None,
+        estimated_finish=int(at + eta)
+        if run.status == RunStatus.TRAINING and isinstance(eta, int | float)
+        else None,
+        metadata=extra.job_metadata if extra else None,
+        method=Method(supervised=SupervisedMethod(hyperparameters=hyperparameters)),
+        user_provided_suffix=extra.suffix if extra else None,
+        tunery=TuneryJobState(
+            run_id=run.id,
+            status=run.status,
+            phase=run.phase,
+            queue_position=position,
+            hub_entry_id=run.hub_entry_id,
+            validation="recorded" if extra and extra.validation_file else None,
+        ),
+    )
+
+
+def _objects(plane: ControlPlane, session: Session, runs: list[Run]) -> list[JobObject]:
+    ids = [run.id for run in runs]
+    extras = {
+        row.run_id: row
+        for row in session.scalars(select(FineTuningJob).where(FineTuningJob.run_id.in_(ids)))
+    }
+    positions = queries.queue_positions(plane, session, runs)
+    at = now()
+    return [job_object(run, extras.get(run.id), positions.get(run.id), at) for run in runs]
+
+
+def get_job(plane: ControlPlane, account_id: str, job_id: str) -> JobObject:
+    with plane.sessions() as session:
+        return _objects(plane, session, [owned_run(session, account_id, job_id)])[0]
+
+
+def list_jobs(
+    plane: ControlPlane,
+    account_id: str,
+    *,
+    after: str | None,
+    limit: int,
+    metadata: dict[str, str] | None,
+) -> dict[str, Any]:
+    """The account's jobs, newest first, ``limit`` of them after the job ``after``."""
+    with plane.sessions() as session:
+        query = select(Run).where(Run.account_id == account_id)
+        if after:
+            cursor = session.scalar(
+                select(Run).where(Run.id == after, Run.account_id == account_id)
+            )
+            if cursor is None:
+                raise OpenAIError(400, f"unknown cursor {after!r}", param="after")
+            query = query.where(
+                or_(
+                    Run.created_at < cursor.created_at,
+                    and_(Run.created_at == cursor.created_at, Run.id < cursor.id),
+                )
+            )
+        runs = session.scalars(query.order_by(Run.created_at.desc(), Run.id.desc()))
+        extras = {
+            row.run_id: row.job_metadata
+            for row in session.scalars(
+                select(FineTuningJob).where(FineTuningJob.account_id == account_id)
+            )
+        }
+        picked: list[Run] = []
+        for run in runs:
+            if mapping.metadata_matches(extras.get(run.id), metadata):
+                picked.append(run)
+                if len(picked) > limit:
+                    break
+        items = _objects(plane, session, picked[:limit])
+    return page_of(items, has_more=len(picked) > limit)
+
+
+def cancel_job(plane: ControlPlane, account_id: str, job_id: str) -> JobObject:
+    """Cancel the job's run (idempotent); 409 once it succeeded or failed."""
+    try:
+        settle.cancel_run(plane, account_id=account_id, run_id=job_id)
+    except NotFound:
+        raise OpenAIError(
+            404, f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id"
+        ) from None
+    except Conflict as error:
+        raise OpenAIError(409, error.message, code="job_not_cancellable") from None
+    return get_job(plane, account_id, job_id)

@@ -1,0 +1,296 @@
+"""OpenAI's fine-tuning vocabulary onto tunery's runs, and back; pure functions, no I/O.
+
+- ``n_epochs`` → ``training.epochs``; ``batch_size`` → ``training.batch_size``;
+  ``learning_rate_multiplier`` → ``training.learning_rate`` = multiplier * tunery's default
+  learning rate (``BASE_LEARNING_RATE``); ``seed`` → ``training.seed``. ``"auto"`` keeps
+  tunery's default (or what the ``tunery`` extra object set).
+- The ``tunery`` extra object (``extra_body={"tunery": {...}}``) is merged into the recipe
+  first, section by section (``lora``, ``training``, ``export``, ``gpu_tier``, ``samples``…);
+  explicit OpenAI hyperparameters win over it.
+- Statuses: queued → ``queued``; waiting_for_gpu → ``queued`` (a node is being prepared);
+  training and retrying → ``running``; completed → ``succeeded``; failed, cancelled as such.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from tunery.errors import FieldProblem
+from tunery.openai_api.objects import (
+    CheckpointMetrics,
+    Hyperparameters,
+    JobStatus,
+    OpenAIError,
+)
+from tunery.pipeline.config import TrainingConfig
+
+BASE_LEARNING_RATE: float = TrainingConfig.model_fields["learning_rate"].default
+DEFAULT_JOB_NAME = "fine-tune"
+SUPPORTED_METHODS = ("supervised",)
+HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+RESULTS_PREFIX = "file-results-"
+EVENT_PREFIX = "ftevent-"
+CHECKPOINT_PREFIX = "ftckpt-"
+MAX_METADATA_PAIRS = 16
+
+STATUS_OF_RUN: dict[str, JobStatus] = {
+    "queued": "queued",
+    "waiting_for_gpu": "queued",
+    "training": "running",
+    "retrying": "running",
+    "completed": "succeeded",
+    "failed": "failed",
+    "cancelled": "cancelled",
+}
+RECIPE_FIELD_PARAMS = {
+    "training.epochs": "n_epochs",
+    "training.batch_size": "batch_size",
+    "training.learning_rate": "learning_rate_multiplier",
+}
+
+
+def job_status(run_status: str) -> JobStatus:
+    return STATUS_OF_RUN[run_status]
+
+
+# Requests ------------------------------------------------------------------------------
+
+
+def hyperparameters_of(body: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """The requested hyperparameters and the param path they came from.
+
+    ``method`` (``type: supervised``) is the current form; top-level ``hyperparameters`` the
+    deprecated one. DPO and reinforcement are refused with ``param`` ``method.type``.
+    """
+    method = body.get("method")
+    if method is not None:
+        if not isinstance(method, dict):
+            raise OpenAIError(400, "method must be an object", param="method")
+        kind = method.get("type")
+        if kind not in SUPPORTED_METHODS:
+            raise OpenAIError(
+                400,
+                f"method.type {kind!r} is not supported: tunery trains supervised fine-tunes "
+                "only (dpo and reinforcement are not available yet)",
+                param="method.type",
+                code="unsupported_method",
+            )
+        if body.get("hyperparameters") is not None:
+            raise OpenAIError(
+                400,
+                "give hyperparameters under method.supervised.hyperparameters or the "
+                "deprecated top-level hyperparameters, not both",
+                param="hyperparameters",
+            )
+        supervised = method.get("supervised") or {}
+        if not isinstance(supervised, dict):
+            raise OpenAIError(400, "must be an object", param="method.supervised")
+        return _object(supervised.get("hyperparameters"), "method.supervised.hyperparameters")
+    return _object(body.get("hyperparameters"), "hyperparameters")
+
+
+def _object(value: Any, where: str) -> tuple[dict[str, Any], str]:
+    if value is None:
+        return {}, where
+    if not isinstance(value, dict):
+        raise OpenAIError(400, f"{where} must be an object", param=where)
+    for key in value:
+        if key not in HYPERPARAMETERS:
+            known = ", ".join(HYPERPARAMETERS)
+            raise OpenAIError(
+                400, f"unknown hyperparameter {key!r}; known: {known}", param=f"{where}.{key}"
+            )
+    return dict(value), where
+
+
+def training_overrides(hyperparameters: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The ``training`` fields the explicit (non-``auto``) hyperparameters set.
+
+    Raises OpenAIError (400, ``param`` set) for a value that is neither ``"auto"`` nor a
+    positive number of the right kind.
+    """
+    training: dict[str, Any] = {}
+    for key, value in hyperparameters.items():
+        if value == "auto" or value is None:
+            continue
+        param = f"{where}.{key}"
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or value <= 0:
+            raise OpenAIError(
+                400, f"{key} must be 'auto' or a positive number, not {value!r}", param=param
+            )
+        if key == "learning_rate_multiplier":
+            training["learning_rate"] = float(value) * BASE_LEARNING_RATE
+        elif value != int(value):
+            raise OpenAIError(400, f"{key} must be a whole number, not {value!r}", param=param)
+        else:
+            training["epochs" if key == "n_epochs" else "batch_size"] = int(value)
+    return training
+
+
+def check_metadata(metadata: Any) -> dict[str, str] | None:
+    """OpenAI's metadata rules: up to 16 string pairs, keys ≤ 64 and values ≤ 512 chars."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict) or len(metadata) > MAX_METADATA_PAIRS:
+        raise OpenAIError(400, "metadata takes up to 16 key-value pairs", param="metadata")
+    for key, value in metadata.items():
+        if not isinstance(value, str) or len(key) > 64 or len(value) > 512:
+            raise OpenAIError(
+                400,
+                "metadata keys are strings of up to 64 characters, values up to 512",
+                param=f"metadata.{key}",
+            )
+    return dict(metadata)
+
+
+def merged(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` laid over it, dictionaries merged one level deep."""
+    result = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = {**result[key], **value}
+        else:
+            result[key] = value
+    return result
+
+
+def param_for(problem: FieldProblem, hyperparameters_at: str) -> str:
+    """The request field (OpenAI's ``param``) a recipe problem is about."""
+    field = problem.field
+    if field in RECIPE_FIELD_PARAMS:
+        return f"{hyperparameters_at}.{RECIPE_FIELD_PARAMS[field]}"
+    if field == "training.seed":
+        return "seed"
+    if field == "base_model":
+        return "model"
+    if field.startswith("dataset_ids"):
+        return "training_file"
+    if field == "name":
+        return "suffix"
+    return f"tunery.{field}"
+
+
+# Responses -----------------------------------------------------------------------------
+
+
+def resolved_hyperparameters(config: Mapping[str, Any]) -> Hyperparameters:
+    """The values a run trains with, in OpenAI's terms (never ``auto``)."""
+    training = config.get("training", {})
+    rate = training.get("learning_rate", BASE_LEARNING_RATE)
+    return Hyperparameters(
+        n_epochs=training.get("epochs", 3),
+        batch_size=training.get("batch_size", 8),
+        learning_rate_multiplier=round(rate / BASE_LEARNING_RATE, 6),
+    )
+
+
+def fine_tuned_model_name(base_model: str, account_id: str, suffix: str, run_id: str) -> str:
+    """OpenAI's ``ft:MODEL:ORG:SUFFIX:ID``; the chat endpoint resolves it by its last part."""
+    return f"ft:{base_model}:{account_id}:{suffix}:{run_id}"
+
+
+def run_id_of_model(name: str) -> str:
+    """The run id a model name refers to: a ``ft:…:RUN_ID`` name, or the run id itself."""
+    return name.rsplit(":", 1)[-1] if name.startswith("ft:") else name
+
+
+def results_file_id(run_id: str) -> str:
+    return f"{RESULTS_PREFIX}{run_id}"
+
+
+def event_level(kind: str, data: Mapping[str, Any]) -> str:
+    if kind == "status" and data.get("status") == "failed":
+        return "error"
+    if kind == "status" and data.get("status") == "retrying":
+        return "warn"
+    return "info"
+
+
+def event_message(kind: str, data: Mapping[str, Any]) -> str:
+    """The text of an event as OpenAI words its own (``Step 3/6: training loss=1.23``)."""
+    if kind == "metrics":
+        total = data.get("total_steps")
+        loss = data.get("loss")
+        shown = f"{loss:.4f}" if isinstance(loss, int | float) else "n/a"
+        return f"Step {data.get('step')}/{total if total else '?'}: training loss={shown}"
+    if kind == "status":
+        text = f"Job status: {data.get('status')} ({data.get('phase')})"
+        error = data.get("error")
+        return f"{text}: {error.get('message')}" if isinstance(error, dict) else text
+    if kind == "phase":
+        return f"Phase: {data.get('phase')}"
+    if kind == "samples":
+        return f"Sample answers from the trained model: {len(data.get('samples', []))}"
+    return str(data.get("message", ""))
+
+
+def metrics_data(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A metrics event's ``data`` in OpenAI's names (plus tunery's own numbers)."""
+    shown = {
+        "step": data.get("step"),
+        "total_steps": data.get("total_steps"),
+        "train_loss": data.get("loss"),
+        "learning_rate": data.get("learning_rate"),
+        "epoch": data.get("epoch"),
+        "trained_tokens": data.get("trained_tokens"),
+    }
+    if "valid_loss" in data:
+        shown["valid_loss"] = data["valid_loss"]
+    return shown
+
+
+def checkpoint_steps(rows: list[dict[str, Any]], every: int, completed: bool) -> list[int]:
+    """Steps with a saved checkpoint: each ``every`` steps, and the final step once done."""
+    steps = [row["step"] for row in rows if row.get("step")]
+    kept = [step for step in steps if step % max(every, 1) == 0]
+    if completed and steps and steps[-1] not in kept:
+        kept.append(steps[-1])
+    return kept
+
+
+def checkpoint_metrics(row: Mapping[str, Any]) -> CheckpointMetrics:
+    return CheckpointMetrics(
+        step=row["step"], train_loss=row.get("loss"), valid_loss=row.get("valid_loss")
+    )
+
+
+def metrics_csv(rows: list[dict[str, Any]]) -> str:
+    """The results file OpenAI attaches to a job: one line per step."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(
+        ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+    )
+    for row in rows:
+        writer.writerow(
+            [row.get("step"), _cell(row.get("loss")), "", _cell(row.get("valid_loss")), ""]
+        )
+    return out.getvalue()
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+def query_metadata(pairs: list[tuple[str, str]]) -> dict[str, str] | None:
+    """``metadata[k]=v`` query parameters as a filter; ``metadata=null`` filters for none."""
+    wanted: dict[str, str] = {}
+    for key, value in pairs:
+        if key == "metadata" and value == "null":
+            return {}
+        if key.startswith("metadata[") and key.endswith("]"):
+            wanted[key[len("metadata[") : -1]] = value
+    return wanted or None
+
+
+def metadata_matches(metadata: dict[str, str] | None, wanted: dict[str, str] | None) -> bool:
+    if wanted is None:
+        return True
+    if not wanted:
+        return not metadata
+    return all((metadata or {}).get(key) == value for key, value in wanted.items())

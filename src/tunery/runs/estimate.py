@@ -1,0 +1,290 @@
+"""Cost before play: what a submission would train, how long and at what price; creates nothing.
+
+The payload is checked as a submission is (``submit.validate_submission``), every problem
+at once, except the attestations and the balance: an estimate needs neither, and answers
+whether the balance covers it (``covered``).
+
+**Tokens.** The control plane loads no tokenizer, so each row counts
+``ceil(characters / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE`` per message (the template's
+markers), cut at ``max_seq_length`` (else the catalog model's context). Steps are exact:
+the rows held out for samples and validation are counted as ``pipeline.holdout`` holds them
+out, and the budget is the training loop's own ``plan_budget``.
+
+**Throughput.** Measured on the latest completed runs of the same base model on the same
+tier (the median of up to MEASURED_RUNS), in this module's own token unit, so the
+characters-per-token approximation cancels out for a model that was measured. Until there
+are any, the prior: ``6 * parameters * tokens`` FLOPs over the tier's assumed training
+TFLOPS (``TierSettings.assumed_tflops``; evaluations cost a third of that per token, being
+forward passes). Each submitted run records its estimate (``Run.estimate``); once it
+completes, its training seconds are the measurement.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tunery.catalog.models import find as catalog_find
+from tunery.db import Dataset, Run
+from tunery.errors import ConfigError, FieldProblem
+from tunery.pipeline.config import RunRecipe, parse_recipe
+from tunery.pipeline.datasets import Row, read_dataset
+from tunery.pipeline.holdout import plan_holdout
+from tunery.pipeline.train import plan_budget
+from tunery.runs import billing
+from tunery.runs.lifecycle import RunStatus
+from tunery.runs.plane import ControlPlane
+from tunery.runs.submit import default_tier, validate_submission
+from tunery.settings import TierSettings
+from tunery.wire.rest import RunEstimate
+
+CHARS_PER_TOKEN = 4.0
+TOKENS_PER_MESSAGE = 4
+MEASURED_RUNS = 10
+FLOPS_PER_PARAMETER_TOKEN = 6
+"""Forward (2) and backward (4) FLOPs per parameter and token: with LoRA the weight
+gradients are skipped but gradient checkpointing's recomputation takes their place."""
+EVAL_COST_SHARE = 1 / 3
+"""An evaluation token costs a forward pass: a third of a training token."""
+NOT_NEEDED_FOR_AN_ESTIMATE = ("attestations", "credits")
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """Rows of a run's datasets and their estimated tokens."""
+
+    rows: int
+    chat_rows: int
+    row_tokens: tuple[int, ...]
+
+
+def estimate_run(plane: ControlPlane, *, account_id: str, payload: Any) -> RunEstimate:
+    """The estimate of a submission; raises ConfigError with every problem, like a
+    submission (attestations and balance aside)."""
+    with plane.sessions() as session:
+        recipe, tier = _checked(plane, session, account_id, payload)
+        datasets = _owned(session, account_id, recipe.dataset_ids)
+        validation = _owned(session, account_id, recipe.validation.dataset_ids)
+        rate, measured = measured_throughput(session, tier, recipe.base_model)
+        balance = billing.balance(session, account_id)
+    shape = _data_shape(plane, [datasets[i] for i in recipe.dataset_ids])
+    validation_shape = _data_shape(plane, list(validation.values()))
+    return compute_estimate(
+        recipe,
+        plane.settings.tier(tier) or TierSettings(id=tier, name=tier, credits_per_minute=0),
+        shape,
+        validation_shape,
+        rate=rate,
+        measured=measured,
+        balance=balance,
+    )
+
+
+def record_estimate(plane: ControlPlane, *, account_id: str, run_id: str) -> None:
+    """Store a submitted run's estimate on it, so its actual time can be compared and
+    measured once it completes."""
+    with plane.sessions.begin() as session:
+        run = session.get(Run, run_id)
+        if run is None or run.account_id != account_id or run.estimate is not None:
+            return
+        payload = run.config
+    try:
+        estimate = estimate_run(plane, account_id=account_id, payload=payload)
+    except ConfigError:
+        return  # its dataset was deleted meanwhile: the run fails on its own, unestimated
+    with plane.sessions.begin() as session:
+        run = session.get(Run, run_id)
+        if run is not None:
+            run.estimate = estimate.model_dump(mode="json")
+
+
+def _checked(
+    plane: ControlPlane, session: Session, account_id: str, payload: Any
+) -> tuple[RunRecipe, str]:
+    problems: list[FieldProblem] = []
+    try:
+        validate_submission(plane, session, account_id, payload)
+    except ConfigError as error:
+        problems = [
+            problem
+            for problem in error.problems
+            if problem.field.split(".")[0] not in NOT_NEEDED_FOR_AN_ESTIMATE
+        ]
+    if problems:
+        raise ConfigError(problems)
+    recipe = parse_recipe(payload)
+    return recipe, str(recipe.gpu_tier or default_tier(plane))
+
+
+def _owned(session: Session, account_id: str, dataset_ids: list[str]) -> dict[str, Dataset]:
+    if not dataset_ids:
+        return {}
+    rows = session.scalars(
+        select(Dataset).where(Dataset.id.in_(dataset_ids), Dataset.account_id == account_id)
+    )
+    return {dataset.id: dataset for dataset in rows}
+
+
+def measured_throughput(session: Session, tier: str, base_model: str) -> tuple[float | None, int]:
+    """Estimated tokens per training second of the latest completed runs of ``base_model``
+    on ``tier`` (median), and how many runs that is."""
+    runs = session.scalars(
+        select(Run)
+        .where(
+            Run.tier == tier,
+            Run.status == RunStatus.COMPLETED.value,
+            Run.estimate.is_not(None),
+        )
+        .order_by(Run.finished_at.desc())
+        .limit(20 * MEASURED_RUNS)
+    )
+    rates = []
+    for run in runs:
+        rate = measured_rate(run.estimate or {}, run.metrics or {})
+        if rate is not None and run.config.get("base_model") == base_model:
+            rates.append(rate)
+        if len(rates) == MEASURED_RUNS:
+            break
+    return (statistics.median(rates) if rates else None), len(rates)
+
+
+def measured_rate(estimate: dict[str, Any], metrics: dict[str, Any]) -> float | None:
+    """A completed run's throughput in estimated tokens per training second, from the
+    estimate it was submitted with and its last step's metrics."""
+    seconds, steps = metrics.get("training_seconds"), metrics.get("step")
+    planned, tokens = estimate.get("total_steps"), estimate.get("tokens")
+    if not (seconds and steps and planned and tokens):
+        return None
+    return tokens * steps / planned / seconds
+
+
+def _data_shape(plane: ControlPlane, datasets: list[Dataset]) -> DataShape:
+    return combined_shape(
+        [
+            _stored_shape(str(plane.datasets_dir / dataset.filename), dataset.sha256)
+            for dataset in datasets
+        ]
+    )
+
+
+def combined_shape(shapes: list[DataShape]) -> DataShape:
+    return DataShape(
+        rows=sum(shape.rows for shape in shapes),
+        chat_rows=sum(shape.chat_rows for shape in shapes),
+        row_tokens=tuple(tokens for shape in shapes for tokens in shape.row_tokens),
+    )
+
+
+def file_shape(path: Path) -> DataShape:
+    """One dataset file's rows and their estimated tokens."""
+    rows = read_dataset(path).rows
+    return DataShape(
+        rows=len(rows),
+        chat_rows=sum(1 for row in rows if row.messages),
+        row_tokens=tuple(row_tokens(row) for row in rows),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _stored_shape(path: str, sha256: str) -> DataShape:
+    """A stored dataset's shape, cached by its digest (a stored file never changes)."""
+    return file_shape(Path(path))
+
+
+def row_tokens(row: Row) -> int:
+    """A row's estimated tokens after templating."""
+    if row.text is not None:
+        return math.ceil(len(row.text) / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE
+    characters = sum(len(message.content) for message in row.messages)
+    return math.ceil(characters / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * len(row.messages)
+
+
+def compute_estimate(
+    recipe: RunRecipe,
+    tier: TierSettings,
+    data: DataShape,
+    validation: DataShape,
+    *,
+    rate: float | None,
+    measured: int,
+    balance: float,
+) -> RunEstimate:
+    """The estimate from counted rows and a throughput (None: the tier's prior)."""
+    catalog = catalog_find(recipe.base_model)
+    limit = recipe.training.max_seq_length or (catalog.context_length if catalog else None)
+    holdout = plan_holdout(
+        data.rows,
+        data.chat_rows,
+        custom_prompts=bool(recipe.samples.prompts),
+        validation=recipe.validation,
+    )
+    all_tokens = sum(min(tokens, limit or tokens) for tokens in data.row_tokens)
+    tokens_per_epoch = round(all_tokens * holdout.training / data.rows) if data.rows else 0
+    budget = plan_budget(max(holdout.training, 1), recipe.training)
+    tokens = round(tokens_per_epoch / budget.steps_per_epoch * budget.total_steps)
+    if validation.rows:
+        validation_examples = validation.rows
+        validation_tokens = sum(min(t, limit or t) for t in validation.row_tokens)
+    else:
+        validation_examples = holdout.validation
+        validation_tokens = round(all_tokens * holdout.validation / data.rows) if data.rows else 0
+    eval_tokens = validation_tokens * _evaluations(recipe, budget.total_steps, validation_examples)
+    notes = _problems_notes(recipe, holdout.training)
+    price = tier.credits_per_minute
+    source = "measured" if rate is not None else None
+    if rate is None and catalog is not None and tier.assumed_tflops:
+        flops = tier.assumed_tflops * 1e12
+        rate, source = flops / (FLOPS_PER_PARAMETER_TOKEN * catalog.parameters), "prior"
+    if rate is None:
+        notes.append(
+            "no time estimate: the model's size is unknown and no run of it on this tier "
+            "was measured yet"
+        )
+    seconds = (tokens + eval_tokens * EVAL_COST_SHARE) / rate if rate else None
+    credits = billing.credits_for(seconds, price, whole_minutes=False) if seconds else None
+    return RunEstimate(
+        tier=tier.id,
+        base_model=recipe.base_model,
+        parameters=catalog.parameters if catalog else None,
+        rows=data.rows,
+        examples=holdout.training,
+        validation_examples=validation_examples,
+        tokens_per_epoch=tokens_per_epoch,
+        tokens=tokens,
+        total_steps=budget.total_steps,
+        epochs=budget.epochs,
+        seconds=round(seconds, 1) if seconds is not None else None,
+        tokens_per_second=round(rate, 1) if rate else None,
+        throughput_source=source,
+        measured_runs=measured,
+        credits=credits,
+        credits_per_minute=price,
+        balance=round(balance, 4),
+        covered=None if credits is None else credits <= balance,
+        notes=notes,
+    )
+
+
+def _evaluations(recipe: RunRecipe, total_steps: int, validation_examples: int) -> int:
+    if not validation_examples:
+        return 0
+    every = recipe.training.eval_every_steps
+    return (total_steps // every if every else 0) + 1
+
+
+def _problems_notes(recipe: RunRecipe, examples: int) -> list[str]:
+    """Raises ConfigError when no row is left to train on; else notes for the user."""
+    if examples == 0:
+        raise ConfigError.single(
+            "dataset_ids", "no rows are left to train on after the sample and validation rows"
+        )
+    if recipe.early_stopping.patience:
+        return ["early stopping may end the run sooner, and bill less"]
+    return []

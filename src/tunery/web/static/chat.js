@@ -1,0 +1,81 @@
+// The chat box of a completed run: talks to its GGUF through POST /v1/chat/completions
+// (the OpenAI-compatible endpoint), streaming the answer as it is generated.
+
+import { session } from "./api.js";
+import { h } from "./dom.js";
+
+const MAX_TOKENS = 256;
+
+/** A chat box for `run` (completed, with a GGUF); the conversation lives in the box. */
+export function chatBox(run) {
+  const messages = [];
+  const transcript = h("div", { class: "samples", role: "log", "aria-live": "polite" });
+  const input = h("textarea", { rows: "2", required: true, "aria-label": "Message to the model",
+    placeholder: "Ask the fine-tuned model something" });
+  const send = h("button", { type: "submit", class: "primary" }, "Send");
+  const status = h("p", { class: "muted", role: "status" });
+
+  async function ask(event) {
+    event.preventDefault();
+    const text = input.value.trim();
+    if (!text) return;
+    input.value = "";
+    messages.push({ role: "user", content: text });
+    const reply = h("p", { class: "sample-response" });
+    transcript.append(h("article", { class: "sample" },
+      h("p", { class: "sample-prompt" }, h("strong", {}, "You: "), text), reply));
+    send.disabled = true;
+    status.textContent = "The model is answering…";
+    try {
+      const answer = await streamAnswer(run.id, messages, (piece) => reply.append(piece));
+      messages.push({ role: "assistant", content: answer });
+      status.textContent = "";
+    } catch (error) {
+      messages.pop();
+      status.textContent = `The model could not answer: ${error.message}`;
+    } finally {
+      send.disabled = false;
+      input.focus();
+    }
+  }
+
+  return h("section", { class: "chat" },
+    h("h3", {}, "Try the model"),
+    h("p", { class: "muted" }, "Served from this run's GGUF with its own chat template. "
+      + "From code: the OpenAI SDK with base_url …/v1 and this model id: ", h("code", {}, run.id)),
+    transcript,
+    h("form", { class: "stack", onsubmit: ask }, input, h("div", { class: "actions" }, send)),
+    status);
+}
+
+/** POST a streamed chat completion; calls `onPiece` per text piece, resolves to the text. */
+async function streamAnswer(model, messages, onPiece) {
+  const response = await fetch("/v1/chat/completions", {
+    method: "POST",
+    headers: { Authorization: `Bearer ${session.token}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ model, messages, stream: true, max_tokens: MAX_TOKENS }),
+  });
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    throw new Error(body.error?.message || body.detail?.message || `HTTP ${response.status}`);
+  }
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  let answer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return answer;
+    buffer += value;
+    let boundary;
+    while ((boundary = buffer.indexOf("\n\n")) >= 0) {
+      const line = buffer.slice(0, boundary);
+      buffer = buffer.slice(boundary + 2);
+      if (!line.startsWith("data: ") || line === "data: [DONE]") continue;
+      const piece = JSON.parse(line.slice(6)).choices[0]?.delta?.content;
+      if (piece) {
+        answer += piece;
+        onPiece(piece);
+      }
+    }
+  }
+}

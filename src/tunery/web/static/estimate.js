@@ -1,0 +1,67 @@
+// The New run form's live estimate: examples, steps, time and credits before pressing play.
+//
+// Asked of POST /api/v1/runs/estimate a moment after the user stops editing; an answer to
+// an older version of the form is dropped, so the box always describes what is on screen.
+
+import { ApiError, api } from "./api.js";
+import { $, h } from "./dom.js";
+import { formatCredits, formatDuration } from "./format.js";
+
+const DEBOUNCE_MS = 400;
+let timer = null;
+let asked = 0;
+
+/** Re-estimate whenever the form changes; `payload` reads the form as a submission. */
+export function setUpEstimate(payload) {
+  const later = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => estimate(payload()), DEBOUNCE_MS);
+  };
+  $("#run-form").addEventListener("input", later);
+  $("#run-form").addEventListener("change", later);
+  return later;
+}
+
+async function estimate(body) {
+  const box = $("#f-estimate");
+  if (!body.base_model || !body.dataset_ids.length) {
+    box.replaceChildren(h("p", { class: "muted" },
+      "The estimate appears once a model and a dataset are chosen."));
+    return;
+  }
+  const ticket = ++asked;
+  try {
+    const answer = await api("/runs/estimate", { method: "POST", json: body });
+    if (ticket === asked) box.replaceChildren(...describe(answer));
+  } catch (error) {
+    if (ticket !== asked) return;
+    const problems = error instanceof ApiError ? error.problems : [];
+    box.replaceChildren(h("p", { class: "muted" }, problems.length
+      ? `No estimate until these are fixed: ${problems.map((p) => p.field || p.message).join(", ")}.`
+      : "The estimate is unavailable right now."));
+  }
+}
+
+function describe(estimate) {
+  const source = estimate.throughput_source === "measured"
+    ? `measured on ${estimate.measured_runs} earlier run(s) of this model on this tier`
+    : "assumed from the tier's compute (no run of this model measured here yet)";
+  const time = estimate.seconds === null ? "unknown" : `about ${formatDuration(estimate.seconds)}`;
+  const lines = [
+    h("h3", {}, "Estimate"),
+    h("p", { dataset: { estimate: "data" } },
+      `${estimate.examples.toLocaleString()} training examples of ${estimate.rows.toLocaleString()} rows`
+      + ` (${estimate.validation_examples.toLocaleString()} for validation) · `
+      + `~${estimate.tokens.toLocaleString()} tokens · ${estimate.total_steps.toLocaleString()} steps`),
+    h("p", { dataset: { estimate: "time" } }, `Training time ${time} on ${estimate.tier} (${source}).`),
+  ];
+  if (estimate.credits !== null) {
+    lines.push(h("p", {
+      dataset: { estimate: "credits" },
+      class: estimate.covered ? "" : "warning-text",
+    }, `About ${formatCredits(estimate.credits)} credits; your balance of `
+      + `${formatCredits(estimate.balance)} ${estimate.covered ? "covers it" : "does not cover it"}.`));
+  }
+  for (const note of estimate.notes) lines.push(h("p", { class: "muted" }, note));
+  return lines;
+}

@@ -1,0 +1,67 @@
+// Webhook endpoints on the Credits tab: list, add (the secret is shown once), delete, and
+// the newest deliveries (GET/POST/DELETE /api/v1/webhooks).
+
+import { api } from "./api.js";
+import { $, h, reportError } from "./dom.js";
+import { formatTime } from "./format.js";
+
+// The secret of the endpoint added last: shown until the page reloads, since the tab is
+// redrawn whenever the balance changes and the server never shows a secret again.
+let secretNote = "";
+
+export async function renderWebhooks() {
+  const box = $("#webhooks");
+  if (!box) return;
+  try {
+    const [endpoints, deliveries] = await Promise.all([
+      api("/webhooks"), api("/webhooks/deliveries")]);
+    box.replaceChildren(
+      h("h2", {}, "Webhooks"),
+      h("p", { class: "muted" }, "Job events (fine_tuning.job.succeeded, failed, cancelled) "
+        + "are posted to these URLs, signed as OpenAI signs them (Standard Webhooks)."),
+      h("ul", { class: "hub-list" }, ...endpoints.map(endpointRow)),
+      addForm(),
+      h("p", { id: "webhook-secret", class: "muted", role: "status" }, secretNote),
+      deliveries.length ? deliveryTable(deliveries) : null);
+  } catch (error) {
+    reportError(error, "Webhooks");
+  }
+}
+
+function endpointRow(endpoint) {
+  return h("li", {}, h("code", {}, endpoint.url), " ",
+    h("button", { type: "button", class: "danger-outline", onclick: async () => {
+      try {
+        await api(`/webhooks/${endpoint.id}`, { method: "DELETE" });
+        renderWebhooks();
+      } catch (error) {
+        reportError(error, "Delete webhook");
+      }
+    } }, "Delete"));
+}
+
+function addForm() {
+  const url = h("input", { type: "url", required: true, placeholder: "https://example.com/hooks",
+    "aria-label": "Webhook URL" });
+  return h("form", { class: "actions", onsubmit: async (event) => {
+    event.preventDefault();
+    try {
+      const endpoint = await api("/webhooks", { method: "POST", json: { url: url.value } });
+      secretNote = `Signing secret for ${endpoint.url} (shown once): ${endpoint.secret}`;
+      await renderWebhooks();
+    } catch (error) {
+      reportError(error, "Add webhook");
+    }
+  } }, url, h("button", { type: "submit", class: "primary" }, "Add webhook"));
+}
+
+function deliveryTable(deliveries) {
+  return h("div", { class: "table-wrap" }, h("table", { class: "ledger" },
+    h("caption", {}, "Deliveries (newest first)"),
+    h("thead", {}, h("tr", {}, ...["When", "Event", "Job", "Status", "Tries", "Last answer"]
+      .map((name) => h("th", { scope: "col" }, name)))),
+    h("tbody", {}, ...deliveries.map((row) => h("tr", {},
+      h("td", {}, formatTime(row.created_at)), h("td", {}, row.event_type),
+      h("td", {}, row.job_id), h("td", {}, row.status), h("td", {}, String(row.attempts)),
+      h("td", {}, row.last_error || String(row.last_status_code ?? "")))))));
+}

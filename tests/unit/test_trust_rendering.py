@@ -1,0 +1,59 @@
+"""What the terminal shows of evaluations, early stops, estimates and side-by-side samples."""
+
+from __future__ import annotations
+
+from tunery.cli.client import SseEvent
+from tunery.cli.render import StepProgress, evaluation_lines, print_samples
+from tunery.cli.runs import RunWatcher
+
+
+def test_the_watcher_logs_each_evaluation(capsys) -> None:
+    evaluation = {
+        "step": 20,
+        "eval_loss": 1.23456,
+        "eval_accuracy": 0.5,
+        "best_eval_loss": 1.2,
+        "best_step": 10,
+    }
+    with StepProgress() as progress:
+        RunWatcher(progress).handle(SseEvent("1", "evaluation", evaluation))
+    shown = capsys.readouterr().err
+    assert "step 20: eval loss 1.2346 · token accuracy 50.0% · best 1.2000 at step 10" in shown
+
+
+def test_show_tells_the_early_stop_and_the_estimate_beside_the_actual_time() -> None:
+    run = {
+        "status": "completed",
+        "metrics": {"training_seconds": 75.0},
+        "evaluation": {
+            "step": 40,
+            "eval_loss": 1.4,
+            "best_eval_loss": 1.1,
+            "best_step": 20,
+            "stopped_early": True,
+            "stopped_at_step": 40,
+        },
+        "estimate": {"seconds": 90.0},
+    }
+    lines = dict(evaluation_lines(run))
+    assert lines["eval"].startswith("step 40: eval loss 1.4000")
+    assert "early at step 40" in lines["stopped"] and "step 20 (the best)" in lines["stopped"]
+    assert lines["estimate"] == "1:30 estimated, 1:15 trained"
+
+
+def test_samples_show_tuned_base_and_reference_and_flag_empty_replies(capsys) -> None:
+    print_samples(
+        [
+            {
+                "prompt": "2+2?",
+                "response": "4",
+                "base_response": "",
+                "expected": "4",
+                "stopped": True,
+            },
+            {"prompt": "hi", "response": "", "stopped": True},
+        ]
+    )
+    shown = capsys.readouterr().out
+    assert "  tuned    → 4\n  base     → [empty reply]\n  expected → 4" in shown
+    assert "sample 2: hi\n  tuned    → [empty reply]" in shown
