@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     import torch
 
     from tunery.pipeline.attention import AttentionKind
+    from tunery.pipeline.kernels import Kernels
+    from tunery.pipeline.train import Budget, TrainerState, TrainSetup
 
 EVAL_BATCH_EXAMPLES = 8
 """Validation examples packed per forward pass, whatever the training batch size."""
@@ -237,6 +239,39 @@ def with_evaluations(
         for row in evaluations
     }
     return [{**row, **by_step.get(row["step"], {})} for row in history]
+
+
+def evaluate_or_finish(
+    setup: TrainSetup, kernels: Kernels, state: TrainerState, budget: Budget, reporter: Reporter
+) -> bool:
+    """Evaluate when due (and before finishing now); True when training ends at this step:
+    early stopping ran out of patience, or "Finish now" was asked."""
+    plan = setup.evaluation
+    finishing = state.step < budget.total_steps and reporter.should_finish()
+    if plan is not None and (plan.due(state.step, budget.total_steps) or finishing):
+        evaluation = evaluate_and_report(
+            plan,
+            setup.model,
+            reporter,
+            step=state.step,
+            total_steps=budget.total_steps,
+            pad_id=setup.pad_id,
+            device=setup.device,
+            autocast=setup.precision.autocast,
+            attention=kernels.attention,
+        )
+        state.evaluations.append(evaluation.as_dict())
+        state.early_stopping = plan.early_stopping.as_dict()
+        if plan.early_stopping.should_stop and state.step < budget.total_steps:
+            reporter.log(
+                f"stopping early at step {state.step} of {budget.total_steps}: the eval loss "
+                f"has not improved for {plan.early_stopping.patience} evaluations"
+            )
+            return True
+    if finishing:
+        state.finished_early = True
+        reporter.log(f"finishing now at step {state.step} of {budget.total_steps}")
+    return finishing
 
 
 def keep_best_adapter(

@@ -220,6 +220,7 @@ def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
     from transformers import get_scheduler
 
     from tunery.pipeline.attention import attention_in_use
+    from tunery.pipeline.evaluation import evaluate_or_finish
     from tunery.pipeline.kernels import apply_kernels
 
     config = setup.config
@@ -288,47 +289,12 @@ def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
             state.history.append(metrics.as_dict())
             reporter.metrics(metrics)
             # Evaluated before the checkpoint, so a resumed run never misses an evaluation.
-            ends_here = _evaluate_or_finish(setup, kernels, state, budget, reporter)
+            ends_here = evaluate_or_finish(setup, kernels, state, budget, reporter)
             if state.step % config.checkpoint_every_steps == 0 and state.step < budget.total_steps:
                 save_checkpoint(setup, state, optimizer, scheduler, scaler)
             if ends_here:
                 break
     return state
-
-
-def _evaluate_or_finish(
-    setup: TrainSetup, kernels: Kernels, state: TrainerState, budget: Budget, reporter: Reporter
-) -> bool:
-    """Evaluate when due (and before finishing now); True when training ends at this step:
-    early stopping ran out of patience, or "Finish now" was asked."""
-    from tunery.pipeline.evaluation import evaluate_and_report
-
-    plan = setup.evaluation
-    finishing = state.step < budget.total_steps and reporter.should_finish()
-    if plan is not None and (plan.due(state.step, budget.total_steps) or finishing):
-        evaluation = evaluate_and_report(
-            plan,
-            setup.model,
-            reporter,
-            step=state.step,
-            total_steps=budget.total_steps,
-            pad_id=setup.pad_id,
-            device=setup.device,
-            autocast=setup.precision.autocast,
-            attention=kernels.attention,
-        )
-        state.evaluations.append(evaluation.as_dict())
-        state.early_stopping = plan.early_stopping.as_dict()
-        if plan.early_stopping.should_stop and state.step < budget.total_steps:
-            reporter.log(
-                f"stopping early at step {state.step} of {budget.total_steps}: the eval loss "
-                f"has not improved for {plan.early_stopping.patience} evaluations"
-            )
-            return True
-    if finishing:
-        state.finished_early = True
-        reporter.log(f"finishing now at step {state.step} of {budget.total_steps}")
-    return finishing
 
 
 def default_kernels(setup: TrainSetup) -> Kernels:

@@ -16,9 +16,11 @@ export function sampleCards(samples) {
 
 function answer(label, text, kind, warning = null) {
   const empty = !text || !text.trim();
+  // `sample-response` is the tuned model's reply; the others are there to compare with.
+  const textClass = kind === "tuned" ? "sample-response" : "sample-text";
   return h("div", { class: `sample-answer ${kind}`, dataset: { answer: kind } },
     h("h4", {}, label),
-    h("p", { class: empty ? "sample-response warning-text" : "sample-response" },
+    h("p", { class: empty ? `${textClass} warning-text` : textClass },
       empty ? "(empty reply: the model stopped at once)" : text),
     warning ? h("p", { class: "warning-text" }, warning) : null);
 }
