@@ -9,9 +9,10 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from tunery.db import Account, Dataset, Run
+from tunery.environment import resolve_data_dir
 from tunery.runs.accounts import create_account, grant_credits
 from tunery.runs.plane import ControlPlane
-from tunery.settings import Settings, resolve_data_dir
+from tunery.settings import Settings
 
 ADMIN_TOKEN_FILE = "admin-token"
 

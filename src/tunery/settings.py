@@ -1,11 +1,7 @@
-"""Settings: every ``TUNERY_*`` variable and the server's ``DATA_DIR/tunery.yaml``, typed.
+"""Settings: the server's ``DATA_DIR/tunery.yaml``, typed.
 
-A leaf module: it imports only ``tunery.errors`` and third-party libraries, so the
-pipeline, the GGUF export and the CLI read their variables here too.
-
-``environment()`` reads the process's ``TUNERY_*`` variables (``Environment``: the data dir,
-the server's URL and token for the CLI, the GGUF toolchain, the local tier, torch threads);
-``resolve_data_dir()`` is the one place the data dir is decided.
+A leaf module: it imports only ``tunery.errors``, ``tunery.environment`` (the ``TUNERY_*``
+variables) and ``tunery.tiers``, and third-party libraries.
 
 ``Settings.load(data_dir)`` gives the server's settings from ``DATA_DIR/tunery.yaml``
 (optional); a ``TUNERY_<FIELD>`` variable wins over the file (``TUNERY_LEASE_SECONDS=30``,
@@ -48,8 +44,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -72,134 +66,12 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from tunery.environment import ENV_PREFIX, resolve_data_dir
 from tunery.errors import ConfigError, FieldProblem, problems_from
+from tunery.tiers import TIER_NAMES, TierSettings, detect_local_tier
 
-ENV_PREFIX = "TUNERY_"
 NESTED_DELIMITER = "__"
 SETTINGS_FILE = "tunery.yaml"
-DEFAULT_DATA_DIR = Path("~/.tunery")
-TIER_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
-GPU_TIERS = {
-    "T4": "t4",
-    "L4": "l4",
-    "A10G": "a10g",
-    "A100": "a100",
-    "H100": "h100",
-    "H200": "h200",
-    "L40S": "l40s",
-}
-ASSUMED_TRAINING_TFLOPS = {
-    "cpu": 0.04,
-    "t4": 20.0,
-    "l4": 40.0,
-    "a10g": 40.0,
-    "a100": 100.0,
-    "l40s": 120.0,
-    "h100": 300.0,
-    "h200": 300.0,
-}
-"""Training throughput each tier is assumed to reach before any run measured it: about a
-third of the card's dense bf16 peak (LoRA steps are small matrix products and the loop
-syncs every step); for ``cpu``, about what the demo model reaches on two quiet cores
-(``tests/pipeline/test_estimate_accuracy.py``). The estimate of
-a run divides 6 × parameters × tokens by it (``tunery.runs.estimate``)."""
-TIER_NAMES = {
-    "cpu": "CPU",
-    "t4": "NVIDIA T4",
-    "l4": "NVIDIA L4",
-    "a10g": "NVIDIA A10G",
-    "a100": "NVIDIA A100",
-    "h100": "NVIDIA H100",
-    "h200": "NVIDIA H200",
-    "l40s": "NVIDIA L40S",
-}
-
-
-class Environment(BaseSettings):
-    """The ``TUNERY_*`` variables; each field is read from ``TUNERY_`` + its name in capitals.
-
-    An empty variable counts as unset.
-    """
-
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_ignore_empty=True, str_strip_whitespace=True, extra="ignore"
-    )
-    data_dir: Path = Field(
-        DEFAULT_DATA_DIR,
-        description="the server's state directory: database, datasets, runs, Hub, admin token",
-    )
-    url: str | None = Field(None, description="the server the CLI talks to; else the local one")
-    token: SecretStr | None = Field(
-        None, description="the CLI's API token; else the admin token in the data dir"
-    )
-    toolchain_dir: Path | None = Field(
-        None, description="cache of the GGUF converter; else ~/.cache/tunery/toolchain"
-    )
-    llama_cpp_dir: Path | None = Field(
-        None, description="a llama.cpp checkout whose converter is used instead of the cache"
-    )
-    local_tier: str | None = Field(
-        None, pattern=TIER_ID_PATTERN, description="this machine's tier; else detected (cpu, t4…)"
-    )
-    torch_threads: int | None = Field(None, ge=1, description="torch threads of a worker")
-
-    @field_validator("url", "token", mode="before")
-    @classmethod
-    def _blank_is_unset(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return value.strip() or None
-        return value
-
-    @field_validator("data_dir", "toolchain_dir", "llama_cpp_dir")
-    @classmethod
-    def _expand_home(cls, path: Path | None) -> Path | None:
-        return path.expanduser() if path is not None else None
-
-
-def environment() -> Environment:
-    """The ``TUNERY_*`` variables as they are now; a bad value is a ConfigError naming it."""
-    try:
-        return Environment()
-    except ValidationError as error:
-        problems = [
-            FieldProblem(f"{ENV_PREFIX}{problem.field.upper()}", problem.message)
-            for problem in problems_from(error, whole="environment")
-        ]
-        raise ConfigError(problems, hint="fix or unset the variable") from None
-
-
-def resolve_data_dir(option: Path | None = None) -> Path:
-    """The data dir: ``option`` when given, else ``TUNERY_DATA_DIR``, else ``~/.tunery``."""
-    return option.expanduser() if option is not None else environment().data_dir
-
-
-class TierSettings(BaseModel):
-    """A kind of node and what a minute of training on it costs."""
-
-    model_config = ConfigDict(extra="forbid")
-    id: str = Field(pattern=TIER_ID_PATTERN, description="what recipes name as gpu_tier")
-    name: str = Field(description="shown to users, e.g. NVIDIA T4")
-    credits_per_minute: float = Field(ge=0, description="0 makes training on it free")
-    gpus: int | None = Field(
-        None, ge=0, description="GPUs an attempt asks a Ray cluster for; default 0 for cpu, else 1"
-    )
-    tflops: float | None = Field(
-        None,
-        gt=0,
-        description="training TFLOPS a run's estimate assumes until runs on the tier measured "
-        "it; default: ASSUMED_TRAINING_TFLOPS for known tiers",
-    )
-
-    @property
-    def gpus_per_attempt(self) -> int:
-        if self.gpus is not None:
-            return self.gpus
-        return 0 if self.id == "cpu" else 1
-
-    @property
-    def assumed_tflops(self) -> float | None:
-        """The estimate's prior throughput; None for an unknown tier without ``tflops``."""
-        return self.tflops or ASSUMED_TRAINING_TFLOPS.get(self.id)
 
 
 class NodeSettings(BaseModel):
@@ -521,27 +393,3 @@ def source_of(field: str) -> str:
         if name in os.environ:
             return name if end == len(parts) else f"{name} ({field})"
     return field
-
-
-def detect_local_tier() -> str:
-    """``TUNERY_LOCAL_TIER``, else ``cpu`` or the tier of this machine's first NVIDIA GPU.
-
-    Detection runs nvidia-smi rather than importing torch.
-    """
-    configured = environment().local_tier
-    if configured:
-        return configured
-    if shutil.which("nvidia-smi") is None:
-        return "cpu"
-    try:
-        output = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "cpu"
-    name = output.splitlines()[0].upper() if output.strip() else ""
-    return next((tier for key, tier in GPU_TIERS.items() if key in name), "cpu")

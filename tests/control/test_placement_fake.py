@@ -17,7 +17,8 @@ from tunery.db import Account, Run
 from tunery.runs import queries, store
 from tunery.runs.plane import ControlPlane
 from tunery.scheduler.scheduler import tick
-from tunery.settings import NodeSettings, Settings, TierSettings
+from tunery.settings import NodeSettings, Settings
+from tunery.tiers import TierSettings
 
 ACCOUNT = "acc_1"
 

@@ -20,7 +20,8 @@ from tunery.errors import ConfigError
 from tunery.runs import attempts, billing, queries, settle, store
 from tunery.runs.plane import ControlPlane, StaleAttempt
 from tunery.scheduler.scheduler import tick
-from tunery.settings import NodeSettings, Settings, TierSettings
+from tunery.settings import NodeSettings, Settings
+from tunery.tiers import TierSettings
 from tunery.wire.reports import (
     LogData,
     LogReport,

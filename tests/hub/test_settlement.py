@@ -13,7 +13,8 @@ from tunery.runs.lifecycle import RunStatus
 from tunery.runs.plane import ControlPlane
 from tunery.runs.settle import finish as settle_finish
 from tunery.scheduler.scheduler import enforce_credits
-from tunery.settings import NodeSettings, Settings, TierSettings
+from tunery.settings import NodeSettings, Settings
+from tunery.tiers import TierSettings
 
 
 @pytest.fixture

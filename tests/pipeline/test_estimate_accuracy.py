@@ -16,7 +16,7 @@ from tunery.pipeline.config import load_recipe
 from tunery.pipeline.recipe import run_recipe
 from tunery.pipeline.reporting import RecordingReporter
 from tunery.runs.estimate import combined_shape, compute_estimate, file_shape, measured_rate
-from tunery.settings import TierSettings
+from tunery.tiers import TierSettings
 
 pytestmark = pytest.mark.slow
 

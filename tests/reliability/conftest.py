@@ -23,7 +23,8 @@ import pytest
 from tunery.backends.fake import FakeBackend
 from tunery.db import Account
 from tunery.runs.plane import ControlPlane
-from tunery.settings import NodeSettings, Settings, TierSettings
+from tunery.settings import NodeSettings, Settings
+from tunery.tiers import TierSettings
 
 HERE = Path(__file__).resolve().parent
 FIGURES_FILE = HERE.parent.parent / "build" / "reliability.json"

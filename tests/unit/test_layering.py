@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 SOURCE = Path(__file__).resolve().parents[2] / "src"
-LEAVES = {"tunery", "tunery.errors", "tunery.phases", "tunery.settings", "tunery.catalog"}
+LEAVES = {
+    "tunery",
+    "tunery.errors",
+    "tunery.phases",
+    "tunery.environment",
+    "tunery.tiers",
+    "tunery.settings",
+    "tunery.catalog",
+}
 CONTROL_PLANE = (
     "tunery.api",
     "tunery.backends",

@@ -10,17 +10,10 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from tunery.environment import Environment, environment, resolve_data_dir
 from tunery.errors import ConfigError
-from tunery.settings import (
-    ClusterSettings,
-    Environment,
-    NodeSettings,
-    Settings,
-    StorageSettings,
-    TierSettings,
-    environment,
-    resolve_data_dir,
-)
+from tunery.settings import ClusterSettings, NodeSettings, Settings, StorageSettings
+from tunery.tiers import TierSettings
 
 
 @pytest.fixture(autouse=True)
@@ -198,4 +191,6 @@ def test_settings_is_a_leaf_the_pipeline_may_import() -> None:
         text=True,
         check=True,
     ).stdout
-    assert imported.strip() == "['tunery', 'tunery.errors', 'tunery.settings']"
+    assert imported.strip() == (
+        "['tunery', 'tunery.environment', 'tunery.errors', 'tunery.settings', 'tunery.tiers']"
+    )

@@ -24,9 +24,9 @@ from typing import Any
 import httpx
 from httpx_sse import ServerSentEvent, SSEError, connect_sse
 
+from tunery.environment import Environment, environment
 from tunery.errors import ConfigError
 from tunery.runs.lifecycle import TERMINAL
-from tunery.settings import Environment, environment
 
 DEFAULT_URL = "http://127.0.0.1:8420"
 TOKEN_FILE = "admin-token"

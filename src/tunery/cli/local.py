@@ -106,9 +106,9 @@ def train(recipe_path: Path, out_dir: Path | None) -> None:
     """Run the training pipeline in this process, with a live progress bar."""
     from transformers.utils import logging as transformers_logging
 
+    from tunery.environment import resolve_data_dir
     from tunery.pipeline.config import load_recipe
     from tunery.pipeline.recipe import run_recipe
-    from tunery.settings import resolve_data_dir
 
     # The run's own progress bar is the one to watch; the library's per-file bars are noise.
     transformers_logging.disable_progress_bar()

@@ -18,8 +18,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from tunery.environment import environment
 from tunery.errors import TuneryError
-from tunery.settings import environment
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 CONVERTER_FILES = ("convert_hf_to_gguf.py", "conversion", "gguf-py")

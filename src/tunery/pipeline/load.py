@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from tunery.catalog.demo import DEMO_MODEL_ID, build_demo_model
+from tunery.environment import resolve_data_dir
 from tunery.errors import ConfigError, ModelLoadError, TransientError
 from tunery.pipeline.config import MAX_BASE_MODEL_CHARS
-from tunery.settings import resolve_data_dir
 
 if TYPE_CHECKING:
     import torch

@@ -42,7 +42,7 @@ from tunery.runs import billing
 from tunery.runs.lifecycle import RunStatus
 from tunery.runs.plane import ControlPlane
 from tunery.runs.submit import default_tier, validate_submission
-from tunery.settings import TierSettings
+from tunery.tiers import TierSettings
 from tunery.wire.rest import RunEstimate
 
 CHARS_PER_TOKEN = 4.0

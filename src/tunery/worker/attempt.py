@@ -20,9 +20,9 @@ from pathlib import Path
 
 import httpx
 
+from tunery.environment import environment
 from tunery.errors import RunCancelled, TuneryError
 from tunery.phases import Phase
-from tunery.settings import environment
 from tunery.wire.reports import (
     AnyReport,
     AttemptSpec,
