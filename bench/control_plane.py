@@ -133,8 +133,13 @@ class FirstStep:
 
     def resumed(self, history): pass
 
+    def eval_metrics(self, metrics): pass
+
     def should_stop(self):
         return self.step_end is not None
+
+    def should_finish(self):
+        return False
 
 
 reporter = FirstStep()
@@ -156,6 +161,16 @@ print(json.dumps({
 
 
 # --- small helpers ------------------------------------------------------------------------
+
+
+def worker_token(pid: int) -> str:
+    """A local worker's fencing token, from its environment: the database keeps only its
+    hash and the command line never has it (readable by the same user only)."""
+    from tunery.backends.base import TOKEN_VARIABLE
+
+    prefix = f"{TOKEN_VARIABLE}=".encode()
+    variables = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return next(v[len(prefix) :].decode() for v in variables if v.startswith(prefix))
 
 
 def free_port() -> int:
@@ -542,13 +557,13 @@ class Context:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             rows = self.server.query(
-                "SELECT id, token, process_started FROM attempts "
+                "SELECT id, process_started FROM attempts "
                 "WHERE run_id = ? AND active = 1 AND process_started IS NOT NULL",
                 run_id,
             )
             if rows:
                 pid = worker_process(rows[0]["process_started"])[0]
-                return {"id": rows[0]["id"], "token": rows[0]["token"], "pid": pid}
+                return {"id": rows[0]["id"], "token": worker_token(pid), "pid": pid}
             await asyncio.sleep(0.005)
         raise RuntimeError(f"no worker started for {run_id} in {timeout:.0f}s")
 
