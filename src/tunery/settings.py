@@ -10,7 +10,8 @@ variables) and ``tunery.tiers``, and third-party libraries.
 ```yaml
 tiers:                       # credits per minute of training; 0 switches billing off
   - {id: cpu, name: CPU, credits_per_minute: 1.0}
-  - {id: t4, name: NVIDIA T4, credits_per_minute: 0, tflops: 20}   # tflops: the estimate's prior
+  - {id: t4, name: NVIDIA T4, credits_per_minute: 0, tflops: 20, gpu_memory_gib: 15}
+                             # tflops: the estimate's prior; gpu_memory_gib: the card runs must fit
 nodes:                       # default: one local node of the detected tier
   - {name: local-0, tier: cpu, backend: local}
 cluster:                     # where attempts run; default kind local (this machine's nodes)

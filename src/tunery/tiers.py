@@ -38,6 +38,18 @@ third of the card's dense bf16 peak (LoRA steps are small matrix products and th
 syncs every step); for ``cpu``, about what the demo model reaches on two quiet cores
 (``tests/pipeline/test_estimate_accuracy.py``). The estimate of
 a run divides 6 × parameters × tokens by it (``tunery.runs.estimate``)."""
+GPU_MEMORY_GIB = {
+    "t4": 15.0,
+    "l4": 22.0,
+    "a10g": 22.0,
+    "a100": 79.0,
+    "l40s": 44.0,
+    "h100": 79.0,
+    "h200": 139.0,
+}
+"""Memory each known tier's card reports to CUDA (torch's ``total_memory``), in GiB: what
+the memory planner lets a run use. The A100 entry is the 80 GB card; a server with 40 GB
+A100s sets ``gpu_memory_gib: 39`` on its tier."""
 TIER_NAMES = {
     "cpu": "CPU",
     "t4": "NVIDIA T4",
@@ -66,6 +78,19 @@ class TierSettings(BaseModel):
         description="training TFLOPS a run's estimate assumes until runs on the tier measured "
         "it; default: ASSUMED_TRAINING_TFLOPS for known tiers",
     )
+
+    gpu_memory_gib: float | None = Field(
+        None,
+        gt=0,
+        description="memory of the tier's card in GiB, against which a run's planned peak "
+        "memory is checked before it queues; default: GPU_MEMORY_GIB for known tiers, none "
+        "(no check) for cpu and unknown tiers",
+    )
+
+    @property
+    def memory_gib(self) -> float | None:
+        """The card's memory a run must fit in; None when runs on this tier are not checked."""
+        return self.gpu_memory_gib or GPU_MEMORY_GIB.get(self.id)
 
     @property
     def gpus_per_attempt(self) -> int:

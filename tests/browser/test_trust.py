@@ -3,6 +3,7 @@ beside the base model's, Finish now, Rerun with changes and a deleted Hub entry.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -37,6 +38,47 @@ def test_the_form_shows_the_estimate_live(studio_server, open_studio) -> None:
     expect(estimate.locator('[data-estimate="data"]')).to_contain_text("7 steps")
     page.get_by_label("Rank").fill("0")
     expect(estimate).to_contain_text("lora.rank")
+    assert not page.errors  # type: ignore[attr-defined]
+
+
+def test_the_estimate_says_when_a_run_cannot_fit_its_card(
+    start_studio, open_studio, tmp_path: Path
+) -> None:
+    server = start_studio(
+        tiers=[
+            {"id": "cpu", "name": "CPU", "credits_per_minute": 1.0},
+            {"id": "t4", "name": "NVIDIA T4", "credits_per_minute": 0},
+        ],
+        nodes=[{"name": "local-0", "tier": "cpu"}, {"name": "local-1", "tier": "t4"}],
+    )
+    long_answers = tmp_path / "long-answers.jsonl"
+    row = {
+        "messages": [
+            {"role": "user", "content": "Tell me everything."},
+            {"role": "assistant", "content": "word " * 1_600},
+        ]
+    }
+    long_answers.write_text((json.dumps(row) + "\n") * 40)
+    Client(server).dataset(long_answers)
+    page = open_studio(server)
+    page.get_by_role("link", name="New run").click()
+    expect(page.locator("#f-tiers")).to_contain_text("15 GiB")
+    page.locator("#f-datasets input").first.check()
+    page.locator("#f-model").select_option("Qwen/Qwen2.5-0.5B-Instruct")
+    page.locator("#tier-t4").check()
+    page.get_by_label("Gradient checkpointing").uncheck()
+    page.get_by_label("Batch size").fill("8")
+    estimate = page.locator("#f-estimate")
+    problems = estimate.locator('[data-estimate="problems"]')
+    expect(problems).to_contain_text("training.batch_size: 8 examples of up to")
+    expect(problems).to_contain_text("the NVIDIA T4 has 15 GiB")
+    expect(problems).to_contain_text(re.compile(r"use training\.batch_size \d+ or lower"))
+    fits = re.search(r"batch_size (\d+) or lower", problems.inner_text())
+    assert fits is not None
+    page.get_by_label("Batch size").fill(fits.group(1))
+    expect(estimate.locator('[data-estimate="memory"]')).to_contain_text(
+        re.compile(r"Peak GPU memory about [\d.]+ GiB of the card's 15(\.0)? GiB")
+    )
     assert not page.errors  # type: ignore[attr-defined]
 
 

@@ -15,7 +15,8 @@ import pytest
 from tunery.pipeline.config import load_recipe
 from tunery.pipeline.recipe import run_recipe
 from tunery.pipeline.reporting import RecordingReporter
-from tunery.runs.estimate import combined_shape, compute_estimate, file_shape, measured_rate
+from tunery.runs.data_shape import combined_shape, file_shape
+from tunery.runs.estimate import compute_estimate, measured_rate
 from tunery.tiers import TierSettings
 
 pytestmark = pytest.mark.slow

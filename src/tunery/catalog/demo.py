@@ -24,6 +24,18 @@ EOS = "<|end_of_text|>"
 TURN_START = "<|im_start|>"
 TURN_END = "<|im_end|>"
 VOCAB_SIZE = 1024
+DEMO_MODEL_SHAPE = {
+    "vocab_size": VOCAB_SIZE,
+    "hidden_size": 256,
+    "intermediate_size": 768,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 1024,
+    "tie_word_embeddings": False,
+}
+"""The config.json fields that set the demo model's size: it is built with them, and the
+catalog gives them to the memory planner."""
 # Llama 3's split regex: digits in runs of up to three, contractions, letters, punctuation.
 LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -136,15 +148,8 @@ def build_demo_model(out_dir: Path) -> Path:
         build_demo_tokenizer(staging)
         tokenizer = AutoTokenizer.from_pretrained(staging)
         config = LlamaConfig(
-            vocab_size=VOCAB_SIZE,
-            hidden_size=256,
-            intermediate_size=768,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=1024,
+            **DEMO_MODEL_SHAPE,
             rms_norm_eps=1e-5,
-            tie_word_embeddings=False,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )

@@ -4,6 +4,10 @@ A verified model is refundable when a run on it fails. Its family names the test
 covers it: ``llama-bpe`` (Llama 3 tokenizer, ``tests/gguf`` on the demo model),
 ``qwen2`` and ``mistral-spm`` (tiny models of those families in ``tests/gguf``). Any other
 Hugging Face id or URL may be trained as a custom, non-refundable model.
+
+Each entry carries the config.json fields that set its size (``shape``), so a run on it is
+checked against its tier's card before it queues (``tunery.pipeline.memory``); a test
+checks they add up to ``parameters``.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tunery.catalog.demo import DEMO_MODEL_ID
+from tunery.catalog.demo import DEMO_MODEL_ID, DEMO_MODEL_SHAPE
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,8 @@ class CatalogModel:
     license: str
     context_length: int
     chat_template: str
+    shape: dict[str, Any]
+    """config.json's size fields, as the memory planner reads them (``ModelShape``)."""
     gguf: bool = True
     verified: bool = True
     lora_defaults: dict[str, Any] = field(
@@ -32,11 +38,53 @@ class CatalogModel:
         return asdict(self)
 
 
+def _shape(
+    hidden: int,
+    layers: int,
+    heads: int,
+    key_value_heads: int,
+    intermediate: int,
+    vocab: int,
+    *,
+    tied: bool,
+    head_dim: int | None = None,
+) -> dict[str, Any]:
+    """config.json's size fields of a Llama-style model (head_dim when it is not hidden/heads)."""
+    shape: dict[str, Any] = {
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": key_value_heads,
+        "intermediate_size": intermediate,
+        "vocab_size": vocab,
+        "tie_word_embeddings": tied,
+    }
+    if head_dim is not None:
+        shape["head_dim"] = head_dim
+    return shape
+
+
 CATALOG = (
-    CatalogModel(DEMO_MODEL_ID, "llama-bpe", 3_672_320, "Apache-2.0", 1024, "chatml"),
-    CatalogModel("Qwen/Qwen2.5-0.5B-Instruct", "qwen2", 494_032_768, "Apache-2.0", 32768, "chatml"),
     CatalogModel(
-        "Qwen/Qwen2.5-1.5B-Instruct", "qwen2", 1_543_714_304, "Apache-2.0", 32768, "chatml"
+        DEMO_MODEL_ID, "llama-bpe", 3_672_320, "Apache-2.0", 1024, "chatml", DEMO_MODEL_SHAPE
+    ),
+    CatalogModel(
+        "Qwen/Qwen2.5-0.5B-Instruct",
+        "qwen2",
+        494_032_768,
+        "Apache-2.0",
+        32768,
+        "chatml",
+        _shape(896, 24, 14, 2, 4864, 151936, tied=True),
+    ),
+    CatalogModel(
+        "Qwen/Qwen2.5-1.5B-Instruct",
+        "qwen2",
+        1_543_714_304,
+        "Apache-2.0",
+        32768,
+        "chatml",
+        _shape(1536, 28, 12, 2, 8960, 151936, tied=True),
     ),
     CatalogModel(
         "meta-llama/Llama-3.2-1B-Instruct",
@@ -45,6 +93,7 @@ CATALOG = (
         "Llama 3.2 Community License",
         131072,
         "llama3",
+        _shape(2048, 16, 32, 8, 8192, 128256, tied=True, head_dim=64),
     ),
     CatalogModel(
         "meta-llama/Llama-3.2-3B-Instruct",
@@ -53,6 +102,7 @@ CATALOG = (
         "Llama 3.2 Community License",
         131072,
         "llama3",
+        _shape(3072, 28, 24, 8, 8192, 128256, tied=True, head_dim=128),
     ),
     CatalogModel(
         "mistralai/Mistral-7B-Instruct-v0.2",
@@ -61,6 +111,7 @@ CATALOG = (
         "Apache-2.0",
         32768,
         "mistral-inst",
+        _shape(4096, 32, 32, 8, 14336, 32000, tied=False),
         lora_defaults={
             "rank": 16,
             "alpha": 32,

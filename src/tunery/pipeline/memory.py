@@ -201,6 +201,7 @@ def fit_problem(
     batch_size: int,
     sequence_length: int,
     gpu_memory_gib: float,
+    card_name: str = "the card",
 ) -> ConfigError | None:
     """Why ``batch_size`` examples of ``sequence_length`` tokens do not fit, or None.
 
@@ -214,7 +215,7 @@ def fit_problem(
     )
     if estimate.total <= budget:
         return None
-    need = f"need about {estimate.total / GIB:.1f} GiB; the card has {gpu_memory_gib:g} GiB"
+    need = f"need about {estimate.total / GIB:.1f} GiB; {card_name} has {gpu_memory_gib:g} GiB"
     tokens = largest_fitting_tokens(shape, plan, budget)
     if tokens >= sequence_length:
         return ConfigError.single(
@@ -260,18 +261,29 @@ def check_fits(
     gpu_memory_gib: float,
     *,
     model_context: int | None = None,
+    longest_example: int | None = None,
+    card_name: str = "the card",
 ) -> MemoryEstimate:
     """The estimate for ``recipe`` on a card of ``gpu_memory_gib``; ConfigError if it does not
     fit (see ``fit_problem``). ``model_config``: the base model's config.json as a dict;
-    ``model_context``: its context when config.json does not say (default 2048)."""
+    ``model_context``: its context when config.json does not say (default 2048);
+    ``longest_example``: the tokens of the data's longest example, when known, since a
+    micro-batch never holds longer ones."""
     shape = ModelShape.from_config(model_config)
     plan = plan_for_recipe(recipe, shape)
     context = model_context or model_config.get("max_position_embeddings") or 2048
     asked = recipe.training.max_seq_length
     length = min(asked, context) if asked else context
+    if longest_example:
+        length = min(length, longest_example)
     batch_size = recipe.training.batch_size
     problem = fit_problem(
-        shape, plan, batch_size=batch_size, sequence_length=length, gpu_memory_gib=gpu_memory_gib
+        shape,
+        plan,
+        batch_size=batch_size,
+        sequence_length=length,
+        gpu_memory_gib=gpu_memory_gib,
+        card_name=card_name,
     )
     if problem is not None:
         raise problem

@@ -17,13 +17,12 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunery.errors import RunCancelled, TuneryError
+from tunery.pipeline.card_fit import out_of_memory_fails, refuse_what_cannot_fit
 from tunery.pipeline.chat import IGNORE, Example
 from tunery.pipeline.checkpoints import complete_checkpoints as complete_checkpoints  # re-export
 from tunery.pipeline.checkpoints import load_newest_checkpoint, save_checkpoint
@@ -45,13 +44,6 @@ class TrainingDiverged(TuneryError):
     """The loss became NaN or infinite. A user error: the same recipe diverges again."""
 
     code = "training_diverged"
-
-
-class TrainingOutOfMemory(TuneryError):
-    """The GPU ran out of memory. Not transient: the same recipe on the same card fails again,
-    so the run fails at once with settings that would fit."""
-
-    code = "training_out_of_memory"
 
 
 @dataclass(frozen=True)
@@ -214,7 +206,8 @@ def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
     stops early when it says so; stops after the current step when
     ``reporter.should_finish()`` turns true. Raises RunCancelled (between steps) when
     ``reporter.should_stop()`` turns true, TrainingDiverged on a non-finite loss and
-    TrainingOutOfMemory when the GPU runs out of memory.
+    TrainingOutOfMemory before the first step when the run cannot fit its card, or when the
+    GPU runs out of memory anyway (``tunery.pipeline.card_fit``).
     """
     import torch
     from transformers import get_scheduler
@@ -225,6 +218,7 @@ def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
 
     config = setup.config
     budget = plan_budget(len(setup.examples), config)
+    refuse_what_cannot_fit(setup)
     model = setup.model
     kernels = setup.kernels or default_kernels(setup)
     apply_kernels(model, kernels)
@@ -250,7 +244,7 @@ def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
         setup.evaluation.resume(state.early_stopping)
     eta = EtaEstimator()
     model.train()
-    with attention_in_use(model, kernels.attention), _out_of_memory_fails(setup):
+    with attention_in_use(model, kernels.attention), out_of_memory_fails(setup):
         while state.step < budget.total_steps:
             if reporter.should_stop():
                 raise RunCancelled(f"cancelled at step {state.step} of {budget.total_steps}")
@@ -333,53 +327,6 @@ def _accumulate_gradients(
         real_tokens += packed.real_tokens
     # One device sync per step, not per micro-batch.
     return torch.stack(losses).sum().item(), real_tokens
-
-
-@contextmanager
-def _out_of_memory_fails(setup: TrainSetup) -> Iterator[None]:
-    """Turn a CUDA out-of-memory error into TrainingOutOfMemory with settings that fit."""
-    import torch
-
-    try:
-        yield
-    except torch.cuda.OutOfMemoryError as error:
-        raise TrainingOutOfMemory(
-            f"the GPU ran out of memory while training: {str(error).splitlines()[0]}",
-            hint=out_of_memory_hint(setup),
-        ) from None
-
-
-def out_of_memory_hint(setup: TrainSetup) -> str:
-    """What to change so the run fits this card, from the memory planner."""
-    import torch
-
-    from tunery.pipeline.memory import ModelShape, TrainingPlan, fit_problem
-
-    config = setup.config
-    longest = max(len(example.input_ids) for example in setup.examples)
-    generic = f"lower training.batch_size (now {config.batch_size}) or training.max_seq_length" + (
-        "" if config.gradient_checkpointing else ", or turn gradient_checkpointing on"
-    )
-    try:
-        shape = ModelShape.from_config(setup.model.config.to_dict())
-    except (KeyError, TypeError):
-        return generic
-    base = setup.model.get_base_model() if hasattr(setup.model, "get_base_model") else setup.model
-    plan = TrainingPlan(
-        trainable_parameters=sum(p.numel() for p in setup.model.parameters() if p.requires_grad),
-        gradient_checkpointing=config.gradient_checkpointing,
-        quantize_base="nf4" if getattr(base, "is_loaded_in_4bit", False) else "none",
-        value_bytes=2 if setup.precision.autocast is not None else 4,
-    )
-    card = torch.cuda.get_device_properties(setup.device).total_memory / 2**30
-    problem = fit_problem(
-        shape,
-        plan,
-        batch_size=config.batch_size,
-        sequence_length=longest,
-        gpu_memory_gib=card,
-    )
-    return problem.hint if problem is not None else generic
 
 
 def _diverged(loss: float, step: int) -> TrainingDiverged:

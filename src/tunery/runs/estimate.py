@@ -4,9 +4,9 @@ The payload is checked as a submission is (``submit.validate_submission``), ever
 at once, except the attestations and the balance: an estimate needs neither, and answers
 whether the balance covers it (``covered``).
 
-**Tokens.** The control plane loads no tokenizer, so each row counts
-``ceil(characters / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE`` per message (the template's
-markers), cut at ``max_seq_length`` (else the catalog model's context). Steps are exact:
+**Tokens.** The control plane loads no tokenizer: each row's tokens are estimated from its
+characters (``runs.data_shape``), cut at ``max_seq_length`` (else the catalog model's
+context). Steps are exact:
 the rows held out for samples and validation are counted as ``pipeline.holdout`` holds them
 out, and the budget is the training loop's own ``plan_budget``.
 
@@ -21,11 +21,7 @@ completes, its training seconds are the measurement.
 
 from __future__ import annotations
 
-import functools
-import math
 import statistics
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -35,18 +31,17 @@ from tunery.catalog.models import find as catalog_find
 from tunery.db import Dataset, Run
 from tunery.errors import ConfigError, FieldProblem
 from tunery.pipeline.config import RunRecipe, parse_recipe
-from tunery.pipeline.datasets import Row, read_dataset
 from tunery.pipeline.holdout import plan_holdout
+from tunery.pipeline.memory import GIB
 from tunery.pipeline.train import plan_budget
-from tunery.runs import billing
+from tunery.runs import billing, fit
+from tunery.runs.data_shape import DataShape, stored_shape
 from tunery.runs.lifecycle import RunStatus
 from tunery.runs.plane import ControlPlane
 from tunery.runs.submit import default_tier, validate_submission
 from tunery.tiers import TierSettings
 from tunery.wire.rest import RunEstimate
 
-CHARS_PER_TOKEN = 4.0
-TOKENS_PER_MESSAGE = 4
 MEASURED_RUNS = 10
 FLOPS_PER_PARAMETER_TOKEN = 6
 """Forward (2) and backward (4) FLOPs per parameter and token: with LoRA the weight
@@ -54,15 +49,6 @@ gradients are skipped but gradient checkpointing's recomputation takes their pla
 EVAL_COST_SHARE = 1 / 3
 """An evaluation token costs a forward pass: a third of a training token."""
 NOT_NEEDED_FOR_AN_ESTIMATE = ("attestations", "credits")
-
-
-@dataclass(frozen=True)
-class DataShape:
-    """Rows of a run's datasets and their estimated tokens."""
-
-    rows: int
-    chat_rows: int
-    row_tokens: tuple[int, ...]
 
 
 def estimate_run(plane: ControlPlane, *, account_id: str, payload: Any) -> RunEstimate:
@@ -74,8 +60,8 @@ def estimate_run(plane: ControlPlane, *, account_id: str, payload: Any) -> RunEs
         validation = _owned(session, account_id, recipe.validation.dataset_ids)
         rate, measured = measured_throughput(session, tier, recipe.base_model)
         balance = billing.balance(session, account_id)
-    shape = _data_shape(plane, [datasets[i] for i in recipe.dataset_ids])
-    validation_shape = _data_shape(plane, list(validation.values()))
+    shape = stored_shape(plane.datasets_dir, [datasets[i] for i in recipe.dataset_ids])
+    validation_shape = stored_shape(plane.datasets_dir, list(validation.values()))
     return compute_estimate(
         recipe,
         plane.settings.tier(tier) or TierSettings(id=tier, name=tier, credits_per_minute=0),
@@ -165,47 +151,6 @@ def measured_rate(estimate: dict[str, Any], metrics: dict[str, Any]) -> float | 
     return tokens * steps / planned / seconds
 
 
-def _data_shape(plane: ControlPlane, datasets: list[Dataset]) -> DataShape:
-    return combined_shape(
-        [
-            _stored_shape(str(plane.datasets_dir / dataset.filename), dataset.sha256)
-            for dataset in datasets
-        ]
-    )
-
-
-def combined_shape(shapes: list[DataShape]) -> DataShape:
-    return DataShape(
-        rows=sum(shape.rows for shape in shapes),
-        chat_rows=sum(shape.chat_rows for shape in shapes),
-        row_tokens=tuple(tokens for shape in shapes for tokens in shape.row_tokens),
-    )
-
-
-def file_shape(path: Path) -> DataShape:
-    """One dataset file's rows and their estimated tokens."""
-    rows = read_dataset(path).rows
-    return DataShape(
-        rows=len(rows),
-        chat_rows=sum(1 for row in rows if row.messages),
-        row_tokens=tuple(row_tokens(row) for row in rows),
-    )
-
-
-@functools.lru_cache(maxsize=64)
-def _stored_shape(path: str, sha256: str) -> DataShape:
-    """A stored dataset's shape, cached by its digest (a stored file never changes)."""
-    return file_shape(Path(path))
-
-
-def row_tokens(row: Row) -> int:
-    """A row's estimated tokens after templating."""
-    if row.text is not None:
-        return math.ceil(len(row.text) / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE
-    characters = sum(len(message.content) for message in row.messages)
-    return math.ceil(characters / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * len(row.messages)
-
-
 def compute_estimate(
     recipe: RunRecipe,
     tier: TierSettings,
@@ -247,6 +192,12 @@ def compute_estimate(
             "no time estimate: the model's size is unknown and no run of it on this tier "
             "was measured yet"
         )
+    memory = fit.peak_memory(recipe, tier, data)
+    if memory is None and tier.memory_gib is not None:
+        notes.append(
+            "no memory plan: the server does not know this model's size; its worker checks "
+            "that the run fits the card before training"
+        )
     seconds = (tokens + eval_tokens * EVAL_COST_SHARE) / rate if rate else None
     credits = billing.credits_for(seconds, price, whole_minutes=False) if seconds else None
     return RunEstimate(
@@ -268,6 +219,8 @@ def compute_estimate(
         credits_per_minute=price,
         balance=round(balance, 4),
         covered=None if credits is None else credits <= balance,
+        peak_memory_gib=round(memory.total / GIB, 1) if memory else None,
+        gpu_memory_gib=tier.memory_gib,
         notes=notes,
     )
 

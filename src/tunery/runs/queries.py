@@ -260,6 +260,7 @@ def tiers_view(plane: ControlPlane) -> list[TierPublic]:
                 id=tier.id,
                 name=tier.name,
                 credits_per_minute=tier.credits_per_minute,
+                gpu_memory_gib=tier.memory_gib,
                 nodes_total=capacity.total,
                 nodes_free=capacity.free,
             )

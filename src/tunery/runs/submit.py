@@ -27,7 +27,8 @@ from tunery.errors import ConfigError, FieldProblem
 from tunery.pipeline.config import RunRecipe, parse_recipe
 from tunery.pipeline.holdout import plan_holdout
 from tunery.pipeline.load import parse_model_reference
-from tunery.runs import billing, store
+from tunery.runs import billing, fit, store
+from tunery.runs.data_shape import DataShape, stored_shape
 from tunery.runs.lifecycle import RunStatus
 from tunery.runs.plane import ControlPlane, TooManyQueued
 
@@ -45,9 +46,18 @@ def default_tier(plane: ControlPlane) -> str:
 
 
 def validate_submission(
-    plane: ControlPlane, session: Session, account_id: str, payload: Any
+    plane: ControlPlane,
+    session: Session,
+    account_id: str,
+    payload: Any,
+    *,
+    data: DataShape | None = None,
 ) -> tuple[RunRecipe, str]:
-    """Every reason a submission is blocked, at once; returns the recipe and its tier."""
+    """Every reason a submission is blocked, at once; returns the recipe and its tier.
+
+    ``data``: the shape of the payload's datasets when the caller read it already (outside
+    a write lock); else it is read here when the memory check needs it.
+    """
     problems: list[FieldProblem] = []
     recipe: RunRecipe | None = None
     try:
@@ -75,6 +85,9 @@ def validate_submission(
     problems += _credit_problems(plane, session, account_id, tier)
     if recipe is not None:
         problems += validation_data_problems(session, account_id, recipe)
+    checked = {problem.field.split(".")[0] for problem in problems}
+    if recipe is not None and not checked & {"dataset_ids", "gpu_tier", "base_model"}:
+        problems += _memory_problems(plane, session, account_id, recipe, tier, data)
     if problems or recipe is None:
         raise ConfigError(problems)
     return recipe, tier
@@ -122,6 +135,51 @@ def validation_data_problems(
             )
         )
     return problems
+
+
+def _memory_problems(
+    plane: ControlPlane,
+    session: Session,
+    account_id: str,
+    recipe: RunRecipe,
+    tier_id: str,
+    data: DataShape | None,
+) -> list[FieldProblem]:
+    tier = plane.settings.tier(tier_id)
+    if tier is None or tier.memory_gib is None:
+        return []
+    if data is None:
+        data = stored_shape(
+            plane.datasets_dir, owned_datasets(session, account_id, recipe.dataset_ids)
+        )
+    return fit.memory_problems(recipe, tier, data)
+
+
+def owned_datasets(session: Session, account_id: str, dataset_ids: list[str]) -> list[Dataset]:
+    """The account's datasets among ``dataset_ids``, in that order (unknown ids left out)."""
+    if not dataset_ids:
+        return []
+    found = {
+        dataset.id: dataset
+        for dataset in session.scalars(
+            select(Dataset).where(Dataset.id.in_(dataset_ids), Dataset.account_id == account_id)
+        )
+    }
+    return [found[dataset_id] for dataset_id in dataset_ids if dataset_id in found]
+
+
+def _payload_data_shape(plane: ControlPlane, account_id: str, payload: Any) -> DataShape | None:
+    """The shape of the datasets a payload names, read before the write lock is taken: a
+    large dataset's first read must not hold up every other writer."""
+    dataset_ids = payload.get("dataset_ids") if isinstance(payload, dict) else None
+    if not isinstance(dataset_ids, list) or not all(isinstance(i, str) for i in dataset_ids):
+        return None
+    with plane.sessions() as session:
+        datasets = owned_datasets(session, account_id, dataset_ids)
+    try:
+        return stored_shape(plane.datasets_dir, datasets)
+    except (OSError, ConfigError):
+        return None  # deleted meanwhile: the checks under the lock say so
 
 
 def _dataset_problems(
@@ -252,6 +310,7 @@ def submit_run(
     ``max_queued_runs_per_account`` queued runs.
     """
     digest = payload_hash(payload)
+    data = _payload_data_shape(plane, account_id, payload)
     with plane.exclusive() as session:
         if idempotency_key:
             existing = session.scalar(
@@ -262,7 +321,7 @@ def submit_run(
             if existing is not None:
                 _same_payload(existing, digest)
                 return existing
-        recipe, tier = validate_submission(plane, session, account_id, payload)
+        recipe, tier = validate_submission(plane, session, account_id, payload, data=data)
         _within_queue_cap(plane, session, account_id)
         run = store.create_run(
             session,

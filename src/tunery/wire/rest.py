@@ -125,6 +125,11 @@ class RunEstimate(BaseModel):
     balance: float
     covered: bool | None
     """Whether the balance covers the estimated credits; None without an estimate."""
+    peak_memory_gib: float | None = None
+    """The planned peak GPU memory (``tunery.pipeline.memory``); None on a tier without a
+    card memory, or for a model whose size the server does not know."""
+    gpu_memory_gib: float | None = None
+    """The tier's card memory the plan was checked against."""
     notes: list[str]
 
 
@@ -213,6 +218,8 @@ class TierPublic(BaseModel):
     id: str
     name: str
     credits_per_minute: float
+    gpu_memory_gib: float | None = None
+    """The card memory runs on this tier are planned against; None: not checked (cpu)."""
     nodes_total: int
     nodes_free: int
 

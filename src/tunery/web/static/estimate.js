@@ -1,4 +1,5 @@
-// The New run form's live estimate: examples, steps, time and credits before pressing play.
+// The New run form's live estimate: examples, steps, time, credits and GPU memory before
+// pressing play.
 //
 // Asked of POST /api/v1/runs/estimate a moment after the user stops editing; an answer to
 // an older version of the form is dropped, so the box always describes what is on screen.
@@ -36,9 +37,15 @@ async function estimate(body) {
   } catch (error) {
     if (ticket !== asked) return;
     const problems = error instanceof ApiError ? error.problems : [];
-    box.replaceChildren(h("p", { class: "muted" }, problems.length
-      ? `No estimate until these are fixed: ${problems.map((p) => p.field || p.message).join(", ")}.`
-      : "The estimate is unavailable right now."));
+    if (!problems.length) {
+      box.replaceChildren(h("p", { class: "muted" }, "The estimate is unavailable right now."));
+      return;
+    }
+    box.replaceChildren(
+      h("p", { class: "muted" }, "No estimate until these are fixed:"),
+      h("ul", { dataset: { estimate: "problems" } },
+        ...problems.map((p) => h("li", {}, p.field ? `${p.field}: ${p.message}` : p.message))),
+    );
   }
 }
 
@@ -61,6 +68,11 @@ function describe(estimate) {
       class: estimate.covered ? "" : "warning-text",
     }, `About ${formatCredits(estimate.credits)} credits; your balance of `
       + `${formatCredits(estimate.balance)} ${estimate.covered ? "covers it" : "does not cover it"}.`));
+  }
+  if (estimate.peak_memory_gib !== null) {
+    lines.push(h("p", { dataset: { estimate: "memory" } },
+      `Peak GPU memory about ${estimate.peak_memory_gib} GiB of the card's `
+      + `${estimate.gpu_memory_gib} GiB.`));
   }
   for (const note of estimate.notes) lines.push(h("p", { class: "muted" }, note));
   return lines;

@@ -116,6 +116,7 @@ export function renderTiers() {
       h("strong", {}, tier.name), " ",
       h("span", { class: "muted" },
         `${tier.credits_per_minute > 0 ? `${tier.credits_per_minute} credits/min` : "free"} · `
+        + (tier.gpu_memory_gib ? `${tier.gpu_memory_gib} GiB · ` : "")
         + `${tier.nodes_free} of ${tier.nodes_total} nodes free`)),
   )));
 }
