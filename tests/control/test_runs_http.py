@@ -71,6 +71,7 @@ def test_happy_path_over_http(
             "id": "cpu",
             "name": "CPU",
             "credits_per_minute": 1.0,
+            "gpu_memory_gib": None,
             "nodes_total": 1,
             "nodes_free": 1,
         }

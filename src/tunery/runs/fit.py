@@ -86,7 +86,6 @@ def memory_problems(recipe: RunRecipe, tier: TierSettings, data: DataShape) -> l
     except ConfigError as error:
         hint = f"; {error.hint}" if error.hint else ""
         return [
-            FieldProblem(problem.field, f"{problem.message}{hint}")
-            for problem in error.problems
+            FieldProblem(problem.field, f"{problem.message}{hint}") for problem in error.problems
         ]
     return []
