@@ -67,11 +67,7 @@ def servers(root: Path, model_dir: Path, cluster: RayCluster) -> Iterator[tuple[
         root / "ray",
         model_dir,
         nodes=[],
-        cluster={
-            "kind": "ray",
-            "address": cluster.address,
-            "checkpoint_dir": str(cluster.checkpoint_dir),
-        },
+        cluster={"kind": "ray", "address": cluster.address},
     )
     ray_env = {**server_env(ray_root), **{k: v for k, v in cluster.env.items() if "RAY_" in k}}
     with (
@@ -103,25 +99,25 @@ def main() -> None:
                 env={"TUNERY_DATA_DIR": str(node_home), "TUNERY_TORCH_THREADS": "1"},
             ),
         ]
-        with running_cluster(root, free_port(), nodes) as cluster:
-            cluster.checkpoint_dir = root / "checkpoints"
-            cluster.checkpoint_dir.mkdir()
-            with servers(root, model_dir, cluster) as (local, on_ray):
-                datasets = {
-                    "local": local.dataset(REPO / "examples" / "demo-dataset.jsonl"),
-                    "ray": on_ray.dataset(REPO / "examples" / "demo-dataset.jsonl"),
-                }
-                results: dict[str, list[float]] = {"local": [], "ray": []}
-                for index in range(pairs):
-                    # Alternate which goes first, so drift on the machine hits both alike.
-                    order = [("local", local), ("ray", on_ray)]
-                    for kind, client in order if index % 2 == 0 else order[::-1]:
-                        seconds = first_step_seconds(client, datasets[kind], f"bench-{index}")
-                        results[kind].append(seconds)
-                    print(
-                        f"pair {index + 1}: local {results['local'][-1]:.2f} s, "
-                        f"ray {results['ray'][-1]:.2f} s"
-                    )
+        with (
+            running_cluster(root, free_port(), nodes) as cluster,
+            servers(root, model_dir, cluster) as (local, on_ray),
+        ):
+            datasets = {
+                "local": local.dataset(REPO / "examples" / "demo-dataset.jsonl"),
+                "ray": on_ray.dataset(REPO / "examples" / "demo-dataset.jsonl"),
+            }
+            results: dict[str, list[float]] = {"local": [], "ray": []}
+            for index in range(pairs):
+                # Alternate which goes first, so drift on the machine hits both alike.
+                order = [("local", local), ("ray", on_ray)]
+                for kind, client in order if index % 2 == 0 else order[::-1]:
+                    seconds = first_step_seconds(client, datasets[kind], f"bench-{index}")
+                    results[kind].append(seconds)
+                print(
+                    f"pair {index + 1}: local {results['local'][-1]:.2f} s, "
+                    f"ray {results['ray'][-1]:.2f} s"
+                )
     medians = {kind: statistics.median(values) for kind, values in results.items()}
     ratio = medians["ray"] / medians["local"]
     print(

@@ -17,7 +17,8 @@ nodes:                       # default: one local node of the detected tier
 cluster:                     # where attempts run; default kind local (this machine's nodes)
   kind: ray                  # local | ray (pip install 'tunery[ray]'; docs/ray.md)
   address: ray-head:6379     # for ray: the cluster's GCS address, or auto
-  checkpoint_dir: /shared/tunery/checkpoints   # for ray: the same path on every node
+  checkpoint_dir: /shared/tunery/checkpoints   # optional, for ray: a path every node shares
+                                               # (default: checkpoints through the server)
   accelerators: {a100: A100} # optional: nodes Ray labels accelerator_type:A100 serve a100
 admin_grant: 100             # credits granted to the first admin account
 lease_seconds: 20            # a worker silent this long is lost
@@ -89,8 +90,9 @@ class ClusterSettings(BaseModel):
     """Where attempts run: processes on this machine's nodes, or a Ray cluster.
 
     With ``kind: ray`` every node of the cluster needs tunery installed (``tunery[ray]``,
-    the same version as the server), the models its runs name, and ``checkpoint_dir``
-    mounted at the same path; see docs/ray.md.
+    the same version as the server) and the models its runs name; checkpoints travel
+    through the server, or live in ``checkpoint_dir`` where every node mounts one at the
+    same path; see docs/ray.md.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -105,8 +107,8 @@ class ClusterSettings(BaseModel):
         None,
         min_length=1,
         validate_default=True,
-        description="a directory every node reaches at this path (NFS, a shared volume); "
-        "required for kind ray",
+        description="for kind ray: a directory every node reaches at this path (NFS, a "
+        "shared volume) for checkpoints; default: checkpoints travel through the server",
     )
     accelerators: dict[str, str] = Field(
         default_factory=dict,
@@ -120,7 +122,7 @@ class ClusterSettings(BaseModel):
         kind = info.data.get("kind")
         if value is not None and kind == "local":
             raise ValueError("only used with kind: ray (remove it for kind: local)")
-        if value is None and kind == "ray":
+        if value is None and kind == "ray" and info.field_name == "address":
             raise ValueError("required with kind: ray")
         if value is not None and info.field_name == "checkpoint_dir" and not value.startswith("/"):
             raise ValueError("must be an absolute path (the same on every node)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import zipfile
 
 import pytest
@@ -253,6 +254,30 @@ def test_resume_continues_exactly_as_if_uninterrupted(data_dir, make_recipe, tmp
         for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     ]
     assert history == [s.loss for s in straight.steps]
+
+
+@pytest.mark.slow
+def test_checkpoints_handed_on_resume_a_run_elsewhere(data_dir, make_recipe, tmp_path):
+    # What a worker on a cluster without a shared disk does: each complete checkpoint goes
+    # to on_checkpoint (the worker uploads it), and the next attempt resumes from the copy.
+    recipe = make_recipe(training={"max_steps": 8, "checkpoint_every_steps": 3})
+    handed: list[str] = []
+
+    def keep(checkpoint):
+        assert (checkpoint / "COMPLETE").is_file()
+        handed.append(checkpoint.name)
+        shutil.copytree(checkpoint, tmp_path / "elsewhere" / checkpoint.name, dirs_exist_ok=True)
+
+    with pytest.raises(RunCancelled):
+        run_recipe(
+            recipe, tmp_path / "node-a", RecordingReporter(stop_after_step=7), on_checkpoint=keep
+        )
+    assert handed == ["step-00000003", "step-00000006"]
+
+    resumed = RecordingReporter()
+    run_recipe(recipe, tmp_path / "node-b", resumed, checkpoint_dir=tmp_path / "elsewhere")
+    assert "resumed from the checkpoint at step 6" in resumed.logs
+    assert [s.step for s in resumed.steps] == [7, 8]
 
 
 @pytest.mark.slow

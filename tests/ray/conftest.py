@@ -3,9 +3,10 @@
 The cluster (one per session): a head with no tier, and two worker nodes that each offer one
 unit of ``tier:small``. Each worker node has its own working directory, holding the node's
 installed models (``TUNERY_DATA_DIR=<node>/``, the demo model under ``models/``), and never
-sees the server's data dir: datasets come over the API, bundles go back over it, and
-checkpoints live in a directory all nodes share (``checkpoint_dir``). The tunery tier
-``big`` has no node at all. Everything is stopped by pid at teardown.
+sees the server's data dir: datasets come over the API, bundles and checkpoints go back
+over it (no ``checkpoint_dir``: the nodes share no disk), and a retried attempt downloads
+its run's newest checkpoint from the server. The tunery tier ``big`` has no node at all.
+Everything is stopped by pid at teardown.
 """
 
 from __future__ import annotations
@@ -45,8 +46,6 @@ def ray_cluster(
             )
         )
     with running_cluster(root, free_port(), nodes) as cluster:
-        (root / "checkpoints").mkdir()
-        cluster.checkpoint_dir = root / "checkpoints"
         yield cluster
 
 
@@ -57,11 +56,7 @@ def ray_settings(cluster: RayCluster) -> dict[str, Any]:
             {"id": "big", "name": "Big", "credits_per_minute": 1.0, "gpus": 0},
         ],
         "nodes": [],
-        "cluster": {
-            "kind": "ray",
-            "address": cluster.address,
-            "checkpoint_dir": str(cluster.checkpoint_dir),
-        },
+        "cluster": {"kind": "ray", "address": cluster.address},
         # A lost node is noticed by Ray (about 15 s) or by the lease, whichever is first.
         "lease_seconds": 20,
         "retry_backoff_seconds": 1,

@@ -50,7 +50,6 @@ class RayCluster:
     """What a client of this cluster needs in its environment (the auth token)."""
     nodes: list[NodeSpec]
     logs: Path
-    checkpoint_dir: Path | None = None
     """A directory every node reaches (set by whoever starts tunery on the cluster)."""
 
     @property

@@ -1,6 +1,7 @@
 """Runs on a real Ray cluster of three loopback nodes (see ``conftest.py``).
 
-Runs land on a node of their tier; a tier no node has keeps its run waiting with a reason;
+Runs land on a node of their tier, and their log names it; a tier no node has keeps its run
+waiting with a reason, logged when it changes, not each time the scheduler asks;
 cancel frees the node for the next run; a node lost mid-training (its raylet SIGKILLed)
 makes the run retry and complete on the other node of the tier with every step's metrics
 exactly once. The lost-node test runs last: it replaces the node it kills.
@@ -8,6 +9,7 @@ exactly once. The lost-node test runs last: it replaces the node it kills.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -33,6 +35,12 @@ def steps(client: Client, run_id: str) -> list[int]:
     return [row["step"] for row in client.metrics(run_id)]
 
 
+def log_messages(client: Client, run_id: str, prefix: str) -> list[str]:
+    """The run's log lines that start with ``prefix``, without their time."""
+    lines = [line.split(" ", 1)[1] for line in client.logs(run_id).splitlines()]
+    return [line for line in lines if line.startswith(prefix)]
+
+
 def tiers(client: Client) -> dict[str, dict]:
     response = client.http.get("/tiers")
     assert response.status_code == 200, response.text
@@ -46,6 +54,7 @@ def test_a_run_lands_on_a_node_of_its_tier_and_delivers_its_bundle(
     done = ray_client.wait_terminal(run["id"], timeout=240)
     assert done["status"] == "completed", done
     assert done["node"] in small_nodes(ray_cluster)
+    assert log_messages(ray_client, run["id"], "placed on") == [f"placed on node {done['node']}"]
     assert steps(ray_client, run["id"]) == list(range(1, 7))
     # The bundle came back over the API, under the name the server chose.
     entry = ray_client.http.get("/hub").json()[0]
@@ -64,6 +73,9 @@ def test_a_tier_no_node_has_keeps_its_run_waiting(ray_client: Client, demo_datas
     assert "no node of tier big" in reason
     time.sleep(5)  # Ray reports the request infeasible; tunery keeps waiting regardless
     assert ray_client.run(run["id"])["status"] == "waiting_for_gpu", waiting
+    # Each reason is logged once, however many ticks asked (Ray may first call it busy).
+    waits = log_messages(ray_client, run["id"], "waiting: ")
+    assert waits[-1] == f"waiting: {reason}" and len(waits) <= 2, waits
     big = tiers(ray_client)["big"]
     assert (big["nodes_total"], big["nodes_free"]) == (0, 0)
     assert ray_client.cancel(run["id"]).status_code == 200
@@ -103,6 +115,11 @@ def test_a_lost_node_retries_on_the_other_node_with_every_step_once(
         assert done["node"] in small_nodes(ray_cluster) - {lost}
         assert done["attempt"] == 2
         assert steps(ray_client, run["id"]) == list(range(1, 61))
+        # The nodes share no disk: the second attempt resumed from a checkpoint the first
+        # uploaded to the server, not from the start.
+        fetched = re.search(r"fetched the checkpoint at step (\d+)", ray_client.logs(run["id"]))
+        assert fetched is not None and int(fetched[1]) >= 10
+        assert f"resumed from the checkpoint at step {fetched[1]}" in ray_client.logs(run["id"])
     finally:
         # Later sessions' tests need two nodes of the tier again.
         gone = next(n for n in ray_cluster.nodes if n.ip == lost)

@@ -148,3 +148,15 @@ def test_refusals_on_the_openai_paths_come_in_openai_shape() -> None:
     assert (status, read) == (401, 0)
     assert answer["error"]["message"].startswith("missing bearer token")
     assert answer["error"]["type"] == "invalid_request_error"
+
+
+def test_each_kind_of_request_gets_its_own_cap() -> None:
+    limits = BodyLimits(json_bytes=1, report_bytes=2, upload_bytes=3, bundle_bytes=4)
+    assert limits.for_request("/api/v1/runs", "application/json") == 1
+    assert limits.for_request("/internal/attempts/a/events", "application/json") == 2
+    assert limits.for_request("/api/v1/datasets", "multipart/form-data; boundary=x") == 3
+    assert limits.for_request("/internal/attempts/a/bundles/lora", "application/zip") == 4
+    assert limits.for_request("/internal/attempts/a/checkpoints/5", "application/zip") == 4
+    # An attempt id that reads "bundles" lends a report route no bundle cap.
+    assert limits.for_request("/internal/attempts/bundles/events", "application/json") == 2
+    assert limits.for_request("/internal/attempts/a/bundles/x/events", "application/json") == 2

@@ -11,6 +11,7 @@ whether it announces its length or streams it chunked.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +19,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MIB = 1024 * 1024
+FILE_UPLOAD_PATH = re.compile(r"/internal/attempts/[^/]+/(bundles|checkpoints)/[^/]+")
+"""Worker uploads, matched by the whole route shape: an attempt id that reads "bundles"
+must not lend a report route the bundle cap."""
 
 
 @dataclass(frozen=True)
@@ -31,11 +35,12 @@ class BodyLimits:
     upload_bytes: int = 512 * MIB
     """A dataset upload (multipart); datasets are further capped by rows and decoded size."""
     bundle_bytes: int = 32 * 1024 * MIB
-    """A worker's bundle upload (a 70B model's Q4_K_M GGUF is about 40 GiB: export those
-    with a larger cap); the route reads it only after checking the attempt's token."""
+    """A worker's bundle or checkpoint upload (a 70B model's Q4_K_M GGUF is about 40 GiB:
+    export those with a larger cap); the route reads it only after checking the attempt's
+    token."""
 
     def for_request(self, path: str, content_type: str) -> int:
-        if path.startswith("/internal/attempts/") and "/bundles/" in path:
+        if FILE_UPLOAD_PATH.fullmatch(path):
             return self.bundle_bytes
         if path.startswith("/internal/"):
             return self.report_bytes

@@ -13,7 +13,7 @@ def open_backend(settings: Settings) -> Backend:
         from tunery.backends.ray import RayBackend
 
         cluster = settings.cluster
-        assert cluster.address is not None and cluster.checkpoint_dir is not None
+        assert cluster.address is not None
         return RayBackend(
             address=cluster.address,
             checkpoint_root=cluster.checkpoint_dir,

@@ -4,7 +4,9 @@
 ``nodes`` (``(name, tier)`` pairs, one attempt each) as the local pool's does. Tests play the
 worker's part through the control plane's functions (spec, reports) and the backend's
 controls: ``lose`` (the worker vanished), ``fail_starts`` (spawning raises OSError),
-``hold`` (a started worker waits for placement, with a reason, as on a full cluster).
+``hold`` (a started worker waits for placement, with a reason, as on a full cluster). With
+``cluster`` set it places attempts itself, as the Ray backend does: ``claim`` gives "", each
+started worker waits until ``place`` names its node.
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ class FakeBackend:
     """Attempt ids whose workers were cancelled, in order."""
     pending: dict[str, str] = field(default_factory=dict)
     """Attempt id → why it waits for placement (``hold``)."""
+    cluster: bool = False
+    """Place attempts itself: one waits for placement per tier at a time, the others stay
+    in tunery's queue (as ``RayBackend.claim``)."""
+    placed: dict[str, str] = field(default_factory=dict)
+    """Attempt id → the node ``place`` put it on (``cluster``)."""
     _alive: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -53,6 +60,13 @@ class FakeBackend:
         return node_slots(self.nodes, tier, busy)[0]
 
     def claim(self, tier: str, busy: Collection[str]) -> str | None:
+        if self.cluster:
+            with self._lock:
+                waiting = any(
+                    launch.tier == tier and launch.attempt_id in self.pending
+                    for launch in self.launches
+                )
+            return None if waiting else ""
         return node_slots(self.nodes, tier, busy)[1]
 
     def start(self, launch: AttemptLaunch) -> Handle:
@@ -62,6 +76,8 @@ class FakeBackend:
                 raise OSError("the fake node refused to start a worker")
             self.launches.append(launch)
             self._alive.add(launch.attempt_id)
+            if self.cluster:
+                self.pending[launch.attempt_id] = f"no node of tier {launch.tier} is free yet"
         return Handle(KIND, launch.attempt_id)
 
     def placement(self, handle: Handle) -> Placement:
@@ -70,7 +86,7 @@ class FakeBackend:
                 return Placement(WorkerState.GONE)
             if handle.ref in self.pending:
                 return Placement(WorkerState.PENDING, reason=self.pending[handle.ref])
-            node = next(
+            node = self.placed.get(handle.ref) or next(
                 (launch.node for launch in self.launches if launch.attempt_id == handle.ref), None
             )
             return Placement(WorkerState.RUNNING, node=node)
@@ -80,9 +96,13 @@ class FakeBackend:
         with self._lock:
             self.pending[attempt_id] = reason
 
-    def place(self, attempt_id: str) -> None:
+    def place(self, attempt_id: str, node: str | None = None) -> None:
+        """The worker of ``attempt_id`` is placed: on ``node`` where the backend chooses
+        (``cluster``), else on the node it was claimed for."""
         with self._lock:
             self.pending.pop(attempt_id, None)
+            if node is not None:
+                self.placed[attempt_id] = node
 
     def cancel(self, handle: Handle, *, grace_seconds: float) -> None:
         with self._lock:

@@ -61,7 +61,7 @@ def tier_of(name: str) -> str:
 class RayWorker:
     """The actor an attempt runs in: it runs the worker protocol, then leaves."""
 
-    def run(self, server_url: str, attempt_id: str, token: str, checkpoint_root: str) -> int:
+    def run(self, server_url: str, attempt_id: str, token: str, checkpoint_root: str | None) -> int:
         from tunery.worker.attempt import run_attempt
 
         try:
@@ -69,7 +69,7 @@ class RayWorker:
                 server_url=server_url,
                 attempt_id=attempt_id,
                 token=token,
-                checkpoint_root=Path(checkpoint_root),
+                checkpoint_root=Path(checkpoint_root) if checkpoint_root else None,
             )
         finally:
             # Frees the process; the group's unit is freed by ``collect`` removing the group.
@@ -81,7 +81,8 @@ class RayBackend:
 
     ``accelerators`` maps a tier to the Ray accelerator type whose nodes serve it instead of
     a ``tier:<id>`` resource; ``gpus`` gives each tier's GPUs per attempt (0 for CPU tiers).
-    ``checkpoint_root`` is a directory every node of the cluster reaches at the same path.
+    ``checkpoint_root`` is a directory every node of the cluster reaches at the same path;
+    None keeps checkpoints through the server's API (no shared disk needed).
     """
 
     kind = KIND
@@ -90,7 +91,7 @@ class RayBackend:
         self,
         *,
         address: str,
-        checkpoint_root: str,
+        checkpoint_root: str | None,
         gpus: Mapping[str, float],
         accelerators: Mapping[str, str] | None = None,
     ) -> None:

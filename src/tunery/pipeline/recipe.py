@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,12 +121,14 @@ def run_recipe(
     validation_paths: list[Path] | None = None,
     checkpoint_dir: Path | None = None,
     base_cache_dir: Path | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> RunResult:
     """Run the whole pipeline; raises a TuneryError subclass on failure or cancel.
 
     Checkpoints go to ``checkpoint_dir`` (default ``out_dir/checkpoints``): a worker keeps
-    them where every node of its tier reaches them, so another node resumes the run. The
-    base model's sample answers are cached in ``base_cache_dir`` (None: not cached).
+    them where every node of its tier reaches them, or hands each complete one to
+    ``on_checkpoint`` to keep it elsewhere, so another node resumes the run. The base
+    model's sample answers are cached in ``base_cache_dir`` (None: not cached).
     """
     import torch
 
@@ -250,6 +253,7 @@ def run_recipe(
             fingerprint=fingerprint,
             kernels=kernels,
             evaluation=evaluation,
+            on_checkpoint=on_checkpoint,
         ),
         reporter,
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -196,6 +197,7 @@ class TrainSetup:
     fingerprint: str  # identifies the recipe + data; a checkpoint of another is not resumed
     kernels: Kernels | None = None  # None: choose_kernels for the device and model
     evaluation: EvaluationPlan | None = None  # None: no validation data, no evaluations
+    on_checkpoint: Callable[[Path], None] | None = None  # each complete checkpoint's directory
 
 
 def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
@@ -285,7 +287,9 @@ def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
             # Evaluated before the checkpoint, so a resumed run never misses an evaluation.
             ends_here = evaluate_or_finish(setup, kernels, state, budget, reporter)
             if state.step % config.checkpoint_every_steps == 0 and state.step < budget.total_steps:
-                save_checkpoint(setup, state, optimizer, scheduler, scaler)
+                saved = save_checkpoint(setup, state, optimizer, scheduler, scaler)
+                if setup.on_checkpoint is not None:
+                    setup.on_checkpoint(saved)
             if ends_here:
                 break
     return state

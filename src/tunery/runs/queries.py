@@ -96,14 +96,29 @@ def attempts_by_run(session: Session, run_ids: Sequence[str]) -> dict[str, list[
     return grouped
 
 
+def queue_standing(plane: ControlPlane, session: Session, runs: Iterable[Run]) -> queue.Standing:
+    """The queue as ``runs`` stand in it (``tunery.runs.queue``): the 1-based place of each
+    queued run in its tier's queue, in the order the scheduler starts them, and why each
+    waiting (queued or retrying) run its account cannot pay for yet has none."""
+    waiting = {run.id: run for run in runs if run.status in queue.WAITING}
+    if not waiting:
+        return queue.Standing(places={}, reasons={})
+    standing = queue.standing(plane, session, {run.tier for run in waiting.values()})
+    return queue.Standing(
+        places={
+            run_id: place
+            for run_id, place in standing.places.items()
+            if run_id in waiting and waiting[run_id].status == RunStatus.QUEUED
+        },
+        reasons={
+            run_id: reason for run_id, reason in standing.reasons.items() if run_id in waiting
+        },
+    )
+
+
 def queue_positions(plane: ControlPlane, session: Session, runs: Iterable[Run]) -> dict[str, int]:
-    """1-based place of each queued run in its tier's queue, in the order the scheduler
-    starts them (``tunery.runs.queue``); a run its account cannot pay for yet has none."""
-    queued = {run.id: run.tier for run in runs if run.status == RunStatus.QUEUED}
-    if not queued:
-        return {}
-    places = queue.positions(plane, session, set(queued.values()))
-    return {run_id: places[run_id] for run_id in queued if run_id in places}
+    """``queue_standing``'s places."""
+    return queue_standing(plane, session, runs).places
 
 
 def _run_views(
@@ -127,9 +142,16 @@ def _run_views(
         )
     )
     attempts = attempts_by_run(session, [run.id for run in runs])
-    positions = queue_positions(plane, session, runs)
+    standing = queue_standing(plane, session, runs)
     return [
-        run_view(plane, run, attempts[run.id], positions.get(run.id), last_event.get(run.id))
+        run_view(
+            plane,
+            run,
+            attempts[run.id],
+            standing.places.get(run.id),
+            last_event.get(run.id),
+            queue_reason=standing.reasons.get(run.id),
+        )
         for run in runs
     ]
 
@@ -140,8 +162,14 @@ def run_view(
     attempts: Iterable[Attempt],
     queue_position: int | None,
     last_event_id: int | None,
+    *,
+    queue_reason: str | None = None,
 ) -> RunPublic:
-    """A run as the API shows it, from rows already read."""
+    """A run as the API shows it, from rows already read.
+
+    Its ``waiting_reason`` is why the cluster has not placed it (``waiting_for_gpu``), else
+    ``queue_reason``: why the queue does not start it yet (``queue_standing``'s reason).
+    """
     refund = billing.refund_decision(
         run.status,
         run.config.get("base_model", ""),
@@ -149,7 +177,8 @@ def run_view(
         delivered=run.hub_entry_id is not None,
     )
     current = max(attempts, key=lambda attempt: attempt.number, default=None)
-    waiting = current is not None and current.active and run.status == RunStatus.WAITING_FOR_GPU
+    placing = current is not None and current.active and run.status == RunStatus.WAITING_FOR_GPU
+    waiting_reason = current.waiting_reason if placing and current is not None else queue_reason
     return RunPublic(
         id=run.id,
         name=run.name,
@@ -164,7 +193,7 @@ def run_view(
         error=run.error if run.status in (RunStatus.FAILED, RunStatus.RETRYING) else None,
         attempt=run.attempt,
         node=(current.node or None) if current is not None else None,
-        waiting_reason=current.waiting_reason if waiting and current is not None else None,
+        waiting_reason=waiting_reason,
         queue_position=queue_position,
         cancel_requested=run.cancel_requested,
         finish_requested=run.finish_requested,
@@ -222,6 +251,7 @@ def snapshots(plane: ControlPlane, account_id: str) -> list[RunSnapshot]:
             phase=view.phase,
             metrics=view.metrics,
             queue_position=view.queue_position,
+            waiting_reason=view.waiting_reason,
         )
         for view in views
     ]

@@ -1,7 +1,7 @@
 """The queue's order, written once: which waiting runs may start, and in what order.
 
-``place`` starts runs in this order and ``queries.queue_positions`` shows it, so the
-position a user sees is the order the scheduler follows.
+``place`` starts runs in this order and ``queries.queue_standing`` shows it, so the
+position a user sees is the order the scheduler follows, and a run without one says why.
 
 - **Fair.** Round robin across accounts: the account with the fewest active runs goes
   first, then the account whose latest start is oldest (one that never started a run
@@ -10,8 +10,9 @@ position a user sees is the order the scheduler follows.
 - **Paid for.** A run may start only if its account can pay its first minute: the balance,
   less what each of the account's active runs holds (one minute of its tier, or what it
   accrued if more), covers one minute of the run's tier. Runs it cannot pay for stay queued
-  without a position while the account's active runs hold credits; once none does, they
-  fail with ``out_of_credits`` (``unpayable``) and nothing is charged.
+  without a position, saying why (``Standing.reasons``), while the account's active runs
+  hold credits; once none does, they fail with ``out_of_credits`` (``unpayable``) and
+  nothing is charged.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -94,13 +96,13 @@ def active_counts(session: Session) -> Counter[str]:
     )
 
 
-def headroom(plane: ControlPlane, session: Session, account_ids: Iterable[str]) -> dict[str, float]:
-    """Credits each account may still commit: its balance less what its active runs hold."""
-    accounts = set(account_ids)
+def held_credits(plane: ControlPlane, session: Session, account_ids: Iterable[str]) -> Counter[str]:
+    """Credits each account's active runs hold: one minute of their tier, or what they
+    accrued if more."""
     active = list(
         session.scalars(
             select(Run).where(
-                Run.account_id.in_(accounts), Run.status.in_([s.value for s in ACTIVE])
+                Run.account_id.in_(set(account_ids)), Run.status.in_([s.value for s in ACTIVE])
             )
         )
     )
@@ -117,7 +119,7 @@ def headroom(plane: ControlPlane, session: Session, account_ids: Iterable[str]) 
             billing.billable_seconds(attempts[run.id], at), price, whole_minutes=False
         )
         held[run.account_id] += max(accrued, price)
-    return {account: billing.balance(session, account) - held[account] for account in accounts}
+    return held
 
 
 def minute_price(plane: ControlPlane, tier_id: str) -> float:
@@ -128,20 +130,50 @@ def minute_price(plane: ControlPlane, tier_id: str) -> float:
 def payable(plane: ControlPlane, session: Session, runs: Iterable[Run]) -> list[Run]:
     """The runs whose first minute their account can pay, oldest first per account.
 
-    An account whose headroom covers n first minutes keeps its n oldest priced runs (a
-    free tier's runs are always kept).
+    An account whose headroom (its balance less what its active runs hold) covers n first
+    minutes keeps its n oldest priced runs (a free tier's runs are always kept).
     """
+    return _first_minutes(plane, session, runs)[0]
+
+
+def _first_minutes(
+    plane: ControlPlane, session: Session, runs: Iterable[Run]
+) -> tuple[list[Run], dict[str, str]]:
+    """``payable``'s runs, and why each of the others waits (by run id)."""
     runs = sorted(runs, key=lambda r: (r.created_at, r.id))
-    room = headroom(plane, session, {run.account_id for run in runs})
-    kept = []
+    accounts = {run.account_id for run in runs}
+    balances = {account: billing.balance(session, account) for account in accounts}
+    held = held_credits(plane, session, accounts)
+    claimed: Counter[str] = Counter()  # first minutes of the account's runs kept before
+    kept: list[Run] = []
+    reasons: dict[str, str] = {}
     for run in runs:
-        price = minute_price(plane, run.tier)
+        account, price = run.account_id, minute_price(plane, run.tier)
         if price <= 0:
             kept.append(run)
-        elif room[run.account_id] >= price - ROUNDING:
-            room[run.account_id] -= price
+        elif balances[account] - held[account] - claimed[account] >= price - ROUNDING:
+            claimed[account] += price
             kept.append(run)
-    return kept
+        else:
+            reasons[run.id] = _credits_reason(
+                balances[account], held[account], claimed[account], run.tier, price
+            )
+    return kept, reasons
+
+
+def _credits_reason(balance: float, held: float, claimed: float, tier: str, price: float) -> str:
+    """Why a run waits for credits: ``balance`` less ``held`` (by the account's active runs)
+    and ``claimed`` (by its runs queued before this one) is short of ``price``."""
+    taken = []
+    if held > 0:
+        taken.append(f"what the account's active runs hold ({held:.2f})")
+    if claimed > 0:
+        taken.append(f"the first minutes of its runs queued before this one ({claimed:.2f})")
+    less = f" less {' and '.join(taken)}" if taken else ""
+    return (
+        f"waiting for credits: the balance ({balance:.2f} credits){less} does not cover a "
+        f"minute on {tier} ({price:g} credits/min)"
+    )
 
 
 def startable(plane: ControlPlane, candidates: list[Run], tier: str) -> list[Run]:
@@ -150,20 +182,30 @@ def startable(plane: ControlPlane, candidates: list[Run], tier: str) -> list[Run
         return payable(plane, session, [run for run in candidates if run.tier == tier])
 
 
-def positions(plane: ControlPlane, session: Session, tiers: Iterable[str]) -> dict[str, int]:
-    """1-based place of each startable waiting run of ``tiers`` in its tier's order."""
+@dataclass(frozen=True)
+class Standing:
+    """Where the waiting runs of some tiers stand, by run id: the 1-based place of each run
+    that may start in its tier's order, and why each run that may not waits."""
+
+    places: dict[str, int]
+    reasons: dict[str, str]
+
+
+def standing(plane: ControlPlane, session: Session, tiers: Iterable[str]) -> Standing:
+    """The ``Standing`` of every waiting run of ``tiers``."""
     waiting = list(
         session.scalars(select(Run).where(Run.status.in_(WAITING), Run.tier.in_(set(tiers))))
     )
     running = active_counts(session)
     starts = last_starts(session, {run.account_id for run in waiting})
     places: dict[str, int] = {}
+    reasons: dict[str, str] = {}
     for tier in {run.tier for run in waiting}:
-        ordered = fair_order(
-            payable(plane, session, [r for r in waiting if r.tier == tier]), running, starts
-        )
+        kept, short = _first_minutes(plane, session, [r for r in waiting if r.tier == tier])
+        ordered = fair_order(kept, running, starts)
         places.update({run.id: place for place, run in enumerate(ordered, start=1)})
-    return places
+        reasons.update(short)
+    return Standing(places=places, reasons=reasons)
 
 
 def unpayable(plane: ControlPlane, session: Session) -> list[Run]:

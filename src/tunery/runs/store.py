@@ -8,8 +8,9 @@ and a late heartbeat) end with exactly one winner.
 
 Attempts follow the same rule: ``open_attempt`` makes one live, ``end_attempt`` ends it with a
 guarded update (only one of two racing enders wins), and ``active_attempt`` /
-``busy_nodes`` are the only questions asked about liveness. Everything here runs inside
-the caller's transaction.
+``busy_nodes`` are the only questions asked about liveness. Where an attempt runs, or why
+a cluster has not placed it yet, reaches the run's log when it changes (``open_attempt``,
+``record_placement``). Everything here runs inside the caller's transaction.
 """
 
 from __future__ import annotations
@@ -170,6 +171,8 @@ def open_attempt(
         lease_expires_at=lease_until,
     )
     session.add(attempt)
+    if node:
+        _log_placed(session, run.id, node)
     return attempt, token
 
 
@@ -182,13 +185,39 @@ def token_matches(attempt: Attempt, token: str) -> bool:
     return secrets.compare_digest(attempt.token_hash, token_digest(token))
 
 
-def record_placement(attempt: Attempt, *, node: str | None, waiting_reason: str | None) -> bool:
-    """Where a cluster placed the attempt, or why it has not yet; True if anything changed."""
+def record_placement(
+    session: Session, attempt: Attempt, *, node: str | None, waiting_reason: str | None
+) -> bool:
+    """Where a cluster placed the attempt, or why it has not yet; True if anything changed.
+
+    Each change is logged once, not each time the scheduler asks: "waiting: REASON" when the
+    reason changes, "placed on node NODE" when the attempt gets a node or stops waiting on
+    the one it has. ``node`` None keeps the node recorded so far.
+    """
     node = node if node is not None else attempt.node
     if (attempt.node, attempt.waiting_reason) == (node, waiting_reason):
         return False
+    waits_anew = waiting_reason is not None and waiting_reason != attempt.waiting_reason
+    placed_now = (
+        bool(node)
+        and waiting_reason is None
+        and (node != attempt.node or attempt.waiting_reason is not None)
+    )
+    if waits_anew:
+        _log(session, attempt.run_id, f"waiting: {waiting_reason}")
+    elif placed_now:
+        _log_placed(session, attempt.run_id, node)
     attempt.node, attempt.waiting_reason = node, waiting_reason
     return True
+
+
+def _log_placed(session: Session, run_id: str, node: str) -> None:
+    _log(session, run_id, f"placed on node {node}")
+
+
+def _log(session: Session, run_id: str, message: str) -> None:
+    """A line of the run's log written by the control plane (a worker's come as reports)."""
+    append_event(session, run_id, "log", {"message": message})
 
 
 def end_attempt(session: Session, attempt: Attempt, at: float, reason: str) -> bool:

@@ -6,7 +6,8 @@ Each ``tick``:
    whose worker the backend reports gone is lost; its worker is stopped and its run moves
    to ``retrying`` (transient) or ``failed`` once the retry budget is spent. Attempts the
    backend still places (a cluster with no free node of the tier) keep a fresh lease and
-   record why they wait; placed ones record their node.
+   record why they wait; placed ones record their node (each change a line of the run's
+   log).
 2. *Place*: for each tier, while the backend has a slot for it (``claim``: an idle node of
    the local pool, room for one more pending attempt on a cluster), the next run of the
    tier moves to ``waiting_for_gpu`` and its attempt is handed to the backend. Runs wait in
@@ -138,7 +139,7 @@ def reap(plane: ControlPlane) -> None:
             where = plane.workers.placement(handle) if handle is not None else None
             if where is not None and where.state != WorkerState.GONE:
                 changed += store.record_placement(
-                    attempt, node=where.node, waiting_reason=where.reason
+                    session, attempt, node=where.node, waiting_reason=where.reason
                 )
                 if where.state == WorkerState.PENDING:
                     # Once placed it still has to start and load, as a fresh attempt does.

@@ -96,6 +96,7 @@ class RunSnapshot(BaseModel):
     phase: Phase
     metrics: RunMetrics
     queue_position: int | None
+    waiting_reason: str | None = None
 
 
 class SnapshotEvent(BaseModel):

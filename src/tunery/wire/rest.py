@@ -150,7 +150,8 @@ class RunPublic(BaseModel):
     node: str | None = None
     """The node that runs (or ran) the current attempt; None before one was placed."""
     waiting_reason: str | None = None
-    """While waiting for a GPU: why the cluster has not placed the run yet."""
+    """While waiting for a GPU: why the cluster has not placed the run yet; while queued or
+    retrying: why the queue does not start it yet (the account's credits)."""
     queue_position: int | None
     cancel_requested: bool
     finish_requested: bool = False

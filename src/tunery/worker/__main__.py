@@ -1,8 +1,9 @@
-"""A worker process: ``python -m tunery.worker --server URL --attempt ID --checkpoints DIR``.
+"""A worker process: ``python -m tunery.worker --server URL --attempt ID [--checkpoints DIR]``.
 
 Started by the local backend in its own process group; the control plane may kill the
 group at any time (cancel), and a worker that dies is simply replaced by a new attempt
-that resumes from the checkpoints under ``DIR/RUN_ID/``. The attempt's token is read from
+that resumes from the checkpoints under ``DIR/RUN_ID/`` (without ``--checkpoints``, from
+those it uploaded to the server). The attempt's token is read from
 ``TUNERY_ATTEMPT_TOKEN`` (removed from the environment at once, so nothing the worker
 starts inherits it) or, without it, from the first line of stdin: never from the command
 line, which every local user can read. Everything else comes over the API
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunery.worker")
     parser.add_argument("--server", required=True)
     parser.add_argument("--attempt", required=True)
-    parser.add_argument("--checkpoints", required=True, type=Path)
+    parser.add_argument("--checkpoints", type=Path, default=None)
     args = parser.parse_args(argv)
     token = read_token()
     if not token:

@@ -4,18 +4,17 @@
 (``python -m tunery.worker``), Ray inside an actor. It needs nothing from the server's disk:
 the spec names the run's datasets, which it downloads with its attempt token; it trains in
 a scratch directory of its own; it uploads its bundles, and the server files them under
-names it chooses. Only checkpoints leave the node another way: into ``checkpoint_root``,
-which every node of the tier reaches (the data dir's run folders for the local pool, a
-shared path for a cluster), so a later attempt on another node resumes from them.
+names it chooses. Checkpoints go where a later attempt on another node finds them: into
+``checkpoint_root`` when every node of the tier reaches one (the data dir's run folders for
+the local pool, a shared path for a cluster), else through the server
+(``tunery.worker.checkpoints``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
-import time
 import traceback
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -25,124 +24,26 @@ from tunery.errors import RunCancelled, TuneryError
 from tunery.phases import Phase
 from tunery.wire.reports import (
     AnyReport,
-    AttemptSpec,
-    DatasetRef,
     FailureData,
     FailureReport,
     ResultData,
     ResultReport,
 )
+from tunery.worker.checkpoints import fetch_newest_checkpoint, upload_checkpoint
 from tunery.worker.reporting import HttpReporter
+from tunery.worker.transfers import (
+    TOKEN_HEADER,
+    Fenced,
+    download_datasets,
+    fetch_spec,
+    upload_bundle,
+)
 
-SPEC_DEADLINE_SECONDS = 300
 BASE_ANSWERS_CACHE = ".cache/base-responses"
 """Under the checkpoint root, which every node of a tier reaches: the base model's sample
 answers, so runs on the same base model and prompts generate them once."""
-TRANSFER_DEADLINE_SECONDS = 600.0
-TOKEN_HEADER = "X-Attempt-Token"
-
-
-class Fenced(Exception):
-    """The server no longer accepts this attempt (cancelled, or replaced)."""
-
-
-class TransferFailed(TuneryError):
-    code = "transfer_failed"
-    transient = True
-
-
-def fetch_spec(client: httpx.Client, attempt_id: str) -> AttemptSpec | None:
-    """The attempt's spec; retries while the server is unreachable, None if fenced."""
-    deadline = time.monotonic() + SPEC_DEADLINE_SECONDS
-    while time.monotonic() < deadline:
-        try:
-            response = client.get(f"/internal/attempts/{attempt_id}/spec")
-        except httpx.HTTPError:
-            time.sleep(1.0)
-            continue
-        if response.status_code in (404, 409):
-            return None
-        response.raise_for_status()
-        return AttemptSpec.model_validate(response.json())
-    return None
-
-
-class Unreachable(Exception):
-    """The server did not answer, or answered 5xx: worth trying again."""
-
-
-def _check(response: httpx.Response, what: str) -> None:
-    if response.status_code in (404, 409):
-        raise Fenced(what)
-    if response.status_code >= 500:
-        raise Unreachable(f"HTTP {response.status_code}")
-    if response.status_code >= 400:
-        raise TransferFailed(f"{what} failed: HTTP {response.status_code} {response.text[:300]}")
-
-
-def _with_retries(action: Callable[[], None], what: str) -> None:
-    """``action()`` until it succeeds, retrying while the server is unreachable (it may be
-    restarting) for up to ``TRANSFER_DEADLINE_SECONDS``, as reports are."""
-    deadline = time.monotonic() + TRANSFER_DEADLINE_SECONDS
-    delay = 0.5
-    while True:
-        try:
-            action()
-            return
-        except (httpx.HTTPError, Unreachable) as error:
-            if time.monotonic() > deadline:
-                raise TransferFailed(f"{what} failed: {error}") from None
-        time.sleep(delay)
-        delay = min(delay * 2, 10.0)
-
-
-def download_datasets(
-    client: httpx.Client, attempt_id: str, datasets: list[DatasetRef], into: Path
-) -> list[Path]:
-    """The run's dataset files, in recipe order, checked against their sha256."""
-    into.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for dataset in datasets:
-        target = into / f"{dataset.id}{dataset.suffix}"
-
-        def download(dataset: DatasetRef = dataset, target: Path = target) -> None:
-            digest = hashlib.sha256()
-            url = f"/internal/attempts/{attempt_id}/datasets/{dataset.id}"
-            with client.stream("GET", url) as response, target.open("wb") as file:
-                _check(response, f"downloading dataset {dataset.id}")
-                for chunk in response.iter_bytes():
-                    digest.update(chunk)
-                    file.write(chunk)
-            if digest.hexdigest() != dataset.sha256:
-                raise TransferFailed(f"dataset {dataset.id} arrived damaged (sha256 differs)")
-
-        _with_retries(download, f"downloading dataset {dataset.id}")
-        paths.append(target)
-    return paths
-
-
-def upload_bundle(client: httpx.Client, attempt_id: str, kind: str, path: Path) -> None:
-    """PUT a bundle; the server names and files it. Retried on network errors."""
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(2**20):
-            digest.update(chunk)
-
-    def upload() -> None:
-        with path.open("rb") as file:
-            response = client.put(
-                f"/internal/attempts/{attempt_id}/bundles/{kind}",
-                content=file,
-                headers={
-                    "Content-Type": "application/zip",
-                    "Content-Length": str(path.stat().st_size),
-                    "X-Content-SHA256": digest.hexdigest(),
-                },
-                timeout=httpx.Timeout(30, write=600),
-            )
-        _check(response, f"uploading the {kind} bundle")
-
-    _with_retries(upload, f"uploading the {kind} bundle")
+CHECKPOINT_ARCHIVE_BYTES = 32 * 2**30
+"""The largest checkpoint archive a worker downloads (the server's cap on uploads)."""
 
 
 def out_of_memory(error: BaseException) -> bool:
@@ -166,8 +67,14 @@ def failure(error: Exception) -> FailureReport:
     return FailureReport(data=data)
 
 
-def run_attempt(*, server_url: str, attempt_id: str, token: str, checkpoint_root: Path) -> int:
-    """Run one attempt to its end and report it; returns the process exit status (0)."""
+def run_attempt(
+    *, server_url: str, attempt_id: str, token: str, checkpoint_root: Path | None
+) -> int:
+    """Run one attempt to its end and report it; returns the process exit status (0).
+
+    ``checkpoint_root``: a directory every node of the tier reaches; None keeps checkpoints
+    through the server.
+    """
     client = httpx.Client(base_url=server_url, timeout=30, headers={TOKEN_HEADER: token})
     spec = fetch_spec(client, attempt_id)
     if spec is None:
@@ -190,14 +97,27 @@ def run_attempt(*, server_url: str, attempt_id: str, token: str, checkpoint_root
             data = Path(scratch) / "data"
             paths = download_datasets(client, attempt_id, spec.datasets, data)
             held_out = download_datasets(client, attempt_id, spec.validation_datasets, data)
+            if checkpoint_root is None:
+                checkpoint_dir, base_cache_dir = Path(scratch) / "checkpoints", None
+                step = fetch_newest_checkpoint(
+                    client, attempt_id, checkpoint_dir, max_bytes=CHECKPOINT_ARCHIVE_BYTES
+                )
+                if step is not None:
+                    reporter.log(f"fetched the checkpoint at step {step} from the server")
+                keep_checkpoint = partial(upload_checkpoint, client, attempt_id)
+            else:
+                checkpoint_dir = checkpoint_root / spec.run_id / "checkpoints"
+                base_cache_dir = checkpoint_root / BASE_ANSWERS_CACHE
+                keep_checkpoint = None
             result = run_recipe(
                 parse_recipe(spec.recipe),
                 Path(scratch) / "out",
                 reporter,
                 dataset_paths=paths,
                 validation_paths=held_out,
-                checkpoint_dir=checkpoint_root / spec.run_id / "checkpoints",
-                base_cache_dir=checkpoint_root / BASE_ANSWERS_CACHE,
+                checkpoint_dir=checkpoint_dir,
+                base_cache_dir=base_cache_dir,
+                on_checkpoint=keep_checkpoint,
             )
             upload_bundle(client, attempt_id, "lora", result.lora_bundle)
             if result.gguf_bundle is not None:

@@ -1,14 +1,15 @@
 """Worker-facing routes, authenticated by the attempt's fencing token (``tunery.wire.reports``).
 
-A worker reads its spec and its run's datasets, posts reports, and uploads its bundles;
-nothing here takes a path or file name from it.
+A worker reads its spec and its run's datasets, posts reports, uploads its bundles, and,
+on a cluster without a shared checkpoint directory, uploads its checkpoints and downloads
+the newest; nothing here takes a path or file name from it.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Header, Request, Response
+from fastapi import APIRouter, Body, Header, Path, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -52,7 +53,40 @@ async def bundle(
 ) -> Response:
     """The run's ``kind`` bundle, streamed to disk; the server names the file. 409 for a
     fenced-off attempt, 413 past the bundle cap, 400 when the digest differs."""
-    upload = transfers.BundleUpload(plane, attempt_id=attempt_id, token=token, kind=kind)
+    upload = transfers.bundle_upload(plane, attempt_id=attempt_id, token=token, kind=kind)
+    await _receive(request, upload, sha256)
+    return Response(status_code=204)
+
+
+@router.put("/attempts/{attempt_id}/checkpoints/{step}", status_code=204)
+async def checkpoint(
+    plane: PlaneDep,
+    request: Request,
+    attempt_id: str,
+    step: Annotated[int, Path(ge=1, le=transfers.MAX_CHECKPOINT_STEP)],
+    token: TokenHeader,
+    sha256: Annotated[str | None, Header(alias="X-Content-SHA256")] = None,
+) -> Response:
+    """The complete checkpoint at ``step``, as an archive the server stores unopened; the
+    run keeps its newest ones. 409 for a fenced-off attempt, 413 past the bundle cap."""
+    upload = transfers.checkpoint_upload(plane, attempt_id=attempt_id, token=token, step=step)
+    await _receive(request, upload, sha256)
+    return Response(status_code=204)
+
+
+@router.get("/attempts/{attempt_id}/checkpoints/newest", response_model=None)
+def newest_checkpoint(plane: PlaneDep, attempt_id: str, token: TokenHeader) -> Response:
+    """The run's newest checkpoint archive, its step in ``X-Checkpoint-Step``; 204 if none."""
+    newest = transfers.newest_checkpoint(plane, attempt_id=attempt_id, token=token)
+    if newest is None:
+        return Response(status_code=204)
+    step, path = newest
+    return FileResponse(
+        path, media_type="application/zip", headers={"X-Checkpoint-Step": str(step)}
+    )
+
+
+async def _receive(request: Request, upload: transfers.FileUpload, sha256: str | None) -> None:
     await run_in_threadpool(upload.open)
     try:
         async for chunk in request.stream():
@@ -60,4 +94,3 @@ async def bundle(
         await run_in_threadpool(upload.commit, sha256)
     finally:
         await run_in_threadpool(upload.discard)
-    return Response(status_code=204)

@@ -221,7 +221,10 @@ function timeLeft(run) {
   return run.status === "training" ? "estimating…" : "–";
 }
 
-/** "Training: running gradient steps · attempt 2", or what a cancelled run was billed. */
+/**
+ * "Training: running gradient steps · attempt 2", why a waiting run waits (credits, or a
+ * cluster with no free node), or what a cancelled run was billed.
+ */
 function whereItStands(run) {
   if (run.status === "cancelled") {
     const minutes = Math.floor((run.metrics?.billable_seconds || 0) / 60);
@@ -230,6 +233,10 @@ function whereItStands(run) {
   }
   let where = `${statusLabel(run.status)}: ${phaseDescription(run.phase)}`;
   if (run.status === "queued" && run.queue_position) where += ` (#${run.queue_position} in the queue)`;
+  // The reason comes with the run object, not with events: once the run has moved on (a
+  // phase or status event) it is no longer shown.
+  const waiting = ["queued", "retrying"].includes(run.status) || run.phase === "provisioning";
+  if (waiting && run.waiting_reason) where += ` · ${run.waiting_reason}`;
   if (run.attempt > 1) where += ` · attempt ${run.attempt}`;
   return where;
 }

@@ -116,6 +116,7 @@ function applySnapshot(snapshot) {
     if (!run) continue;
     run.metrics = { ...run.metrics, ...live.metrics };
     run.queue_position = live.queue_position;
+    run.waiting_reason = live.waiting_reason;
     hooks.runChanged(run);
     // A state the events have not told us about: fetch the run rather than guess.
     if (live.status !== run.status) refreshRun(run.id);
