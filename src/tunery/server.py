@@ -84,6 +84,7 @@ def seed_demo(plane: ControlPlane) -> str | None:
     """
     from tunery.catalog.demo_data import write_demo_dataset
     from tunery.runs.datasets import store_dataset
+    from tunery.runs.estimate import record_estimate
     from tunery.runs.submit import default_tier, submit_run
 
     with plane.sessions() as session:
@@ -113,4 +114,5 @@ def seed_demo(plane: ControlPlane) -> str | None:
         payload=demo_payload(dataset_id, default_tier(plane)),
         idempotency_key="demo-run",
     )
+    record_estimate(plane, account_id=admin.id, run_id=run.id)
     return run.id

@@ -27,6 +27,7 @@ max_queued_runs_per_account: 50   # more queued runs of one account answer 429
 dataset_quota_bytes: 21474836480  # datasets one account may keep (20 GiB); past it 413
 failed_run_retention_hours: 168   # a failed or cancelled run's folder is removed after this
 local_models_dir: /srv/models     # local base models only from here; default DATA_DIR/models
+webhooks_to_private_addresses: false   # true lets webhooks reach loopback/private addresses
 storage:                     # where Hub artifacts live; default: kind local (DATA_DIR/hub)
   kind: s3                   # local | s3 (any S3-compatible store; pip install 'tunery[s3]')
   bucket: tunery-hub         # required for s3; must already exist
@@ -293,6 +294,12 @@ class Settings(BaseSettings):
     local_models_dir: Path | None = Field(
         None,
         description="the only directory local base models may come from; else DATA_DIR/models",
+    )
+    webhooks_to_private_addresses: bool = Field(
+        False,
+        description="let webhook endpoints be loopback, private or link-local addresses (one "
+        "trusted team on one host, tests); off, no account can make the server call the "
+        "services of its own network",
     )
 
     @classmethod

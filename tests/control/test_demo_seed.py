@@ -32,6 +32,9 @@ def test_the_demo_is_seeded_once_and_matches_the_example_recipe(tmp_path: Path) 
     assert [(run.id, run.status, run.config["dataset_ids"]) for run in runs] == [
         (run_id, "queued", [datasets[0].id])
     ]
+    # Its estimate is recorded as any submission's is, to be measured once it completes.
+    assert runs[0].estimate is not None
+    assert runs[0].estimate["rows"] == 400 and runs[0].estimate["total_steps"] > 0
     # The studio's demo run is the example recipe's, field for field.
     recipe = yaml.safe_load(RECIPE.read_text())
     config = runs[0].config

@@ -231,3 +231,12 @@ def test_tiers_show_their_card_memory_and_a_server_can_set_it(
 def test_a_card_memory_that_is_not_a_positive_number_is_refused(memory: Any) -> None:
     with pytest.raises(ValueError, match="gpu_memory_gib"):
         TierSettings(id="t4", name="T4", credits_per_minute=0, gpu_memory_gib=memory)
+
+
+def test_a_4_bit_base_on_a_tier_without_a_gpu_is_refused(studio: Studio, tmp_path: Path) -> None:
+    dataset_id = studio.upload(long_rows(tmp_path, 400))
+    body = payload(dataset_id, lora={"quantize_base": "nf4"})
+    found = problems(studio.post("/runs", body))
+    assert "needs a CUDA GPU" in found["lora.quantize_base"]
+    assert "tier cpu has none" in found["lora.quantize_base"]
+    assert studio.runs_created() == 0

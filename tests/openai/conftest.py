@@ -32,7 +32,12 @@ def quick() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def api_server(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> Iterator[Server]:
-    root = prepare_root(tmp_path_factory.mktemp("openai") / "data", demo_model_dir)
+    # The webhook receiver listens on loopback, which the server refuses by default.
+    root = prepare_root(
+        tmp_path_factory.mktemp("openai") / "data",
+        demo_model_dir,
+        webhooks_to_private_addresses=True,
+    )
     with running_server(root, server_env(root)) as server:
         yield server
 

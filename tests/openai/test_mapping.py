@@ -91,12 +91,23 @@ def test_checkpoints_and_the_results_csv():
     rows = [{"step": step, "loss": 1.0 / step} for step in range(1, 8)]
     assert mapping.checkpoint_steps(rows, 3, completed=True) == [3, 6, 7]
     assert mapping.checkpoint_steps(rows, 3, completed=False) == [3, 6]
-    lines = mapping.metrics_csv(rows[:2]).splitlines()
+    evaluated = {**rows[1], "eval_loss": 0.25, "eval_accuracy": 0.75}
+    lines = mapping.metrics_csv([rows[0], evaluated]).splitlines()
     assert lines == [
         "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy",
         "1,1,,,",
-        "2,0.5,,,",
+        "2,0.5,,0.25,0.75",
     ]
+    assert mapping.checkpoint_metrics(evaluated).valid_loss == 0.25
+    assert mapping.checkpoint_metrics(rows[0]).valid_loss is None
+    evaluation = {"step": 2, "total_steps": 7, "eval_loss": 0.25, "eval_accuracy": 0.75}
+    assert mapping.evaluation_data(evaluation) == {
+        "step": 2,
+        "total_steps": 7,
+        "valid_loss": 0.25,
+        "valid_mean_token_accuracy": 0.75,
+    }
+    assert mapping.event_message("evaluation", evaluation) == "Step 2/7: validation loss=0.2500"
 
 
 def test_signatures_verify_with_the_sdk():

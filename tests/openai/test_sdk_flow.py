@@ -117,7 +117,9 @@ def test_the_job_succeeds_with_openai_fields(finished):
     assert ":support-bot:" in job.fine_tuned_model
     assert job.trained_tokens and job.trained_tokens > 0 and job.finished_at
     assert job.training_file == finished["training_file"] and job.error is None
-    assert job.tunery["status"] == "completed"
+    assert job.tunery["status"] == "completed" and job.tunery["validation"] == "evaluated"
+    # Recorded as a studio submission's is: later estimates measure their time on it.
+    assert job.tunery["estimate"]["total_steps"] == 6
     assert "running" in finished["statuses"] or "queued" in finished["statuses"]
 
 
@@ -127,6 +129,10 @@ def test_the_results_file_is_a_metrics_csv(client, finished):
     rows = list(csv.DictReader(io.StringIO(client.files.content(results).text)))
     assert [row["step"] for row in rows] == ["1", "2", "3", "4", "5", "6"]
     assert all(float(row["train_loss"]) > 0 for row in rows)
+    # The validation file is evaluated on after the last step (eval_every_steps 0).
+    assert [row["valid_loss"] != "" for row in rows] == [False] * 5 + [True]
+    assert float(rows[-1]["valid_loss"]) > 0
+    assert 0 <= float(rows[-1]["valid_mean_token_accuracy"]) <= 1
 
 
 def test_events_are_newest_first_with_metrics_and_page(client, finished):
@@ -136,8 +142,12 @@ def test_events_are_newest_first_with_metrics_and_page(client, finished):
     assert ids == sorted(ids, reverse=True) and len(set(ids)) == len(ids)
     assert events[0].message.startswith("Job status: completed")
     metrics = [event for event in events if event.type == "metrics"]
-    assert [event.data["step"] for event in metrics] == [6, 5, 4, 3, 2, 1]
-    assert metrics[0].message.startswith("Step 6/6: training loss=")
+    training = [event for event in metrics if "train_loss" in event.data]
+    assert [event.data["step"] for event in training] == [6, 5, 4, 3, 2, 1]
+    assert training[0].message.startswith("Step 6/6: training loss=")
+    [validation] = [event for event in metrics if "valid_loss" in event.data]
+    assert validation.data["step"] == 6 and validation.data["valid_loss"] > 0
+    assert validation.message.startswith("Step 6/6: validation loss=")
     assert events[-1].message.startswith("Job status: queued")
     page = client.fine_tuning.jobs.list_events(job_id, limit=2)
     assert page.has_more and len(page.data) == 2
@@ -147,7 +157,11 @@ def test_checkpoints_carry_step_and_train_loss(client, finished):
     job = finished["job"]
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [c.step_number for c in checkpoints] == [6, 4, 2]
-    assert all(c.metrics.train_loss > 0 and c.metrics.valid_loss is None for c in checkpoints)
+    assert all(c.metrics.train_loss > 0 for c in checkpoints)
+    # Evaluated after step 6 only: the earlier checkpoints have no validation numbers.
+    assert checkpoints[0].metrics.valid_loss > 0
+    assert 0 <= checkpoints[0].metrics.valid_mean_token_accuracy <= 1
+    assert [c.metrics.valid_loss for c in checkpoints[1:]] == [None, None]
     assert checkpoints[0].fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-6"
     second = client.fine_tuning.jobs.checkpoints.list(job.id, limit=1, after=checkpoints[0].id)
     assert [c.step_number for c in second.data] == [4] and second.has_more

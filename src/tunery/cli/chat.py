@@ -27,6 +27,8 @@ def chat(
     entry: str, message: str | None, system: str | None, max_tokens: int, temperature: float
 ) -> None:
     """Chat with a fine-tuned model served by the server (uses TUNERY_URL, TUNERY_TOKEN)."""
+    if message is not None and not message.strip():
+        raise click.BadParameter("the message is empty", param_hint="'-m' / '--message'")
     try:
         client = Client.from_env()
     except ClientError as error:
@@ -65,6 +67,12 @@ def _stream_answer(client: Client, body: dict[str, Any]) -> str:
             headers=headers,
             timeout=httpx.Timeout(120, connect=5),
         ) as response:
+            if response.status_code == 401:
+                # Said as every other command says it: where the token came from, and the fix.
+                try:
+                    client.raise_for_status(response)
+                except ClientError as error:
+                    fail_with(error)
             if response.status_code != 200:
                 response.read()
                 fail(_error_message(response))

@@ -32,7 +32,7 @@ from tunery.openai_api.objects import (
     page_of,
 )
 from tunery.pipeline.config import MAX_SEED, RUN_NAME_PATTERN
-from tunery.runs import datasets, queries, settle, submit
+from tunery.runs import datasets, estimate, queries, settle, submit
 from tunery.runs.lifecycle import TERMINAL, RunStatus
 from tunery.runs.plane import Conflict, ControlPlane, NotFound
 
@@ -85,6 +85,8 @@ def create_job(
             # Creating a job through the API states what the studio's checkboxes state, as
             # OpenAI's own terms do for its API; the tunery object may still say otherwise.
             "attestations": {"dataset_rights": True, "model_license": True},
+            # OpenAI reports valid_loss on the validation file: tunery evaluates on it.
+            **({"validation": {"dataset_ids": [str(validation_file)]}} if validation_file else {}),
         },
         extra,
     )
@@ -100,6 +102,7 @@ def create_job(
         raise _refusal(error, where) from None
     except TuneryError as error:
         raise openai_error(error) from None
+    estimate.record_estimate(plane, account_id=account_id, run_id=run.id)
     with plane.sessions.begin() as session:
         session.merge(
             FineTuningJob(
@@ -216,7 +219,8 @@ def job_object(run: Run, extra: FineTuningJob | None, position: int | None, at: 
             phase=run.phase,
             queue_position=position,
             hub_entry_id=run.hub_entry_id,
-            validation="recorded" if extra and extra.validation_file else None,
+            validation="evaluated" if extra and extra.validation_file else None,
+            estimate=run.estimate,
         ),
     )
 

@@ -222,6 +222,11 @@ def event_message(kind: str, data: Mapping[str, Any]) -> str:
         text = f"Job status: {data.get('status')} ({data.get('phase')})"
         error = data.get("error")
         return f"{text}: {error.get('message')}" if isinstance(error, dict) else text
+    if kind == "evaluation":
+        total = data.get("total_steps")
+        loss = data.get("eval_loss")
+        shown = f"{loss:.4f}" if isinstance(loss, int | float) else "n/a"
+        return f"Step {data.get('step')}/{total if total else '?'}: validation loss={shown}"
     if kind == "phase":
         return f"Phase: {data.get('phase')}"
     if kind == "samples":
@@ -239,9 +244,18 @@ def metrics_data(data: Mapping[str, Any]) -> dict[str, Any]:
         "epoch": data.get("epoch"),
         "trained_tokens": data.get("trained_tokens"),
     }
-    if "valid_loss" in data:
-        shown["valid_loss"] = data["valid_loss"]
     return shown
+
+
+def evaluation_data(data: Mapping[str, Any]) -> dict[str, Any]:
+    """An evaluation event's ``data`` in OpenAI's names: the loss and mean token accuracy
+    on the validation file after ``step``."""
+    return {
+        "step": data.get("step"),
+        "total_steps": data.get("total_steps"),
+        "valid_loss": data.get("eval_loss"),
+        "valid_mean_token_accuracy": data.get("eval_accuracy"),
+    }
 
 
 def checkpoint_steps(rows: list[dict[str, Any]], every: int, completed: bool) -> list[int]:
@@ -254,13 +268,18 @@ def checkpoint_steps(rows: list[dict[str, Any]], every: int, completed: bool) ->
 
 
 def checkpoint_metrics(row: Mapping[str, Any]) -> CheckpointMetrics:
+    """A step row (``history.step_rows``: the step's metrics, its evaluation if any)."""
     return CheckpointMetrics(
-        step=row["step"], train_loss=row.get("loss"), valid_loss=row.get("valid_loss")
+        step=row["step"],
+        train_loss=row.get("loss"),
+        valid_loss=row.get("eval_loss"),
+        valid_mean_token_accuracy=row.get("eval_accuracy"),
     )
 
 
 def metrics_csv(rows: list[dict[str, Any]]) -> str:
-    """The results file OpenAI attaches to a job: one line per step."""
+    """The results file OpenAI attaches to a job: one line per step (``history.step_rows``),
+    validation columns on the steps evaluated after."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(
@@ -268,7 +287,13 @@ def metrics_csv(rows: list[dict[str, Any]]) -> str:
     )
     for row in rows:
         writer.writerow(
-            [row.get("step"), _cell(row.get("loss")), "", _cell(row.get("valid_loss")), ""]
+            [
+                row.get("step"),
+                _cell(row.get("loss")),
+                "",
+                _cell(row.get("eval_loss")),
+                _cell(row.get("eval_accuracy")),
+            ]
         )
     return out.getvalue()
 

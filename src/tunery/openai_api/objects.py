@@ -13,6 +13,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel
 
 from tunery.errors import TuneryError
+from tunery.wire.rest import RunEstimate
 
 Item = TypeVar("Item")
 JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
@@ -133,8 +134,11 @@ class TuneryJobState(BaseModel):
     phase: str
     queue_position: int | None
     hub_entry_id: str | None
-    validation: Literal["recorded"] | None
-    """``recorded``: the validation file was checked and kept; no valid_loss is computed."""
+    validation: Literal["evaluated"] | None
+    """``evaluated``: the run evaluates on the validation file (``valid_loss`` in metrics
+    events, checkpoints and the results file)."""
+    estimate: RunEstimate | None = None
+    """What the run was estimated to train, take and cost when the job was created."""
 
 
 class FineTuningJob(BaseModel):

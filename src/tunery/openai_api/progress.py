@@ -1,7 +1,8 @@
 """A job's events and checkpoints, newest first, paged as OpenAI pages them.
 
 Events are the run's stored events (status changes, phases, log lines, one ``metrics``
-event per step, samples) under ids ``ftevent-N``, N the run event id. Checkpoints are the
+event per step and one per evaluation on the validation file, samples) under ids
+``ftevent-N``, N the run event id. Checkpoints are the
 steps at which the run saved a resumable checkpoint (every ``checkpoint_every_steps``),
 and the final step once the run completed.
 """
@@ -16,6 +17,7 @@ from tunery.db import RunEvent
 from tunery.openai_api import mapping
 from tunery.openai_api.jobs import owned_run
 from tunery.openai_api.objects import Checkpoint, JobEvent, OpenAIError, page_of
+from tunery.runs import history
 from tunery.runs.lifecycle import RunStatus
 from tunery.runs.plane import ControlPlane
 
@@ -45,10 +47,12 @@ def list_events(
 
 
 def _event(row: RunEvent) -> JobEvent:
-    metrics = row.kind == "metrics"
+    metrics = row.kind in ("metrics", "evaluation")
     data: dict[str, Any] | None
-    if metrics:
+    if row.kind == "metrics":
         data = mapping.metrics_data(row.data)
+    elif row.kind == "evaluation":
+        data = mapping.evaluation_data(row.data)
     elif row.kind == "status" and row.data.get("error"):
         data = {"error": row.data["error"]}
     else:
@@ -75,6 +79,7 @@ def list_checkpoints(
         )
         # A resumed attempt retrains steps after its checkpoint: the newest report counts.
         by_step = {event.data.get("step"): event for event in reports}
+        rows = {row["step"]: row for row in history.step_rows(session, job_id)}
     steps = sorted(step for step in by_step if isinstance(step, int))
     every = run.config.get("training", {}).get("checkpoint_every_steps", 50)
     completed = run.status == RunStatus.COMPLETED
@@ -95,7 +100,7 @@ def list_checkpoints(
             created_at=int(by_step[step].created_at),
             fine_tuned_model_checkpoint=f"{model}:ckpt-step-{step}",
             fine_tuning_job_id=job_id,
-            metrics=mapping.checkpoint_metrics(by_step[step].data),
+            metrics=mapping.checkpoint_metrics(rows[step]),
             step_number=step,
         )
         for step in newest_first[:limit]

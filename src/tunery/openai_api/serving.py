@@ -74,7 +74,7 @@ def _model_name(run: Run) -> str:
 
 def served_gguf(plane: ControlPlane, account_id: str, model: str) -> ServedGguf:
     """The unpacked GGUF behind ``model`` (a model name, run id or Hub entry id); 404
-    (param ``model``) when the account has none."""
+    (param ``model``) when the account has none, or its run has not completed."""
     with plane.sessions() as session:
         wanted = run_id_of_model(model)
         run = session.scalar(
@@ -86,6 +86,16 @@ def served_gguf(plane: ControlPlane, account_id: str, model: str) -> ServedGguf:
     if run is None or model not in (run.id, run.hub_entry_id, _model_name(run)):
         raise OpenAIError(
             404, f"The model {model!r} does not exist", param="model", code="model_not_found"
+        )
+    # Checked before the GGUF: a run still training has none yet, which is not a failed export.
+    if run.status != RunStatus.COMPLETED.value:
+        status = run.status.replace("_", " ")
+        raise OpenAIError(
+            404,
+            f"The model {model!r} cannot be served: its run is {status}, and only a "
+            "completed run's model answers",
+            param="model",
+            code="model_not_found",
         )
     if entry is None or "gguf" not in entry.artifacts:
         raise OpenAIError(

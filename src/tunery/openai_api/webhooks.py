@@ -9,7 +9,8 @@ v1,<base64 HMAC-SHA256 of "id.timestamp.body">`` keyed with the endpoint's ``whs
 ``Dispatcher`` is one background thread: after every commit (and each second) it records a
 delivery per endpoint for each newly terminal run, and posts those due. A delivery that is
 not answered 2xx is retried after ``RETRY_DELAYS``, then marked failed. Requests go only to
-the URL the account registered: redirects are not followed.
+the URL the account registered, at an address checked to be public
+(``openai_api.destinations``): redirects are not followed.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sqlalchemy.orm import Session
 from tunery import __version__
 from tunery.db import Run, RunEvent, WebhookDelivery, WebhookEndpoint, new_id, now
 from tunery.errors import ConfigError
+from tunery.openai_api import destinations
 from tunery.runs.plane import ControlPlane, NotFound
 from tunery.wire.timefmt import iso
 
@@ -120,10 +122,13 @@ def _endpoint_view(endpoint: WebhookEndpoint, *, secret: bool = False) -> Endpoi
     )
 
 
-def check_url(url: str) -> None:
+def check_url(url: str, *, allow_private: bool) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > MAX_URL_CHARS:
         raise ConfigError.single("url", "give an http:// or https:// URL with a host")
+    problem = destinations.registration_problem(url, allow_private=allow_private)
+    if problem is not None:
+        raise ConfigError.single("url", problem)
 
 
 def add_endpoint(
@@ -135,7 +140,7 @@ def add_endpoint(
     event_types: list[str] | None = None,
 ) -> EndpointPublic:
     """Register ``url``; returns it with its secret (generated unless given), shown once."""
-    check_url(url)
+    check_url(url, allow_private=plane.settings.webhooks_to_private_addresses)
     secret = secret or new_secret()
     try:
         secret_key(secret)
@@ -234,7 +239,12 @@ class Dispatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="webhooks", daemon=True)
         self._watermark = 0
-        self._http = httpx.Client(timeout=REQUEST_SECONDS, follow_redirects=False)
+        # No kept-alive connections: each request is pinned to the address just checked.
+        self._http = httpx.Client(
+            timeout=REQUEST_SECONDS,
+            follow_redirects=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
 
     def start(self) -> None:
         with self.plane.sessions() as session:
@@ -339,11 +349,20 @@ class Dispatcher:
         headers = signed_headers(secret, delivery.id, int(time.time()), delivery.payload)
         code: int | None = None
         error: str | None = None
+        allow_private = self.plane.settings.webhooks_to_private_addresses
         try:
-            response = self._http.post(url, content=delivery.payload.encode(), headers=headers)
+            target = destinations.pinned(url, allow_private=allow_private)
+            response = self._http.post(
+                target.url,
+                content=delivery.payload.encode(),
+                headers={**headers, "Host": target.host_header},
+                extensions={"sni_hostname": target.sni_hostname} if target.sni_hostname else {},
+            )
             code = response.status_code
             if not 200 <= code < 300:
                 error = f"the endpoint answered {code}"
+        except destinations.RefusedDestination as refused:
+            error = refused.message[:500]
         except httpx.HTTPError as failure:
             error = f"{type(failure).__name__}: {failure}"[:500]
         attempts = delivery.attempts + 1

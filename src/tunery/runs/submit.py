@@ -146,7 +146,17 @@ def _memory_problems(
     data: DataShape | None,
 ) -> list[FieldProblem]:
     tier = plane.settings.tier(tier_id)
-    if tier is None or tier.memory_gib is None:
+    if tier is None:
+        return []
+    if recipe.lora.quantize_base != "none" and tier.gpus_per_attempt == 0:
+        return [
+            FieldProblem(
+                "lora.quantize_base",
+                f"{recipe.lora.quantize_base} needs a CUDA GPU (bitsandbytes), and tier "
+                f"{tier.id} has none; choose a GPU tier, or set lora.quantize_base to none",
+            )
+        ]
+    if tier.memory_gib is None:
         return []
     if data is None:
         data = stored_shape(

@@ -18,12 +18,17 @@ export function chatBox(run) {
   async function ask(event) {
     event.preventDefault();
     const text = input.value.trim();
-    if (!text) return;
+    if (!text) {
+      status.textContent = "Type a message first: this one is empty.";
+      input.focus();
+      return;
+    }
     input.value = "";
     messages.push({ role: "user", content: text });
     const reply = h("p", { class: "sample-response" });
-    transcript.append(h("article", { class: "sample" },
-      h("p", { class: "sample-prompt" }, h("strong", {}, "You: "), text), reply));
+    const turn = h("article", { class: "sample" },
+      h("p", { class: "sample-prompt" }, h("strong", {}, "You: "), text), reply);
+    transcript.append(turn);
     send.disabled = true;
     status.textContent = "The model is answering…";
     try {
@@ -31,7 +36,11 @@ export function chatBox(run) {
       messages.push({ role: "assistant", content: answer });
       status.textContent = "";
     } catch (error) {
+      // The model never took this turn: the transcript drops it too, and the text goes back
+      // into the box to be edited (an over-long message, say) rather than typed again.
       messages.pop();
+      turn.remove();
+      input.value = text;
       status.textContent = `The model could not answer: ${error.message}`;
     } finally {
       send.disabled = false;

@@ -1,7 +1,7 @@
 // Webhook endpoints on the Credits tab: list, add (the secret is shown once), delete, and
 // the newest deliveries (GET/POST/DELETE /api/v1/webhooks).
 
-import { api } from "./api.js";
+import { ApiError, api } from "./api.js";
 import { $, h, reportError } from "./dom.js";
 import { formatTime } from "./format.js";
 
@@ -43,16 +43,28 @@ function endpointRow(endpoint) {
 function addForm() {
   const url = h("input", { type: "url", required: true, placeholder: "https://example.com/hooks",
     "aria-label": "Webhook URL" });
-  return h("form", { class: "actions", onsubmit: async (event) => {
+  // The server's reason for refusing a URL, under the field (the banner is a screen away
+  // from this form, at the top of the Credits tab).
+  const problem = h("p", { class: "field-error", id: "webhook-url-error", hidden: true });
+  return h("form", { class: "stack", onsubmit: async (event) => {
     event.preventDefault();
     try {
       const endpoint = await api("/webhooks", { method: "POST", json: { url: url.value } });
       secretNote = `Signing secret for ${endpoint.url} (shown once): ${endpoint.secret}`;
       await renderWebhooks();
     } catch (error) {
-      reportError(error, "Add webhook");
+      if (!(error instanceof ApiError && error.status === 422)) {
+        reportError(error, "Add webhook");
+        return;
+      }
+      problem.textContent = error.problems.map((each) => each.message).join("; ")
+        || error.message;
+      problem.hidden = false;
+      url.setAttribute("aria-invalid", "true");
+      url.setAttribute("aria-describedby", problem.id);
     }
-  } }, url, h("button", { type: "submit", class: "primary" }, "Add webhook"));
+  } }, url, problem,
+  h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Add webhook")));
 }
 
 function deliveryTable(deliveries) {
