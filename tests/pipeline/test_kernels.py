@@ -20,7 +20,7 @@ from tunery.pipeline.attention import (
 from tunery.pipeline.chat import IGNORE, Example
 from tunery.pipeline.config import LoraSettings
 from tunery.pipeline.data import prepare_data
-from tunery.pipeline.kernels import choose_kernels
+from tunery.pipeline.kernels import Kernels, apply_kernels, choose_kernels
 from tunery.pipeline.load import Precision, load_model, load_tokenizer
 from tunery.pipeline.lora import attach_lora
 from tunery.pipeline.loss import ChunkedLinearCrossEntropy, choose_loss
@@ -129,8 +129,45 @@ def test_cpu_choices_are_per_example_attention_and_the_chunked_loss(demo):
     assert (kernels.attention, kernels.loss) == ("sdpa_segments", "chunked")
     assert not kernels.fused_layers and not kernels.compiled
     recorded = kernels.as_dict()
-    assert set(recorded["reasons"]) == {"attention", "loss", "fused_layers", "compile"}
+    assert set(recorded["reasons"]) == {
+        "attention",
+        "loss",
+        "fused_layers",
+        "lora",
+        "compile",
+    }
     assert recorded["attention"] == "sdpa_segments" and recorded["compile"] is False
+    assert recorded["lora"] == "addmm"
+
+
+def test_the_lora_addmm_gives_the_references_loss_and_gradients(demo):
+    model_dir, pad_id, batch = demo
+    reference_model = adapted_model(model_dir)
+    reference = loss_and_gradients(
+        reference_model, batch, pad_id, attention="sdpa_segments", loss="chunked"
+    )
+    model = adapted_model(model_dir)
+    apply_kernels(
+        model,
+        Kernels("sdpa_segments", "chunked", lora_addmm=True),
+    )
+    patched = {type(module).__name__ for module in model.modules() if "forward" in vars(module)}
+    assert patched == {"Linear"}  # PEFT's LoRA layers
+    fused = loss_and_gradients(model, batch, pad_id, attention="sdpa_segments", loss="chunked")
+    torch.testing.assert_close(fused[0], reference[0], rtol=1e-5, atol=1e-5)
+    assert_gradients_close(fused[1], reference[1])
+    # With the adapter disabled (the base model's sample answers) PEFT's own path runs.
+    with torch.no_grad(), model.disable_adapter(), attention_in_use(model, "sdpa_segments"):
+        base = batch_loss_sum(model, pack(batch, pad_id, CPU, "sdpa_segments"), "chunked")
+    with (
+        torch.no_grad(),
+        reference_model.disable_adapter(),
+        attention_in_use(reference_model, "sdpa_segments"),
+    ):
+        expected = batch_loss_sum(
+            reference_model, pack(batch, pad_id, CPU, "sdpa_segments"), "chunked"
+        )
+    torch.testing.assert_close(base, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_models_the_fast_paths_do_not_cover_fall_back_to_the_references(demo):
@@ -179,4 +216,5 @@ def test_run_json_records_the_kernels_chosen(data_dir, make_recipe, tmp_path):
     kernels = result.summary["kernels"]
     assert kernels["attention"] == "sdpa_segments" and kernels["loss"] == "chunked"
     assert kernels["compile"] is False and kernels["fused_layers"] == "none"
+    assert kernels["lora"] == "addmm"
     assert any(line.startswith("attention sdpa_segments") for line in reporter.logs)
