@@ -9,6 +9,8 @@ longer owns its run, or whose request is malformed, stores nothing.
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -186,3 +188,19 @@ def test_a_damaged_upload_is_refused_and_nothing_is_kept(studio: Studio) -> None
     assert studio.archives(run_id) == []
     leftovers = list((studio.plane.runs_dir / run_id / "checkpoint-archives").glob("*"))
     assert leftovers == []
+
+
+def test_uploads_cut_off_long_ago_are_swept_and_running_ones_kept(
+    studio: Studio, tmp_path: Path
+) -> None:
+    run_id, launch = studio.placed_run("swept")
+    directory = studio.plane.runs_dir / run_id / "checkpoint-archives"
+    directory.mkdir(parents=True)
+    abandoned, running = directory / ".upload-old.partial", directory / ".upload-new.partial"
+    for partial in (abandoned, running):
+        partial.write_bytes(b"half an archive")
+    two_hours_ago = time.time() - 7200
+    os.utime(abandoned, (two_hours_ago, two_hours_ago))
+    upload_checkpoint(studio.worker(launch), launch.attempt_id, checkpoint(tmp_path / "a", 5))
+    assert not abandoned.exists() and running.exists()
+    assert studio.archives(run_id) == [".upload-new.partial", "step-00000005.zip"]

@@ -218,3 +218,27 @@ def test_run_json_records_the_kernels_chosen(data_dir, make_recipe, tmp_path):
     assert kernels["compile"] is False and kernels["fused_layers"] == "none"
     assert kernels["lora"] == "addmm"
     assert any(line.startswith("attention sdpa_segments") for line in reporter.logs)
+
+
+def test_the_lora_addmm_takes_peft_s_sum_for_a_16_bit_base_outside_autocast(demo):
+    # As when samples are generated on a GPU: bf16 base weights, fp32 adapters, no autocast.
+    model_dir, pad_id, batch = demo
+    bf16 = Precision(torch.bfloat16, None)
+
+    def bf16_adapted():
+        torch.manual_seed(0)
+        model, _ = attach_lora(
+            load_model(model_dir, bf16, CPU),
+            LoraSettings(rank=8, alpha=16, dropout=0.0),
+            gradient_checkpointing=False,
+        )
+        return model.eval()
+
+    reference, patched = bf16_adapted(), bf16_adapted()
+    apply_kernels(patched, Kernels("sdpa_segments", "chunked", lora_addmm=True))
+    packed = pack(batch, pad_id, CPU, "sdpa_segments")
+    with torch.no_grad(), attention_in_use(reference, "sdpa_segments"):
+        expected = batch_loss_sum(reference, packed, "chunked")
+    with torch.no_grad(), attention_in_use(patched, "sdpa_segments"):
+        actual = batch_loss_sum(patched, packed, "chunked")
+    torch.testing.assert_close(actual, expected)

@@ -164,3 +164,19 @@ def test_the_logits_chunk_is_the_loss_modules():
     from tunery.pipeline import loss
 
     assert memory.LOGITS_CHUNK_ELEMENTS == loss.LOGITS_CHUNK_ELEMENTS
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"hidden_size": None}, "hidden_size"),
+        ({"num_attention_heads": 0}, "num_attention_heads"),
+        ({"vocab_size": "lots"}, "vocab_size"),
+        ({"num_hidden_layers": True}, "num_hidden_layers"),
+        ({"intermediate_size": -1}, "intermediate_size"),
+    ],
+)
+def test_a_config_without_usable_sizes_names_the_field(change, field):
+    config = {key: value for key, value in {**QWEN2_05B, **change}.items() if value is not None}
+    with pytest.raises(ValueError, match=field):
+        ModelShape.from_config(config)

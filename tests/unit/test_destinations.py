@@ -15,6 +15,44 @@ def test_public_addresses_and_names_pass_registration(url: str) -> None:
     assert registration_problem(url, allow_private=False) is None
 
 
+@pytest.mark.parametrize(
+    "host",
+    [
+        "[64:ff9b::a00:5]",  # NAT64 of 10.0.0.5
+        "[64:ff9b:1::a00:1]",  # local-use NAT64
+        "[::7f00:1]",  # IPv4-compatible 127.0.0.1
+        "[2002:a9fe:a9fe::]",  # 6to4 of 169.254.169.254
+        "[::ffff:0:7f00:1]",  # SIIT 127.0.0.1
+        "[fe80::1]",
+        "[fc00::1]",
+    ],
+)
+def test_ipv6_addresses_carrying_a_private_ipv4_address_are_refused(host: str) -> None:
+    problem = registration_problem(f"http://{host}/hooks", allow_private=False)
+    assert problem is not None and "private" in problem
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("http://example.com:99999/h", "no valid port"),
+        ("http://example.com:abc/h", "no valid port"),
+        ("http://example.com/a b", "spaces or control characters"),
+        ("http://example.com/\x01", "spaces or control characters"),
+        ("http://" + "ü" * 70 + ".example/h", "not a valid host name"),  # label over 63
+    ],
+)
+def test_urls_the_server_could_not_call_are_refused_when_registered(url: str, said: str) -> None:
+    problem = registration_problem(url, allow_private=True)
+    assert problem is not None and said in problem
+
+
+def test_an_international_name_goes_out_in_its_idna_form() -> None:
+    assert registration_problem("https://bücher.example/h", allow_private=False) is None
+    with pytest.raises(RefusedDestination, match=r"cannot resolve xn--bcher-kva\.example"):
+        pinned("https://bücher.example/h", allow_private=False)
+
+
 def test_private_addresses_pass_when_the_admin_allows_them() -> None:
     assert registration_problem("http://127.0.0.1:9/h", allow_private=True) is None
 

@@ -80,6 +80,21 @@ def test_a_compressed_member_is_refused_so_sizes_cannot_lie(tmp_path: Path) -> N
         extract_checkpoint(bomb, tmp_path / "ckpt", 7)
 
 
+def test_an_encrypted_member_is_refused(tmp_path: Path) -> None:
+    # zipfile writes no encrypted members: set the flag in the headers by hand.
+    data = bytearray(archive(tmp_path / "plain.zip", GOOD).read_bytes())
+    for signature, flag_offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        start = data.find(signature)
+        while start != -1:
+            data[start + flag_offset] |= 0x1
+            start = data.find(signature, start + 4)
+    path = tmp_path / "a.zip"
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointDamaged, match="encrypted"):
+        extract_checkpoint(path, tmp_path / "ckpt", 7)
+    assert not (tmp_path / "ckpt").exists()
+
+
 @pytest.mark.parametrize("content", [b"not a zip at all", b""], ids=["garbage", "empty-file"])
 def test_a_file_that_is_no_archive_is_refused(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "a.zip"

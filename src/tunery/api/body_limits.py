@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tunery.wire.reports import MAX_WORKER_FILE_BYTES
+
 MIB = 1024 * 1024
 FILE_UPLOAD_PATH = re.compile(r"/internal/attempts/[^/]+/(bundles|checkpoints)/[^/]+")
 """Worker uploads, matched by the whole route shape: an attempt id that reads "bundles"
@@ -34,10 +36,9 @@ class BodyLimits:
     """A worker's batch may carry a resumed run's whole step history."""
     upload_bytes: int = 512 * MIB
     """A dataset upload (multipart); datasets are further capped by rows and decoded size."""
-    bundle_bytes: int = 32 * 1024 * MIB
-    """A worker's bundle or checkpoint upload (a 70B model's Q4_K_M GGUF is about 40 GiB:
-    export those with a larger cap); the route reads it only after checking the attempt's
-    token."""
+    bundle_bytes: int = MAX_WORKER_FILE_BYTES
+    """A worker's bundle or checkpoint upload; the route reads it only after checking the
+    attempt's token."""
 
     def for_request(self, path: str, content_type: str) -> int:
         if FILE_UPLOAD_PATH.fullmatch(path):

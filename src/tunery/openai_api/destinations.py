@@ -40,10 +40,24 @@ class Destination:
     """The name TLS verifies the certificate against (https with a host name)."""
 
 
+EMBEDDING_IPV4 = tuple(
+    ipaddress.IPv6Network(prefix)
+    for prefix in ("::/96", "::ffff:0:0/96", "::ffff:0:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48")
+)
+"""IPv6 prefixes whose last 32 bits are an IPv4 address a translator or the host itself may
+reach: IPv4-compatible, -mapped, SIIT, and NAT64's well-known and local-use prefixes."""
+
+
 def _is_public(address: str) -> bool:
+    """Whether ``address`` is public, and so is any IPv4 address it carries (mapped,
+    translated by NAT64, 6to4): a NAT64 gateway reaches ``64:ff9b::a00:5`` as 10.0.0.5."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        carried = [ip.sixtofour] if ip.sixtofour is not None else []
+        if any(ip in prefix for prefix in EMBEDDING_IPV4):
+            carried.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if not all(_is_public(str(inner)) for inner in carried):
+            return False
     return ip.is_global and not ip.is_multicast
 
 
@@ -57,8 +71,19 @@ def _numeric_addresses(host: str) -> set[str] | None:
 
 
 def registration_problem(url: str, *, allow_private: bool) -> str | None:
-    """Why the server will not send to ``url``'s host, judged without DNS; None if it may."""
-    host = urlsplit(url).hostname or ""
+    """Why the server will not send to ``url``, judged without DNS; None if it may."""
+    if any(ord(character) < 0x21 or ord(character) == 0x7F for character in url):
+        return "the URL has spaces or control characters; percent-encode them"
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        return f"{parts.netloc!r} has no valid port (1 to 65535)"
+    host = parts.hostname or ""
+    try:
+        _ascii(host)
+    except UnicodeError:
+        return f"{host!r} is not a valid host name"
     if allow_private:
         return None
     name = host.rstrip(".")  # a fully qualified name's trailing dot names the same host
@@ -77,8 +102,13 @@ def pinned(url: str, *, allow_private: bool) -> Destination:
     when any of its addresses is not public.
     """
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        host = _ascii(parts.hostname or "")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except (UnicodeError, ValueError) as error:
+        raise RefusedDestination(
+            f"{url[:200]!r} is not a URL this server can call: {error}"
+        ) from None
     try:
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as error:
@@ -98,6 +128,11 @@ def pinned(url: str, *, allow_private: bool) -> Destination:
         host_header=(f"[{host}]" if ":" in host else host) + ("" if default_port else f":{port}"),
         sni_hostname=host if parts.scheme == "https" and _numeric_addresses(host) is None else None,
     )
+
+
+def _ascii(host: str) -> str:
+    """``host`` as it goes on the wire: international names in their IDNA form."""
+    return host.encode("idna").decode("ascii") if not host.isascii() else host
 
 
 def _only_public() -> str:

@@ -363,7 +363,9 @@ class Dispatcher:
                 error = f"the endpoint answered {code}"
         except destinations.RefusedDestination as refused:
             error = refused.message[:500]
-        except httpx.HTTPError as failure:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as failure:
+            # Recorded on this delivery alone: one endpoint's odd URL must not stall the
+            # deliveries queued behind it for every account.
             error = f"{type(failure).__name__}: {failure}"[:500]
         attempts = delivery.attempts + 1
         with self.plane.sessions.begin() as session:

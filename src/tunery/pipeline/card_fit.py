@@ -44,7 +44,7 @@ def setup_fit_problem(setup: TrainSetup, card_gib: float) -> ConfigError | None:
     config lacks the planner's size fields)."""
     try:
         shape = ModelShape.from_config(setup.model.config.to_dict())
-    except (KeyError, TypeError):
+    except ValueError:
         return None
     model = setup.model
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -130,18 +130,25 @@ def _lora_addmm_forward(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) 
         and len(adapters) == 1
         and adapters[0] in layer.lora_A
         and adapters[0] not in layer.lora_variant
+        and not getattr(layer, "lora_bias", {}).get(adapters[0], False)
     )
     if not plain:
         return LoraLinear.forward(layer, x, *args, **kwargs)
     name = adapters[0]
     result = layer.base_layer(x)
-    lora_a = layer.lora_A[name]
+    lora_a, lora_b = layer.lora_A[name], layer.lora_B[name]
     low = lora_a(layer.lora_dropout[name](layer._cast_input_dtype(x, lora_a.weight.dtype)))
+    if not torch.is_autocast_enabled(result.device.type) and not (
+        low.dtype == result.dtype == lora_b.weight.dtype
+    ):
+        # Mixed dtypes outside autocast (a 16-bit base, fp32 adapters, as when generating
+        # samples): addmm would refuse them; PEFT's sum promotes, then casts back.
+        return (result + lora_b(low) * layer.scaling[name]).to(result.dtype)
     width = result.shape[-1]
     summed = torch.addmm(
         result.reshape(-1, width),
         low.reshape(-1, low.shape[-1]),
-        layer.lora_B[name].weight.t(),
+        lora_b.weight.t(),
         alpha=layer.scaling[name],
     )
     return summed.view(result.shape).to(result.dtype)

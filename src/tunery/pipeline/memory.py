@@ -51,19 +51,26 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ModelShape:
-        """Read Llama/Qwen2/Mistral-style names (and GPT-style aliases); KeyError if absent."""
-        hidden = config.get("hidden_size", config.get("n_embd"))
-        heads = config.get("num_attention_heads", config.get("n_head"))
-        if hidden is None or heads is None:
-            raise KeyError("hidden_size and num_attention_heads")
+        """Read Llama/Qwen2/Mistral-style names (and GPT-style aliases); ValueError naming
+        the field when one is absent or not a positive whole number."""
+
+        def size(*names: str, default: int | None = None) -> int:
+            value = next((config[name] for name in names if config.get(name) is not None), None)
+            value = default if value is None else value
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"config.json has no usable {names[0]} ({value!r})")
+            return value
+
+        hidden = size("hidden_size", "n_embd")
+        heads = size("num_attention_heads", "n_head")
         return cls(
             hidden_size=hidden,
-            layers=config.get("num_hidden_layers", config.get("n_layer")),
-            vocab_size=config["vocab_size"],
-            intermediate_size=config.get("intermediate_size") or 4 * hidden,
+            layers=size("num_hidden_layers", "n_layer"),
+            vocab_size=size("vocab_size"),
+            intermediate_size=size("intermediate_size", default=4 * hidden),
             attention_heads=heads,
-            key_value_heads=config.get("num_key_value_heads") or heads,
-            head_dim=config.get("head_dim") or hidden // heads,
+            key_value_heads=size("num_key_value_heads", default=heads),
+            head_dim=size("head_dim", default=max(hidden // heads, 1)),
             tied_embeddings=bool(config.get("tie_word_embeddings", False)),
         )
 
@@ -260,18 +267,16 @@ def check_fits(
     model_config: dict[str, Any],
     gpu_memory_gib: float,
     *,
-    model_context: int | None = None,
     longest_example: int | None = None,
     card_name: str = "the card",
 ) -> MemoryEstimate:
     """The estimate for ``recipe`` on a card of ``gpu_memory_gib``; ConfigError if it does not
-    fit (see ``fit_problem``). ``model_config``: the base model's config.json as a dict;
-    ``model_context``: its context when config.json does not say (default 2048);
-    ``longest_example``: the tokens of the data's longest example, when known, since a
-    micro-batch never holds longer ones."""
+    fit (see ``fit_problem``). ``model_config``: the base model's config.json as a dict (its
+    context, ``max_position_embeddings``, 2048 when absent); ``longest_example``: the tokens
+    of the data's longest example, when known, since a micro-batch never holds longer ones."""
     shape = ModelShape.from_config(model_config)
     plan = plan_for_recipe(recipe, shape)
-    context = model_context or model_config.get("max_position_embeddings") or 2048
+    context = model_config.get("max_position_embeddings") or 2048
     asked = recipe.training.max_seq_length
     length = min(asked, context) if asked else context
     if longest_example:

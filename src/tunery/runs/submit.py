@@ -180,8 +180,14 @@ def owned_datasets(session: Session, account_id: str, dataset_ids: list[str]) ->
 
 def _payload_data_shape(plane: ControlPlane, account_id: str, payload: Any) -> DataShape | None:
     """The shape of the datasets a payload names, read before the write lock is taken: a
-    large dataset's first read must not hold up every other writer."""
-    dataset_ids = payload.get("dataset_ids") if isinstance(payload, dict) else None
+    large dataset's first read must not hold up every other writer. None when the memory
+    check will not need it (a tier without a card memory) or the payload is malformed."""
+    if not isinstance(payload, dict):
+        return None
+    tier = plane.settings.tier(str(payload.get("gpu_tier") or default_tier(plane)))
+    dataset_ids = payload.get("dataset_ids")
+    if tier is None or tier.memory_gib is None:
+        return None
     if not isinstance(dataset_ids, list) or not all(isinstance(i, str) for i in dataset_ids):
         return None
     with plane.sessions() as session:

@@ -26,20 +26,25 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from tunery.db import Dataset, Run
+from tunery.db import Dataset, Run, now
 from tunery.errors import TuneryError
 from tunery.runs import hub
 from tunery.runs.attempts import fenced_attempt
 from tunery.runs.plane import ControlPlane, NotFound
 
 CHECKPOINT_ARCHIVES_KEPT = 2
+ABANDONED_UPLOAD_SECONDS = 3600
+"""A partial upload not written to for this long was cut off (an upload in progress keeps
+writing to its file)."""
 ARCHIVE_NAME = re.compile(r"step-([0-9]{8})\.zip")
 MAX_CHECKPOINT_STEP = 10**8 - 1
 """Steps are written with eight digits; a recipe's max_steps is far below."""
 
 
-class BundleDamaged(TuneryError):
-    code = "bundle_damaged"
+class UploadDamaged(TuneryError):
+    """A bundle or checkpoint upload whose bytes differ from the digest the worker sent."""
+
+    code = "upload_damaged"
     transient = True
 
 
@@ -128,7 +133,7 @@ class FileUpload:
         os.fsync(self._file.fileno())
         self._file.close()
         if expected_sha256 is not None and expected_sha256 != self._digest.hexdigest():
-            raise BundleDamaged("the upload arrived damaged (its sha256 differs); send it again")
+            raise UploadDamaged("the upload arrived damaged (its sha256 differs); send it again")
         with self._plane.sessions() as session:
             _, run = fenced_attempt(session, self._attempt_id, self._token)
         os.replace(self._file.name, self._target)
@@ -150,9 +155,14 @@ def checkpoint_upload(plane: ControlPlane, *, attempt_id: str, token: str, step:
         return checkpoint_archives_dir(plane, run.id) / f"step-{step:08d}.zip"
 
     def prune(run: Run) -> None:
-        for _, old in checkpoint_archives(plane, run.id)[:-CHECKPOINT_ARCHIVES_KEPT]:
+        directory = checkpoint_archives_dir(plane, run.id)
+        stale = now() - ABANDONED_UPLOAD_SECONDS
+        # Uploads cut off by a server restart leave partial files no name pattern keeps.
+        abandoned = [p for p in directory.glob(".upload-*.partial") if p.stat().st_mtime < stale]
+        old = [path for _, path in checkpoint_archives(plane, run.id)[:-CHECKPOINT_ARCHIVES_KEPT]]
+        for path in [*old, *abandoned]:
             with contextlib.suppress(FileNotFoundError):
-                old.unlink()
+                path.unlink()
 
     return FileUpload(plane, attempt_id=attempt_id, token=token, target=target, after_commit=prune)
 

@@ -199,6 +199,12 @@ class DatasetRef(BaseModel):
     bytes: int
 
 
+MAX_WORKER_FILE_BYTES = 32 * 2**30
+"""The largest bundle or checkpoint archive a worker uploads (the server's cap), and so the
+largest checkpoint archive a worker downloads. A 70B model's Q4_K_M GGUF is about 40 GiB:
+export those with a larger cap."""
+
+
 class AttemptSpec(BaseModel):
     """What a worker runs, answered by ``GET /internal/attempts/{id}/spec``.
 

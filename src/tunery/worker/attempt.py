@@ -23,6 +23,7 @@ from tunery.environment import environment
 from tunery.errors import RunCancelled, TuneryError
 from tunery.phases import Phase
 from tunery.wire.reports import (
+    MAX_WORKER_FILE_BYTES,
     AnyReport,
     FailureData,
     FailureReport,
@@ -42,8 +43,6 @@ from tunery.worker.transfers import (
 BASE_ANSWERS_CACHE = ".cache/base-responses"
 """Under the checkpoint root, which every node of a tier reaches: the base model's sample
 answers, so runs on the same base model and prompts generate them once."""
-CHECKPOINT_ARCHIVE_BYTES = 32 * 2**30
-"""The largest checkpoint archive a worker downloads (the server's cap on uploads)."""
 
 
 def out_of_memory(error: BaseException) -> bool:
@@ -100,7 +99,7 @@ def run_attempt(
             if checkpoint_root is None:
                 checkpoint_dir, base_cache_dir = Path(scratch) / "checkpoints", None
                 step = fetch_newest_checkpoint(
-                    client, attempt_id, checkpoint_dir, max_bytes=CHECKPOINT_ARCHIVE_BYTES
+                    client, attempt_id, checkpoint_dir, max_bytes=MAX_WORKER_FILE_BYTES
                 )
                 if step is not None:
                     reporter.log(f"fetched the checkpoint at step {step} from the server")

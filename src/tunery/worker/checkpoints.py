@@ -136,3 +136,5 @@ def _check_members(members: list[zipfile.ZipInfo]) -> None:
             raise CheckpointDamaged(f"{member.filename!r} in the checkpoint archive is no file")
         if member.compress_type != zipfile.ZIP_STORED:
             raise CheckpointDamaged(f"{member.filename!r} in the checkpoint archive is compressed")
+        if member.flag_bits & 0x1:
+            raise CheckpointDamaged(f"{member.filename!r} in the checkpoint archive is encrypted")
