@@ -342,6 +342,8 @@ def test_a_rejected_token_is_named_with_its_source(
     assert first.startswith(
         f"error: the server at {shared_server.url} rejected the API token from TUNERY_TOKEN: "
     )
+    # The server's own reason, in tunery's error shape or (for chat, on /v1) OpenAI's.
+    assert first.endswith(("unknown or revoked token", "Incorrect API key provided."))
     assert hint.startswith("hint: set TUNERY_TOKEN to a valid token")
 
 

@@ -393,12 +393,15 @@ def _segment(value: str) -> str:
 
 
 def _detail(response: httpx.Response) -> dict[str, Any]:
-    """The ``detail`` object of an error body, whatever its shape."""
+    """The ``detail`` object of an error body, whatever its shape (OpenAI's ``error`` on
+    ``/v1`` included)."""
     try:
         body = response.json()
     except ValueError:
         text = response.text.strip()
         return {"message": text[:300]} if text else {}
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return {"message": str(body["error"].get("message") or "")}
     detail = body.get("detail", body) if isinstance(body, dict) else body
     if isinstance(detail, list):  # FastAPI request validation: a list of problems
         return {"message": "the request was rejected", "problems": detail}

@@ -8,6 +8,7 @@ import { formatTime } from "./format.js";
 // The secret of the endpoint added last: shown until the page reloads, since the tab is
 // redrawn whenever the balance changes and the server never shows a secret again.
 let secretNote = "";
+let secretShownFor = null;  // the endpoint whose one-time secret the note shows
 
 export async function renderWebhooks() {
   const box = $("#webhooks");
@@ -33,6 +34,7 @@ function endpointRow(endpoint) {
     h("button", { type: "button", class: "danger-outline", onclick: async () => {
       try {
         await api(`/webhooks/${endpoint.id}`, { method: "DELETE" });
+        if (endpoint.id === secretShownFor) [secretNote, secretShownFor] = ["", null];
         renderWebhooks();
       } catch (error) {
         reportError(error, "Delete webhook");
@@ -51,6 +53,7 @@ function addForm() {
     try {
       const endpoint = await api("/webhooks", { method: "POST", json: { url: url.value } });
       secretNote = `Signing secret for ${endpoint.url} (shown once): ${endpoint.secret}`;
+      secretShownFor = endpoint.id;
       await renderWebhooks();
     } catch (error) {
       if (!(error instanceof ApiError && error.status === 422)) {
