@@ -14,8 +14,9 @@ see /work/shared/notes/gpu.md). Parts, each recorded in one JSON file and printe
    trained). Variants over the same batches in the same order: tunery with gradient
    checkpointing off and on, HF Trainer + PEFT padding each batch to its longest row, and
    the same Trainer with ``DataCollatorWithFlattening``. Reported: real tokens/s (median
-   step time after WARMUP_STEPS), peak GPU memory (``max_memory_allocated``), the final
-   loss, and MFU: model FLOPs per second over the card's dense bf16 peak (PEAK_TFLOPS),
+   step time after WARMUP_STEPS), peak GPU memory (``max_memory_allocated``) beside the
+   memory planner's figure for tunery's runs (a warning where the planner was lower), the
+   final loss, and MFU: model FLOPs per second over the card's dense bf16 peak (PEAK_TFLOPS),
    where a trained token costs 4·N (N: parameters outside the input embedding; LoRA on a
    frozen base computes forward and input gradients, not weight gradients) and attention
    adds 3 passes of 4·d per layer per attended pair (causal: length²/2 pairs per example).
@@ -253,8 +254,31 @@ def run_tunery(shape: str, examples: list[Any], steps: int, checkpointing: bool)
         "seconds_per_token": statistics.median(seconds[WARMUP_STEPS:]),
         "losses": [step.loss for step in reporter.steps],
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "planned_tensors_gib": planned_tensors_gib(setup),
         "flops_per_token": flops / sum(len(example.input_ids) for example in examples),
     }
+
+
+def planned_tensors_gib(setup: Any) -> float:
+    """The memory planner's figure for ``setup`` without its CUDA-context and slack
+    allowances: what ``max_memory_allocated`` measures, which it should not exceed."""
+    from tunery.pipeline.memory import GIB, ModelShape, TrainingPlan, estimate_peak_memory
+
+    model = setup.model
+    plan = TrainingPlan(
+        trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        gradient_checkpointing=setup.config.gradient_checkpointing,
+        lora_dropout=False,
+        value_bytes=2,
+    )
+    longest = max(len(example.input_ids) for example in setup.examples)
+    estimate = estimate_peak_memory(
+        ModelShape.from_config(model.config.to_dict()),
+        plan,
+        tokens_per_micro_batch=setup.config.batch_size * longest,
+    )
+    tensors = estimate.weights + estimate.lora_state + estimate.activations + estimate.loss
+    return tensors / GIB
 
 
 def run_trainer(shape: str, examples: list[Any], steps: int, flatten: bool) -> dict[str, Any]:
@@ -454,15 +478,20 @@ def table(report: dict[str, Any]) -> str:
     lines.append(f"cpu kernels: {cpu['kernels']['attention']}, loss {cpu['kernels']['loss']}")
     if "throughput" in report:
         lines.append(
-            f"{'shape':12}{'variant':40}{'tokens/s':>10}{'peak GiB':>10}{'MFU':>7}{'loss':>8}"
+            f"{'shape':12}{'variant':40}{'tokens/s':>10}{'peak GiB':>10}{'plan GiB':>10}"
+            f"{'MFU':>7}{'loss':>8}"
         )
         for shape, rows in report["throughput"]["shapes"].items():
             for row in rows:
                 mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "n/a"
+                planned = row.get("planned_tensors_gib")
+                plan = f"{planned:>10.2f}" if planned is not None else f"{'':>10}"
                 lines.append(
                     f"{shape:12}{row['variant']:40}{row['tokens_per_second']:>10.0f}"
-                    f"{row['peak_memory_gib']:>10.2f}{mfu:>7}{row['final_loss']:>8.3f}"
+                    f"{row['peak_memory_gib']:>10.2f}{plan}{mfu:>7}{row['final_loss']:>8.3f}"
                 )
+                if planned is not None and row["peak_memory_gib"] > planned:
+                    lines.append(f"WARNING: the memory planner underestimated {row['variant']}")
             losses = [row["final_loss"] for row in rows]
             if (max(losses) - min(losses)) / min(losses) > LOSS_GAP_WARNING:
                 lines.append(f"WARNING: {shape} final losses differ by more than 2%: {losses}")
