@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tunery.cli.client import SseEvent
-from tunery.cli.render import StepProgress, evaluation_lines, print_samples
+from tunery.cli.render import StepProgress, evaluation_lines, print_estimate, print_samples
 from tunery.cli.runs import RunWatcher
 
 
@@ -57,3 +57,26 @@ def test_samples_show_tuned_base_and_reference_and_flag_empty_replies(capsys) ->
     shown = capsys.readouterr().out
     assert "  tuned    → 4\n  base     → [empty reply]\n  expected → 4" in shown
     assert "sample 2: hi\n  tuned    → [empty reply]" in shown
+
+
+def test_the_estimate_shows_the_planned_memory_where_the_tier_has_a_card(capsys) -> None:
+    estimate = {
+        "examples": 377,
+        "rows": 400,
+        "validation_examples": 20,
+        "tokens": 19000,
+        "tokens_per_epoch": 19000,
+        "total_steps": 95,
+        "epochs": 1,
+        "seconds": 120.0,
+        "tier": "t4",
+        "throughput_source": "prior",
+        "credits": None,
+        "peak_memory_gib": 6.2,
+        "gpu_memory_gib": 15.0,
+        "notes": [],
+    }
+    print_estimate(estimate)
+    assert "memory      ~6.2 GiB peak of the card's 15 GiB" in capsys.readouterr().out
+    print_estimate({**estimate, "peak_memory_gib": None, "gpu_memory_gib": None})
+    assert "memory" not in capsys.readouterr().out

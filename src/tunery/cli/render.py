@@ -195,6 +195,11 @@ def print_estimate(estimate: dict[str, Any]) -> None:
             f"credits     ~{estimate['credits']:.2f} at {estimate['credits_per_minute']:g}/min; "
             f"balance {estimate['balance']:.2f} ({covered})"
         )
+    if estimate.get("peak_memory_gib") is not None:
+        lines.append(
+            f"memory      ~{estimate['peak_memory_gib']:g} GiB peak of the card's "
+            f"{estimate['gpu_memory_gib']:g} GiB"
+        )
     lines += [f"note        {note}" for note in estimate.get("notes") or []]
     click.echo("\n".join(lines))
 
