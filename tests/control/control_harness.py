@@ -22,14 +22,20 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 import yaml
 
 from tunery.backends.base import Handle
+from tunery.backends.fake import FakeBackend
 from tunery.backends.local import group_members, process_of, process_start_time
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
+
+    from tunery.settings import Settings
 
 TERMINAL = {"completed", "failed", "cancelled"}
 STARTUP_SECONDS = 60.0
@@ -530,3 +536,23 @@ def assert_one_terminal(events: list[Event], expected: str) -> None:
     terminal = [status for status in statuses if status in TERMINAL]
     assert terminal == [expected], statuses
     assert statuses[-1] == expected, statuses
+
+
+@contextlib.contextmanager
+def in_process_app(settings: Settings) -> Iterator[tuple[TestClient, str]]:
+    """The app for ``settings`` in this process, on the in-memory backend with the scheduler
+    off (tests call ``tick``), and the admin's token."""
+    from fastapi.testclient import TestClient
+
+    from tunery.api.app import create_app
+    from tunery.server import ensure_admin
+
+    token = ensure_admin(settings) or (settings.data_dir / "admin-token").read_text().strip()
+    app = create_app(
+        settings,
+        server_url="http://test",
+        backend=FakeBackend.for_settings(settings),
+        run_scheduler=False,
+    )
+    with TestClient(app) as http:
+        yield http, token

@@ -15,17 +15,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from control_harness import payload
+from control_harness import in_process_app, payload
 from fastapi.testclient import TestClient
 
-from tunery.api.app import create_app
 from tunery.backends.base import AttemptLaunch
 from tunery.backends.fake import FakeBackend
 from tunery.pipeline.checkpoints import complete_checkpoints
 from tunery.runs import settle
 from tunery.runs.plane import ControlPlane
 from tunery.scheduler.scheduler import tick
-from tunery.server import ensure_admin
 from tunery.settings import NodeSettings, Settings
 from tunery.worker.checkpoints import CHECKPOINT_FILES, fetch_newest_checkpoint, upload_checkpoint
 from tunery.worker.transfers import Fenced
@@ -70,16 +68,8 @@ class Studio:
 def studio(data_dir: Path) -> Iterator[Studio]:
     settings = Settings.load(data_dir)
     settings.nodes = [NodeSettings(name=f"n{i}", tier="cpu") for i in range(2)]
-    token = ensure_admin(settings)
-    assert token is not None
-    app = create_app(
-        settings,
-        server_url="http://test",
-        backend=FakeBackend.for_settings(settings),
-        run_scheduler=False,
-    )
-    with TestClient(app) as http:
-        yield Studio(http, app.state.plane, token)
+    with in_process_app(settings) as (http, token):
+        yield Studio(http, http.app.state.plane, token)
 
 
 def checkpoint(root: Path, step: int) -> Path:

@@ -15,11 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-from control_harness import payload
+from control_harness import in_process_app, payload
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from tunery.api.app import create_app
 from tunery.backends.fake import FakeBackend
 from tunery.db import Run
 from tunery.phases import Phase
@@ -27,7 +26,6 @@ from tunery.runs import store
 from tunery.runs.lifecycle import RunStatus
 from tunery.runs.plane import ControlPlane
 from tunery.scheduler.scheduler import tick
-from tunery.server import ensure_admin
 from tunery.settings import NodeSettings, Settings
 
 API = "/api/v1"
@@ -61,16 +59,8 @@ class Studio:
 def studio(data_dir: Path) -> Iterator[Studio]:
     settings = Settings.load(data_dir)
     settings.nodes = [NodeSettings(name="n0", tier="cpu")]
-    token = ensure_admin(settings)
-    assert token is not None
-    app = create_app(
-        settings,
-        server_url="http://test",
-        backend=FakeBackend.for_settings(settings),
-        run_scheduler=False,
-    )
-    with TestClient(app) as http:
-        yield Studio(http, app.state.plane, token)
+    with in_process_app(settings) as (http, token):
+        yield Studio(http, http.app.state.plane, token)
 
 
 @pytest.fixture

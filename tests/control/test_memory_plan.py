@@ -13,14 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from control_harness import payload
+from control_harness import in_process_app, payload
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from tunery.api.app import create_app
-from tunery.backends.fake import FakeBackend
 from tunery.db import Run
-from tunery.server import ensure_admin
 from tunery.settings import NodeSettings, Settings
 from tunery.tiers import TierSettings
 
@@ -66,15 +63,7 @@ def make_studio(data_dir: Path, t4_memory_gib: float | None = None) -> Iterator[
     settings.tiers.append(
         TierSettings(id="t4", name="NVIDIA T4", credits_per_minute=0, gpu_memory_gib=t4_memory_gib)
     )
-    token = ensure_admin(settings)
-    assert token is not None
-    app = create_app(
-        settings,
-        server_url="http://test",
-        backend=FakeBackend.for_settings(settings),
-        run_scheduler=False,
-    )
-    with TestClient(app) as http:
+    with in_process_app(settings) as (http, token):
         yield Studio(http, settings, token)
 
 

@@ -9,6 +9,7 @@ the address that was checked.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,15 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from control_harness import payload, wait_until
+from control_harness import in_process_app, payload, wait_until
 from fastapi.testclient import TestClient
 
-from tunery.api.app import create_app
-from tunery.backends.fake import FakeBackend
 from tunery.db import Run
 from tunery.runs import settle
 from tunery.scheduler.scheduler import tick
-from tunery.server import ensure_admin
 from tunery.settings import NodeSettings, Settings
 
 API = "/api/v1"
@@ -66,27 +64,16 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture
 def studio(data_dir: Path) -> Iterator[Callable[..., Any]]:
     """``studio(allow_private)``: an app and an admin's headers."""
-    clients: list[TestClient] = []
+    with contextlib.ExitStack() as apps:
 
-    def start(allow_private: bool) -> tuple[TestClient, dict[str, str]]:
-        settings = Settings.load(data_dir)
-        settings.nodes = [NodeSettings(name="n0", tier="cpu")]
-        settings.webhooks_to_private_addresses = allow_private
-        token = ensure_admin(settings) or (data_dir / "admin-token").read_text().strip()
-        app = create_app(
-            settings,
-            server_url="http://test",
-            backend=FakeBackend.for_settings(settings),
-            run_scheduler=False,
-        )
-        http = TestClient(app)
-        http.__enter__()
-        clients.append(http)
-        return http, {"Authorization": f"Bearer {token}"}
+        def start(allow_private: bool) -> tuple[TestClient, dict[str, str]]:
+            settings = Settings.load(data_dir)
+            settings.nodes = [NodeSettings(name="n0", tier="cpu")]
+            settings.webhooks_to_private_addresses = allow_private
+            http, token = apps.enter_context(in_process_app(settings))
+            return http, {"Authorization": f"Bearer {token}"}
 
-    yield start
-    for http in clients:
-        http.__exit__(None, None, None)
+        yield start
 
 
 def cancelled_run(http: TestClient, auth: dict[str, str]) -> str:

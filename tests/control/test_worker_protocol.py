@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from control_harness import attempt_token, payload
+from control_harness import attempt_token, in_process_app, payload
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -73,16 +73,8 @@ class Studio:
 def studio(data_dir: Path) -> Iterator[Studio]:
     settings = Settings.load(data_dir)
     settings.nodes = [NodeSettings(name=f"n{i}", tier="cpu") for i in range(2)]
-    token = ensure_admin(settings)
-    assert token is not None
-    app = create_app(
-        settings,
-        server_url="http://test",
-        backend=FakeBackend.for_settings(settings),
-        run_scheduler=False,
-    )
-    with TestClient(app) as http:
-        yield Studio(http, app.state.plane, token)
+    with in_process_app(settings) as (http, token):
+        yield Studio(http, http.app.state.plane, token)
 
 
 ROWS = (

@@ -119,8 +119,6 @@ def apply_kernels(model: Any, kernels: Kernels) -> None:
 def _lora_addmm_forward(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     """PEFT's ``Linear.forward`` for one active plain LoRA adapter, with ``base + scale * B(A(x))``
     as one ``addmm``; any other case (adapters disabled or merged, several, DoRA) is PEFT's."""
-    from peft.tuners.lora.layer import Linear as LoraLinear
-
     adapters = layer.active_adapters
     plain = (
         not args
@@ -133,6 +131,9 @@ def _lora_addmm_forward(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) 
         and not getattr(layer, "lora_bias", {}).get(adapters[0], False)
     )
     if not plain:
+        # Imported here, off the common path: this forward runs for every adapted layer.
+        from peft.tuners.lora.layer import Linear as LoraLinear
+
         return LoraLinear.forward(layer, x, *args, **kwargs)
     name = adapters[0]
     result = layer.base_layer(x)
