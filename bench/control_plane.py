@@ -99,7 +99,8 @@ from tunery.pipeline.load import (
     choose_device, choose_precision, load_model, load_tokenizer, max_context,
 )
 from tunery.pipeline.lora import attach_lora
-from tunery.pipeline.train import TrainSetup, train
+from tunery.pipeline.train import train
+from tunery.pipeline.train_setup import TrainSetup
 
 model_dir, dataset, threads = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(threads)

@@ -107,7 +107,8 @@ def demo_losses(
     from tunery.pipeline.load import choose_precision, load_model, load_tokenizer
     from tunery.pipeline.lora import attach_lora
     from tunery.pipeline.reporting import RecordingReporter
-    from tunery.pipeline.train import TrainSetup, default_kernels, train
+    from tunery.pipeline.train import default_kernels, train
+    from tunery.pipeline.train_setup import TrainSetup
 
     target = torch.device(device)
     precision = choose_precision("no" if dtype == "fp32" else dtype, target)
@@ -215,7 +216,8 @@ def run_tunery(shape: str, examples: list[Any], steps: int, checkpointing: bool)
     from tunery.pipeline.load import Precision
     from tunery.pipeline.lora import attach_lora
     from tunery.pipeline.reporting import RecordingReporter
-    from tunery.pipeline.train import TrainSetup, default_kernels, train
+    from tunery.pipeline.train import default_kernels, train
+    from tunery.pipeline.train_setup import TrainSetup
 
     model = build_model(shape)
     flops = model_flops(model, examples)
@@ -294,8 +296,8 @@ def run_trainer(shape: str, examples: list[Any], steps: int, flatten: bool) -> d
         TrainingArguments,
     )
 
+    from tunery.pipeline.budget import epoch_order
     from tunery.pipeline.config import TrainingConfig
-    from tunery.pipeline.train import epoch_order
 
     class StepClock(TrainerCallback):
         def __init__(self) -> None:
@@ -424,7 +426,8 @@ def resume_check(model_dir: Path) -> dict[str, Any]:
     from tunery.pipeline.load import choose_precision, load_model, load_tokenizer
     from tunery.pipeline.lora import attach_lora
     from tunery.pipeline.reporting import RecordingReporter
-    from tunery.pipeline.train import TrainSetup, train
+    from tunery.pipeline.train import train
+    from tunery.pipeline.train_setup import TrainSetup
 
     cuda = torch.device("cuda")
     precision = choose_precision("bf16", cuda)

@@ -129,7 +129,7 @@ def training_config(steps: int) -> TrainingConfig:
 
 def trainer_order(stream: list[Example], steps: int) -> list[Example]:
     """The stream in the order tunery's steps read it, checked against its first batch."""
-    from tunery.pipeline.train import epoch_order, plan_budget, step_micro_batches
+    from tunery.pipeline.budget import epoch_order, plan_budget, step_micro_batches
 
     ordered = [stream[index] for index in epoch_order(len(stream), SEED, 0)]
     config = training_config(steps)
@@ -311,7 +311,8 @@ def run_tunery(model_dir: Path, steps: int) -> dict[str, Any]:
     from tunery.pipeline.load import Precision
     from tunery.pipeline.lora import attach_lora
     from tunery.pipeline.reporting import RecordingReporter
-    from tunery.pipeline.train import TrainSetup, train
+    from tunery.pipeline.train import train
+    from tunery.pipeline.train_setup import TrainSetup
 
     class ClockedReporter(RecordingReporter):
         """A RecordingReporter that notes when the first step begins (its first check)."""

@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 from tunery.api.app import create_app
 from tunery.backends.fake import FakeBackend
 from tunery.db import RunEvent
+from tunery.lifecycle import RunStatus
 from tunery.phases import PHASE_DESCRIPTIONS
 from tunery.runs import history
-from tunery.runs.lifecycle import RunStatus
 from tunery.server import ensure_admin
 from tunery.settings import Settings
 

@@ -21,9 +21,9 @@ from sqlalchemy import select
 
 from tunery.backends.fake import FakeBackend
 from tunery.db import Run
+from tunery.lifecycle import RunStatus
 from tunery.phases import Phase
 from tunery.runs import store
-from tunery.runs.lifecycle import RunStatus
 from tunery.runs.plane import ControlPlane
 from tunery.scheduler.scheduler import tick
 from tunery.settings import NodeSettings, Settings

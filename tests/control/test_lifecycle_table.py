@@ -10,9 +10,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from tunery.db import Account, Run, RunEvent, make_engine, make_sessions, new_id
+from tunery.lifecycle import ACTIVE, TERMINAL, TRANSITIONS, RunStatus, can_move
 from tunery.phases import Phase
 from tunery.runs import store
-from tunery.runs.lifecycle import ACTIVE, TERMINAL, TRANSITIONS, RunStatus, can_move
 
 S = RunStatus
 # The table as the contract and the spec page describe it, written out independently.

@@ -7,9 +7,9 @@ from sqlalchemy import select
 
 from tunery.backends.fake import FakeBackend
 from tunery.db import Account, Attempt, LedgerEntry, Run, now
+from tunery.lifecycle import RunStatus
 from tunery.phases import Phase
 from tunery.runs import billing, queries, store
-from tunery.runs.lifecycle import RunStatus
 from tunery.runs.plane import ControlPlane
 from tunery.runs.settle import finish as settle_finish
 from tunery.scheduler.scheduler import enforce_credits

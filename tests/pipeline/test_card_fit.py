@@ -17,7 +17,7 @@ from tunery.pipeline.data import prepare_data
 from tunery.pipeline.load import Precision, load_model, load_tokenizer
 from tunery.pipeline.lora import attach_lora
 from tunery.pipeline.memory import GIB, ModelShape, TrainingPlan, estimate_peak_memory
-from tunery.pipeline.train import TrainSetup
+from tunery.pipeline.train_setup import TrainSetup
 
 CPU = torch.device("cpu")
 FP32 = Precision(torch.float32, None)

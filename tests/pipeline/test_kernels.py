@@ -24,7 +24,7 @@ from tunery.pipeline.kernels import Kernels, apply_kernels, choose_kernels
 from tunery.pipeline.load import Precision, load_model, load_tokenizer
 from tunery.pipeline.lora import attach_lora
 from tunery.pipeline.loss import ChunkedLinearCrossEntropy, choose_loss
-from tunery.pipeline.train import batch_loss_sum, pack
+from tunery.pipeline.packing import batch_loss_sum, pack
 
 CPU = torch.device("cpu")
 FP32 = Precision(torch.float32, None)

@@ -59,7 +59,8 @@ def test_an_adapter_trained_on_a_4_bit_base_merges_into_the_16_bit_weights(
     from tunery.pipeline.data import prepare_data
     from tunery.pipeline.lora import attach_lora
     from tunery.pipeline.save import save_adapter
-    from tunery.pipeline.train import TrainSetup, train
+    from tunery.pipeline.train import train
+    from tunery.pipeline.train_setup import TrainSetup
 
     tokenizer, chat_format, _ = load_tokenizer(demo_model_dir)
     data = prepare_data([demo_dataset], tokenizer, chat_format, max_length=256, seed=1)

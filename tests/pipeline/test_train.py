@@ -11,22 +11,18 @@ import torch
 from safetensors.torch import load_file
 
 from tunery.errors import ConfigError, RunCancelled
+from tunery.pipeline.budget import plan_budget
 from tunery.pipeline.chat import Example
+from tunery.pipeline.checkpoints import complete_checkpoints
 from tunery.pipeline.data import prepare_data
 from tunery.pipeline.load import Precision, load_model, load_tokenizer
 from tunery.pipeline.lora import attach_lora
+from tunery.pipeline.packing import batch_loss_sum, pack
 from tunery.pipeline.recipe import run_recipe
 from tunery.pipeline.reporting import RecordingReporter
 from tunery.pipeline.save import LORA_BUNDLE_FILES, save_adapter, write_lora_bundle
-from tunery.pipeline.train import (
-    TrainingDiverged,
-    TrainSetup,
-    batch_loss_sum,
-    complete_checkpoints,
-    pack,
-    plan_budget,
-    train,
-)
+from tunery.pipeline.train import TrainingDiverged, train
+from tunery.pipeline.train_setup import TrainSetup
 
 CPU = torch.device("cpu")
 FP32 = Precision(torch.float32, None)

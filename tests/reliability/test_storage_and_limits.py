@@ -25,9 +25,9 @@ from tunery.db import Attempt, Run, now
 from tunery.errors import ConfigError
 from tunery.gguf import export
 from tunery.hub import signing
+from tunery.lifecycle import RunStatus
 from tunery.phases import Phase
 from tunery.runs import billing, datasets, history, queries, retention, settle, store
-from tunery.runs.lifecycle import RunStatus
 from tunery.runs.plane import ControlPlane, QuotaExceeded
 from tunery.runs.submit import LOCAL_MODELS_ONLY, submit_run
 from tunery.scheduler.scheduler import tick

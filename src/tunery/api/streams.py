@@ -19,8 +19,8 @@ from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
+from tunery.lifecycle import TERMINAL
 from tunery.runs import history, queries
-from tunery.runs.lifecycle import TERMINAL
 from tunery.runs.plane import ControlPlane
 from tunery.wire.events import ReadyEvent, SnapshotEvent
 

@@ -20,9 +20,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-TOKEN_VARIABLE = "TUNERY_ATTEMPT_TOKEN"
-"""The environment variable a local worker finds its token in."""
-
 
 @dataclass(frozen=True)
 class AttemptLaunch:

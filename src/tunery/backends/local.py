@@ -24,7 +24,6 @@ from collections.abc import Collection
 from pathlib import Path
 
 from tunery.backends.base import (
-    TOKEN_VARIABLE,
     AttemptLaunch,
     Handle,
     Placement,
@@ -32,6 +31,7 @@ from tunery.backends.base import (
     WorkerState,
     node_slots,
 )
+from tunery.wire.reports import ATTEMPT_TOKEN_VARIABLE
 
 
 def process_start_time(pid: int) -> str | None:
@@ -101,7 +101,11 @@ class LocalBackend:
     def start(self, launch: AttemptLaunch) -> Handle:
         run_dir = self._runs_dir / launch.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, TOKEN_VARIABLE: launch.token, "TUNERY_DATA_DIR": str(self._data_dir)}
+        env = {
+            **os.environ,
+            ATTEMPT_TOKEN_VARIABLE: launch.token,
+            "TUNERY_DATA_DIR": str(self._data_dir),
+        }
         with (run_dir / f"attempt-{launch.number}.log").open("ab") as log:
             process = subprocess.Popen(
                 [

@@ -26,7 +26,7 @@ from httpx_sse import ServerSentEvent, SSEError, connect_sse
 
 from tunery.environment import Environment, environment
 from tunery.errors import ConfigError
-from tunery.runs.lifecycle import TERMINAL
+from tunery.lifecycle import TERMINAL
 
 DEFAULT_URL = "http://127.0.0.1:8420"
 TOKEN_FILE = "admin-token"

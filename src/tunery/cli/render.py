@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from tunery.errors import ConfigError, DatasetError, TuneryError
+from tunery.lifecycle import STATUS_DISPLAY, TERMINAL, RunStatus
 from tunery.pipeline.reporting import current_epoch
-from tunery.runs.lifecycle import STATUS_DISPLAY, TERMINAL, RunStatus
 
 if TYPE_CHECKING:
     from tqdm import tqdm

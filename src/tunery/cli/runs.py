@@ -28,8 +28,8 @@ from tunery.cli.render import (
     print_table,
 )
 from tunery.errors import TuneryError
+from tunery.lifecycle import TERMINAL, RunStatus
 from tunery.phases import Phase
-from tunery.runs.lifecycle import TERMINAL, RunStatus
 
 if TYPE_CHECKING:
     from tunery.cli.client import Client, ClientError, SseEvent

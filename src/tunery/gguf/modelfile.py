@@ -31,8 +31,8 @@ from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tunery.errors import TuneryError
+from tunery.pipeline.datasets import ROLES
 
-ROLES = ("system", "user", "assistant")
 # A conversation must render with these role sequences, or no Ollama template is possible.
 REQUIRED_SHAPES = (("user",), ("user", "assistant"), ("user", "assistant", "user"))
 _LAUNCH_HINT = "llama-cli -m model.gguf -cnv"

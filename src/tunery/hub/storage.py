@@ -2,8 +2,8 @@
 
 Two stores implement ``Storage``: ``LocalStorage`` (files on the server's disk, streamed by
 the server under its own signed URLs) and ``tunery.hub.s3.S3Storage`` (an S3-compatible
-bucket that serves downloads itself through presigned URLs). ``open_storage`` picks the one
-the settings name.
+bucket that serves downloads itself through presigned URLs). ``tunery.hub.open_storage``
+picks the one the settings name.
 """
 
 from __future__ import annotations
@@ -14,10 +14,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from tunery.settings import Settings
+from typing import Protocol
 
 ARTIFACTS = ("lora", "gguf")
 ENTRY_ID = re.compile(r"^[A-Za-z0-9_]{1,64}$")
@@ -100,12 +97,3 @@ class LocalStorage:
     ) -> Path:
         """Always the local file: the server streams it (the name is sent by the route)."""
         return self.path(entry_id, artifact)
-
-
-def open_storage(settings: Settings) -> Storage:
-    """The store ``settings.storage`` names; boto3 is imported only for ``kind: s3``."""
-    if settings.storage.kind == "s3":
-        from tunery.hub.s3 import S3Storage
-
-        return S3Storage.from_settings(settings.storage)
-    return LocalStorage(settings.data_dir / "hub")

@@ -11,6 +11,7 @@ from typing import Any
 
 from tunery.openai_api.objects import OpenAIError
 from tunery.openai_api.serving import CONTEXT_TOKENS, ModelPool, ServedGguf
+from tunery.pipeline.datasets import ROLES
 
 MAX_TOKENS = 1024
 """The most tokens one answer may have; also the default when the request names none."""
@@ -18,7 +19,8 @@ DEFAULT_MAX_TOKENS = 256
 MAX_PROMPT_CHARS = 4 * CONTEXT_TOKENS
 """A prompt longer than this cannot fit the context, whatever the tokenizer."""
 MAX_MESSAGES = 256
-ROLES = ("system", "developer", "user", "assistant")
+CHAT_ROLES = ("developer", *ROLES)
+"""The dataset roles, and OpenAI's newer name for the system role."""
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,10 @@ def _messages(raw: Any) -> list[dict[str, str]]:
     messages = []
     for index, message in enumerate(raw):
         where = f"messages.[{index}]"
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise OpenAIError(400, f"role must be one of {', '.join(ROLES)}", param=f"{where}.role")
+        if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
+            raise OpenAIError(
+                400, f"role must be one of {', '.join(CHAT_ROLES)}", param=f"{where}.role"
+            )
         role = "system" if message["role"] == "developer" else message["role"]
         messages.append({"role": role, "content": _text(message.get("content"), where)})
     if sum(len(message["content"]) for message in messages) > MAX_PROMPT_CHARS:

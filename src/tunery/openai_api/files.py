@@ -10,10 +10,10 @@ from sqlalchemy import select
 
 from tunery.db import Dataset, Run
 from tunery.errors import DatasetError, TuneryError
+from tunery.lifecycle import RunStatus
 from tunery.openai_api.mapping import RESULTS_PREFIX, metrics_csv, results_file_id
 from tunery.openai_api.objects import FileObject, OpenAIError, openai_error, page_of
 from tunery.runs import datasets, history
-from tunery.runs.lifecycle import RunStatus
 from tunery.runs.plane import Conflict, ControlPlane, NotFound
 
 PURPOSE = "fine-tune"

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from tunery.db import FineTuningJob, Run, now
 from tunery.errors import ConfigError, TuneryError
+from tunery.lifecycle import TERMINAL, RunStatus
 from tunery.openai_api import mapping
 from tunery.openai_api.objects import (
     FineTuningJob as JobObject,
@@ -33,7 +34,6 @@ from tunery.openai_api.objects import (
 )
 from tunery.pipeline.config import MAX_SEED, RUN_NAME_PATTERN
 from tunery.runs import datasets, estimate, queries, settle, submit
-from tunery.runs.lifecycle import TERMINAL, RunStatus
 from tunery.runs.plane import Conflict, ControlPlane, NotFound
 
 CREATE_FIELDS = frozenset(

@@ -14,11 +14,11 @@ from typing import Any
 from sqlalchemy import select
 
 from tunery.db import RunEvent
+from tunery.lifecycle import RunStatus
 from tunery.openai_api import mapping
 from tunery.openai_api.jobs import owned_run
 from tunery.openai_api.objects import Checkpoint, JobEvent, OpenAIError, page_of
 from tunery.runs import history
-from tunery.runs.lifecycle import RunStatus
 from tunery.runs.plane import ControlPlane
 
 

@@ -27,9 +27,9 @@ from sqlalchemy import or_, select
 
 from tunery.db import HubEntry, Run
 from tunery.hub.storage import PresignedUrl
+from tunery.lifecycle import RunStatus
 from tunery.openai_api.mapping import fine_tuned_model_name, run_id_of_model
 from tunery.openai_api.objects import Model, OpenAIError
-from tunery.runs.lifecycle import RunStatus
 from tunery.runs.plane import ControlPlane
 
 CONTEXT_TOKENS = 2048

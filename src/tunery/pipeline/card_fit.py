@@ -20,7 +20,7 @@ from tunery.pipeline.memory import GIB, ModelShape, TrainingPlan, fit_problem
 if TYPE_CHECKING:
     import torch
 
-    from tunery.pipeline.train import TrainSetup
+    from tunery.pipeline.train_setup import TrainSetup
 
 
 class TrainingOutOfMemory(TuneryError):

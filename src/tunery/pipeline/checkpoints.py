@@ -14,8 +14,10 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunery.pipeline.train_setup import TrainerState
+
 if TYPE_CHECKING:
-    from tunery.pipeline.train import TrainerState, TrainSetup
+    from tunery.pipeline.train_setup import TrainSetup
 
 COMPLETE_MARKER = "COMPLETE"
 CHECKPOINTS_KEPT = 2
@@ -122,8 +124,6 @@ def load_newest_checkpoint(
         torch.random.set_rng_state(training["rng"]["torch"].cpu())
         if "cuda" in training["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in training["rng"]["cuda"]])
-        from tunery.pipeline.train import TrainerState
-
         return TrainerState(
             step=saved["step"],
             trained_tokens=saved["trained_tokens"],

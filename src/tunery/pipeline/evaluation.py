@@ -18,14 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 from tunery.pipeline.chat import IGNORE, Example
 from tunery.pipeline.early_stopping import EarlyStopping
+from tunery.pipeline.packing import pack
 from tunery.pipeline.reporting import EvalMetrics, Reporter
 
 if TYPE_CHECKING:
     import torch
 
     from tunery.pipeline.attention import AttentionKind
+    from tunery.pipeline.budget import Budget
     from tunery.pipeline.kernels import Kernels
-    from tunery.pipeline.train import Budget, TrainerState, TrainSetup
+    from tunery.pipeline.train_setup import TrainerState, TrainSetup
 
 EVAL_BATCH_EXAMPLES = 8
 """Validation examples packed per forward pass, whatever the training batch size."""
@@ -56,8 +58,6 @@ def evaluate(
     ``attention`` must be the attention the model uses now (``attention_in_use``).
     """
     import torch
-
-    from tunery.pipeline.train import pack
 
     started = time.perf_counter()
     was_training = model.training

@@ -133,6 +133,7 @@ def run_recipe(
     import torch
 
     from tunery.pipeline.chat import Encoder
+    from tunery.pipeline.checkpoints import complete_checkpoints
     from tunery.pipeline.data import prepare_data
     from tunery.pipeline.early_stopping import EarlyStopping, best_adapter_dir
     from tunery.pipeline.evaluation import (
@@ -154,7 +155,8 @@ def run_recipe(
     from tunery.pipeline.lora import attach_lora
     from tunery.pipeline.samples import add_base_answers, generate_samples
     from tunery.pipeline.save import model_card, save_adapter, write_lora_bundle
-    from tunery.pipeline.train import TrainSetup, complete_checkpoints, train
+    from tunery.pipeline.train import train
+    from tunery.pipeline.train_setup import TrainSetup
 
     paths = dataset_paths if dataset_paths is not None else [Path(p) for p in recipe.datasets]
     if validation_paths is None:

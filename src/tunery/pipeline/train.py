@@ -1,203 +1,35 @@
-"""The gradient steps, with padding-free packing and resumable checkpoints.
+"""The gradient steps: packed micro-batches, accumulated, clipped, checkpointed.
 
-Each micro-batch of ``batch_size`` examples is packed without padding: with a variable-length
-attention kernel, all of it in one row with the examples' boundaries passed to the kernel;
-otherwise into as few rows as possible, with position ids restarting at every example, which
-transformers turns into a block-diagonal mask (see ``tunery.pipeline.attention``). Either
-way examples never see each other. The loss runs over trained positions only, in chunks,
-so full-vocabulary logits are never materialised (``tunery.pipeline.loss``).
-
-The data order of an epoch depends on the seed and the epoch alone, so an optimizer step
-number is a complete data position: a run resumed from a checkpoint sees the same batches,
-and with the RNG and optimizer state restored continues as if uninterrupted.
+Each optimizer step trains on the micro-batches ``budget.step_micro_batches`` names, packed
+without padding (``tunery.pipeline.packing``). The loss runs over trained positions only, in
+chunks, so full-vocabulary logits are never materialised (``tunery.pipeline.loss``). With
+the RNG and optimizer state restored from a checkpoint, a resumed run continues as if
+uninterrupted.
 """
 
 from __future__ import annotations
 
 import math
-import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunery.errors import RunCancelled, TuneryError
+from tunery.pipeline.budget import plan_budget, step_micro_batches
 from tunery.pipeline.card_fit import out_of_memory_fails, refuse_what_cannot_fit
-from tunery.pipeline.chat import IGNORE, Example
-from tunery.pipeline.checkpoints import complete_checkpoints as complete_checkpoints  # re-export
+from tunery.pipeline.chat import Example
 from tunery.pipeline.checkpoints import load_newest_checkpoint, save_checkpoint
-from tunery.pipeline.config import TrainingConfig
+from tunery.pipeline.packing import batch_loss_sum, pack
 from tunery.pipeline.reporting import EtaEstimator, Reporter, StepMetrics
+from tunery.pipeline.train_setup import TrainerState, TrainSetup
 
 if TYPE_CHECKING:
-    import torch
-    from peft import PeftModel
-
-    from tunery.pipeline.attention import AttentionKind
-    from tunery.pipeline.evaluation import EvaluationPlan
     from tunery.pipeline.kernels import Kernels
-    from tunery.pipeline.load import Precision
-    from tunery.pipeline.loss import LossKind
 
 
 class TrainingDiverged(TuneryError):
     """The loss became NaN or infinite. A user error: the same recipe diverges again."""
 
     code = "training_diverged"
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How long the run is: optimizer steps per epoch, in all, and epochs touched."""
-
-    micro_batches_per_epoch: int
-    steps_per_epoch: int
-    total_steps: int
-    epochs: int
-
-
-def plan_budget(example_count: int, config: TrainingConfig) -> Budget:
-    micro = math.ceil(example_count / config.batch_size)
-    per_epoch = math.ceil(micro / config.gradient_accumulation_steps)
-    if config.max_steps > 0:
-        return Budget(micro, per_epoch, config.max_steps, math.ceil(config.max_steps / per_epoch))
-    return Budget(micro, per_epoch, per_epoch * config.epochs, config.epochs)
-
-
-def epoch_order(example_count: int, seed: int, epoch: int) -> list[int]:
-    order = list(range(example_count))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    return order
-
-
-def step_micro_batches(
-    step: int, examples: list[Example], budget: Budget, config: TrainingConfig
-) -> list[list[Example]]:
-    """The micro-batches of 0-based optimizer step ``step``; epochs wrap for step budgets."""
-    epoch, within = divmod(step, budget.steps_per_epoch)
-    order = epoch_order(len(examples), config.seed, epoch)
-    first = within * config.gradient_accumulation_steps
-    last = min(first + config.gradient_accumulation_steps, budget.micro_batches_per_epoch)
-    size = config.batch_size
-    return [[examples[i] for i in order[m * size : (m + 1) * size]] for m in range(first, last)]
-
-
-@dataclass(frozen=True)
-class PackedBatch:
-    input_ids: torch.Tensor  # [rows, length]
-    position_ids: torch.Tensor  # [rows, length], restarting at each example
-    targets: torch.Tensor  # [rows, length], IGNORE where nothing is trained
-    real_tokens: int
-    attention_inputs: dict[str, Any] = field(default_factory=dict)  # where examples start
-
-    def forward_inputs(self) -> dict[str, Any]:
-        """The model-forward keywords for this batch (the attention's included)."""
-        return {
-            "input_ids": self.input_ids,
-            "position_ids": self.position_ids,
-            **self.attention_inputs,
-        }
-
-
-def pack(
-    batch: list[Example], pad_id: int, device: torch.device, attention: AttentionKind = "sdpa"
-) -> PackedBatch:
-    """Pack ``batch`` for ``attention``: one flattened row for variable-length kernels, else
-    first-fit-decreasing rows whose tails are padded as their own segment (attending only to
-    themselves, never trained)."""
-    import torch
-
-    from tunery.pipeline.attention import FLATTENED, attention_inputs
-
-    if attention in FLATTENED:
-        rows = [list(batch)]
-        fill = [sum(len(example.input_ids) for example in batch)]
-    else:
-        rows, fill = _first_fit_rows(batch)
-    width = max(fill)
-    ids, positions, targets = [], [], []
-    for row, used in zip(rows, fill, strict=True):
-        row_ids: list[int] = []
-        row_positions: list[int] = []
-        row_targets: list[int] = []
-        for example in row:
-            row_ids.extend(example.input_ids)
-            row_positions.extend(range(len(example.input_ids)))
-            row_targets.extend(example.targets)
-        tail = width - used
-        row_ids.extend([pad_id] * tail)
-        row_positions.extend(range(tail))
-        row_targets.extend([IGNORE] * tail)
-        ids.append(row_ids)
-        positions.append(row_positions)
-        targets.append(row_targets)
-
-    def tensor(values: list[list[int]]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.long, device=device)
-
-    lengths = tuple(len(example.input_ids) for example in rows[0])
-    extra = attention_inputs(attention, lengths, device) if attention in FLATTENED else {}
-    return PackedBatch(tensor(ids), tensor(positions), tensor(targets), sum(fill), extra)
-
-
-def _first_fit_rows(batch: list[Example]) -> tuple[list[list[Example]], list[int]]:
-    # Rows as long as the longest example: masked attention computes the whole row (masked
-    # pairs included), so shorter rows cost fewer attention pairs for the same tokens.
-    capacity = max(len(example.input_ids) for example in batch)
-    rows: list[list[Example]] = []
-    fill: list[int] = []
-    for example in sorted(batch, key=lambda item: len(item.input_ids), reverse=True):
-        size = len(example.input_ids)
-        for index, used in enumerate(fill):
-            if used + size <= capacity:
-                rows[index].append(example)
-                fill[index] += size
-                break
-        else:
-            rows.append([example])
-            fill.append(size)
-    return rows, fill
-
-
-def batch_loss_sum(model: PeftModel, batch: PackedBatch, loss: LossKind = "logits") -> torch.Tensor:
-    """Summed cross-entropy over trained targets; logits only where a target is trained.
-
-    The model must already use the attention ``batch`` was packed for (``attention_in_use``).
-    """
-    from tunery.pipeline.loss import trained_loss_sum
-
-    return trained_loss_sum(loss, model, batch.forward_inputs(), batch.targets)
-
-
-@dataclass
-class TrainerState:
-    """What a checkpoint records besides tensors, and what the run reports at the end."""
-
-    step: int = 0
-    trained_tokens: int = 0
-    training_seconds: float = 0.0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    evaluations: list[dict[str, Any]] = field(default_factory=list)
-    early_stopping: dict[str, Any] | None = None
-    """The early-stopping state after the latest evaluation (``EarlyStopping.as_dict``)."""
-    finished_early: bool = False
-    """"Finish now" ended training before its budget."""
-
-
-@dataclass(frozen=True)
-class TrainSetup:
-    model: PeftModel
-    examples: list[Example]
-    config: TrainingConfig
-    precision: Precision
-    device: torch.device
-    pad_id: int
-    checkpoint_dir: Path
-    fingerprint: str  # identifies the recipe + data; a checkpoint of another is not resumed
-    kernels: Kernels | None = None  # None: choose_kernels for the device and model
-    evaluation: EvaluationPlan | None = None  # None: no validation data, no evaluations
-    on_checkpoint: Callable[[Path], None] | None = None  # each complete checkpoint's directory
 
 
 def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:

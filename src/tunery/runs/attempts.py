@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 
 from tunery.db import Attempt, Dataset, Run, now
 from tunery.errors import TuneryError
+from tunery.lifecycle import TERMINAL, RunStatus
 from tunery.phases import Phase
 from tunery.runs import history, hub, store
-from tunery.runs.lifecycle import TERMINAL, RunStatus
 from tunery.runs.plane import ControlPlane, NotFound, StaleAttempt
 from tunery.runs.queries import live_metrics_of
 from tunery.runs.settle import finish

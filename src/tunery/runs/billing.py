@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from tunery.catalog.models import find as catalog_find
 from tunery.db import Attempt, LedgerEntry
-from tunery.runs.lifecycle import TERMINAL, RunStatus
+from tunery.lifecycle import TERMINAL, RunStatus
 
 OUT_OF_CREDITS_CODE = "out_of_credits"
 REFUND_RULES = (

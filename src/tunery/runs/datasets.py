@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session
 
 from tunery.db import Dataset, Run, new_id
 from tunery.errors import DatasetError
+from tunery.lifecycle import TERMINAL
 from tunery.pipeline.datasets import SUFFIXES, read_dataset
-from tunery.runs.lifecycle import TERMINAL
 from tunery.runs.plane import Conflict, ControlPlane, NotFound, QuotaExceeded
 from tunery.wire.rest import DatasetPublic
 from tunery.wire.timefmt import iso

@@ -30,13 +30,13 @@ from sqlalchemy.orm import Session
 from tunery.catalog.models import find as catalog_find
 from tunery.db import Dataset, Run
 from tunery.errors import ConfigError, FieldProblem
+from tunery.lifecycle import RunStatus
+from tunery.pipeline.budget import plan_budget
 from tunery.pipeline.config import RunRecipe, parse_recipe
 from tunery.pipeline.holdout import plan_holdout
 from tunery.pipeline.memory import GIB
-from tunery.pipeline.train import plan_budget
 from tunery.runs import billing, fit
 from tunery.runs.data_shape import DataShape, stored_shape
-from tunery.runs.lifecycle import RunStatus
 from tunery.runs.plane import ControlPlane
 from tunery.runs.submit import default_tier, validate_submission
 from tunery.tiers import TierSettings

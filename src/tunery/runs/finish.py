@@ -7,8 +7,8 @@ answer carries (``finish: true``), so it reaches the worker as fast as a cancel 
 
 from __future__ import annotations
 
+from tunery.lifecycle import RunStatus
 from tunery.runs import store
-from tunery.runs.lifecycle import RunStatus
 from tunery.runs.plane import Conflict, ControlPlane
 from tunery.runs.queries import get_run
 

@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from tunery.backends.base import Backend
 from tunery.db import make_engine, make_sessions
 from tunery.errors import TuneryError
-from tunery.hub.storage import Storage, open_storage
+from tunery.hub import open_storage
+from tunery.hub.storage import Storage
 from tunery.runs.store import EventNotifier
 from tunery.settings import Settings
 

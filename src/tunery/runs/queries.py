@@ -15,9 +15,9 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from tunery.db import Attempt, LedgerEntry, Run, RunEvent, now
+from tunery.lifecycle import TERMINAL, RunStatus
 from tunery.pipeline.reporting import current_epoch
 from tunery.runs import billing, queue, store
-from tunery.runs.lifecycle import TERMINAL, RunStatus
 from tunery.runs.plane import ControlPlane, NotFound
 from tunery.wire.events import RunSnapshot
 from tunery.wire.rest import CreditsPublic, LedgerEntryPublic, RunMetrics, RunPublic, TierPublic

@@ -26,8 +26,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tunery.db import Attempt, Run, now
+from tunery.lifecycle import ACTIVE, RunStatus
 from tunery.runs import billing
-from tunery.runs.lifecycle import ACTIVE, RunStatus
 from tunery.runs.plane import ControlPlane
 
 WAITING = (RunStatus.QUEUED.value, RunStatus.RETRYING.value)

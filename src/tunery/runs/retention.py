@@ -14,7 +14,7 @@ import shutil
 from sqlalchemy import select
 
 from tunery.db import Run, now
-from tunery.runs.lifecycle import RunStatus
+from tunery.lifecycle import RunStatus
 from tunery.runs.plane import ControlPlane
 
 SWEEP_EVERY_SECONDS = 600.0

@@ -11,9 +11,9 @@ from sqlalchemy.orm import Session
 
 from tunery.backends.base import Handle
 from tunery.db import Attempt, Dataset, Run, RunEvent, now
+from tunery.lifecycle import TERMINAL, RunStatus
 from tunery.phases import Phase
 from tunery.runs import billing, queue, retention, store
-from tunery.runs.lifecycle import TERMINAL, RunStatus
 from tunery.runs.plane import Conflict, ControlPlane
 from tunery.runs.queries import get_run
 

@@ -26,8 +26,8 @@ from sqlalchemy.orm import Session
 
 from tunery.backends.base import Handle
 from tunery.db import Attempt, Run, RunEvent, new_id, now
+from tunery.lifecycle import RunStatus, can_move
 from tunery.phases import Phase
-from tunery.runs.lifecycle import RunStatus, can_move
 from tunery.runs.redact import redact_error
 
 

@@ -24,12 +24,12 @@ from sqlalchemy.orm import Session
 
 from tunery.db import Dataset, Run
 from tunery.errors import ConfigError, FieldProblem
+from tunery.lifecycle import RunStatus
 from tunery.pipeline.config import RunRecipe, parse_recipe
 from tunery.pipeline.holdout import plan_holdout
 from tunery.pipeline.load import parse_model_reference
 from tunery.runs import billing, fit, store
 from tunery.runs.data_shape import DataShape, stored_shape
-from tunery.runs.lifecycle import RunStatus
 from tunery.runs.plane import ControlPlane, TooManyQueued
 
 LOCAL_MODELS_ONLY = (

@@ -32,10 +32,10 @@ from sqlalchemy import select
 
 from tunery.backends.base import AttemptLaunch, Handle, WorkerState
 from tunery.db import Attempt, Run, now
+from tunery.lifecycle import ACTIVE, RunStatus
 from tunery.phases import Phase
 from tunery.runs import billing, queue, retention, store
 from tunery.runs.attempts import retry_or_fail
-from tunery.runs.lifecycle import ACTIVE, RunStatus
 from tunery.runs.plane import ControlPlane
 from tunery.runs.queries import attempts_by_run, live_metrics
 from tunery.runs.settle import fail_stranded, finish

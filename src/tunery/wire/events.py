@@ -16,8 +16,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tunery.lifecycle import RunStatus
 from tunery.phases import Phase
-from tunery.runs.lifecycle import RunStatus
 from tunery.wire.reports import ErrorData, SampleData
 from tunery.wire.rest import RunEvaluation, RunMetrics
 

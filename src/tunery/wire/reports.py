@@ -24,6 +24,11 @@ from pydantic import (
 from tunery.errors import ConfigError, FieldProblem
 from tunery.phases import PIPELINE_PHASES, Phase
 
+ATTEMPT_TOKEN_HEADER = "X-Attempt-Token"
+"""The header a worker sends its attempt's fencing token in, on every request."""
+ATTEMPT_TOKEN_VARIABLE = "TUNERY_ATTEMPT_TOKEN"
+"""The environment variable a local worker finds its token in (never its command line)."""
+
 
 def _finite(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None

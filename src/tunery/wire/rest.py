@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from tunery.lifecycle import RunStatus
 from tunery.phases import Phase
-from tunery.runs.lifecycle import RunStatus
 from tunery.wire.reports import ErrorData, Finite, SampleData
 
 

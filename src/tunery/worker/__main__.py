@@ -17,12 +17,12 @@ import os
 import sys
 from pathlib import Path
 
-from tunery.backends.base import TOKEN_VARIABLE
+from tunery.wire.reports import ATTEMPT_TOKEN_VARIABLE
 from tunery.worker.attempt import run_attempt
 
 
 def read_token() -> str:
-    token = os.environ.pop(TOKEN_VARIABLE, "") or sys.stdin.readline()
+    token = os.environ.pop(ATTEMPT_TOKEN_VARIABLE, "") or sys.stdin.readline()
     return token.strip()
 
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     token = read_token()
     if not token:
-        parser.error(f"no attempt token: set {TOKEN_VARIABLE} or write it to stdin")
+        parser.error(f"no attempt token: set {ATTEMPT_TOKEN_VARIABLE} or write it to stdin")
     return run_attempt(
         server_url=args.server,
         attempt_id=args.attempt,

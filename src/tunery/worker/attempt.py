@@ -23,6 +23,7 @@ from tunery.environment import environment
 from tunery.errors import RunCancelled, TuneryError
 from tunery.phases import Phase
 from tunery.wire.reports import (
+    ATTEMPT_TOKEN_HEADER,
     MAX_WORKER_FILE_BYTES,
     AnyReport,
     FailureData,
@@ -33,7 +34,6 @@ from tunery.wire.reports import (
 from tunery.worker.checkpoints import fetch_newest_checkpoint, upload_checkpoint
 from tunery.worker.reporting import HttpReporter
 from tunery.worker.transfers import (
-    TOKEN_HEADER,
     Fenced,
     download_datasets,
     fetch_spec,
@@ -74,7 +74,7 @@ def run_attempt(
     ``checkpoint_root``: a directory every node of the tier reaches; None keeps checkpoints
     through the server.
     """
-    client = httpx.Client(base_url=server_url, timeout=30, headers={TOKEN_HEADER: token})
+    client = httpx.Client(base_url=server_url, timeout=30, headers={ATTEMPT_TOKEN_HEADER: token})
     spec = fetch_spec(client, attempt_id)
     if spec is None:
         return 0

@@ -22,6 +22,7 @@ import httpx
 from tunery.phases import Phase
 from tunery.pipeline.reporting import EvalMetrics, StepMetrics
 from tunery.wire.reports import (
+    ATTEMPT_TOKEN_HEADER,
     AnyReport,
     EvaluationData,
     EvaluationReport,
@@ -42,17 +43,13 @@ RETRY_SECONDS = 0.5
 _WAKE = None  # a queue item that is no report: it only wakes the sender
 
 
-class Fenced(Exception):
-    """The control plane no longer accepts writes from this attempt."""
-
-
 class HttpReporter:
     def __init__(
         self, client: httpx.Client, attempt_id: str, token: str, *, heartbeat_seconds: float
     ) -> None:
         self._client = client
         self._path = f"/internal/attempts/{attempt_id}/events"
-        self._headers = {"X-Attempt-Token": token}
+        self._headers = {ATTEMPT_TOKEN_HEADER: token}
         self._heartbeat = heartbeat_seconds
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._lock = threading.Lock()

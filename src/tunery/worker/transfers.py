@@ -18,7 +18,6 @@ from tunery.wire.reports import AttemptSpec, DatasetRef
 
 SPEC_DEADLINE_SECONDS = 300
 TRANSFER_DEADLINE_SECONDS = 600.0
-TOKEN_HEADER = "X-Attempt-Token"
 
 
 class Fenced(Exception):
@@ -117,7 +116,7 @@ def upload_file(client: httpx.Client, url: str, path: Path, what: str) -> None:
                     "Content-Length": str(path.stat().st_size),
                     "X-Content-SHA256": digest.hexdigest(),
                 },
-                timeout=httpx.Timeout(30, write=600),
+                timeout=(30, 30, 600, 30),  # connect, read, write, pool: a big upload writes long
             )
         check_response(response, what)
 

@@ -15,10 +15,10 @@ from starlette.concurrency import run_in_threadpool
 
 from tunery.api.deps import PlaneDep
 from tunery.runs import attempts, transfers
-from tunery.wire.reports import AttemptSpec, ReportAck, parse_batch
+from tunery.wire.reports import ATTEMPT_TOKEN_HEADER, AttemptSpec, ReportAck, parse_batch
 
 router = APIRouter(prefix="/internal", tags=["internal"], include_in_schema=False)
-TokenHeader = Annotated[str, Header(alias="X-Attempt-Token")]
+TokenHeader = Annotated[str, Header(alias=ATTEMPT_TOKEN_HEADER)]
 
 
 @router.get("/attempts/{attempt_id}/spec", response_model=AttemptSpec)

@@ -6,10 +6,10 @@ from fastapi import APIRouter
 
 from tunery.api.deps import AccountDep, PlaneDep
 from tunery.catalog.models import catalog
+from tunery.lifecycle import ACTIVE, STATUS_DISPLAY, TERMINAL
 from tunery.phases import PHASE_DESCRIPTIONS
 from tunery.runs import queries
 from tunery.runs.billing import REFUND_RULES
-from tunery.runs.lifecycle import ACTIVE, STATUS_DISPLAY, TERMINAL
 from tunery.wire.events import EVENT_KINDS
 from tunery.wire.rest import Health, Meta, ModelPublic, PhaseInfo, StatusInfo, TierPublic
 

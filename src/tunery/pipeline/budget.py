@@ -1,0 +1,51 @@
+"""How long a run is and which examples each optimizer step trains on. Torch-free.
+
+The data order of an epoch depends on the seed and the epoch alone, so an optimizer step
+number is a complete data position: a run resumed from a checkpoint sees the same batches.
+The control plane plans budgets with the same function to estimate a submission.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from tunery.pipeline.chat import Example
+from tunery.pipeline.config import TrainingConfig
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long the run is: optimizer steps per epoch, in all, and epochs touched."""
+
+    micro_batches_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+
+
+def plan_budget(example_count: int, config: TrainingConfig) -> Budget:
+    micro = math.ceil(example_count / config.batch_size)
+    per_epoch = math.ceil(micro / config.gradient_accumulation_steps)
+    if config.max_steps > 0:
+        return Budget(micro, per_epoch, config.max_steps, math.ceil(config.max_steps / per_epoch))
+    return Budget(micro, per_epoch, per_epoch * config.epochs, config.epochs)
+
+
+def epoch_order(example_count: int, seed: int, epoch: int) -> list[int]:
+    order = list(range(example_count))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
+
+
+def step_micro_batches(
+    step: int, examples: list[Example], budget: Budget, config: TrainingConfig
+) -> list[list[Example]]:
+    """The micro-batches of 0-based optimizer step ``step``; epochs wrap for step budgets."""
+    epoch, within = divmod(step, budget.steps_per_epoch)
+    order = epoch_order(len(examples), config.seed, epoch)
+    first = within * config.gradient_accumulation_steps
+    last = min(first + config.gradient_accumulation_steps, budget.micro_batches_per_epoch)
+    size = config.batch_size
+    return [[examples[i] for i in order[m * size : (m + 1) * size]] for m in range(first, last)]
