@@ -19,7 +19,8 @@ from tunery.gguf.export import GGUF_BUNDLE_FILES, gguf_samples
 from tunery.gguf.verify import GGUF_FILE_TYPES, gguf_file_type, native_output_captured
 from tunery.pipeline.chat import SamplePrompt
 from tunery.pipeline.datasets import Message
-from tunery.pipeline.recipe import rerun_export, run_recipe
+from tunery.pipeline.recipe import run_recipe
+from tunery.pipeline.reexport import rerun_export
 from tunery.pipeline.reporting import RecordingReporter
 from tunery.pipeline.save import LORA_BUNDLE_FILES
 

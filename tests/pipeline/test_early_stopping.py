@@ -13,7 +13,8 @@ from tunery.errors import RunCancelled
 from tunery.pipeline.config import parse_recipe
 from tunery.pipeline.data import prepare_data
 from tunery.pipeline.load import Precision, load_model, load_tokenizer
-from tunery.pipeline.recipe import RunResult, run_recipe
+from tunery.pipeline.outcome import RunResult
+from tunery.pipeline.recipe import run_recipe
 from tunery.pipeline.reporting import RecordingReporter
 
 CPU = torch.device("cpu")

@@ -30,7 +30,7 @@ from tunery.phases import Phase
 from tunery.pipeline.reporting import EvalMetrics, StepMetrics, StopFlag
 
 if TYPE_CHECKING:
-    from tunery.pipeline.recipe import RunResult
+    from tunery.pipeline.outcome import RunResult
 
 BASE_ANSWERS_CACHE = "cache/base-responses"
 """Under the data dir: the base model's sample answers, per base model and prompt set."""
@@ -167,7 +167,7 @@ def report_outcome(result: RunResult) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 def export(run_dir: Path) -> None:
     """Export the GGUF bundle again from a finished run's adapter (no retraining)."""
-    from tunery.pipeline.recipe import rerun_export
+    from tunery.pipeline.reexport import rerun_export
 
     try:
         with StepProgress() as progress:

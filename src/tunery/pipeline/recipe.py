@@ -20,42 +20,16 @@ import hashlib
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunery.errors import ConfigError, TuneryError
-from tunery.gguf.export import QUANTIZATION, ExportError, ExportResult, export_gguf, preflight
+from tunery.gguf.export import QUANTIZATION, ExportResult, export_gguf, preflight
 from tunery.phases import Phase
-from tunery.pipeline.chat import SamplePrompt
 from tunery.pipeline.config import RunRecipe
-from tunery.pipeline.datasets import Message
 from tunery.pipeline.load import ModelReference, parse_model_reference
+from tunery.pipeline.outcome import RunResult, after_save_failure, run_summary
 from tunery.pipeline.reporting import Reporter
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What a finished run left behind; ``gguf_bundle`` is None when export was off or failed
-    (then ``summary["error"]`` says why and the LoRA bundle is still complete)."""
-
-    out_dir: Path
-    adapter_dir: Path
-    lora_bundle: Path
-    gguf_bundle: Path | None
-    summary: dict[str, Any]
-
-    @property
-    def completed(self) -> bool:
-        return self.summary["status"] == "completed"
-
-    @property
-    def samples(self) -> list[dict[str, Any]]:
-        return self.summary["samples"]
-
-    @property
-    def final_metrics(self) -> dict[str, Any]:
-        return self.summary["metrics"]
 
 
 def recipe_fingerprint(recipe: RunRecipe, dataset_paths: list[Path]) -> str:
@@ -318,7 +292,7 @@ def run_recipe(
                 f"logits cosine ≥ {gguf.checks['min_cosine']:.6f}"
             )
         except Exception as failure:
-            error = _after_save_failure(failure, "the GGUF export").as_dict()
+            error = after_save_failure(failure, "the GGUF export").as_dict()
             reporter.log(f"GGUF export failed: {error['message']}; the LoRA bundle is saved")
 
     # Samples: from the GGUF itself when it exists, else from the trained model.
@@ -336,7 +310,7 @@ def run_recipe(
                 device=device,
             )
         except Exception as failure:
-            failed = _after_save_failure(failure, "the sample generations")
+            failed = after_save_failure(failure, "the sample generations")
             error = error or failed.as_dict()
             reporter.log(f"samples failed: {failed.message}; the LoRA bundle is saved")
     samples = add_base_answers(
@@ -358,31 +332,22 @@ def run_recipe(
                 f"sample did not stop within {sample['tokens']} tokens: {sample['prompt'][:60]!r}"
             )
 
-    summary = {
-        "name": recipe.name,
-        "status": "completed" if error is None else "failed",
-        "error": error,
-        "config": recipe.model_dump(),
-        "base_model": {
-            "reference": reference.name,
-            "kind": reference.kind,
-            "directory": str(model_dir),
-        },
-        "chat_template": {"source": chat_format.source, "end_of_turn": chat_format.end_of_turn},
-        "notes": notes,
-        "data": data.summary(),
-        "kernels": kernels.as_dict(),
-        "adapter": {
-            "trainable_parameters": adapter.trainable_parameters,
-            "total_parameters": adapter.total_parameters,
-            "target_modules": adapter.target_modules,
-        },
-        "metrics": final_metrics,
-        "evaluation": evaluated,
-        "samples": samples,
-        "artifacts": {"lora": lora_bundle.name, "gguf": gguf.bundle.name if gguf else None},
-        "export": {"gguf": recipe.export.gguf, "checks": gguf.checks if gguf else None},
-    }
+    summary = run_summary(
+        recipe,
+        error=error,
+        reference=reference,
+        model_dir=model_dir,
+        chat_format=chat_format,
+        notes=notes,
+        data_summary=data.summary(),
+        kernels=kernels.as_dict(),
+        adapter=adapter,
+        final_metrics=final_metrics,
+        evaluation=evaluated,
+        samples=samples,
+        lora_bundle=lora_bundle,
+        gguf=gguf,
+    )
     (out_dir / "run.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     for checkpoint in complete_checkpoints(checkpoint_dir):
         shutil.rmtree(checkpoint, ignore_errors=True)
@@ -400,57 +365,3 @@ def _preflight_gguf(model_dir: Path, end_of_turn: str) -> None:
             f"this base model cannot be exported to GGUF: {failure.message}",
             hint="set export.gguf to false to train the LoRA adapter alone",
         ) from None
-
-
-def _after_save_failure(failure: Exception, stage: str) -> TuneryError:
-    """The error a run reports when ``stage`` fails after the LoRA bundle was saved.
-
-    The run then ends with the LoRA bundle alone, as any export failure does.
-    """
-    if isinstance(failure, TuneryError):
-        return failure
-    return ExportError(
-        f"{stage} failed: {type(failure).__name__}: {failure}",
-        hint="the LoRA bundle is complete and can be downloaded",
-    )
-
-
-def rerun_export(out_dir: Path, reporter: Reporter) -> RunResult:
-    """Export the GGUF again from a finished run's saved adapter: no retraining.
-
-    For runs whose export failed (say, the disk filled up); updates ``run.json``.
-    """
-    summary_path = out_dir / "run.json"
-    if not summary_path.is_file():
-        raise ConfigError.single(str(out_dir), "is not a run directory (no run.json)")
-    summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    adapter_dir = out_dir / "adapter"
-    prompts = [
-        SamplePrompt(
-            tuple(Message(m["role"], m["content"]) for m in sample["messages"]),
-            sample.get("expected"),
-        )
-        for sample in summary["samples"]
-    ]
-    reporter.phase(Phase.EXPORTING)
-    gguf = export_gguf(
-        adapter_dir=adapter_dir,
-        base_model_dir=Path(summary["base_model"]["directory"]),
-        out_dir=out_dir,
-        run_name=summary["name"],
-        base_model=summary["base_model"]["reference"],
-        dataset_names=[Path(str(item["file"])).name for item in summary["data"]["files"]],
-        end_of_turn=summary["chat_template"]["end_of_turn"],
-        sample_prompts=prompts,
-        max_new_tokens=summary["config"]["samples"]["max_new_tokens"],
-    )
-    summary.update(
-        status="completed",
-        error=None,
-        samples=gguf.samples,
-        artifacts={**summary["artifacts"], "gguf": gguf.bundle.name},
-        export={"gguf": True, "checks": gguf.checks},
-    )
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    lora_bundle = out_dir / summary["artifacts"]["lora"]
-    return RunResult(out_dir, adapter_dir, lora_bundle, gguf.bundle, summary)
