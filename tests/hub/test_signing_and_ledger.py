@@ -138,4 +138,4 @@ def test_catalog_lists_only_tested_families_and_the_demo_model(demo_model_dir):
     entry = find("tunery/demo-tiny")
     assert entry is not None and entry.verified and entry.gguf
     assert entry.parameters == built["parameters"]
-    assert {model.family for model in catalog()} <= {"llama-bpe", "qwen2", "mistral-spm"}
+    assert {model.family for model in catalog()} <= {"llama-bpe", "qwen2", "mistral-spm", "smollm"}

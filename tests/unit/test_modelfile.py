@@ -149,6 +149,17 @@ LLAMA2 = (
     "{% endif %}{% endfor %}"
 )
 
+# SmolLM2-Instruct: ChatML with a default system prompt. Its BOS token is <|im_start|>, which
+# the tokenizer never adds (the GGUF's add_bos_token is false), so no BOS is stripped.
+SMOLLM2 = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# name: (chat template, the BOS token the tokenizer adds itself or None, end of text)
 TEMPLATES: dict[str, tuple[str, str | None, str]] = {
     "chatml-demo": (demo.CHAT_TEMPLATE, demo.BOS, demo.EOS),
     "llama3": (LLAMA3, "<|begin_of_text|>", "<|eot_id|>"),
@@ -160,6 +171,7 @@ TEMPLATES: dict[str, tuple[str, str | None, str]] = {
     "phi3": (PHI3, "<s>", "<|endoftext|>"),
     "tunery-default": (DEFAULT_CHAT_TEMPLATE, "<s>", "</s>"),
     "llama2": (LLAMA2, "<s>", "</s>"),
+    "smollm2": (SMOLLM2, None, "<|im_end|>"),
 }
 
 

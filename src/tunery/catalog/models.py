@@ -5,6 +5,11 @@ covers it: ``llama-bpe`` (Llama 3 tokenizer, ``tests/gguf`` on the demo model),
 ``qwen2`` and ``mistral-spm`` (tiny models of those families in ``tests/gguf``). Any other
 Hugging Face id or URL may be trained as a custom, non-refundable model.
 
+Two models tunery builds itself (``build``), into ``DATA_DIR/models/FOLDER``: the demo model
+``tunery/demo-tiny`` (random weights pretrained here on the demo corpus, in a minute) and
+``tunery/smollm2-135m-instruct``, a real pretrained model dequantized from the GGUF a pinned
+package carries (family ``smollm``: llama.cpp's name for its pre-tokenizer; ``tests/real``).
+
 Each entry carries the config.json fields that set its size (``shape``), so a run on it is
 checked against its tier's card before it queues (``tunery.pipeline.memory``); a test
 checks they add up to ``parameters``.
@@ -13,9 +18,31 @@ checks they add up to ``parameters``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tunery.catalog.demo import DEMO_MODEL_ID, DEMO_MODEL_SHAPE
+from tunery.catalog.smollm2 import (
+    CONTEXT_LENGTH,
+    SMOLLM2_MODEL_ID,
+    SMOLLM2_PARAMETERS,
+    SMOLLM2_SHAPE,
+)
+
+
+@dataclass(frozen=True)
+class LocalBuild:
+    """How tunery builds a catalog model itself (``tunery demo-model --model FOLDER``)."""
+
+    folder: str
+    """Its folder under ``DATA_DIR/models``, and the name ``tunery demo-model`` takes."""
+    builder: str
+    """``module:function`` that writes the model into a folder, imported when it runs."""
+    takes: str
+    """How long a build takes on 2 cores, said to whoever waits for it."""
+    offline: bool
+    """True when the build needs no network: servers then list the model before it is
+    built (a run builds it); otherwise only once it is there."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +60,8 @@ class CatalogModel:
     lora_defaults: dict[str, Any] = field(
         default_factory=lambda: {"rank": 16, "alpha": 32, "target_modules": "all-linear"}
     )
+    build: LocalBuild | None = None
+    """Set for a model tunery builds itself; None for a Hugging Face model."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,7 +95,31 @@ def _shape(
 
 CATALOG = (
     CatalogModel(
-        DEMO_MODEL_ID, "llama-bpe", 3_672_320, "Apache-2.0", 1024, "chatml", DEMO_MODEL_SHAPE
+        DEMO_MODEL_ID,
+        "llama-bpe",
+        3_672_320,
+        "Apache-2.0",
+        1024,
+        "chatml",
+        DEMO_MODEL_SHAPE,
+        build=LocalBuild(
+            "demo-tiny", "tunery.catalog.demo:build_demo_model", "about a minute", offline=True
+        ),
+    ),
+    CatalogModel(
+        SMOLLM2_MODEL_ID,
+        "smollm",
+        SMOLLM2_PARAMETERS,
+        "Apache-2.0",
+        CONTEXT_LENGTH,
+        "chatml",
+        SMOLLM2_SHAPE,
+        build=LocalBuild(
+            "smollm2-135m-instruct",
+            "tunery.catalog.smollm2:build_smollm2_model",
+            "under a minute once the 93 MB package is fetched",
+            offline=False,
+        ),
     ),
     CatalogModel(
         "Qwen/Qwen2.5-0.5B-Instruct",
@@ -127,3 +180,30 @@ def catalog() -> tuple[CatalogModel, ...]:
 
 def find(model_id: str) -> CatalogModel | None:
     return next((entry for entry in CATALOG if entry.id == model_id), None)
+
+
+def find_build(name: str) -> CatalogModel | None:
+    """The catalog model tunery builds under the id or folder ``name``, if any."""
+    return next(
+        (
+            entry
+            for entry in CATALOG
+            if entry.build is not None and name in (entry.id, entry.build.folder)
+        ),
+        None,
+    )
+
+
+def is_built(model_dir: Path) -> bool:
+    """Whether a built model is complete there (builds appear by a final rename)."""
+    return (model_dir / "model.safetensors").is_file()
+
+
+def listed(models_dir: Path) -> tuple[CatalogModel, ...]:
+    """The catalog a server offers: a model whose build needs the network appears once it
+    is built in ``models_dir`` (``tunery demo-model --model FOLDER``)."""
+    return tuple(
+        entry
+        for entry in CATALOG
+        if entry.build is None or entry.build.offline or is_built(models_dir / entry.build.folder)
+    )

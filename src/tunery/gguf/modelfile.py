@@ -3,8 +3,8 @@
 ``ollama create`` recognises a chat template only if it is one of Ollama's own; anything
 else gets ``{{ .Prompt }}``, and the model never stops. So the Modelfile always carries an
 explicit ``TEMPLATE``: a Go text/template over ``.Messages`` that renders conversations the
-way the model's Hugging Face (Jinja) chat template does, without the BOS token, which
-llama.cpp adds itself.
+way the model's Hugging Face (Jinja) chat template does, without the BOS token where the
+tokenizer adds one (llama.cpp then adds it itself; ``bos_token`` is None otherwise).
 
 No Jinja-to-Go translator exists, so the structure is found by probing: the Jinja template
 is rendered (sandboxed, as transformers does) for many role sequences with marker contents,

@@ -1,6 +1,8 @@
 """Finding the base model, loading it and its tokenizer, settling the chat format.
 
-A base model is named by the catalog id ``tunery/demo-tiny``, a Hugging Face id
+A base model is named by the id of a catalog model tunery builds itself
+(``tunery/demo-tiny``, ``tunery/smollm2-135m-instruct``: built into ``DATA_DIR/models`` by
+the first run that needs it, or by ``tunery demo-model``), a Hugging Face id
 (``Qwen/Qwen2.5-0.5B-Instruct``), a Hub URL (``https://huggingface.co/ORG/NAME`` or
 ``.../tree/REVISION``) or a local directory. Hub downloads go through the Hugging Face cache,
 so the second run of a model downloads nothing, and ``HF_HUB_OFFLINE=1`` is respected.
@@ -16,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from tunery.catalog.demo import DEMO_MODEL_ID, build_demo_model
-from tunery.environment import resolve_data_dir
+from tunery.catalog.builds import default_model_dir, ensure_built
+from tunery.catalog.models import find_build
 from tunery.errors import ConfigError, ModelLoadError, TransientError
 from tunery.pipeline.config import MAX_BASE_MODEL_CHARS
 
@@ -62,8 +64,8 @@ def parse_model_reference(text: str) -> ModelReference:
         raise ConfigError.single("base_model", "is empty; name a model to fine-tune")
     if len(value) > MAX_BASE_MODEL_CHARS:
         raise ConfigError.single("base_model", f"is longer than {MAX_BASE_MODEL_CHARS} characters")
-    if value == DEMO_MODEL_ID:
-        return ModelReference(kind="demo", name=DEMO_MODEL_ID)
+    if (built := find_build(value)) is not None and value == built.id:
+        return ModelReference(kind="demo", name=built.id)
     if value.startswith(("http://", "https://")):
         match = HUB_URL.match(value)
         if not match or not _is_hub_id(match["repo"]):
@@ -120,19 +122,16 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def demo_model_dir() -> Path:
-    return resolve_data_dir() / "models" / "demo-tiny"
-
-
 def resolve_model_dir(reference: ModelReference) -> Path:
     """A local directory holding the model; downloads (through the HF cache) or builds it."""
     if reference.kind == "local":
         assert reference.path is not None
         return reference.path
     if reference.kind == "demo":
-        directory = demo_model_dir()
-        if not (directory / "model.safetensors").is_file():
-            build_demo_model(directory)
+        entry = find_build(reference.name)
+        assert entry is not None, f"{reference.name} is not built by tunery"
+        directory = default_model_dir(entry)
+        ensure_built(entry, directory)
         return directory
     return _download(reference)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from tunery.api.deps import AccountDep, PlaneDep
-from tunery.catalog.models import catalog
+from tunery.catalog.models import listed
 from tunery.lifecycle import ACTIVE, STATUS_DISPLAY, TERMINAL
 from tunery.phases import PHASE_DESCRIPTIONS
 from tunery.runs import queries
@@ -50,5 +50,7 @@ def tiers(plane: PlaneDep, _: AccountDep) -> list[TierPublic]:
 
 
 @router.get("/api/v1/models", response_model=list[ModelPublic], tags=["meta"])
-def models(_: AccountDep) -> list[ModelPublic]:
-    return [ModelPublic.model_validate(entry.as_dict()) for entry in catalog()]
+def models(plane: PlaneDep, _: AccountDep) -> list[ModelPublic]:
+    """The catalog; a model tunery builds from a package download once it is built."""
+    models_dir = plane.settings.data_dir / "models"
+    return [ModelPublic.model_validate(entry.as_dict()) for entry in listed(models_dir)]
