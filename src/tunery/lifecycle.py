@@ -52,6 +52,9 @@ TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
 TERMINAL = frozenset(status for status, moves in TRANSITIONS.items() if not moves)
 ACTIVE = frozenset({RunStatus.WAITING_FOR_GPU, RunStatus.TRAINING})
 """States in which an attempt holds a node."""
+FINISHABLE = frozenset({RunStatus.TRAINING, RunStatus.RETRYING})
+"""States in which "Finish now" is accepted: the run has trained (a retrying run finishes
+after the first step its next attempt trains)."""
 
 
 def can_move(current: RunStatus, target: RunStatus) -> bool:

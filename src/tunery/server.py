@@ -55,7 +55,7 @@ def data_dir_from(option: Path | None) -> Path:
 DEMO_DATASET_NAME = "demo-dataset.jsonl"
 
 
-def demo_payload(dataset_id: str, tier: str) -> dict:
+def demo_payload(dataset_id: str, tier: str | None) -> dict:
     """The demo run (as ``examples/demo-recipe.yaml``) on an uploaded demo dataset."""
     return {
         "name": "demo-support-bot",
@@ -84,8 +84,7 @@ def seed_demo(plane: ControlPlane) -> str | None:
     """
     from tunery.catalog.demo_data import write_demo_dataset
     from tunery.runs.datasets import store_dataset
-    from tunery.runs.estimate import record_estimate
-    from tunery.runs.submit import default_tier, submit_run
+    from tunery.runs.intake import submit_run
 
     with plane.sessions() as session:
         admin = session.scalar(select(Account).where(Account.is_admin.is_(True)))
@@ -111,8 +110,7 @@ def seed_demo(plane: ControlPlane) -> str | None:
     run = submit_run(
         plane,
         account_id=admin.id,
-        payload=demo_payload(dataset_id, default_tier(plane)),
+        payload=demo_payload(dataset_id, plane.workers.default_tier),
         idempotency_key="demo-run",
     )
-    record_estimate(plane, account_id=admin.id, run_id=run.id)
     return run.id

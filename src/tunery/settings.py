@@ -71,7 +71,7 @@ from pydantic_settings import (
 
 from tunery.environment import ENV_PREFIX, resolve_data_dir
 from tunery.errors import ConfigError, FieldProblem, problems_from
-from tunery.tiers import TIER_NAMES, TierSettings, detect_local_tier
+from tunery.tiers import TierSettings, detect_local_tier, tier_name
 
 NESTED_DELIMITER = "__"
 SETTINGS_FILE = "tunery.yaml"
@@ -352,7 +352,7 @@ class Settings(BaseSettings):
                 settings.tiers.append(
                     TierSettings(
                         id=node.tier,
-                        name=TIER_NAMES.get(node.tier, node.tier.upper()),
+                        name=tier_name(node.tier),
                         credits_per_minute=default_price,
                     )
                 )

@@ -9,57 +9,50 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunery.environment import TIER_ID_PATTERN, environment
 
-GPU_TIERS = {
-    "T4": "t4",
-    "L4": "l4",
-    "A10G": "a10g",
-    "A100": "a100",
-    "H100": "h100",
-    "H200": "h200",
-    "L40S": "l40s",
+
+@dataclass(frozen=True)
+class KnownTier:
+    """What tunery knows of a tier id without settings: its card's name, what nvidia-smi
+    calls it, the training throughput assumed until runs on it measured some, and the
+    memory its card reports to CUDA."""
+
+    name: str
+    smi_name: str | None
+    """A part of the name ``nvidia-smi`` prints for the card (None: not a GPU)."""
+    assumed_tflops: float
+    """About a third of the card's dense bf16 peak (LoRA steps are small matrix products and
+    the loop syncs every step); for ``cpu``, about what the demo model reaches on two quiet
+    cores (``tests/pipeline/test_estimate_accuracy.py``). The estimate of a run divides
+    6 × parameters × tokens by it (``tunery.runs.estimate``)."""
+    memory_gib: float | None
+    """torch's ``total_memory`` of the card in GiB: what the memory planner lets a run use
+    (None: runs are not checked). The A100 is the 80 GB card; a server with 40 GB A100s sets
+    ``gpu_memory_gib: 39`` on its tier."""
+
+
+KNOWN_TIERS = {
+    "cpu": KnownTier("CPU", None, 0.04, None),
+    "t4": KnownTier("NVIDIA T4", "T4", 20.0, 15.0),
+    # Before l4: nvidia-smi's "NVIDIA L40S" contains "L4".
+    "l40s": KnownTier("NVIDIA L40S", "L40S", 120.0, 44.0),
+    "l4": KnownTier("NVIDIA L4", "L4", 40.0, 22.0),
+    "a10g": KnownTier("NVIDIA A10G", "A10G", 40.0, 22.0),
+    "a100": KnownTier("NVIDIA A100", "A100", 100.0, 79.0),
+    "h100": KnownTier("NVIDIA H100", "H100", 300.0, 79.0),
+    "h200": KnownTier("NVIDIA H200", "H200", 300.0, 139.0),
 }
-ASSUMED_TRAINING_TFLOPS = {
-    "cpu": 0.04,
-    "t4": 20.0,
-    "l4": 40.0,
-    "a10g": 40.0,
-    "a100": 100.0,
-    "l40s": 120.0,
-    "h100": 300.0,
-    "h200": 300.0,
-}
-"""Training throughput each tier is assumed to reach before any run measured it: about a
-third of the card's dense bf16 peak (LoRA steps are small matrix products and the loop
-syncs every step); for ``cpu``, about what the demo model reaches on two quiet cores
-(``tests/pipeline/test_estimate_accuracy.py``). The estimate of
-a run divides 6 × parameters × tokens by it (``tunery.runs.estimate``)."""
-GPU_MEMORY_GIB = {
-    "t4": 15.0,
-    "l4": 22.0,
-    "a10g": 22.0,
-    "a100": 79.0,
-    "l40s": 44.0,
-    "h100": 79.0,
-    "h200": 139.0,
-}
-"""Memory each known tier's card reports to CUDA (torch's ``total_memory``), in GiB: what
-the memory planner lets a run use. The A100 entry is the 80 GB card; a server with 40 GB
-A100s sets ``gpu_memory_gib: 39`` on its tier."""
-TIER_NAMES = {
-    "cpu": "CPU",
-    "t4": "NVIDIA T4",
-    "l4": "NVIDIA L4",
-    "a10g": "NVIDIA A10G",
-    "a100": "NVIDIA A100",
-    "h100": "NVIDIA H100",
-    "h200": "NVIDIA H200",
-    "l40s": "NVIDIA L40S",
-}
+
+
+def tier_name(tier_id: str) -> str:
+    """What users see for a tier the settings do not name: its card, else its id."""
+    known = KNOWN_TIERS.get(tier_id)
+    return known.name if known else tier_id.upper()
 
 
 class TierSettings(BaseModel):
@@ -76,21 +69,22 @@ class TierSettings(BaseModel):
         None,
         gt=0,
         description="training TFLOPS a run's estimate assumes until runs on the tier measured "
-        "it; default: ASSUMED_TRAINING_TFLOPS for known tiers",
+        "it; default: KNOWN_TIERS' assumed throughput",
     )
 
     gpu_memory_gib: float | None = Field(
         None,
         gt=0,
         description="memory of the tier's card in GiB, against which a run's planned peak "
-        "memory is checked before it queues; default: GPU_MEMORY_GIB for known tiers, none "
+        "memory is checked before it queues; default: KNOWN_TIERS' card memory, none "
         "(no check) for cpu and unknown tiers",
     )
 
     @property
     def memory_gib(self) -> float | None:
         """The card's memory a run must fit in; None when runs on this tier are not checked."""
-        return self.gpu_memory_gib or GPU_MEMORY_GIB.get(self.id)
+        known = KNOWN_TIERS.get(self.id)
+        return self.gpu_memory_gib or (known.memory_gib if known else None)
 
     @property
     def gpus_per_attempt(self) -> int:
@@ -101,7 +95,8 @@ class TierSettings(BaseModel):
     @property
     def assumed_tflops(self) -> float | None:
         """The estimate's prior throughput; None for an unknown tier without ``tflops``."""
-        return self.tflops or ASSUMED_TRAINING_TFLOPS.get(self.id)
+        known = KNOWN_TIERS.get(self.id)
+        return self.tflops or (known.assumed_tflops if known else None)
 
 
 def detect_local_tier() -> str:
@@ -125,4 +120,7 @@ def detect_local_tier() -> str:
     except (OSError, subprocess.SubprocessError):
         return "cpu"
     name = output.splitlines()[0].upper() if output.strip() else ""
-    return next((tier for key, tier in GPU_TIERS.items() if key in name), "cpu")
+    return next(
+        (tier for tier, known in KNOWN_TIERS.items() if known.smi_name and known.smi_name in name),
+        "cpu",
+    )

@@ -46,6 +46,7 @@ def test_meta_lists_the_vocabularies_without_a_token(api) -> None:
         "icon": "spinner",
         "terminal": False,
         "active": True,
+        "finishable": True,
     }
     assert {s["id"] for s in meta["statuses"] if s["terminal"]} == {
         "completed",

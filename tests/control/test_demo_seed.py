@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 from sqlalchemy import select
 
+from tunery.backends.fake import FakeBackend
 from tunery.db import Dataset, Run
 from tunery.runs.plane import ControlPlane
 from tunery.server import DEMO_DATASET_NAME, ensure_admin, seed_demo
@@ -18,7 +19,8 @@ RECIPE = Path(__file__).resolve().parents[2] / "examples" / "demo-recipe.yaml"
 def test_the_demo_is_seeded_once_and_matches_the_example_recipe(tmp_path: Path) -> None:
     settings = Settings.load(tmp_path)
     assert ensure_admin(settings) is not None
-    plane = ControlPlane.open(settings)  # no backend: seeding starts nothing
+    # The backend answers which tier the demo runs on; seeding starts nothing on it.
+    plane = ControlPlane.open(settings, backend=FakeBackend.for_settings(settings))
     try:
         run_id = seed_demo(plane)
         assert run_id is not None

@@ -78,7 +78,7 @@ def test_off_a_gpu_nothing_is_refused_and_an_out_of_memory_error_keeps_its_lever
     with pytest.raises(TrainingOutOfMemory) as caught, out_of_memory_fails(setup):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     assert not caught.value.transient
-    assert caught.value.code == "training_out_of_memory"
+    assert caught.value.code == "out_of_memory"
     assert "Tried to allocate 2.00 GiB" in caught.value.message
     assert "training.batch_size (now 64)" in caught.value.hint
     assert "gradient_checkpointing" in caught.value.hint

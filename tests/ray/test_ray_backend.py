@@ -13,8 +13,9 @@ import re
 import time
 from pathlib import Path
 
+import httpx
 import pytest
-from control_harness import Client, payload, wait_until
+from control_harness import Client, Server, payload, wait_until
 from ray_cluster import NodeSpec, RayCluster
 
 pytestmark = pytest.mark.ray
@@ -99,6 +100,30 @@ def test_cancel_frees_the_node_for_the_next_run(ray_client: Client, demo_dataset
     assert done["status"] == "completed", done
     assert done["node"] == freed
     ray_client.cancel_ok(second["id"])
+
+
+def test_submissions_naming_no_tier_take_the_clusters_default_tier(
+    ray_client: Client, ray_server: Server, demo_dataset: Path
+) -> None:
+    """The server lists no nodes (a Ray cluster's come and go): the backend, not the nodes
+    setting, names the default tier (the first configured), for every way in."""
+    body = payload(ray_client.dataset(demo_dataset), name="ray-default")
+    del body["gpu_tier"]
+    estimate = ray_client.http.post("/runs/estimate", json=body)
+    assert estimate.status_code == 200, estimate.text
+    assert estimate.json()["tier"] == "small"
+    run = ray_client.submit_ok(body)
+    assert run["tier"] == "small"
+    ray_client.cancel_ok(run["id"])
+    job = httpx.post(
+        f"{ray_server.url}/v1/fine_tuning/jobs",
+        json={"model": "tunery/demo-tiny", "training_file": body["dataset_ids"][0]},
+        headers={"Authorization": f"Bearer {ray_client.token}"},
+        timeout=30,
+    )
+    assert job.status_code == 200, job.text
+    assert ray_client.run(job.json()["id"])["tier"] == "small"
+    ray_client.cancel_ok(job.json()["id"])
 
 
 def test_a_lost_node_retries_on_the_other_node_with_every_step_once(

@@ -17,8 +17,8 @@ from sqlalchemy import select
 from tunery.db import Attempt, Dataset, Run
 from tunery.errors import ConfigError
 from tunery.runs import datasets, queries, settle
+from tunery.runs.intake import submit_run
 from tunery.runs.plane import Conflict, ControlPlane, TooManyQueued
-from tunery.runs.submit import submit_run
 from tunery.scheduler.scheduler import tick
 
 MakePlane = Callable[..., ControlPlane]

@@ -28,8 +28,8 @@ from tunery.hub import signing
 from tunery.lifecycle import RunStatus
 from tunery.phases import Phase
 from tunery.runs import billing, datasets, history, queries, retention, settle, store
+from tunery.runs.intake import LOCAL_MODELS_ONLY, submit_run
 from tunery.runs.plane import ControlPlane, QuotaExceeded
-from tunery.runs.submit import LOCAL_MODELS_ONLY, submit_run
 from tunery.scheduler.scheduler import tick
 
 MakePlane = Callable[..., ControlPlane]
@@ -107,7 +107,7 @@ def model_dir(root: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("where", ["outside", "dotdot", "etc", "relative-cwd"])
+@pytest.mark.parametrize("where", ["outside", "dotdot", "etc", "dot-relative"])
 def test_local_base_models_come_only_from_the_allowed_folder(
     make_plane: MakePlane, tmp_path: Path, figures, where: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -120,7 +120,7 @@ def test_local_base_models_come_only_from_the_allowed_folder(
         "outside": str(outside),
         "dotdot": str(plane.settings.models_dir / ".." / ".." / "elsewhere" / "model"),
         "etc": "/etc",
-        "relative-cwd": "elsewhere/model",
+        "dot-relative": "./elsewhere/model",
     }[where]
     with pytest.raises(ConfigError) as refused:
         submit_run(
@@ -132,6 +132,44 @@ def test_local_base_models_come_only_from_the_allowed_folder(
     messages = {problem.field: problem.message for problem in refused.value.problems}
     figures.attack("traversal", refused=messages.get("base_model") == LOCAL_MODELS_ONLY)
     assert messages == {"base_model": LOCAL_MODELS_ONLY}
+
+
+def test_a_relative_name_is_never_looked_up_in_the_servers_working_directory(
+    make_plane: MakePlane, tmp_path: Path, figures, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name that is a model directory in the server's working directory answers exactly
+    as one that exists nowhere: both are Hugging Face ids, so the answer reveals nothing."""
+    plane = make_plane()
+    grant(plane, "a", 100)
+    dataset_id = upload(plane, "a")
+    model_dir(tmp_path / "elsewhere" / "model")
+    monkeypatch.chdir(tmp_path)
+    runs = [
+        submit_run(
+            plane,
+            account_id="a",
+            payload=payload(dataset_id, base_model=name),
+            idempotency_key=None,
+        )
+        for name in ("elsewhere/model", "nowhere/model")
+    ]
+    configs = [run.config["base_model"] for run in runs]
+    figures.attack("traversal", refused=configs == ["elsewhere/model", "nowhere/model"])
+    assert configs == ["elsewhere/model", "nowhere/model"]
+
+
+def test_a_relative_name_in_the_models_folder_is_that_model(make_plane: MakePlane) -> None:
+    plane = make_plane()
+    grant(plane, "a", 100)
+    inside = model_dir(plane.settings.models_dir / "org" / "mine")
+    for name in ("org/mine", "./org/mine"):
+        run = submit_run(
+            plane,
+            account_id="a",
+            payload=payload(upload(plane, "a"), base_model=name),
+            idempotency_key=None,
+        )
+        assert run.config["base_model"] == str(inside.absolute())
 
 
 def test_a_model_in_the_allowed_folder_is_accepted(make_plane: MakePlane) -> None:

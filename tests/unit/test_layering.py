@@ -20,6 +20,7 @@ LEAVES = {
     "tunery.errors",
     "tunery.phases",
     "tunery.lifecycle",
+    "tunery.event_kinds",
     "tunery.environment",
     "tunery.tiers",
     "tunery.settings",

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tunery.api.auth import MISSING_TOKEN, TUNERY_CODE, UNKNOWN_TOKEN, AuthRefusal, bearer_token
+from tunery.openai_api.objects import OpenAIError, auth_error
 from tunery.wire.reports import MAX_WORKER_FILE_BYTES
 
 MIB = 1024 * 1024
@@ -63,14 +65,18 @@ def requires_token(path: str) -> bool:
     return path.startswith(("/api/", "/v1/"))
 
 
-def error_body(path: str, code: str, message: str, hint: str) -> bytes:
+def error_body(path: str, status: int, code: str, message: str, hint: str) -> bytes:
     """The refusal in the shape the path's clients parse: tunery's, or OpenAI's on ``/v1``."""
     if path.startswith("/v1/"):
-        # The openai SDK picks its exception class by status and reads ``error.message``.
         text = f"{message}; {hint}" if hint else message
-        error = {"message": text, "type": "invalid_request_error", "param": None, "code": code}
-        return json.dumps({"error": error}).encode()
+        return json.dumps(OpenAIError(status, text, code=code).body()).encode()
     return json.dumps({"detail": {"code": code, "message": message, "hint": hint}}).encode()
+
+
+def auth_refusal_body(path: str, refusal: AuthRefusal) -> bytes:
+    if path.startswith("/v1/"):
+        return json.dumps(auth_error(refusal.message, refusal.hint).body()).encode()
+    return error_body(path, 401, TUNERY_CODE, refusal.message, refusal.hint)
 
 
 class BodyGuard:
@@ -128,22 +134,18 @@ class BodyGuard:
 
     async def _authenticate(self, path: str, authorization: bytes) -> bytes | None:
         """None when the header holds a valid bearer token, else the 401 body."""
-        scheme, _, token = authorization.decode("latin-1").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return error_body(
-                path,
-                "unauthorized",
-                "missing bearer token",
-                "send Authorization: Bearer TOKEN (see TUNERY_TOKEN)",
-            )
-        if not await run_in_threadpool(self.token_is_valid, token.strip()):
-            return error_body(path, "unauthorized", "unknown or revoked token", "")
+        token = bearer_token(authorization.decode("latin-1"))
+        if token is None:
+            return auth_refusal_body(path, MISSING_TOKEN)
+        if not await run_in_threadpool(self.token_is_valid, token):
+            return auth_refusal_body(path, UNKNOWN_TOKEN)
         return None
 
 
 def too_large(path: str, limit: int) -> bytes:
     return error_body(
         path,
+        413,
         "payload_too_large",
         f"the request body is larger than {limit // MIB} MiB, the limit for this route",
         "send a smaller body; dataset uploads and their limits are described in the README",

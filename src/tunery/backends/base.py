@@ -86,6 +86,15 @@ class Backend(Protocol):
     kind: str
     """The ``Handle.backend`` of the handles it makes."""
 
+    @property
+    def default_tier(self) -> str | None:
+        """The tier a submission that names none runs on; None: submissions must name one."""
+
+    def serves(self, tier: str) -> bool:
+        """Whether an attempt of ``tier`` can ever be placed here: a pool of fixed nodes
+        serves its nodes' tiers; a cluster every tier it was configured with, since nodes
+        may join. A run of a served tier waits for a free node; any other is refused."""
+
     def capacity(self, tier: str, busy: Collection[str]) -> TierCapacity:
         """The tier's slots; ``busy`` names the nodes that hold a live attempt."""
 
@@ -106,6 +115,15 @@ class Backend(Protocol):
 
     def collect(self) -> None:
         """Release what workers that have exited still hold (called every scheduler tick)."""
+
+
+def pool_default_tier(nodes: Iterable[tuple[str, str]]) -> str | None:
+    """The first node's tier, for pools of named nodes (local, fake)."""
+    return next((tier for _, tier in nodes), None)
+
+
+def pool_serves(nodes: Iterable[tuple[str, str]], tier: str) -> bool:
+    return any(node_tier == tier for _, node_tier in nodes)
 
 
 def node_slots(

@@ -23,6 +23,8 @@ from tunery.backends.base import (
     TierCapacity,
     WorkerState,
     node_slots,
+    pool_default_tier,
+    pool_serves,
 )
 
 if TYPE_CHECKING:
@@ -48,6 +50,8 @@ class FakeBackend:
     in tunery's queue (as ``RayBackend.claim``)."""
     placed: dict[str, str] = field(default_factory=dict)
     """Attempt id → the node ``place`` put it on (``cluster``)."""
+    tiers: list[str] | None = None
+    """The tiers a ``cluster`` serves, first the default (None: its nodes' tiers)."""
     _alive: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -55,6 +59,17 @@ class FakeBackend:
     def for_settings(cls, settings: Settings) -> FakeBackend:
         """A fake pool of the settings' nodes."""
         return cls(nodes=[(node.name, node.tier) for node in settings.nodes])
+
+    @property
+    def default_tier(self) -> str | None:
+        if self.tiers is not None:
+            return self.tiers[0] if self.tiers else None
+        return pool_default_tier(self.nodes)
+
+    def serves(self, tier: str) -> bool:
+        if self.tiers is not None:
+            return tier in self.tiers
+        return pool_serves(self.nodes, tier)
 
     def capacity(self, tier: str, busy: Collection[str]) -> TierCapacity:
         return node_slots(self.nodes, tier, busy)[0]

@@ -30,6 +30,8 @@ from tunery.backends.base import (
     TierCapacity,
     WorkerState,
     node_slots,
+    pool_default_tier,
+    pool_serves,
 )
 from tunery.wire.reports import ATTEMPT_TOKEN_VARIABLE
 
@@ -91,6 +93,13 @@ class LocalBackend:
         self._runs_dir = data_dir / "runs"
         self._data_dir = data_dir
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def default_tier(self) -> str | None:
+        return pool_default_tier(self._nodes)
+
+    def serves(self, tier: str) -> bool:
+        return pool_serves(self._nodes, tier)
 
     def capacity(self, tier: str, busy: Collection[str]) -> TierCapacity:
         return node_slots(self._nodes, tier, busy)[0]

@@ -112,7 +112,16 @@ class RayBackend:
                 logging_level=logging.WARNING,
             )
 
-    # Placement ------------------------------------------------------------------------
+    # Tiers and placement --------------------------------------------------------------
+
+    @property
+    def default_tier(self) -> str | None:
+        """The first tier the settings list (``gpus`` keeps their order)."""
+        return next(iter(self._gpus), None)
+
+    def serves(self, tier: str) -> bool:
+        """Every configured tier: a node of it may join the cluster (an autoscaler's cue)."""
+        return tier in self._gpus
 
     def resources(self, tier: str) -> dict[str, float]:
         """The bundle one attempt of ``tier`` asks for."""

@@ -2,7 +2,8 @@
 
 Every run of the account is a job, also those submitted from the studio or the CLI; a job
 created here additionally records its suffix, validation file and metadata. Creating one
-submits a run with ``runs.submit.submit_run``, so it is checked and billed like any other.
+submits a run through the one submission intake (``runs.intake``), so it is checked,
+estimated and billed like any other.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from tunery.openai_api.objects import (
     page_of,
 )
 from tunery.pipeline.config import MAX_SEED, RUN_NAME_PATTERN
-from tunery.runs import datasets, estimate, queries, settle, submit
+from tunery.runs import intake, queries, settle
 from tunery.runs.plane import Conflict, ControlPlane, NotFound
 
 CREATE_FIELDS = frozenset(
@@ -55,7 +56,10 @@ CREATE_FIELDS = frozenset(
 def create_job(
     plane: ControlPlane, account_id: str, body: Any, *, idempotency_key: str | None
 ) -> JobObject:
-    """Submit the run a job request describes; OpenAIError (400/429) when it is refused."""
+    """Submit the run a job request describes; OpenAIError (400/429) when it is refused.
+
+    The request is translated into a recipe here; the recipe is checked, planned, estimated
+    and created with its job row by the one submission intake (``runs.intake``)."""
     if not isinstance(body, dict):
         raise OpenAIError(400, "the request body must be a JSON object")
     unknown = sorted(set(body) - CREATE_FIELDS)
@@ -69,14 +73,12 @@ def create_job(
     overrides = mapping.training_overrides(hyperparameters, where)
     metadata = mapping.check_metadata(body.get("metadata"))
     suffix = _suffix(body.get("suffix"))
-    extra = body.get("tunery") or {}
+    extra = body.get("tunery", {})
     if not isinstance(extra, dict):
         raise OpenAIError(400, "tunery must be an object of recipe sections", param="tunery")
-    with plane.sessions() as session:
-        _require_file(session, account_id, training_file, "training_file")
-        validation_file = body.get("validation_file")
-        if validation_file is not None:
-            _require_file(session, account_id, str(validation_file), "validation_file")
+    validation_file = body.get("validation_file")
+    if validation_file is not None and not isinstance(validation_file, str):
+        raise OpenAIError(400, "validation_file must be a file id", param="validation_file")
     payload = mapping.merged(
         {
             "name": suffix or mapping.DEFAULT_JOB_NAME,
@@ -86,33 +88,28 @@ def create_job(
             # OpenAI's own terms do for its API; the tunery object may still say otherwise.
             "attestations": {"dataset_rights": True, "model_license": True},
             # OpenAI reports valid_loss on the validation file: tunery evaluates on it.
-            **({"validation": {"dataset_ids": [str(validation_file)]}} if validation_file else {}),
+            **({"validation": {"dataset_ids": [validation_file]}} if validation_file else {}),
         },
         extra,
     )
-    training = dict(payload.get("training") or {})
-    training.update(overrides)
+    training = payload.get("training") or {}
+    if not isinstance(training, dict):
+        raise OpenAIError(400, "tunery.training must be an object", param="tunery.training")
+    training = {**training, **overrides}
     training["seed"] = _seed(body.get("seed"), training.get("seed"), idempotency_key)
     payload["training"] = training
     try:
-        run = submit.submit_run(
-            plane, account_id=account_id, payload=payload, idempotency_key=idempotency_key
+        run = intake.submit_run(
+            plane,
+            account_id=account_id,
+            payload=payload,
+            idempotency_key=idempotency_key,
+            job=intake.JobFields(suffix=suffix, validation_file=validation_file, metadata=metadata),
         )
     except ConfigError as error:
         raise _refusal(error, where) from None
     except TuneryError as error:
         raise openai_error(error) from None
-    estimate.record_estimate(plane, account_id=account_id, run_id=run.id)
-    with plane.sessions.begin() as session:
-        session.merge(
-            FineTuningJob(
-                run_id=run.id,
-                account_id=account_id,
-                suffix=suffix,
-                validation_file=validation_file,
-                job_metadata=metadata,
-            )
-        )
     return get_job(plane, account_id, run.id)
 
 
@@ -149,19 +146,16 @@ def _seed(given: Any, from_extra: Any, idempotency_key: str | None) -> int:
     return given
 
 
-def _require_file(session: Session, account_id: str, file_id: str, param: str) -> None:
-    try:
-        datasets.owned_dataset(session, account_id, file_id)
-    except NotFound:
-        raise OpenAIError(
-            400, f"invalid {param}: no file {file_id!r}", param=param, code="invalid_file"
-        ) from None
-
-
 def _refusal(error: ConfigError, where: str) -> OpenAIError:
     """Every problem of a refused submission in one message; ``param`` names the first."""
     if all(problem.field == "credits" for problem in error.problems):
         return OpenAIError(429, error.problems[0].message, code="insufficient_quota")
+    first = error.problems[0]
+    if first.field.startswith(("dataset_ids", "validation.dataset_ids")):
+        param = mapping.param_for(first, where)
+        return OpenAIError(
+            400, f"invalid {param}: {first.message}", param=param, code="invalid_file"
+        )
     message = "; ".join(
         f"{mapping.param_for(problem, where)}: {problem.message}" for problem in error.problems
     )
@@ -202,7 +196,7 @@ def job_object(run: Run, extra: FineTuningJob | None, position: int | None, at: 
         model=config["base_model"],
         organization_id=run.account_id,
         result_files=[mapping.results_file_id(run.id)] if completed else [],
-        seed=config.get("training", {}).get("seed", 42),
+        seed=mapping.stored_training(config).seed,
         status=mapping.job_status(run.status),
         trained_tokens=metrics.get("trained_tokens") if run.status in TERMINAL else None,
         training_file=(config.get("dataset_ids") or [""])[0],

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from tunery.errors import FieldProblem
+from tunery.event_kinds import EventKind
+from tunery.lifecycle import RunStatus
 from tunery.openai_api.objects import (
     CheckpointMetrics,
     Hyperparameters,
@@ -37,14 +39,14 @@ EVENT_PREFIX = "ftevent-"
 CHECKPOINT_PREFIX = "ftckpt-"
 MAX_METADATA_PAIRS = 16
 
-STATUS_OF_RUN: dict[str, JobStatus] = {
-    "queued": "queued",
-    "waiting_for_gpu": "queued",
-    "training": "running",
-    "retrying": "running",
-    "completed": "succeeded",
-    "failed": "failed",
-    "cancelled": "cancelled",
+STATUS_OF_RUN: dict[RunStatus, JobStatus] = {
+    RunStatus.QUEUED: "queued",
+    RunStatus.WAITING_FOR_GPU: "queued",
+    RunStatus.TRAINING: "running",
+    RunStatus.RETRYING: "running",
+    RunStatus.COMPLETED: "succeeded",
+    RunStatus.FAILED: "failed",
+    RunStatus.CANCELLED: "cancelled",
 }
 RECIPE_FIELD_PARAMS = {
     "training.epochs": "n_epochs",
@@ -54,7 +56,7 @@ RECIPE_FIELD_PARAMS = {
 
 
 def job_status(run_status: str) -> JobStatus:
-    return STATUS_OF_RUN[run_status]
+    return STATUS_OF_RUN[RunStatus(run_status)]
 
 
 # Requests ------------------------------------------------------------------------------
@@ -170,6 +172,8 @@ def param_for(problem: FieldProblem, hyperparameters_at: str) -> str:
         return "model"
     if field.startswith("dataset_ids"):
         return "training_file"
+    if field.startswith("validation.dataset_ids"):
+        return "validation_file"
     if field == "name":
         return "suffix"
     return f"tunery.{field}"
@@ -178,14 +182,18 @@ def param_for(problem: FieldProblem, hyperparameters_at: str) -> str:
 # Responses -----------------------------------------------------------------------------
 
 
+def stored_training(config: Mapping[str, Any]) -> TrainingConfig:
+    """A stored run's training settings, defaults filled in for fields newer than the run."""
+    return TrainingConfig.model_validate(config.get("training") or {})
+
+
 def resolved_hyperparameters(config: Mapping[str, Any]) -> Hyperparameters:
     """The values a run trains with, in OpenAI's terms (never ``auto``)."""
-    training = config.get("training", {})
-    rate = training.get("learning_rate", BASE_LEARNING_RATE)
+    training = stored_training(config)
     return Hyperparameters(
-        n_epochs=training.get("epochs", 3),
-        batch_size=training.get("batch_size", 8),
-        learning_rate_multiplier=round(rate / BASE_LEARNING_RATE, 6),
+        n_epochs=training.epochs,
+        batch_size=training.batch_size,
+        learning_rate_multiplier=round(training.learning_rate / BASE_LEARNING_RATE, 6),
     )
 
 
@@ -204,32 +212,32 @@ def results_file_id(run_id: str) -> str:
 
 
 def event_level(kind: str, data: Mapping[str, Any]) -> str:
-    if kind == "status" and data.get("status") == "failed":
+    if kind == EventKind.STATUS and data.get("status") == RunStatus.FAILED:
         return "error"
-    if kind == "status" and data.get("status") == "retrying":
+    if kind == EventKind.STATUS and data.get("status") == RunStatus.RETRYING:
         return "warn"
     return "info"
 
 
 def event_message(kind: str, data: Mapping[str, Any]) -> str:
     """The text of an event as OpenAI words its own (``Step 3/6: training loss=1.23``)."""
-    if kind == "metrics":
+    if kind == EventKind.METRICS:
         total = data.get("total_steps")
         loss = data.get("loss")
         shown = f"{loss:.4f}" if isinstance(loss, int | float) else "n/a"
         return f"Step {data.get('step')}/{total if total else '?'}: training loss={shown}"
-    if kind == "status":
+    if kind == EventKind.STATUS:
         text = f"Job status: {data.get('status')} ({data.get('phase')})"
         error = data.get("error")
         return f"{text}: {error.get('message')}" if isinstance(error, dict) else text
-    if kind == "evaluation":
+    if kind == EventKind.EVALUATION:
         total = data.get("total_steps")
         loss = data.get("eval_loss")
         shown = f"{loss:.4f}" if isinstance(loss, int | float) else "n/a"
         return f"Step {data.get('step')}/{total if total else '?'}: validation loss={shown}"
-    if kind == "phase":
+    if kind == EventKind.PHASE:
         return f"Phase: {data.get('phase')}"
-    if kind == "samples":
+    if kind == EventKind.SAMPLES:
         return f"Sample answers from the trained model: {len(data.get('samples', []))}"
     return str(data.get("message", ""))
 

@@ -13,6 +13,8 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel
 
 from tunery.errors import TuneryError
+from tunery.lifecycle import RunStatus
+from tunery.phases import Phase
 from tunery.wire.rest import RunEstimate
 
 Item = TypeVar("Item")
@@ -59,6 +61,15 @@ STATUS_OF_ERROR_CODE = {
     "too_many_queued_runs": 429,
     "storage_quota_exceeded": 429,
 }
+
+
+INVALID_API_KEY = "invalid_api_key"
+"""OpenAI's code for a missing or refused key: the SDK raises ``AuthenticationError``."""
+
+
+def auth_error(message: str, hint: str) -> OpenAIError:
+    """A refused API key, as OpenAI answers it on every route and method."""
+    return OpenAIError(401, f"{message}; {hint}" if hint else message, code=INVALID_API_KEY)
 
 
 def openai_error(error: TuneryError) -> OpenAIError:
@@ -130,8 +141,8 @@ class TuneryJobState(BaseModel):
     """tunery's own view of the job's run, for what OpenAI's statuses cannot say."""
 
     run_id: str
-    status: str
-    phase: str
+    status: RunStatus
+    phase: Phase
     queue_position: int | None
     hub_entry_id: str | None
     validation: Literal["evaluated"] | None

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select
 
 from tunery.db import RunEvent
+from tunery.event_kinds import STEP_KINDS, EventKind
 from tunery.lifecycle import RunStatus
 from tunery.openai_api import mapping
 from tunery.openai_api.jobs import owned_run
@@ -47,13 +48,13 @@ def list_events(
 
 
 def _event(row: RunEvent) -> JobEvent:
-    metrics = row.kind in ("metrics", "evaluation")
+    metrics = row.kind in STEP_KINDS
     data: dict[str, Any] | None
-    if row.kind == "metrics":
+    if row.kind == EventKind.METRICS:
         data = mapping.metrics_data(row.data)
-    elif row.kind == "evaluation":
+    elif row.kind == EventKind.EVALUATION:
         data = mapping.evaluation_data(row.data)
-    elif row.kind == "status" and row.data.get("error"):
+    elif row.kind == EventKind.STATUS and row.data.get("error"):
         data = {"error": row.data["error"]}
     else:
         data = None
@@ -74,14 +75,14 @@ def list_checkpoints(
         run = owned_run(session, account_id, job_id)
         reports = session.scalars(
             select(RunEvent)
-            .where(RunEvent.run_id == job_id, RunEvent.kind == "metrics")
+            .where(RunEvent.run_id == job_id, RunEvent.kind == EventKind.METRICS)
             .order_by(RunEvent.id)
         )
         # A resumed attempt retrains steps after its checkpoint: the newest report counts.
         by_step = {event.data.get("step"): event for event in reports}
         rows = {row["step"]: row for row in history.step_rows(session, job_id)}
     steps = sorted(step for step in by_step if isinstance(step, int))
-    every = run.config.get("training", {}).get("checkpoint_every_steps", 50)
+    every = mapping.stored_training(run.config).checkpoint_every_steps
     completed = run.status == RunStatus.COMPLETED
     kept = mapping.checkpoint_steps([by_step[s].data for s in steps], every, completed)
     model = mapping.fine_tuned_model_name(

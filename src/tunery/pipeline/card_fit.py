@@ -27,7 +27,7 @@ class TrainingOutOfMemory(TuneryError):
     """The run does not fit the GPU's memory. Not transient: the same recipe on the same card
     fails again, so the run fails at once with settings that would fit."""
 
-    code = "training_out_of_memory"
+    code = "out_of_memory"
 
 
 def card_memory_gib(device: torch.device) -> float | None:

@@ -42,6 +42,10 @@ MIN_SEQ_LENGTH = 64
 """The shortest max_seq_length: a chat template's own tokens take a few dozen."""
 MAX_BASE_MODEL_CHARS = 1000
 """The longest base_model reference (an id, URL or path)."""
+MAX_DATASETS_PER_RUN = 64
+"""The most training (or validation) datasets one run may name."""
+MAX_DATASET_REF_CHARS = 4096
+"""The longest dataset id or local dataset path."""
 MAX_VALIDATION_SPLIT = 0.5
 """The largest share of rows validation.split may hold out; more leaves too little to train."""
 AUTO_VALIDATION_MIN_ROWS = 200
@@ -50,6 +54,15 @@ AUTO_VALIDATION_SHARE = 0.05
 """The default validation split's share of the rows..."""
 AUTO_VALIDATION_MAX_ROWS = 500
 """...and its most rows: evaluation time stays small next to training time."""
+AUTO_VALIDATION_RULE = (
+    f"{AUTO_VALIDATION_SHARE:.0%} of the rows (at most {AUTO_VALIDATION_MAX_ROWS}) of data "
+    f"with {AUTO_VALIDATION_MIN_ROWS} rows or more"
+)
+"""The default validation split in words, for messages and the field's description."""
+
+
+DatasetRef = Annotated[str, Field(min_length=1, max_length=MAX_DATASET_REF_CHARS)]
+"""An uploaded dataset's id, or a local dataset file's path."""
 
 
 class _Strict(BaseModel):
@@ -176,22 +189,26 @@ class ValidationSettings(_Strict):
 
     Separate validation data (``datasets`` for ``tunery train``, ``dataset_ids`` on a
     server) wins over ``split``. With neither and ``split`` unset, data of
-    AUTO_VALIDATION_MIN_ROWS (200) rows or more holds out AUTO_VALIDATION_SHARE (5%) of
-    them, at most AUTO_VALIDATION_MAX_ROWS (500); smaller data holds out none.
+    AUTO_VALIDATION_MIN_ROWS rows or more holds out AUTO_VALIDATION_SHARE of them, at most
+    AUTO_VALIDATION_MAX_ROWS; smaller data holds out none (``AUTO_VALIDATION_RULE``).
     """
 
     split: float | None = Field(
         None,
         ge=0,
         le=MAX_VALIDATION_SPLIT,
-        description="Share of the rows held out for evaluation; 0: none. Unset: 5% (at most "
-        "500 rows) when the data has 200 rows or more, else none.",
+        description="Share of the rows held out for evaluation; 0: none. Unset: "
+        f"{AUTO_VALIDATION_RULE}, else none.",
     )
-    datasets: list[str] = Field(
-        default_factory=list, description="Local validation files; win over split."
+    datasets: list[DatasetRef] = Field(
+        default_factory=list,
+        max_length=MAX_DATASETS_PER_RUN,
+        description="Local validation files; win over split.",
     )
-    dataset_ids: list[str] = Field(
-        default_factory=list, description="Uploaded validation dataset ids; win over split."
+    dataset_ids: list[DatasetRef] = Field(
+        default_factory=list,
+        max_length=MAX_DATASETS_PER_RUN,
+        description="Uploaded validation dataset ids; win over split.",
     )
 
     @property
@@ -225,8 +242,12 @@ class RunRecipe(_Strict):
         max_length=MAX_BASE_MODEL_CHARS,
         description="Catalog id, Hugging Face id or URL, or a local directory.",
     )
-    dataset_ids: list[str] = Field(default_factory=list, description="Uploaded dataset ids.")
-    datasets: list[str] = Field(default_factory=list, description="Local dataset files.")
+    dataset_ids: list[DatasetRef] = Field(
+        default_factory=list, max_length=MAX_DATASETS_PER_RUN, description="Uploaded dataset ids."
+    )
+    datasets: list[DatasetRef] = Field(
+        default_factory=list, max_length=MAX_DATASETS_PER_RUN, description="Local dataset files."
+    )
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     gpu_tier: str | None = Field(None, description="Tier id; None takes the default node's tier.")

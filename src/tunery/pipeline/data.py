@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from tunery.errors import ConfigError, DatasetError, DatasetProblem, FieldProblem
 from tunery.pipeline.chat import IGNORE, Encoder, Example, SamplePrompt, TemplateFailure
-from tunery.pipeline.config import ValidationSettings
+from tunery.pipeline.config import AUTO_VALIDATION_RULE, ValidationSettings
 from tunery.pipeline.datasets import MAX_PROBLEMS, DatasetSummary, Message, Row, read_dataset
 from tunery.pipeline.holdout import SAMPLE_COUNT, sample_rows, validation_rows
 
@@ -200,8 +200,8 @@ def _check_validation(
     if require_validation and not prepared.validation:
         raise ConfigError.single(
             "early_stopping.patience",
-            "needs validation data, and this data holds out none (the default split needs "
-            "200 rows or more)",
+            "needs validation data, and this data holds out none (the default split holds out "
+            f"{AUTO_VALIDATION_RULE})",
             hint="set validation.split above 0, list validation datasets, or set patience to 0",
         )
 

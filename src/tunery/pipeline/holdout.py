@@ -43,8 +43,8 @@ def sample_rows(total_rows: int, chat_rows: int, *, custom_prompts: bool) -> int
 def validation_rows(rows: int, validation: ValidationSettings) -> int:
     """Rows of ``rows`` (left after the sample prompts) held out for evaluation.
 
-    None with separate validation data. An unset split is the default rule (5% of data of
-    200 rows or more, at most 500 rows); a set one holds out at least one row.
+    None with separate validation data. An unset split is the default rule
+    (``config.AUTO_VALIDATION_RULE``); a set one holds out at least one row.
     """
     if validation.separate or rows == 0:
         return 0

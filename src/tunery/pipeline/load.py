@@ -57,8 +57,13 @@ class ModelReference:
     path: Path | None = None
 
 
-def parse_model_reference(text: str) -> ModelReference:
-    """Classify ``text`` without touching the network; raises ConfigError on bad formats."""
+def parse_model_reference(text: str, *, relative_dirs: bool = True) -> ModelReference:
+    """Classify ``text`` without touching the network; raises ConfigError on bad formats.
+
+    ``relative_dirs`` False: a relative name (``org/name``) is never looked up on disk, only
+    names starting with ``/``, ``.`` or ``~`` are local (a server, whose working directory
+    is nobody's business, resolves relative names against its models directory itself).
+    """
     value = text.strip()
     if not value:
         raise ConfigError.single("base_model", "is empty; name a model to fine-tune")
@@ -86,7 +91,7 @@ def parse_model_reference(text: str) -> ModelReference:
         path = Path(value).expanduser()
     except RuntimeError:  # ~name of a user this machine does not have
         raise ConfigError.single("base_model", f"{value[:60]!r} names no home directory") from None
-    if path.is_absolute() or value.startswith((".", "~")) or _is_dir(path):
+    if path.is_absolute() or value.startswith((".", "~")) or (relative_dirs and _is_dir(path)):
         if not _is_file(path / "config.json"):
             raise ConfigError.single(
                 "base_model",

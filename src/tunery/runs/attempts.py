@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from tunery.db import Attempt, Dataset, Run, now
 from tunery.errors import TuneryError
+from tunery.event_kinds import EventKind
 from tunery.lifecycle import TERMINAL, RunStatus
 from tunery.phases import Phase
 from tunery.runs import history, hub, store
@@ -115,13 +116,15 @@ def _apply(
         case MetricsReport():
             _on_phase(session, attempt, run, Phase.TRAINING, at)
             run.metrics = item.data.model_dump(mode="json", exclude_unset=True)
-            store.append_event(session, run.id, "metrics", live_metrics_of(plane, session, run))
+            store.append_event(
+                session, run.id, EventKind.METRICS, live_metrics_of(plane, session, run)
+            )
         case EvaluationReport():
             evaluation = item.data.model_dump(mode="json", exclude_unset=True)
             run.evaluation = evaluation
-            store.append_event(session, run.id, "evaluation", evaluation)
+            store.append_event(session, run.id, EventKind.EVALUATION, evaluation)
         case LogReport():
-            store.append_event(session, run.id, "log", {"message": item.data.message})
+            store.append_event(session, run.id, EventKind.LOG, {"message": item.data.message})
         case HistoryReport():
             _on_history(
                 session,
@@ -163,7 +166,7 @@ def _on_history(session: Session, run: Run, steps: list[dict[str, Any]]) -> None
     reported = history.reported_steps(session, run.id)
     for step in steps:
         if step.get("step") not in reported:
-            store.append_event(session, run.id, "metrics", {**step, "replayed": True})
+            store.append_event(session, run.id, EventKind.METRICS, {**step, "replayed": True})
 
 
 def _on_result(
@@ -176,7 +179,7 @@ def _on_result(
     error = summary.get("error")
     target = RunStatus.COMPLETED if result.status == "completed" else RunStatus.FAILED
     if result.samples:
-        store.append_event(session, run.id, "samples", {"samples": summary["samples"]})
+        store.append_event(session, run.id, EventKind.SAMPLES, {"samples": summary["samples"]})
     try:
         entry_id = hub.create_entry(plane, session, run)
     except (TuneryError, OSError) as failure:

@@ -1,8 +1,8 @@
-"""Cost before play: what a submission would train, how long and at what price; creates nothing.
+"""Cost before play: what a submission would train, how long and at what price.
 
-The payload is checked as a submission is (``submit.validate_submission``), every problem
-at once, except the attestations and the balance: an estimate needs neither, and answers
-whether the balance covers it (``covered``).
+Pure arithmetic on a checked submission (``runs.intake`` checks, plans memory and calls
+``compute_estimate`` once per submission or estimate request); the only query is the
+throughput runs of the same model on the same tier measured.
 
 **Tokens.** The control plane loads no tokenizer: each row's tokens are estimated from its
 characters (``runs.data_shape``), cut at ``max_seq_length`` (else the catalog model's
@@ -28,17 +28,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tunery.catalog.models import find as catalog_find
-from tunery.db import Dataset, Run
-from tunery.errors import ConfigError, FieldProblem
+from tunery.db import Run
+from tunery.errors import ConfigError
 from tunery.lifecycle import RunStatus
 from tunery.pipeline.budget import plan_budget
-from tunery.pipeline.config import RunRecipe, parse_recipe
+from tunery.pipeline.config import RunRecipe
 from tunery.pipeline.holdout import plan_holdout
-from tunery.pipeline.memory import GIB
-from tunery.runs import billing, fit
-from tunery.runs.data_shape import DataShape, stored_shape
-from tunery.runs.plane import ControlPlane
-from tunery.runs.submit import default_tier, validate_submission
+from tunery.pipeline.memory import GIB, MemoryEstimate
+from tunery.runs import billing
+from tunery.runs.data_shape import DataShape
 from tunery.tiers import TierSettings
 from tunery.wire.rest import RunEstimate
 
@@ -48,74 +46,6 @@ FLOPS_PER_PARAMETER_TOKEN = 6
 gradients are skipped but gradient checkpointing's recomputation takes their place."""
 EVAL_COST_SHARE = 1 / 3
 """An evaluation token costs a forward pass: a third of a training token."""
-NOT_NEEDED_FOR_AN_ESTIMATE = ("attestations", "credits")
-
-
-def estimate_run(plane: ControlPlane, *, account_id: str, payload: Any) -> RunEstimate:
-    """The estimate of a submission; raises ConfigError with every problem, like a
-    submission (attestations and balance aside)."""
-    with plane.sessions() as session:
-        recipe, tier = _checked(plane, session, account_id, payload)
-        datasets = _owned(session, account_id, recipe.dataset_ids)
-        validation = _owned(session, account_id, recipe.validation.dataset_ids)
-        rate, measured = measured_throughput(session, tier, recipe.base_model)
-        balance = billing.balance(session, account_id)
-    shape = stored_shape(plane.datasets_dir, [datasets[i] for i in recipe.dataset_ids])
-    validation_shape = stored_shape(plane.datasets_dir, list(validation.values()))
-    return compute_estimate(
-        recipe,
-        plane.settings.tier(tier) or TierSettings(id=tier, name=tier, credits_per_minute=0),
-        shape,
-        validation_shape,
-        rate=rate,
-        measured=measured,
-        balance=balance,
-    )
-
-
-def record_estimate(plane: ControlPlane, *, account_id: str, run_id: str) -> None:
-    """Store a submitted run's estimate on it, so its actual time can be compared and
-    measured once it completes."""
-    with plane.sessions.begin() as session:
-        run = session.get(Run, run_id)
-        if run is None or run.account_id != account_id or run.estimate is not None:
-            return
-        payload = run.config
-    try:
-        estimate = estimate_run(plane, account_id=account_id, payload=payload)
-    except ConfigError:
-        return  # its dataset was deleted meanwhile: the run fails on its own, unestimated
-    with plane.sessions.begin() as session:
-        run = session.get(Run, run_id)
-        if run is not None:
-            run.estimate = estimate.model_dump(mode="json")
-
-
-def _checked(
-    plane: ControlPlane, session: Session, account_id: str, payload: Any
-) -> tuple[RunRecipe, str]:
-    problems: list[FieldProblem] = []
-    try:
-        validate_submission(plane, session, account_id, payload)
-    except ConfigError as error:
-        problems = [
-            problem
-            for problem in error.problems
-            if problem.field.split(".")[0] not in NOT_NEEDED_FOR_AN_ESTIMATE
-        ]
-    if problems:
-        raise ConfigError(problems)
-    recipe = parse_recipe(payload)
-    return recipe, str(recipe.gpu_tier or default_tier(plane))
-
-
-def _owned(session: Session, account_id: str, dataset_ids: list[str]) -> dict[str, Dataset]:
-    if not dataset_ids:
-        return {}
-    rows = session.scalars(
-        select(Dataset).where(Dataset.id.in_(dataset_ids), Dataset.account_id == account_id)
-    )
-    return {dataset.id: dataset for dataset in rows}
 
 
 def measured_throughput(session: Session, tier: str, base_model: str) -> tuple[float | None, int]:
@@ -160,8 +90,12 @@ def compute_estimate(
     rate: float | None,
     measured: int,
     balance: float,
+    memory: MemoryEstimate | None = None,
 ) -> RunEstimate:
-    """The estimate from counted rows and a throughput (None: the tier's prior)."""
+    """The estimate from counted rows and a throughput (None: the tier's prior).
+
+    ``memory``: the run's planned peak on the tier's card (``fit.peak_memory``), None where
+    it is not planned."""
     catalog = catalog_find(recipe.base_model)
     limit = recipe.training.max_seq_length or (catalog.context_length if catalog else None)
     holdout = plan_holdout(
@@ -192,7 +126,6 @@ def compute_estimate(
             "no time estimate: the model's size is unknown and no run of it on this tier "
             "was measured yet"
         )
-    memory = fit.peak_memory(recipe, tier, data)
     if memory is None and tier.memory_gib is not None:
         notes.append(
             "no memory plan: the server does not know this model's size; its worker checks "

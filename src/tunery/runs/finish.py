@@ -7,13 +7,11 @@ answer carries (``finish: true``), so it reaches the worker as fast as a cancel 
 
 from __future__ import annotations
 
-from tunery.lifecycle import RunStatus
+from tunery.event_kinds import EventKind
+from tunery.lifecycle import FINISHABLE, RunStatus
 from tunery.runs import store
 from tunery.runs.plane import Conflict, ControlPlane
 from tunery.runs.queries import get_run
-
-FINISHABLE = (RunStatus.TRAINING, RunStatus.RETRYING)
-"""A retrying run finishes after the first step its next attempt trains."""
 
 
 def finish_run(plane: ControlPlane, *, account_id: str, run_id: str) -> None:
@@ -39,7 +37,7 @@ def finish_run(plane: ControlPlane, *, account_id: str, run_id: str) -> None:
         store.append_event(
             session,
             run.id,
-            "log",
+            EventKind.LOG,
             {
                 "message": "finish now requested: training stops after the current step, then "
                 "the adapter is saved, exported and sampled"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tunery.catalog.models import find as catalog_find
-from tunery.errors import ConfigError, FieldProblem
+from tunery.errors import ConfigError
 from tunery.pipeline.config import RunRecipe
 from tunery.pipeline.load import parse_model_reference
 from tunery.pipeline.memory import MemoryEstimate, check_fits
@@ -79,16 +79,3 @@ def peak_memory(recipe: RunRecipe, tier: TierSettings, data: DataShape) -> Memor
         )
     except ValueError:
         return None  # a local config.json without the usual size fields: the worker checks
-
-
-def memory_problems(recipe: RunRecipe, tier: TierSettings, data: DataShape) -> list[FieldProblem]:
-    """What keeps the run from fitting ``tier``'s card, as submission problems (each with
-    the planner's hint: what would fit)."""
-    try:
-        peak_memory(recipe, tier, data)
-    except ConfigError as error:
-        hint = f"; {error.hint}" if error.hint else ""
-        return [
-            FieldProblem(problem.field, f"{problem.message}{hint}") for problem in error.problems
-        ]
-    return []

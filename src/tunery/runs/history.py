@@ -14,24 +14,24 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tunery.db import Run, RunEvent
+from tunery.event_kinds import LOG_KINDS, STEP_KINDS, EventKind
 from tunery.runs.plane import ControlPlane
 from tunery.runs.queries import get_run
 from tunery.wire.events import StoredEvent
 from tunery.wire.timefmt import iso
 
-LOG_KINDS = ("status", "phase", "log")
 _STORED_EVENT: TypeAdapter[Any] = TypeAdapter(StoredEvent)
 
 
 def log_line(kind: str, data: dict[str, Any], at: float) -> str | None:
     """The log line of an event (None for kinds that are not part of the log)."""
-    if kind == "log":
+    if kind == EventKind.LOG:
         text = str(data.get("message", ""))
-    elif kind == "status":
+    elif kind == EventKind.STATUS:
         text = f"status: {data['status']} ({data['phase']})"
         if data.get("error"):
             text += f" — {data['error'].get('message')}"
-    elif kind == "phase":
+    elif kind == EventKind.PHASE:
         text = f"phase: {data['phase']}"
     else:
         return None
@@ -95,7 +95,7 @@ def reported_steps(session: Session, run_id: str) -> set[Any]:
     return {
         event.data.get("step")
         for event in session.scalars(
-            select(RunEvent).where(RunEvent.run_id == run_id, RunEvent.kind == "metrics")
+            select(RunEvent).where(RunEvent.run_id == run_id, RunEvent.kind == EventKind.METRICS)
         )
     }
 
@@ -106,14 +106,14 @@ def step_rows(session: Session, run_id: str) -> list[dict[str, Any]]:
     checkpoint; the newest report of each step is the one kept."""
     rows = session.scalars(
         select(RunEvent)
-        .where(RunEvent.run_id == run_id, RunEvent.kind.in_(("metrics", "evaluation")))
+        .where(RunEvent.run_id == run_id, RunEvent.kind.in_(STEP_KINDS))
         .order_by(RunEvent.id)
     )
     by_step: dict[Any, dict[str, Any]] = {}
     evaluations: dict[Any, dict[str, Any]] = {}
     for event in rows:
         step = event.data.get("step")
-        if event.kind == "metrics":
+        if event.kind == EventKind.METRICS:
             by_step[step] = event.data
         else:
             evaluations[step] = {

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from tunery.backends.base import Handle
 from tunery.db import Attempt, Run, RunEvent, new_id, now
+from tunery.event_kinds import EventKind
 from tunery.lifecycle import RunStatus, can_move
 from tunery.phases import Phase
 from tunery.runs.redact import redact_error
@@ -59,7 +60,7 @@ class EventNotifier:
             callback()
 
 
-def append_event(session: Session, run_id: str, kind: str, data: dict[str, Any]) -> None:
+def append_event(session: Session, run_id: str, kind: EventKind, data: dict[str, Any]) -> None:
     """Add an event row to the session's transaction (it commits with the caller)."""
     session.add(RunEvent(run_id=run_id, kind=kind, data=data, created_at=now()))
 
@@ -99,7 +100,7 @@ def move(
     data: dict[str, Any] = {"status": to.value, "phase": phase.value}
     if fields.get("error"):
         data["error"] = fields["error"]
-    append_event(session, run_id, "status", data)
+    append_event(session, run_id, EventKind.STATUS, data)
 
 
 def set_phase(session: Session, run_id: str, phase: Phase) -> None:
@@ -111,7 +112,7 @@ def set_phase(session: Session, run_id: str, phase: Phase) -> None:
         .values(phase=phase.value)
         .execution_options(synchronize_session=False)
     )
-    append_event(session, run_id, "phase", {"phase": phase.value})
+    append_event(session, run_id, EventKind.PHASE, {"phase": phase.value})
 
 
 def create_run(
@@ -123,6 +124,7 @@ def create_run(
     config: dict[str, Any],
     idempotency_key: str | None,
     payload_hash: str | None = None,
+    estimate: dict[str, Any] | None = None,
 ) -> Run:
     """Insert a ``queued`` run and its first status event; returns it (flushed).
 
@@ -142,11 +144,15 @@ def create_run(
         idempotency_payload_hash=payload_hash,
         metrics={},
         samples=[],
+        estimate=estimate,
     )
     session.add(run)
     session.flush()
     append_event(
-        session, run.id, "status", {"status": RunStatus.QUEUED.value, "phase": Phase.QUEUED.value}
+        session,
+        run.id,
+        EventKind.STATUS,
+        {"status": RunStatus.QUEUED.value, "phase": Phase.QUEUED.value},
     )
     return run
 
@@ -217,7 +223,7 @@ def _log_placed(session: Session, run_id: str, node: str) -> None:
 
 def _log(session: Session, run_id: str, message: str) -> None:
     """A line of the run's log written by the control plane (a worker's come as reports)."""
-    append_event(session, run_id, "log", {"message": message})
+    append_event(session, run_id, EventKind.LOG, {"message": message})
 
 
 def end_attempt(session: Session, attempt: Attempt, at: float, reason: str) -> bool:

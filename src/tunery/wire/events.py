@@ -16,12 +16,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tunery.event_kinds import EventKind
 from tunery.lifecycle import RunStatus
 from tunery.phases import Phase
 from tunery.wire.reports import ErrorData, SampleData
 from tunery.wire.rest import RunEvaluation, RunMetrics
 
-STORED_KINDS = ("status", "phase", "metrics", "evaluation", "log", "samples")
+STORED_KINDS = tuple(EventKind)
 EVENT_KINDS = (*STORED_KINDS, "ready", "snapshot")
 
 
@@ -35,7 +36,7 @@ class _Stored(BaseModel):
 class StatusEvent(_Stored):
     """The run moved to another state (the first one is ``queued``)."""
 
-    kind: Literal["status"] = "status"
+    kind: Literal[EventKind.STATUS] = EventKind.STATUS
     status: RunStatus
     phase: Phase
     error: ErrorData | None = None
@@ -45,13 +46,13 @@ class StatusEvent(_Stored):
 class PhaseEvent(_Stored):
     """The run entered another phase inside its state."""
 
-    kind: Literal["phase"] = "phase"
+    kind: Literal[EventKind.PHASE] = EventKind.PHASE
     phase: Phase
     line: str
 
 
 class LogEvent(_Stored):
-    kind: Literal["log"] = "log"
+    kind: Literal[EventKind.LOG] = EventKind.LOG
     message: str
     line: str
 
@@ -60,20 +61,20 @@ class MetricsEvent(_Stored, RunMetrics):
     """After a step: the run's live numbers; ``replayed`` marks a step filled in later."""
 
     model_config = ConfigDict(extra="allow")
-    kind: Literal["metrics"] = "metrics"
+    kind: Literal[EventKind.METRICS] = EventKind.METRICS
     replayed: bool | None = None
 
 
 class EvaluationEvent(_Stored, RunEvaluation):
     """An evaluation on the validation data finished (after step ``step``)."""
 
-    kind: Literal["evaluation"] = "evaluation"
+    kind: Literal[EventKind.EVALUATION] = EventKind.EVALUATION
 
 
 class SamplesEvent(_Stored):
     """The answers of the finished adapter to the sample prompts."""
 
-    kind: Literal["samples"] = "samples"
+    kind: Literal[EventKind.SAMPLES] = EventKind.SAMPLES
     samples: list[SampleData]
 
 

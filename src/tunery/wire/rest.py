@@ -244,6 +244,8 @@ class StatusInfo(BaseModel):
     terminal: bool
     active: bool
     """A node is held (an attempt runs)."""
+    finishable: bool
+    """"Finish now" is accepted (a non-terminal status is always cancellable)."""
 
 
 class PhaseInfo(BaseModel):

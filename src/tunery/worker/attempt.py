@@ -22,6 +22,7 @@ import httpx
 from tunery.environment import environment
 from tunery.errors import RunCancelled, TuneryError
 from tunery.phases import Phase
+from tunery.pipeline.card_fit import TrainingOutOfMemory
 from tunery.wire.reports import (
     ATTEMPT_TOKEN_HEADER,
     MAX_WORKER_FILE_BYTES,
@@ -53,7 +54,7 @@ def failure(error: Exception) -> FailureReport:
     """The report for an exception the pipeline did not turn into a TuneryError."""
     if out_of_memory(error):
         data = FailureData(
-            code="out_of_memory",
+            code=TrainingOutOfMemory.code,
             message="the model ran out of memory at this batch size",
             hint="lower training.batch_size or max_seq_length, or turn on gradient_checkpointing",
         )

@@ -5,34 +5,25 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from tunery.api.deps import PlaneDep
+from tunery.api.auth import AuthRefusal
+from tunery.api.deps import PlaneDep, bearer_account
 from tunery.db import Account
-from tunery.openai_api.objects import OpenAIError
-from tunery.runs.accounts import account_for_token
+from tunery.openai_api.objects import OpenAIError, auth_error
 
-bearer = HTTPBearer(auto_error=False)
 MAX_PAGE = 100
 
 
 def openai_account(
-    plane: PlaneDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    plane: PlaneDep, authorization: Annotated[str | None, Header(include_in_schema=False)] = None
 ) -> Account:
     """The account whose tunery token is the bearer API key; 401 in OpenAI's shape."""
-    if credentials is None:
-        raise OpenAIError(
-            401,
-            "You didn't provide an API key: send your tunery token as the bearer API key.",
-            code="invalid_api_key",
-        )
-    account = account_for_token(plane, credentials.credentials)
-    if account is None:
-        raise OpenAIError(401, "Incorrect API key provided.", code="invalid_api_key")
-    return account
+    found = bearer_account(plane, authorization)
+    if isinstance(found, AuthRefusal):
+        raise auth_error(found.message, found.hint)
+    return found
 
 
 OpenAIAccount = Annotated[Account, Depends(openai_account)]

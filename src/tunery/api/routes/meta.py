@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from tunery.api.deps import AccountDep, PlaneDep
 from tunery.catalog.models import listed
-from tunery.lifecycle import ACTIVE, STATUS_DISPLAY, TERMINAL
+from tunery.lifecycle import ACTIVE, FINISHABLE, STATUS_DISPLAY, TERMINAL
 from tunery.phases import PHASE_DESCRIPTIONS
 from tunery.runs import queries
 from tunery.runs.billing import REFUND_RULES
@@ -33,6 +33,7 @@ def meta() -> Meta:
                 icon=display.icon,
                 terminal=status in TERMINAL,
                 active=status in ACTIVE,
+                finishable=status in FINISHABLE,
             )
             for status, display in STATUS_DISPLAY.items()
         ],

@@ -16,7 +16,7 @@ from tunery.api.streams import (
     cursor,
     run_stream,
 )
-from tunery.runs import estimate, finish, history, queries, settle, submit
+from tunery.runs import finish, history, intake, queries, settle
 from tunery.wire.rest import RunEstimate, RunPublic, StepRow
 
 router = APIRouter(tags=["runs"])
@@ -42,10 +42,9 @@ def submit_run(
 ) -> RunPublic:
     """Queue a run; 422 with every reason when it is blocked. ``Idempotency-Key`` makes a
     retried submission return the first run."""
-    run = submit.submit_run(
+    run = intake.submit_run(
         plane, account_id=account.id, payload=payload, idempotency_key=idempotency_key
     )
-    estimate.record_estimate(plane, account_id=account.id, run_id=run.id)
     return queries.view_run(plane, account.id, run.id)
 
 
@@ -57,7 +56,7 @@ def estimate_run(
 
     422 with every problem, as a submission answers (the attestations and the balance
     aside: ``covered`` says whether the balance pays for it)."""
-    return estimate.estimate_run(plane, account_id=account.id, payload=payload)
+    return intake.estimate_submission(plane, account_id=account.id, payload=payload)
 
 
 @router.get("/runs", response_model=list[RunPublic])

@@ -1,0 +1,503 @@
+"""The one intake of a submission: where a run is validated, planned, estimated and created.
+
+Every caller that makes a run goes through here — ``POST /api/v1/runs``, ``POST
+/api/v1/runs/estimate``, ``/v1/fine_tuning/jobs`` and the demo seeding — so there is one
+answer to "where is a submission validated": ``check_submission``. It parses the payload
+once and reports every problem at once (ConfigError, HTTP 422): the recipe's schema, then
+the checks against this server (datasets the account owns, attestations, a tier the backend
+serves, a base model the server may load, credits for the first minute, validation data,
+the memory plan against the tier's card). A field whose schema is wrong is not checked
+again. What passes comes back with its tier, its memory plan and its estimate, each
+computed once.
+
+``submit_run`` creates the run, its estimate and (for ``/v1``) its job row in **one
+transaction** holding the database's write lock (``ControlPlane.exclusive``): a dataset
+cannot be deleted between the check that it exists and the run that names it, concurrent
+submissions cannot pass the queue cap together, and a retried submission with the same
+``Idempotency-Key`` finds the first run. The datasets' shapes (rows, estimated tokens) are
+read before the lock is taken: a large dataset's first read must not hold up every writer.
+
+What the pipeline checks later is what only it can see: local files for ``tunery train``
+(``pipeline.recipe.check_recipe``) and the loaded run against its real card with exact token
+counts (``pipeline.card_fit``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from tunery.db import Dataset, FineTuningJob, Run
+from tunery.errors import ConfigError, FieldProblem, TuneryError
+from tunery.lifecycle import RunStatus
+from tunery.pipeline.config import (
+    AUTO_VALIDATION_RULE,
+    MAX_DATASETS_PER_RUN,
+    RunRecipe,
+    parse_recipe,
+)
+from tunery.pipeline.holdout import plan_holdout
+from tunery.pipeline.load import parse_model_reference
+from tunery.pipeline.memory import MemoryEstimate
+from tunery.runs import billing, estimate, fit, store
+from tunery.runs.data_shape import DataShape, stored_shape
+from tunery.runs.plane import ControlPlane, TooManyQueued
+from tunery.tiers import TierSettings
+from tunery.wire.rest import RunEstimate
+
+LOCAL_MODELS_ONLY = (
+    "local base models must be in the server's models directory (setting local_models_dir); "
+    "ask the server's admin to put the model there, or name a Hugging Face id"
+)
+
+
+class Purpose(StrEnum):
+    SUBMIT = "submit"
+    ESTIMATE = "estimate"
+    """An estimate needs neither the attestations nor the balance: it says whether the
+    balance covers the run (``covered``) instead of refusing it."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A payload that passed every check, as it will run."""
+
+    recipe: RunRecipe
+    """With ``base_model`` as the worker will load it (a local name made absolute)."""
+    tier: TierSettings
+    estimate: RunEstimate
+
+
+@dataclass(frozen=True)
+class JobFields:
+    """What a ``/v1/fine_tuning/jobs`` request adds to its run (``db.FineTuningJob``)."""
+
+    suffix: str | None
+    validation_file: str | None
+    metadata: dict[str, str] | None
+
+
+@dataclass(frozen=True)
+class DataShapes:
+    """The shapes of a payload's training and validation datasets, read before the lock."""
+
+    training: DataShape
+    validation: DataShape
+
+
+Field = Callable[[str, Any], Any]
+"""``field(name, default)``: a payload field's value, or ``default`` when its schema is broken."""
+
+
+def check_submission(
+    plane: ControlPlane,
+    session: Session,
+    account_id: str,
+    payload: Any,
+    *,
+    purpose: Purpose = Purpose.SUBMIT,
+    shapes: DataShapes | None = None,
+) -> Submission:
+    """Every reason the payload is blocked, at once (ConfigError); else the submission.
+
+    ``shapes``: the datasets' shapes when the caller read them already (``read_shapes``,
+    outside a write lock); else they are read here.
+    """
+    problems: list[FieldProblem] = []
+    recipe: RunRecipe | None = None
+    try:
+        recipe = parse_recipe(payload)
+    except ConfigError as error:
+        problems.extend(error.problems)
+    raw = payload if isinstance(payload, dict) else {}
+    broken = {problem.field.split(".")[0] for problem in problems}
+
+    def field(name: str, default: Any) -> Any:
+        if recipe is not None:
+            return getattr(recipe, name)
+        return default if name in broken else raw.get(name, default)
+
+    problems += _dataset_problems(session, account_id, field, broken)
+    if purpose is Purpose.SUBMIT:
+        attestations = recipe.attestations.model_dump() if recipe else field("attestations", {})
+        if "attestations" not in broken and isinstance(attestations, dict):
+            problems += _attestation_problems(attestations)
+    tier, tier_problems = _tier(plane, field("gpu_tier", None), broken)
+    problems += tier_problems
+    base_model = field("base_model", None)
+    local_model: str | None = None
+    if "base_model" not in broken and isinstance(base_model, str):
+        model_problems, local_model = _base_model(plane, base_model)
+        problems += model_problems
+    if purpose is Purpose.SUBMIT and tier is not None:
+        problems += _credit_problems(session, account_id, tier)
+    if recipe is not None:
+        problems += _validation_data_problems(session, account_id, recipe)
+        if local_model is not None:
+            recipe = recipe.model_copy(update={"base_model": local_model})
+    memory: MemoryEstimate | None = None
+    checked = {problem.field.split(".")[0] for problem in problems}
+    if recipe is not None and tier is not None and not checked & {"dataset_ids", "base_model"}:
+        shapes = shapes or _stored_shapes(plane, session, account_id, recipe)
+        try:
+            memory = _memory_plan(recipe, tier, shapes.training)
+        except ConfigError as error:
+            hint = f"; {error.hint}" if error.hint else ""
+            problems += [FieldProblem(p.field, f"{p.message}{hint}") for p in error.problems]
+    if problems or recipe is None or tier is None or shapes is None:
+        raise ConfigError(problems)
+    rate, measured = estimate.measured_throughput(session, tier.id, recipe.base_model)
+    return Submission(
+        recipe=recipe,
+        tier=tier,
+        estimate=estimate.compute_estimate(
+            recipe,
+            tier,
+            shapes.training,
+            shapes.validation,
+            rate=rate,
+            measured=measured,
+            balance=billing.balance(session, account_id),
+            memory=memory,
+        ),
+    )
+
+
+def submit_run(
+    plane: ControlPlane,
+    *,
+    account_id: str,
+    payload: Any,
+    idempotency_key: str | None,
+    job: JobFields | None = None,
+) -> Run:
+    """Queue a run (with its estimate, and its job row for ``/v1``), or return the run an
+    earlier submission with the same key created.
+
+    Raises ConfigError with every problem when the submission is blocked, or when the key
+    was used before with a different payload (the job's fields included); TooManyQueued
+    when the account already has ``max_queued_runs_per_account`` queued runs.
+    """
+    digest = payload_hash({"payload": payload, "job": job.__dict__ if job else None})
+    shapes = read_shapes(plane, account_id, payload)
+    with plane.exclusive() as session:
+        if idempotency_key:
+            existing = session.scalar(
+                select(Run).where(
+                    Run.account_id == account_id, Run.idempotency_key == idempotency_key
+                )
+            )
+            if existing is not None:
+                _same_payload(existing, digest)
+                return existing
+        submission = check_submission(plane, session, account_id, payload, shapes=shapes)
+        _within_queue_cap(plane, session, account_id)
+        run = store.create_run(
+            session,
+            account_id=account_id,
+            name=submission.recipe.name,
+            tier=submission.tier.id,
+            config=submission.recipe.model_dump(mode="json"),
+            estimate=submission.estimate.model_dump(mode="json"),
+            idempotency_key=idempotency_key,
+            payload_hash=digest if idempotency_key else None,
+        )
+        if job is not None:
+            session.add(
+                FineTuningJob(
+                    run_id=run.id,
+                    account_id=account_id,
+                    suffix=job.suffix,
+                    validation_file=job.validation_file,
+                    job_metadata=job.metadata,
+                )
+            )
+    plane.changed()
+    return run
+
+
+def estimate_submission(plane: ControlPlane, *, account_id: str, payload: Any) -> RunEstimate:
+    """What the payload would train, how long and at what price; creates nothing.
+
+    ConfigError with every problem, as a submission (attestations and balance aside)."""
+    shapes = read_shapes(plane, account_id, payload)
+    with plane.sessions() as session:
+        return check_submission(
+            plane, session, account_id, payload, purpose=Purpose.ESTIMATE, shapes=shapes
+        ).estimate
+
+
+def read_shapes(plane: ControlPlane, account_id: str, payload: Any) -> DataShapes | None:
+    """The shapes of the datasets a payload names, read outside any write lock (each stored
+    file once per digest). None when the payload does not name them well enough: the checks
+    say why, and read them if it passes after all."""
+    if not isinstance(payload, dict):
+        return None
+    training = _id_list(payload.get("dataset_ids"))
+    validation = payload.get("validation")
+    held = _id_list(validation.get("dataset_ids", [])) if isinstance(validation, dict) else []
+    if training is None or held is None:
+        return None
+    with plane.sessions() as session:
+        datasets = owned_datasets(session, account_id, training)
+        separate = owned_datasets(session, account_id, held)
+    try:
+        return DataShapes(
+            stored_shape(plane.datasets_dir, datasets),
+            stored_shape(plane.datasets_dir, separate),
+        )
+    except (OSError, TuneryError):
+        return None  # deleted meanwhile: the checks under the lock say so
+
+
+def _id_list(value: Any) -> list[str] | None:
+    if not isinstance(value, list) or len(value) > MAX_DATASETS_PER_RUN:
+        return None
+    return value if all(isinstance(item, str) for item in value) else None
+
+
+def _stored_shapes(
+    plane: ControlPlane, session: Session, account_id: str, recipe: RunRecipe
+) -> DataShapes:
+    return DataShapes(
+        stored_shape(plane.datasets_dir, owned_datasets(session, account_id, recipe.dataset_ids)),
+        stored_shape(
+            plane.datasets_dir,
+            owned_datasets(session, account_id, recipe.validation.dataset_ids),
+        ),
+    )
+
+
+def owned_datasets(session: Session, account_id: str, dataset_ids: list[str]) -> list[Dataset]:
+    """The account's datasets among ``dataset_ids``, in that order (unknown ids left out)."""
+    if not dataset_ids:
+        return []
+    found = {
+        dataset.id: dataset
+        for dataset in session.scalars(
+            select(Dataset).where(Dataset.id.in_(dataset_ids), Dataset.account_id == account_id)
+        )
+    }
+    return [found[dataset_id] for dataset_id in dataset_ids if dataset_id in found]
+
+
+# The checks, each returning its problems -------------------------------------------------
+
+
+def _dataset_problems(
+    session: Session, account_id: str, field: Field, broken: set[str]
+) -> list[FieldProblem]:
+    problems = []
+    if field("datasets", []):
+        problems.append(
+            FieldProblem(
+                "datasets",
+                "the server takes uploaded dataset ids: upload with POST /datasets "
+                "and list them under dataset_ids",
+            )
+        )
+    dataset_ids = field("dataset_ids", [])
+    if "dataset_ids" in broken or not isinstance(dataset_ids, list):
+        return problems
+    if not dataset_ids:
+        problems.append(FieldProblem("dataset_ids", "list at least one uploaded dataset id"))
+    owned = {dataset.id for dataset in owned_datasets(session, account_id, dataset_ids)}
+    problems += [
+        FieldProblem(f"dataset_ids.{index}", f"unknown dataset id {dataset_id!r}")
+        for index, dataset_id in enumerate(dataset_ids)
+        if dataset_id not in owned
+    ]
+    return problems
+
+
+def _attestation_problems(attestations: dict[str, Any]) -> list[FieldProblem]:
+    problems = []
+    if attestations.get("dataset_rights") is not True:
+        problems.append(
+            FieldProblem(
+                "attestations.dataset_rights",
+                "confirm that you hold the rights to train on the data",
+            )
+        )
+    if attestations.get("model_license") is not True:
+        problems.append(
+            FieldProblem(
+                "attestations.model_license", "confirm that you accept the base model's license"
+            )
+        )
+    return problems
+
+
+def _tier(
+    plane: ControlPlane, named: Any, broken: set[str]
+) -> tuple[TierSettings | None, list[FieldProblem]]:
+    """The run's tier (the one named, else the backend's default), or why there is none."""
+    if "gpu_tier" in broken:
+        return None, []
+    known = ", ".join(tier.id for tier in plane.settings.tiers) or "none"
+    tier_id = named or plane.workers.default_tier
+    if tier_id is None:
+        return None, [
+            FieldProblem(
+                "gpu_tier", f"name a tier: this server has no default one (tiers: {known})"
+            )
+        ]
+    tier = plane.settings.tier(str(tier_id))
+    if tier is None:
+        return None, [FieldProblem("gpu_tier", f"unknown tier {tier_id!r}; tiers: {known}")]
+    if not plane.workers.serves(tier.id):
+        return None, [FieldProblem("gpu_tier", f"no node serves tier {tier.id!r}")]
+    return tier, []
+
+
+def _base_model(plane: ControlPlane, value: str) -> tuple[list[FieldProblem], str | None]:
+    """Problems of a base model this server may use, and the absolute path of a local one.
+
+    Local models come only from the models directory, so no answer tells anything about
+    other server directories: an absolute path (or ``~``) outside it is refused before the
+    filesystem is asked, and a relative name is looked up in it alone — never in the
+    server's working directory. A relative name it does not hold is a Hugging Face id.
+    """
+    value = value.strip()
+    root = Path(os.path.abspath(plane.settings.models_dir))
+    local: str | None = None
+    if value.startswith(("/", "~")):
+        if not _in_models_dir(root, value):
+            return [FieldProblem("base_model", LOCAL_MODELS_ONLY)], None
+    elif value.startswith("."):
+        candidate = root / value
+        if ".." in Path(value).parts or not _has_config(candidate):
+            return [FieldProblem("base_model", LOCAL_MODELS_ONLY)], None
+        local = os.path.abspath(candidate)
+    elif value and ".." not in Path(value).parts and _has_config(root / value):
+        local = os.path.abspath(root / value)
+    try:
+        parse_model_reference(local or value, relative_dirs=False)
+    except ConfigError as error:
+        return list(error.problems), None
+    return [], local
+
+
+def _in_models_dir(root: Path, value: str) -> bool:
+    """Whether ``value`` names a path below the models directory without walking up.
+
+    Compared as written (symlinks the admin placed there are allowed), with ``..`` refused
+    so the written path cannot leave it.
+    """
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # ~name of a user this machine does not have
+        return False
+    if ".." in path.parts:
+        return False
+    absolute = Path(os.path.abspath(path))
+    return absolute != root and absolute.is_relative_to(root)
+
+
+def _has_config(directory: Path) -> bool:
+    try:
+        return (directory / "config.json").is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _credit_problems(session: Session, account_id: str, tier: TierSettings) -> list[FieldProblem]:
+    price = tier.credits_per_minute
+    available = billing.balance(session, account_id)
+    if price > 0 and available < price:
+        return [
+            FieldProblem(
+                "credits",
+                f"the balance ({available:.2f} credits) does not cover the first "
+                f"minute on {tier.id} ({price:g} credits/min)",
+            )
+        ]
+    return []
+
+
+def _validation_data_problems(
+    session: Session, account_id: str, recipe: RunRecipe
+) -> list[FieldProblem]:
+    """``validation`` on a server: uploaded ids the account owns, no local files, and
+    held-out rows for early stopping when the default split is relied on."""
+    problems = []
+    if recipe.validation.datasets:
+        problems.append(
+            FieldProblem(
+                "validation.datasets",
+                "the server takes uploaded dataset ids: list them under validation.dataset_ids",
+            )
+        )
+    wanted = [*recipe.validation.dataset_ids, *recipe.dataset_ids]
+    rows = {dataset.id: dataset.rows for dataset in owned_datasets(session, account_id, wanted)}
+    problems += [
+        FieldProblem(f"validation.dataset_ids.{index}", f"unknown dataset id {dataset_id!r}")
+        for index, dataset_id in enumerate(recipe.validation.dataset_ids)
+        if dataset_id not in rows
+    ]
+    total = sum(rows.get(dataset_id, 0) for dataset_id in recipe.dataset_ids)
+    # Every row counted as a chat row: the sample prompts are then as many as can be held.
+    held = plan_holdout(
+        total, total, custom_prompts=bool(recipe.samples.prompts), validation=recipe.validation
+    ).validation
+    if recipe.early_stopping.patience and not recipe.validation.separate and held == 0:
+        problems.append(
+            FieldProblem(
+                "early_stopping.patience",
+                f"needs validation data, and {total} rows hold out none (the default split "
+                f"holds out {AUTO_VALIDATION_RULE}): set validation.split or "
+                "validation.dataset_ids",
+            )
+        )
+    return problems
+
+
+def _memory_plan(recipe: RunRecipe, tier: TierSettings, data: DataShape) -> MemoryEstimate | None:
+    """The planned peak on ``tier``'s card (None where runs are not checked); raises
+    ConfigError naming the setting that would fit when it does not."""
+    if recipe.lora.quantize_base != "none" and tier.gpus_per_attempt == 0:
+        raise ConfigError.single(
+            "lora.quantize_base",
+            f"{recipe.lora.quantize_base} needs a CUDA GPU (bitsandbytes), and tier "
+            f"{tier.id} has none; choose a GPU tier, or set lora.quantize_base to none",
+        )
+    return fit.peak_memory(recipe, tier, data)
+
+
+def payload_hash(payload: Any) -> str:
+    """A digest of the payload's JSON, key order aside: what an ``Idempotency-Key`` names."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _same_payload(existing: Run, digest: str) -> None:
+    # Runs created before payloads were hashed have none: they keep answering as before.
+    if existing.idempotency_payload_hash not in (None, digest):
+        raise ConfigError.single(
+            "Idempotency-Key",
+            f"was already used for a different submission (run {existing.id})",
+            hint="use a new key for a new submission; reuse a key only to retry the same one",
+        )
+
+
+def _within_queue_cap(plane: ControlPlane, session: Session, account_id: str) -> None:
+    cap = plane.settings.max_queued_runs_per_account
+    queued = session.scalar(
+        select(func.count())
+        .select_from(Run)
+        .where(Run.account_id == account_id, Run.status == RunStatus.QUEUED.value)
+    )
+    if (queued or 0) >= cap:
+        raise TooManyQueued(
+            f"the account already has {queued} queued runs, the most this server allows",
+            hint="wait for some to start, or cancel some (setting max_queued_runs_per_account)",
+        )
