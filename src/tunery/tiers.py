@@ -119,7 +119,12 @@ def detect_local_tier() -> str:
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return "cpu"
-    name = output.splitlines()[0].upper() if output.strip() else ""
+    return tier_of_card(output.splitlines()[0] if output.strip() else "")
+
+
+def tier_of_card(name: str) -> str:
+    """The tier of a card by the name nvidia-smi prints for it; ``cpu`` for unknown cards."""
+    name = name.upper()
     return next(
         (tier for tier, known in KNOWN_TIERS.items() if known.smi_name and known.smi_name in name),
         "cpu",

@@ -75,6 +75,22 @@ def test_unknown_dataset_ids(shared_server: Server, api: Client, dataset_id: str
     assert_nothing_created(shared_server, api)
 
 
+@pytest.mark.parametrize("route", ["/runs", "/runs/estimate"])
+def test_dataset_lists_are_capped_before_any_lookup(
+    shared_server: Server, api: Client, dataset_id: str, route: str
+) -> None:
+    # As many ids as fit the JSON body cap (1 MiB): one problem per list, not per id.
+    body = payload(dataset_id, dataset_ids=["x"] * 200_000, validation={"dataset_ids": ["x"] * 65})
+    response = api.http.post(route, json=body)
+    assert response.status_code == 422, response.text[:500]
+    assert len(response.content) < 10_000
+    assert {field for field, _ in problems(response)} == {
+        "dataset_ids",
+        "validation.dataset_ids",
+    }
+    assert_nothing_created(shared_server, api)
+
+
 @pytest.mark.parametrize(
     ("training", "field"),
     [

@@ -95,6 +95,59 @@ def test_dpo_and_reinforcement_are_refused_clearly(api_server, sdk, training_fil
     assert "supervised" in caught.value.message
 
 
+def test_an_unknown_training_file_is_an_invalid_file(api_server, sdk, training_file):
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(api_server).fine_tuning.jobs.create(
+            model="tunery/demo-tiny", training_file=training_file, validation_file="ds_nope"
+        )
+    assert (caught.value.param, caught.value.code) == ("validation_file", "invalid_file")
+    assert "ds_nope" in caught.value.message
+
+
+@pytest.mark.parametrize("extra", [[], "x", 0, False, {"training": "x"}, {"training": []}])
+def test_the_tunery_object_must_hold_recipe_sections(api_server, sdk, training_file, extra):
+    client = sdk(api_server)
+    before = len(client.fine_tuning.jobs.list(limit=100).data)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.fine_tuning.jobs.create(
+            model="tunery/demo-tiny", training_file=training_file, extra_body={"tunery": extra}
+        )
+    assert caught.value.param in ("tunery", "tunery.training")
+    assert len(client.fine_tuning.jobs.list(limit=100).data) == before
+
+
+def test_an_idempotency_key_names_one_request_metadata_included(
+    api_server, sdk, training_file, quick
+):
+    client = sdk(api_server)
+    first = client.fine_tuning.jobs.create(
+        model="tunery/demo-tiny",
+        training_file=training_file,
+        metadata={"team": "a"},
+        extra_body={"tunery": quick},
+        extra_headers={"Idempotency-Key": "same-key-1"},
+    )
+    retried = client.fine_tuning.jobs.create(
+        model="tunery/demo-tiny",
+        training_file=training_file,
+        metadata={"team": "a"},
+        extra_body={"tunery": quick},
+        extra_headers={"Idempotency-Key": "same-key-1"},
+    )
+    assert retried.id == first.id
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.fine_tuning.jobs.create(
+            model="tunery/demo-tiny",
+            training_file=training_file,
+            metadata={"team": "b"},
+            extra_body={"tunery": quick},
+            extra_headers={"Idempotency-Key": "same-key-1"},
+        )
+    assert caught.value.param == "Idempotency-Key"
+    assert client.fine_tuning.jobs.retrieve(first.id).metadata == {"team": "a"}
+    client.fine_tuning.jobs.cancel(first.id)
+
+
 def test_an_unknown_model_names_the_param(api_server, sdk, training_file):
     with pytest.raises(openai.BadRequestError) as caught:
         sdk(api_server).fine_tuning.jobs.create(model="/no/such/model", training_file=training_file)

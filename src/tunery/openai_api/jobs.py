@@ -92,7 +92,7 @@ def create_job(
         },
         extra,
     )
-    training = payload.get("training") or {}
+    training = payload.get("training", {})
     if not isinstance(training, dict):
         raise OpenAIError(400, "tunery.training must be an object", param="tunery.training")
     training = {**training, **overrides}

@@ -176,6 +176,8 @@ def param_for(problem: FieldProblem, hyperparameters_at: str) -> str:
         return "validation_file"
     if field == "name":
         return "suffix"
+    if field == "Idempotency-Key":
+        return field
     return f"tunery.{field}"
 
 
