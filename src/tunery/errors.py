@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+MAX_PROBLEMS = 20
+"""The most problems an error lists; the rest are counted (``problems_total``), so a body of
+a million bad items answers with twenty, not a million."""
+
 
 class TuneryError(Exception):
     """Base of every error tunery reports to a user."""
@@ -43,23 +47,34 @@ class ConfigError(TuneryError):
 
     code = "invalid_config"
 
-    def __init__(self, problems: list[FieldProblem], *, hint: str = "") -> None:
-        self.problems = problems
-        summary = "; ".join(str(problem) for problem in problems)
-        super().__init__(f"invalid configuration: {summary}", hint=hint)
+    def __init__(self, problems: list[FieldProblem], *, hint: str = "", total: int = 0) -> None:
+        self.problems = problems[:MAX_PROBLEMS]
+        self.problems_total = max(total, len(problems))
+        """How many problems there were; ``problems`` holds the first ``MAX_PROBLEMS``."""
+        super().__init__(
+            f"invalid configuration: {summary(problems, self.problems_total)}", hint=hint
+        )
 
     @classmethod
     def single(cls, field: str, message: str, *, hint: str = "") -> ConfigError:
         return cls([FieldProblem(field, message)], hint=hint)
 
 
+def summary(problems: list, total: int | None = None) -> str:
+    """The first ``MAX_PROBLEMS`` problems in one line, and how many more there were."""
+    shown = "; ".join(str(problem) for problem in problems[:MAX_PROBLEMS])
+    more = (total if total is not None else len(problems)) - min(len(problems), MAX_PROBLEMS)
+    return f"{shown} (and {more} more)" if more > 0 else shown
+
+
 def problems_from(error: ValidationError, *, whole: str = "recipe") -> list[FieldProblem]:
-    """pydantic's errors as (dotted field, message) pairs a user can act on.
+    """pydantic's errors as (dotted field, message) pairs a user can act on, the first
+    ``MAX_PROBLEMS`` of them (``error.error_count()`` counts them all).
 
     ``whole`` names the value itself, for an error that belongs to no single field.
     """
     problems = []
-    for item in error.errors():
+    for item in error.errors(include_url=False, include_input=False)[:MAX_PROBLEMS]:
         field = ".".join(str(part) for part in item["loc"]) or whole
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
@@ -91,7 +106,8 @@ class DatasetError(TuneryError):
     code = "invalid_dataset"
 
     def __init__(self, problems: list[DatasetProblem], *, hint: str = "") -> None:
-        self.problems = problems
+        self.problems = problems[:MAX_PROBLEMS]
+        self.problems_total = len(problems)
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
         super().__init__(f"{problems[0]}{more}", hint=hint)
 

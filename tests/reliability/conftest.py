@@ -47,10 +47,16 @@ class Tally:
 
 
 class Figures:
-    """What the suite tried, by area; written to ``FIGURES_FILE`` when the session ends."""
+    """What the suite tried, by area, and what it measured (memory, latency: figures, not
+    pass/fail bounds); written to ``FIGURES_FILE`` when the session ends."""
 
     def __init__(self) -> None:
         self.areas: dict[str, Tally] = defaultdict(Tally)
+        self.measured: dict[str, float] = {}
+
+    def measure(self, name: str, value: float) -> None:
+        """A measured figure (the worst seen, if measured more than once)."""
+        self.measured[name] = round(max(value, self.measured.get(name, value)), 3)
 
     def attack(self, area: str, *, refused: bool, crashed: bool = False, lost: int = 0) -> None:
         """One attack: ``refused`` if the server answered as documented."""
@@ -79,14 +85,18 @@ class Figures:
             totals.refused_correctly += tally.refused_correctly
             totals.crashes += tally.crashes
             totals.data_lost += tally.data_lost
-        return {"totals": asdict(totals), "areas": areas}
+        return {
+            "totals": asdict(totals),
+            "areas": areas,
+            "measured": dict(sorted(self.measured.items())),
+        }
 
 
 @pytest.fixture(scope="session")
 def figures() -> Iterator[Figures]:
     figures = Figures()
     yield figures
-    if figures.areas:
+    if figures.areas or figures.measured:
         FIGURES_FILE.parent.mkdir(parents=True, exist_ok=True)
         FIGURES_FILE.write_text(json.dumps(figures.as_dict(), indent=2) + "\n")
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, File, UploadFile
 
-from tunery.api.body_limits import BodyGuard, BodyLimits
+from tunery.api.app import create_app
+from tunery.api.body_limits import WORKER_PATH, BodyGuard, BodyLimits, requires_token
+from tunery.backends.fake import FakeBackend
+from tunery.settings import NodeSettings, Settings
 
 LIMITS = BodyLimits(json_bytes=1_000, report_bytes=5_000, upload_bytes=20_000)
 
@@ -25,11 +29,16 @@ def make_app() -> BodyGuard:
     def files(file: Annotated[UploadFile, File()]) -> dict[str, int]:
         return {"bytes": len(file.file.read())}
 
-    @app.post("/internal/report")
-    def report(payload: list[Any]) -> dict[str, int]:
+    @app.post("/internal/attempts/{attempt_id}/events")
+    def report(attempt_id: str, payload: list[Any]) -> dict[str, int]:
         return {"items": len(payload)}
 
-    return BodyGuard(app, token_is_valid=lambda token: token == "good", limits=LIMITS)
+    return BodyGuard(
+        app,
+        token_is_valid=lambda token: token == "good",
+        attempt_token_is_valid=lambda attempt_id, token: (attempt_id, token) == ("att_1", "fence"),
+        limits=LIMITS,
+    )
 
 
 def call(
@@ -40,11 +49,14 @@ def call(
     content_type: str = "application/json",
     announce_length: bool = True,
     length: bytes | None = None,
+    attempt_token: str | None = None,
 ) -> tuple[int, dict[str, Any], int]:
     """Send one request through the guard; returns (status, JSON answer, chunks read)."""
     headers = [(b"content-type", content_type.encode())]
     if token is not None:
         headers.append((b"authorization", f"Bearer {token}".encode()))
+    if attempt_token is not None:
+        headers.append((b"x-attempt-token", attempt_token.encode()))
     if length is None and announce_length:
         length = str(sum(map(len, body_chunks))).encode()
     if length is not None:
@@ -114,7 +126,11 @@ def test_a_chunked_body_is_cut_off_at_the_cap() -> None:
 
 
 def test_a_length_that_is_not_ascii_digits_is_refused_unread() -> None:
-    for length in ("١٢", "-1", "1e3"):
+    for length in ("١٢", "²", "-1", "1e3", " 2"):
+        status, answer, read = call("/api/v1/things", [b"{}"], length=length.encode())
+        assert (status, read) == (400, 0), length
+        assert answer["detail"]["code"] == "invalid_content_length"
+    for length in ("9" * 5000, "1" + "0" * 18):
         status, _, read = call("/api/v1/things", [b"{}"], length=length.encode())
         assert (status, read) == (413, 0), length
 
@@ -122,7 +138,39 @@ def test_a_length_that_is_not_ascii_digits_is_refused_unread() -> None:
 def test_bodies_within_their_caps_reach_the_route() -> None:
     assert call("/api/v1/things", [b'{"a": 1, "b": 2}'])[:2] == (200, {"keys": 2})
     report = json.dumps(["x" * 100] * 30).encode()  # over the JSON cap, within the report cap
-    assert call("/internal/report", [report], token=None)[:2] == (200, {"items": 30})
+    answer = call("/internal/attempts/att_1/events", [report], token=None, attempt_token="fence")
+    assert answer[:2] == (200, {"items": 30})
+
+
+def test_a_worker_route_reads_no_body_before_the_attempt_token_is_checked() -> None:
+    report = json.dumps([{}] * 30).encode()
+    for attempt, token in (("att_1", None), ("att_1", "forged"), ("att_nope", "fence")):
+        status, answer, read = call(
+            f"/internal/attempts/{attempt}/events", [report], token=None, attempt_token=token
+        )
+        assert (status, read) == (404, 0), (attempt, token)
+        assert answer["detail"]["code"] == "not_found"
+
+
+def test_every_route_that_takes_a_body_is_behind_a_token_the_guard_checks(
+    tmp_path: Path,
+) -> None:
+    """Enumerated from the app: a POST, PUT or PATCH route outside the paths the guard
+    authenticates would read (and parse) a stranger's body."""
+    settings = Settings(data_dir=tmp_path, nodes=[NodeSettings(name="n", tier="cpu")])
+    app = create_app(settings, server_url="", backend=FakeBackend(), run_scheduler=False)
+    try:
+        unguarded = [
+            (method, route.path)
+            for route in app.routes
+            for method in getattr(route, "methods", None) or ()
+            if method in ("POST", "PUT", "PATCH")
+            and not requires_token(route.path)
+            and WORKER_PATH.fullmatch(route.path) is None
+        ]
+    finally:
+        app.state.plane.close()
+    assert unguarded == []
 
 
 def test_an_upload_over_its_cap_is_refused_while_streaming() -> None:

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunery import __version__
 from tunery.api import openai as openai_api
@@ -28,10 +30,12 @@ from tunery.api.routes import credits, datasets, hub, internal, meta, runs
 from tunery.api.streams import Broadcast, SharedReads
 from tunery.backends import open_backend
 from tunery.backends.base import Backend
-from tunery.errors import ConfigError, DatasetError, TuneryError
+from tunery.errors import MAX_PROBLEMS, ConfigError, DatasetError, FieldProblem, TuneryError
 from tunery.hub.s3 import StorageError
 from tunery.hub.signing import load_secret
+from tunery.openai_api.objects import OpenAIError
 from tunery.pipeline.config import RunRecipe
+from tunery.runs import attempts
 from tunery.runs.accounts import account_for_token
 from tunery.runs.plane import (
     Conflict,
@@ -69,16 +73,63 @@ def _error(status: int, detail: dict[str, Any]) -> JSONResponse:
     return JSONResponse(status_code=status, content={"detail": detail})
 
 
+def _invalid(error: ConfigError) -> JSONResponse:
+    problems = [{"field": p.field, "message": p.message} for p in error.problems]
+    total = error.problems_total
+    return _error(422, {**error.as_dict(), "problems": problems, "problems_total": total})
+
+
+def _openai(error: OpenAIError) -> JSONResponse:
+    return JSONResponse(status_code=error.status, content=error.body())
+
+
+def request_problems(error: RequestValidationError) -> list[FieldProblem]:
+    """FastAPI's validation errors as (dotted field, message): ``query.limit``,
+    ``body.url``; the first ``MAX_PROBLEMS`` of them."""
+    problems = []
+    for item in error.errors()[:MAX_PROBLEMS]:
+        field = ".".join(str(part) for part in item.get("loc", ())) or "request"
+        problems.append(
+            FieldProblem(field, str(item.get("msg", "invalid")).removeprefix("Value error, "))
+        )
+    return problems or [FieldProblem("request", "invalid request")]
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ConfigError)
     async def invalid_config(_: Request, error: ConfigError) -> JSONResponse:
-        problems = [{"field": p.field, "message": p.message} for p in error.problems]
-        return _error(422, {**error.as_dict(), "problems": problems})
+        return _invalid(error)
 
     @app.exception_handler(DatasetError)
     async def invalid_dataset(_: Request, error: DatasetError) -> JSONResponse:
         problems = [problem.as_dict() for problem in error.problems]
-        return _error(422, {**error.as_dict(), "problems": problems})
+        total = error.problems_total
+        return _error(422, {**error.as_dict(), "problems": problems, "problems_total": total})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        """A parameter FastAPI checks (a path, query or header value, a typed body): the
+        first problems by field, never the values sent back."""
+        problems = request_problems(error)
+        refused = ConfigError(problems, total=len(error.errors()))
+        if request.url.path.startswith("/v1/"):
+            message = refused.message.removeprefix("invalid configuration: ")
+            return _openai(OpenAIError(400, message, param=problems[0].field))
+        return _invalid(refused)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        """FastAPI's own refusals (a body it cannot parse, a method not allowed) in the
+        one error shape; the routes' own HTTPExceptions already carry a detail object."""
+        if isinstance(error.detail, dict):
+            detail = error.detail
+        else:
+            detail = {"code": f"http_{error.status_code}", "message": str(error.detail), "hint": ""}
+        if request.url.path.startswith("/v1/"):
+            return _openai(OpenAIError(error.status_code, detail["message"]))
+        return JSONResponse(
+            status_code=error.status_code, content={"detail": detail}, headers=error.headers
+        )
 
     @app.exception_handler(TuneryError)
     async def tunery_error(_: Request, error: TuneryError) -> JSONResponse:
@@ -139,6 +190,9 @@ def create_app(
     app.add_middleware(
         BodyGuard,
         token_is_valid=lambda token: account_for_token(plane, token) is not None,
+        attempt_token_is_valid=lambda attempt_id, token: attempts.token_is_valid(
+            plane, attempt_id=attempt_id, token=token
+        ),
         limits=BodyLimits(),
     )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

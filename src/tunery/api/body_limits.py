@@ -2,10 +2,12 @@
 
 FastAPI reads (and, for multipart, spools) a request body while resolving a route's
 parameters, before any dependency has checked the token. A hostile client could therefore
-make the server buffer hundreds of megabytes with no credentials at all. This middleware
-runs first: a request that carries a body to an authenticated path must present a valid
-bearer token before one byte of the body is read, and no body may exceed its path's cap,
-whether it announces its length or streams it chunked.
+make the server buffer and parse hundreds of megabytes with no credentials at all. This
+middleware runs first: a request that carries a body must present valid credentials before
+one byte of the body is read — a bearer token on the API paths, the attempt's fencing
+token (``X-Attempt-Token``) on a worker's ``/internal/attempts/{id}/`` paths; a body to any
+other path is refused unread — and no body may exceed its path's cap, whether it announces
+its length or streams it chunked.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tunery.api.auth import MISSING_TOKEN, TUNERY_CODE, UNKNOWN_TOKEN, AuthRefusal, bearer_token
 from tunery.openai_api.objects import OpenAIError, auth_error
-from tunery.wire.reports import MAX_WORKER_FILE_BYTES
+from tunery.wire.reports import ATTEMPT_TOKEN_HEADER, MAX_WORKER_FILE_BYTES
 
 MIB = 1024 * 1024
 FILE_UPLOAD_PATH = re.compile(r"/internal/attempts/[^/]+/(bundles|checkpoints)/[^/]+")
 """Worker uploads, matched by the whole route shape: an attempt id that reads "bundles"
 must not lend a report route the bundle cap."""
+WORKER_PATH = re.compile(r"/internal/attempts/([^/]+)/.+")
+"""A worker route; the group is the attempt id its token must belong to."""
+DIGITS = re.compile(r"[0-9]+")
+"""A Content-Length: ASCII digits only (``str.isdigit`` also takes ``²`` and ``٣``)."""
 
 
 @dataclass(frozen=True)
@@ -34,8 +40,9 @@ class BodyLimits:
 
     json_bytes: int = 1 * MIB
     """A submission payload is kilobytes; a megabyte leaves room for long sample prompts."""
-    report_bytes: int = 16 * MIB
-    """A worker's batch may carry a resumed run's whole step history."""
+    report_bytes: int = 4 * MIB
+    """A worker's batch of reports; its reporter sends at most a megabyte at a time (a
+    resumed run's step history in several reports)."""
     upload_bytes: int = 512 * MIB
     """A dataset upload (multipart); datasets are further capped by rows and decoded size."""
     bundle_bytes: int = MAX_WORKER_FILE_BYTES
@@ -57,11 +64,7 @@ class BodyTooLarge(Exception):
 
 
 def requires_token(path: str) -> bool:
-    """Paths whose bodies are read only after the bearer token is verified.
-
-    Worker routes carry their own attempt token (checked against the database by the
-    route), and everything else with a body lives under the API prefixes.
-    """
+    """Paths whose bodies are read only after the bearer token is verified."""
     return path.startswith(("/api/", "/v1/"))
 
 
@@ -82,8 +85,11 @@ def auth_refusal_body(path: str, refusal: AuthRefusal) -> bytes:
 class BodyGuard:
     """ASGI middleware: 401 before reading a body without a valid token; 413 past a cap.
 
-    ``token_is_valid`` is called in a worker thread (it queries the database) only for
-    requests that carry a body to an authenticated path.
+    ``token_is_valid`` (a bearer token) and ``attempt_token_is_valid`` (an attempt id and
+    its fencing token) are called in a worker thread (they query the database) only for
+    requests that carry a body. A worker whose token does not match gets 404, as from the
+    worker routes themselves (the worker reads it as "fenced off"). No route outside these
+    paths takes a body (``tests/unit/test_body_limits.py`` checks the app's routes).
     """
 
     def __init__(
@@ -91,10 +97,12 @@ class BodyGuard:
         app: ASGIApp,
         *,
         token_is_valid: Callable[[str], bool],
+        attempt_token_is_valid: Callable[[str, str], bool],
         limits: BodyLimits,
     ) -> None:
         self.app = app
         self.token_is_valid = token_is_valid
+        self.attempt_token_is_valid = attempt_token_is_valid
         self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -108,9 +116,20 @@ class BodyGuard:
             if refusal is not None:
                 await respond(send, 401, refusal)
                 return
+        elif (worker := WORKER_PATH.fullmatch(path)) is not None:
+            token = headers.get(ATTEMPT_TOKEN_HEADER.lower(), b"").decode("latin-1")
+            attempt_id = worker.group(1)
+            if not token or not await run_in_threadpool(
+                self.attempt_token_is_valid, attempt_id, token
+            ):
+                await respond(send, 404, error_body(path, 404, "not_found", "no such attempt", ""))
+                return
         limit = self.limits.for_request(path, headers.get("content-type", b"").decode("latin-1"))
-        announced = headers.get("content-length")
-        if announced is not None and (not announced.isdigit() or int(announced) > limit):
+        announced = headers.get("content-length", b"").decode("latin-1")
+        if "content-length" in headers and DIGITS.fullmatch(announced) is None:
+            await respond(send, 400, not_a_length(path))
+            return
+        if "content-length" in headers and (len(announced) > 18 or int(announced) > limit):
             await respond(send, 413, too_large(path, limit))
             return
         counter = BodyCounter(receive, limit)
@@ -140,6 +159,16 @@ class BodyGuard:
         if not await run_in_threadpool(self.token_is_valid, token):
             return auth_refusal_body(path, UNKNOWN_TOKEN)
         return None
+
+
+def not_a_length(path: str) -> bytes:
+    return error_body(
+        path,
+        400,
+        "invalid_content_length",
+        "the Content-Length header is not a number of bytes",
+        "send the body's length in ASCII digits, or send it chunked",
+    )
 
 
 def too_large(path: str, limit: int) -> bytes:

@@ -306,7 +306,7 @@ def parse_recipe(data: Any) -> RunRecipe:
     try:
         return RunRecipe.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(problems_from(error)) from None
+        raise ConfigError(problems_from(error), total=error.error_count()) from None
 
 
 def load_recipe(path: Path) -> RunRecipe:

@@ -53,6 +53,14 @@ def fenced_attempt(session: Session, attempt_id: str, token: str) -> tuple[Attem
     return attempt, run
 
 
+def token_is_valid(plane: ControlPlane, *, attempt_id: str, token: str) -> bool:
+    """Whether ``token`` is the fencing token of attempt ``attempt_id`` (live or not): what
+    a worker route checks before it reads a byte of the body."""
+    with plane.sessions() as session:
+        attempt = session.get(Attempt, attempt_id)
+        return attempt is not None and store.token_matches(attempt, token)
+
+
 def attempt_spec(plane: ControlPlane, *, attempt_id: str, token: str) -> AttemptSpec:
     """What the worker runs: the recipe and its datasets by id (no server paths)."""
     with plane.sessions() as session:

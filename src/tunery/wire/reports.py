@@ -21,13 +21,26 @@ from pydantic import (
     field_validator,
 )
 
-from tunery.errors import ConfigError, FieldProblem
+from tunery.errors import MAX_PROBLEMS, ConfigError, FieldProblem
 from tunery.phases import PIPELINE_PHASES, Phase
 
 ATTEMPT_TOKEN_HEADER = "X-Attempt-Token"
 """The header a worker sends its attempt's fencing token in, on every request."""
 ATTEMPT_TOKEN_VARIABLE = "TUNERY_ATTEMPT_TOKEN"
 """The environment variable a local worker finds its token in (never its command line)."""
+MAX_REPORTS_PER_BATCH = 1000
+"""The most reports one batch may carry; the worker's reporter sends at most half of it."""
+MAX_HISTORY_STEPS = 1000
+"""The most steps one history report carries; a longer history goes in several."""
+MAX_SAMPLES = 100
+"""The most sample answers a result carries (a recipe asks for far fewer)."""
+MAX_TEXT_CHARS = 8000
+"""Log lines and error texts from a worker are cut to this many characters."""
+MAX_COUNT = 2**53
+"""The largest step, token or example count a report may carry: every integer up to it is
+exact in a JSON double (browsers) and in SQLite."""
+MAX_DEPTH = 16
+"""How deeply a batch may nest (a result's summary nests four levels)."""
 
 
 def _finite(value: float | None) -> float | None:
@@ -36,6 +49,10 @@ def _finite(value: float | None) -> float | None:
 
 Finite = Annotated[float | None, AfterValidator(_finite)]
 """A float that is ``None`` when the worker measured NaN or infinity."""
+WorkerText = Annotated[str, AfterValidator(lambda text: text[:MAX_TEXT_CHARS])]
+"""Text a worker wrote (a log line, an error), kept to ``MAX_TEXT_CHARS``."""
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+"""A step, token or example count."""
 
 
 class StepData(BaseModel):
@@ -43,15 +60,15 @@ class StepData(BaseModel):
 
     # Newer workers may add numbers; they are kept and shown, not refused.
     model_config = ConfigDict(extra="allow")
-    step: int = Field(ge=0)
-    total_steps: int | None = None
+    step: Count
+    total_steps: Count | None = None
     epoch: Finite = None
-    epochs: int | None = None
+    epochs: Count | None = None
     loss: Finite = None
     learning_rate: Finite = None
     grad_norm: Finite = None
     tokens_per_second: Finite = None
-    trained_tokens: int | None = None
+    trained_tokens: Count | None = None
     training_seconds: Finite = None
     eta_seconds: Finite = None
     progress: Finite = None
@@ -61,13 +78,13 @@ class EvaluationData(BaseModel):
     """An evaluation on the validation data, as the pipeline's ``EvalMetrics.as_dict`` gives it."""
 
     model_config = ConfigDict(extra="allow")
-    step: int = Field(ge=0)
-    total_steps: int | None = None
+    step: Count
+    total_steps: Count | None = None
     eval_loss: Finite = None
     eval_accuracy: Finite = None
     best_eval_loss: Finite = None
-    best_step: int | None = None
-    examples: int | None = None
+    best_step: Count | None = None
+    examples: Count | None = None
     seconds: Finite = None
 
 
@@ -98,11 +115,11 @@ class PhaseData(BaseModel):
 
 
 class LogData(BaseModel):
-    message: str
+    message: WorkerText
 
 
 class HistoryData(BaseModel):
-    steps: list[StepData]
+    steps: list[StepData] = Field(max_length=MAX_HISTORY_STEPS)
 
 
 class ResultData(BaseModel):
@@ -111,12 +128,14 @@ class ResultData(BaseModel):
     model_config = ConfigDict(extra="allow")
     status: Literal["completed", "failed"]
     error: ErrorData | None = None
-    samples: list[SampleData] = []
+    samples: list[SampleData] = Field([], max_length=MAX_SAMPLES)
     artifacts: dict[str, str | None] = {}
     metrics: dict[str, Any] | None = None
 
 
 class FailureData(ErrorData):
+    message: WorkerText
+    hint: WorkerText = ""
     transient: bool = False
 
 
@@ -184,7 +203,7 @@ REPORT_KINDS = ("phase", "metrics", "evaluation", "log", "history", "result", "f
 
 
 class ReportBatch(BaseModel):
-    events: list[Report] = []
+    events: list[Report] = Field([], max_length=MAX_REPORTS_PER_BATCH)
 
 
 class ReportAck(BaseModel):
@@ -234,17 +253,38 @@ def encode(report: AnyReport) -> str:
     return report.model_dump_json()
 
 
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deeply lists and objects nest in ``value`` (a scalar is 0), counted up to one past
+    ``limit`` without recursion, so no value can exhaust the stack."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if not isinstance(item, dict | list):
+            continue
+        deepest = max(deepest, depth + 1)
+        if deepest > limit:
+            return deepest
+        children = item.values() if isinstance(item, dict) else item
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def parse_batch(raw: Any) -> ReportBatch:
-    """Validate a posted batch; raises ConfigError naming every malformed field.
+    """Validate a posted batch; raises ConfigError naming the malformed fields (the first
+    ``MAX_PROBLEMS``, and how many there were).
 
     Field names drop list positions and the union's tag, so a bad history reads
-    ``events.data.steps`` whichever report of the batch it was.
+    ``events.data.steps`` whichever report of the batch it was. A batch of more than
+    ``MAX_REPORTS_PER_BATCH`` reports is refused before any of them is validated.
     """
+    if nesting_depth(raw, MAX_DEPTH) > MAX_DEPTH:
+        raise ConfigError.single("events", f"the batch nests deeper than {MAX_DEPTH} levels")
     try:
         return ReportBatch.model_validate(raw)
     except ValidationError as error:
         problems = []
-        for item in error.errors():
+        for item in error.errors(include_url=False, include_input=False)[:MAX_PROBLEMS]:
             parts = [
                 str(part)
                 for part in item["loc"]
@@ -252,4 +292,8 @@ def parse_batch(raw: Any) -> ReportBatch:
             ]
             message = item["msg"].removeprefix("Value error, ")
             problems.append(FieldProblem(".".join(parts) or "events", message))
-        raise ConfigError(problems, hint="the worker and the server disagree on reports") from None
+        raise ConfigError(
+            problems,
+            hint="the worker and the server disagree on reports",
+            total=error.error_count(),
+        ) from None

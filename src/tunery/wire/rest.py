@@ -28,6 +28,9 @@ class Problem(BaseModel):
 
 class ErrorDetail(ErrorData):
     problems: list[Problem] | None = None
+    """The first ``MAX_PROBLEMS`` problems (20)."""
+    problems_total: int | None = None
+    """How many problems there were in all."""
 
 
 class ErrorResponse(BaseModel):

@@ -23,6 +23,9 @@ from tunery.phases import Phase
 from tunery.pipeline.reporting import EvalMetrics, StepMetrics
 from tunery.wire.reports import (
     ATTEMPT_TOKEN_HEADER,
+    MAX_HISTORY_STEPS,
+    MAX_REPORTS_PER_BATCH,
+    MAX_TEXT_CHARS,
     AnyReport,
     EvaluationData,
     EvaluationReport,
@@ -40,6 +43,9 @@ from tunery.wire.reports import (
 logger = logging.getLogger(__name__)
 BATCH_SECONDS = 0.05
 RETRY_SECONDS = 0.5
+BATCH_BYTES = 2**20
+"""A request carries at most this much (the server takes four times as much), and at most
+half the reports the server takes, so a backlog after an outage goes out in pieces."""
 _WAKE = None  # a queue item that is no report: it only wakes the sender
 
 
@@ -70,7 +76,7 @@ class HttpReporter:
         self.send(PhaseReport(data=PhaseData(phase=Phase(name))))
 
     def log(self, message: str) -> None:
-        self.send(LogReport(data=LogData(message=str(message))))
+        self.send(LogReport(data=LogData(message=str(message)[:MAX_TEXT_CHARS])))
 
     def metrics(self, metrics: StepMetrics) -> None:
         self.send(MetricsReport(data=StepData.model_validate(metrics.as_dict())))
@@ -80,7 +86,9 @@ class HttpReporter:
 
     def resumed(self, history: list[dict[str, Any]]) -> None:
         steps = [StepData.model_validate(step) for step in history]
-        self.send(HistoryReport(data=HistoryData(steps=steps)))
+        for start in range(0, len(steps), MAX_HISTORY_STEPS):
+            chunk = steps[start : start + MAX_HISTORY_STEPS]
+            self.send(HistoryReport(data=HistoryData(steps=chunk)))
 
     def send(self, report: AnyReport) -> None:
         """Queue a report; it goes out with the next batch."""
@@ -148,7 +156,23 @@ class HttpReporter:
                 last_sent = time.monotonic()
 
     def _send(self, batch: list[str]) -> bool:
-        """True once delivered; False to try again later (network or server error)."""
+        """True once all of ``batch`` is delivered, in pieces the server takes; what went out
+        is removed from ``batch``. False to try the rest again later (network or server
+        error). An empty batch is one heartbeat."""
+        while True:
+            size, count = 0, 0
+            for event in batch[: MAX_REPORTS_PER_BATCH // 2]:
+                if count and size + len(event) > BATCH_BYTES:
+                    break
+                size, count = size + len(event) + 2, count + 1
+            if not self._post(batch[:count]):
+                return False
+            del batch[:count]
+            if not batch:
+                return True
+
+    def _post(self, batch: list[str]) -> bool:
+        """True once ``batch`` is delivered; False to try again later."""
         body = '{"events": [' + ", ".join(batch) + "]}"
         headers = {**self._headers, "Content-Type": "application/json"}
         try:

@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from tunery.api.deps import PlaneDep
-from tunery.api.openai.common import OpenAIAccount
+from tunery.api.openai.common import OpenAIAccount, json_body
 from tunery.openai_api import chat, mapping, serving
 from tunery.openai_api.objects import Model, ModelList, OpenAIError
 
@@ -47,10 +47,7 @@ async def chat_completions(
     request: Request, plane: PlaneDep, account: OpenAIAccount
 ) -> dict[str, Any] | StreamingResponse:
     """Answer with the fine-tuned model (whole, or streamed as Server-Sent Events)."""
-    try:
-        body = await request.json()
-    except ValueError:
-        raise OpenAIError(400, "the request body is not valid JSON") from None
+    body = await json_body(request)
     asked = chat.parse_request(body)
     gguf = await run_in_threadpool(serving.served_gguf, plane, account.id, asked.model)
     pool: serving.ModelPool = request.app.state.model_pool

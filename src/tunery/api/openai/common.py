@@ -3,7 +3,8 @@ page sizes, and the handler that writes ``OpenAIError`` in OpenAI's shape."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse
@@ -14,6 +15,9 @@ from tunery.db import Account
 from tunery.openai_api.objects import OpenAIError, auth_error
 
 MAX_PAGE = 100
+WHOLE_NUMBER = re.compile(r"[0-9]{1,6}")
+"""A page size as sent: ASCII digits (``str.isdigit`` also takes ``²``, which ``int``
+refuses), few enough that converting them costs nothing."""
 
 
 def openai_account(
@@ -33,9 +37,18 @@ def page_size(limit: str | None, default: int, maximum: int = MAX_PAGE) -> int:
     """``limit`` as a page size from 1 to ``maximum``; 400 (param ``limit``) otherwise."""
     if limit is None:
         return default
-    if not limit.isdigit() or not 1 <= int(limit) <= maximum:
+    if WHOLE_NUMBER.fullmatch(limit) is None or not 1 <= int(limit) <= maximum:
         raise OpenAIError(400, f"limit must be a whole number from 1 to {maximum}", param="limit")
     return int(limit)
+
+
+async def json_body(request: Request) -> Any:
+    """The request's JSON body; 400 for one that is not JSON, or nested too deep to parse
+    (the parser gives up past about a thousand levels)."""
+    try:
+        return await request.json()
+    except (ValueError, RecursionError):
+        raise OpenAIError(400, "the request body is not valid JSON") from None
 
 
 def add_error_handler(app: FastAPI) -> None:

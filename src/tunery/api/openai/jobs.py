@@ -8,9 +8,9 @@ from fastapi import APIRouter, Header, Request
 from fastapi.concurrency import run_in_threadpool
 
 from tunery.api.deps import PlaneDep
-from tunery.api.openai.common import OpenAIAccount, page_size
+from tunery.api.openai.common import OpenAIAccount, json_body, page_size
 from tunery.openai_api import jobs, mapping, progress
-from tunery.openai_api.objects import Checkpoint, FineTuningJob, JobEvent, OpenAIError, Page
+from tunery.openai_api.objects import Checkpoint, FineTuningJob, JobEvent, Page
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["openai"])
 
@@ -23,10 +23,7 @@ async def create_job(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> FineTuningJob:
     """Submit a run from OpenAI's job parameters; tunery's own settings ride in ``tunery``."""
-    try:
-        body = await request.json()
-    except ValueError:
-        raise OpenAIError(400, "the request body is not valid JSON") from None
+    body = await json_body(request)
     return await run_in_threadpool(
         jobs.create_job, plane, account.id, body, idempotency_key=idempotency_key
     )
