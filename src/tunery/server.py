@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -42,14 +43,35 @@ def ensure_admin(settings: Settings) -> str | None:
     return token
 
 
+OWNER_ONLY = 0o077
+"""The umask of a server: what it and its local workers create is the owner's alone."""
+
+
+def keep_files_private() -> None:
+    """Create every file and folder of this process (and the workers it starts) owner-only:
+    the data dir holds every tenant's datasets, checkpoints and adapters."""
+    os.umask(OWNER_ONLY)
+
+
 def data_dir_from(option: Path | None) -> Path:
     """The data dir, created owner-only (0700) if missing: it holds the database, the
-    signing key and the admin token."""
+    signing key, the admin token and every tenant's data."""
     root = resolve_data_dir(option)
     if not root.exists():
         root.mkdir(parents=True, mode=0o700)
         root.chmod(0o700)  # mkdir's mode is filtered by the umask
     return root.resolve()
+
+
+def exposure_warning(root: Path) -> str | None:
+    """A warning when other users of this machine can reach into the data dir, else None."""
+    mode = stat.S_IMODE(root.stat().st_mode)
+    if not mode & OWNER_ONLY:
+        return None
+    return (
+        f"warning: other users of this machine can reach {root} (mode {mode:o}), which holds "
+        f"every tenant's datasets, checkpoints and adapters; run: chmod 700 {root}"
+    )
 
 
 DEMO_DATASET_NAME = "demo-dataset.jsonl"

@@ -73,6 +73,8 @@ class Server:
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    log_dir: Path | None = None
+    """Where the server's output goes; default: the data dir (which must then exist)."""
 
     @property
     def url(self) -> str:
@@ -88,7 +90,7 @@ class Server:
 
     def start(self) -> None:
         self.starts += 1
-        log = (self.root / f"server-{self.starts}.log").open("ab")
+        log = (self.log_dir or self.root).joinpath(f"server-{self.starts}.log").open("ab")
         with log:
             self.process = subprocess.Popen(
                 [
@@ -133,9 +135,8 @@ class Server:
             self.process.wait(timeout=10)
 
     def log(self) -> str:
-        return "\n".join(
-            path.read_text(errors="replace") for path in sorted(self.root.glob("server-*.log"))
-        )
+        logs = sorted((self.log_dir or self.root).glob("server-*.log"))
+        return "\n".join(path.read_text(errors="replace") for path in logs)
 
     # The database, read directly -----------------------------------------------------
 
@@ -247,8 +248,10 @@ def server_env(root: Path | None) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_server(root: Path, env: dict[str, str]) -> Iterator[Server]:
-    server = Server(root=root, port=free_port(), env=env)
+def running_server(
+    root: Path, env: dict[str, str], *, log_dir: Path | None = None
+) -> Iterator[Server]:
+    server = Server(root=root, port=free_port(), env=env, log_dir=log_dir)
     try:
         server.start()
         yield server

@@ -168,20 +168,25 @@ def test_webhooks_add_list_and_delete(shared_server: Server, account: str) -> No
 
 
 @pytest.mark.parametrize(
-    "url",
+    ("url", "error"),
     [
-        "ftp://hooks.example.com/tunery",  # not http(s)
-        "javascript:alert(1)",
-        "hooks.example.com/tunery",  # no scheme
-        "http:///tunery",  # no host
-        "https://:443/tunery",
-        "https://hooks.example.com/" + "a" * 2000,  # longer than any endpoint needs
+        ("ftp://hooks.example.com/tunery", URL_ERROR),  # not http(s)
+        ("javascript:alert(1)", URL_ERROR),
+        ("hooks.example.com/tunery", URL_ERROR),  # no scheme
+        ("http:///tunery", URL_ERROR),  # no host
+        ("https://:443/tunery", URL_ERROR),
+        (  # longer than any endpoint needs
+            "https://hooks.example.com/" + "a" * 2000,
+            "error: invalid configuration: url: the URL is longer than 2000 characters",
+        ),
     ],
 )
-def test_webhooks_add_refuses_a_bad_url(shared_server: Server, account: str, url: str) -> None:
+def test_webhooks_add_refuses_a_bad_url(
+    shared_server: Server, account: str, url: str, error: str
+) -> None:
     result = tunery(shared_server, "webhooks", "add", url, TUNERY_TOKEN=account)
     assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr == f"{URL_ERROR}\n"
+    assert result.stderr == f"{error}\n"
     assert Client(shared_server, account).http.get("/webhooks").json() == []
 
 

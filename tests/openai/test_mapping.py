@@ -12,7 +12,7 @@ import openai
 from tunery.errors import FieldProblem
 from tunery.openai_api import mapping
 from tunery.openai_api.objects import OpenAIError
-from tunery.openai_api.webhooks import new_secret, secret_key, signed_headers
+from tunery.webhooks.signing import new_secret, secret_key, signed_headers
 
 
 def test_hyperparameters_map_onto_the_recipe():

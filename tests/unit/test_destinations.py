@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tunery.openai_api.destinations import RefusedDestination, pinned, registration_problem
+from tunery.webhooks.destinations import RefusedDestination, pinned, registration_problem
 
 
 @pytest.mark.parametrize(
@@ -40,6 +40,19 @@ def test_ipv6_addresses_carrying_a_private_ipv4_address_are_refused(host: str) -
         ("http://example.com/a b", "spaces or control characters"),
         ("http://example.com/\x01", "spaces or control characters"),
         ("http://" + "ü" * 70 + ".example/h", "not a valid host name"),  # label over 63
+        # What the probe registered and the server retried for two hours:
+        ("http://example.com:0/h", "no valid port"),
+        ("http://xn--/h", "not a valid host name"),
+        ("http://xn--zz/h", "not a valid host name"),  # punycode that decodes to nothing
+        ("http://a..b/h", "not a valid host name"),
+        ("http://" + "a" * 300 + ".example/h", "not a valid host name"),
+        ("http://-a.example/h", "not a valid host name"),
+        ("http://[fe80::1%eth0]/h", "zone"),
+        ("http://[::1", "not a URL this server can call"),
+        ("http://[::g]/h", "not a URL this server can call"),
+        ("ftp://example.com/h", "http:// or https://"),
+        ("http:///h", "http:// or https://"),
+        ("http://example.com/" + "a" * 2000, "longer than 2000"),
     ],
 )
 def test_urls_the_server_could_not_call_are_refused_when_registered(url: str, said: str) -> None:
@@ -51,6 +64,14 @@ def test_an_international_name_goes_out_in_its_idna_form() -> None:
     assert registration_problem("https://bücher.example/h", allow_private=False) is None
     with pytest.raises(RefusedDestination, match=r"cannot resolve xn--bcher-kva\.example"):
         pinned("https://bücher.example/h", allow_private=False)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1./h", "http://localhost./h", "http://0x7f.1./h", "http://[::1]./h"]
+)
+def test_a_trailing_dot_hides_no_loopback_address(url: str) -> None:
+    problem = registration_problem(url, allow_private=False)
+    assert problem is not None, url
 
 
 def test_private_addresses_pass_when_the_admin_allows_them() -> None:

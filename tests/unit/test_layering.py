@@ -34,7 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tunery.db", "tunery.migrations"),
     ("tunery.hub", "tunery.backends"),
     ("tunery.runs",),
-    ("tunery.scheduler", "tunery.openai_api"),
+    ("tunery.scheduler", "tunery.openai_api", "tunery.webhooks"),
     ("tunery.api", "tunery.server"),
     ("tunery.cli",),
 )
@@ -48,6 +48,7 @@ CONTROL_PLANE = (
     "tunery.runs",
     "tunery.scheduler",
     "tunery.server",
+    "tunery.webhooks",
 )
 PIPELINE = ("tunery.pipeline", "tunery.gguf")
 

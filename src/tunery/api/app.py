@@ -1,9 +1,10 @@
 """The HTTP API (FastAPI). ``create_app`` wires settings, database, backend and scheduler.
 
 Routes are thin: they authenticate, call a function of ``tunery.runs`` and return its
-``tunery.wire.rest`` model; they hold no SQL. The scheduler runs in a background thread for
-the app's lifetime. Errors map to status codes in one place: invalid input 422 (with every
-problem), unknown or foreign ids 404, state conflicts 409; every error body is
+``tunery.wire.rest`` model; they hold no SQL. The background work (the scheduler, webhook
+deliveries, the chat model pool) starts and stops with the app, in its one lifespan.
+Errors map to status codes in one place: invalid input 422 (the first problems, and how
+many), unknown or foreign ids 404, state conflicts 409; every error body is
 ``ErrorResponse``.
 """
 
@@ -27,6 +28,7 @@ from tunery import __version__
 from tunery.api import openai as openai_api
 from tunery.api.body_limits import BodyGuard, BodyLimits
 from tunery.api.routes import credits, datasets, hub, internal, meta, runs
+from tunery.api.routes import webhooks as webhooks_routes
 from tunery.api.streams import Broadcast, SharedReads
 from tunery.backends import open_backend
 from tunery.backends.base import Backend
@@ -34,6 +36,7 @@ from tunery.errors import MAX_PROBLEMS, ConfigError, DatasetError, FieldProblem,
 from tunery.hub.s3 import StorageError
 from tunery.hub.signing import load_secret
 from tunery.openai_api.objects import OpenAIError
+from tunery.openai_api.serving import ModelPool
 from tunery.pipeline.config import RunRecipe
 from tunery.runs import attempts
 from tunery.runs.accounts import account_for_token
@@ -47,6 +50,7 @@ from tunery.runs.plane import (
 )
 from tunery.scheduler.scheduler import SchedulerThread
 from tunery.settings import Settings
+from tunery.webhooks.delivery import Dispatcher
 from tunery.wire.rest import ErrorResponse
 
 logger = logging.getLogger(__name__)
@@ -169,19 +173,30 @@ def create_app(
     broadcast = Broadcast()
     plane.notifier.subscribe(broadcast.publish)
     scheduler = SchedulerThread(plane)
+    webhooks = Dispatcher(plane)
+    models = ModelPool()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        """Every background thread of the server starts here and stops here: the
+        scheduler, webhook deliveries, and the chat models' idle sweeper."""
         broadcast.bind(asyncio.get_running_loop())
         if run_scheduler:
             scheduler.start()
-        yield
-        if run_scheduler:
-            scheduler.stop()
-        plane.close()
+        webhooks.start()
+        models.start()
+        try:
+            yield
+        finally:
+            models.close()
+            webhooks.stop()
+            if run_scheduler:
+                scheduler.stop()
+            plane.close()
 
     app = FastAPI(title="tunery", version=__version__, lifespan=lifespan)
     app.state.plane = plane
+    app.state.model_pool = models
     app.state.broadcast = broadcast
     app.state.shared_reads = SharedReads()
     app.state.secret = load_secret(settings.data_dir)
@@ -203,7 +218,8 @@ def create_app(
     app.include_router(credits.router, prefix="/api/v1", responses=ERRORS)
     app.include_router(hub.router, responses=ERRORS)
     app.include_router(internal.router)
-    app.include_router(openai_api.router)  # /v1 (OpenAI's API) and /api/v1/webhooks
+    app.include_router(webhooks_routes.router, prefix="/api/v1", responses=ERRORS)
+    app.include_router(openai_api.router)  # /v1: OpenAI's API
 
     @app.get("/", include_in_schema=False)
     def studio() -> FileResponse:

@@ -14,7 +14,7 @@ from tunery.runs import billing
 from tunery.runs.accounts import create_account, issue_token
 from tunery.runs.plane import ControlPlane
 from tunery.runs.store import EventNotifier
-from tunery.server import data_dir_from
+from tunery.server import data_dir_from, keep_files_private
 from tunery.settings import Settings
 
 data_dir_option = click.option(
@@ -26,6 +26,7 @@ data_dir_option = click.option(
 
 
 def _plane(data_dir: Path | None) -> ControlPlane:
+    keep_files_private()
     settings = Settings.load(data_dir_from(data_dir))
     engine = make_engine(settings.database_path)
     return ControlPlane(

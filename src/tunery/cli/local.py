@@ -233,10 +233,20 @@ def serve(host: str, port: int, data_dir: Path | None, demo: bool) -> None:
 
     from tunery.api.app import create_app
     from tunery.api.slow_clients import UVICORN_LIMITS, HeaderDeadlineProtocol
-    from tunery.server import ADMIN_TOKEN_FILE, data_dir_from, ensure_admin, seed_demo
+    from tunery.server import (
+        ADMIN_TOKEN_FILE,
+        data_dir_from,
+        ensure_admin,
+        exposure_warning,
+        keep_files_private,
+        seed_demo,
+    )
     from tunery.settings import Settings
 
+    keep_files_private()
     root = data_dir_from(data_dir)
+    if (warning := exposure_warning(root)) is not None:
+        click.echo(warning, err=True)
     try:
         settings = Settings.load(root)
     except TuneryError as error:

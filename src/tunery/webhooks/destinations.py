@@ -14,6 +14,7 @@ the request gains nothing.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
@@ -21,6 +22,10 @@ from urllib.parse import urlsplit, urlunsplit
 from tunery.errors import TuneryError
 
 SETTING = "webhooks_to_private_addresses"
+MAX_URL_CHARS = 2000
+MAX_NAME_CHARS = 253
+LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+"""A DNS label as a request can name it (RFC 1123); names arrive in their IDNA form."""
 
 
 class RefusedDestination(TuneryError):
@@ -71,27 +76,68 @@ def _numeric_addresses(host: str) -> set[str] | None:
 
 
 def registration_problem(url: str, *, allow_private: bool) -> str | None:
-    """Why the server will not send to ``url``, judged without DNS; None if it may."""
+    """Why the server will not, or could never, send to ``url``, judged without DNS; None
+    if it may. Only a URL a request can go to passes: http(s), a port from 1 to 65535, a
+    host that is an IP address without an interface zone or a DNS name of valid labels."""
+    if len(url) > MAX_URL_CHARS:
+        return f"the URL is longer than {MAX_URL_CHARS} characters"
     if any(ord(character) < 0x21 or ord(character) == 0x7F for character in url):
         return "the URL has spaces or control characters; percent-encode them"
-    parts = urlsplit(url)
     try:
-        parts.port  # noqa: B018 - parsing it is the check
+        parts = urlsplit(url)
+    except ValueError as error:
+        return f"not a URL this server can call ({error}); give http(s)://HOST[:PORT]/PATH"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "give an http:// or https:// URL with a host"
+    try:
+        port = parts.port
     except ValueError:
-        return f"{parts.netloc!r} has no valid port (1 to 65535)"
-    host = parts.hostname or ""
-    try:
-        _ascii(host)
-    except UnicodeError:
-        return f"{host!r} is not a valid host name"
+        port = 0
+    if port == 0:
+        return f"{parts.netloc[:200]!r} has no valid port (1 to 65535)"
+    host = parts.hostname
+    problem = _host_problem(host)
+    if problem is not None:
+        return problem
     if allow_private:
         return None
     name = host.rstrip(".")  # a fully qualified name's trailing dot names the same host
     if name == "localhost" or name.endswith(".localhost"):
         return f"{host} is this server itself; {_only_public()}"
-    numeric = _numeric_addresses(host)
+    numeric = _numeric_addresses(name)
     if numeric and not all(_is_public(address) for address in numeric):
         return f"{host} is a loopback, private or link-local address; {_only_public()}"
+    return None
+
+
+def _host_problem(host: str) -> str | None:
+    """Why ``host`` names nothing a request could reach, or None."""
+    shown = repr(host[:100])
+    if ":" in host:  # an IPv6 literal
+        if "%" in host:
+            return f"{shown} names an interface of this server (a zone); give a global address"
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"{shown} is not an IPv6 address"
+        return None
+    name = host[:-1] if host.endswith(".") else host
+    try:
+        ascii_name = _ascii(name)
+    except UnicodeError:
+        return f"{shown} is not a valid host name"
+    labels = ascii_name.split(".")
+    if len(ascii_name) > MAX_NAME_CHARS or not all(LABEL.fullmatch(label) for label in labels):
+        return (
+            f"{shown} is not a valid host name (labels of 1 to 63 letters, digits and "
+            "hyphens, at most 253 characters)"
+        )
+    for label in labels:
+        if label.lower().startswith("xn--"):
+            try:
+                label.encode("ascii").decode("idna")
+            except UnicodeError:
+                return f"{shown} is not a valid host name (label {label[:63]!r})"
     return None
 
 
