@@ -41,6 +41,16 @@ TERMINAL = {"completed", "failed", "cancelled"}
 STARTUP_SECONDS = 60.0
 
 
+def route_contexts(app: Any) -> list[Any]:
+    """Every route of ``app`` as it is served (routers included under their prefixes): each
+    has ``path``, ``methods``, ``dependant``, ``openapi_extra`` and ``endpoint``."""
+    found = []
+    for route in app.routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        found.extend(contexts() if contexts else [route])
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

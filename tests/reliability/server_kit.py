@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from control_harness import Server
+from control_harness import Server, route_contexts
 
 from tunery.api.app import create_app
 from tunery.db import HubEntry, new_id, now
@@ -34,13 +34,12 @@ def every_route() -> list[tuple[str, str]]:
         settings = Settings(data_dir=Path(scratch), nodes=[NodeSettings(name="n", tier="cpu")])
         app = create_app(settings, server_url="", run_scheduler=False)
         try:
-            found = set()
-            for route in app.routes:
-                contexts = getattr(route, "effective_route_contexts", None)
-                for context in contexts() if contexts else [route]:
-                    for method in getattr(context, "methods", None) or ():
-                        if method != "HEAD":
-                            found.add((method, context.path))
+            found = {
+                (method, context.path)
+                for context in route_contexts(app)
+                for method in getattr(context, "methods", None) or ()
+                if method != "HEAD"
+            }
         finally:
             app.state.plane.close()
     return sorted(found)

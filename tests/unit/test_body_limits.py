@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
 
+from control_harness import route_contexts
 from fastapi import FastAPI, File, UploadFile
 
 from tunery.api.app import create_app
@@ -160,16 +161,21 @@ def test_every_route_that_takes_a_body_is_behind_a_token_the_guard_checks(
     settings = Settings(data_dir=tmp_path, nodes=[NodeSettings(name="n", tier="cpu")])
     app = create_app(settings, server_url="", backend=FakeBackend(), run_scheduler=False)
     try:
-        unguarded = [
+        routes = [
             (method, route.path)
-            for route in app.routes
+            for route in route_contexts(app)
             for method in getattr(route, "methods", None) or ()
+        ]
+        unguarded = [
+            (method, path)
+            for method, path in routes
             if method in ("POST", "PUT", "PATCH")
-            and not requires_token(route.path)
-            and WORKER_PATH.fullmatch(route.path) is None
+            and not requires_token(path)
+            and WORKER_PATH.fullmatch(path) is None
         ]
     finally:
         app.state.plane.close()
+    assert len(routes) > 30  # the app's routes were found
     assert unguarded == []
 
 
