@@ -8,11 +8,29 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install system-deps demo demo-cli test test-fast reliability lint bench bench-quick clean gpu-check
 
+LLAMA_CPP_VERSION := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
+LLAMA_SDIST := build/install/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
+## Only the llama.cpp libraries tunery calls (the quantizer and the runtime): no multimodal
+## library, portable CPU code.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
+
+## llama.cpp compiles (minutes, on both cores) while uv downloads and installs everything
+## else; its source archive is downloaded once, for the build and for the GGUF converter.
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[gguf,test,bench,ray]'
-	$(BIN)/tunery gguf-toolchain
+	$(BIN)/pip install --quiet --upgrade pip uv
+	mkdir -p build/install/wheels
+	test -f $(LLAMA_SDIST) || $(BIN)/pip download --quiet --no-deps --no-binary :all: \
+		-d build/install llama-cpp-python==$(LLAMA_CPP_VERSION)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --quiet --no-deps \
+		-w build/install/wheels $(LLAMA_SDIST) > build/install/llama-cpp.log 2>&1 & compile=$$!; \
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -c $(CONSTRAINTS) \
+		$${PIP_FIND_LINKS:+--find-links $$PIP_FIND_LINKS} -e '.[test,bench,ray,convert]' \
+		|| { kill $$compile; exit 1; }; \
+	wait $$compile || { tail -n 40 build/install/llama-cpp.log; exit 1; }
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -c $(CONSTRAINTS) \
+		build/install/wheels/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl -e '.[gguf]'
+	$(BIN)/tunery gguf-toolchain --sdist $(LLAMA_SDIST)
 	touch $(STAMP)
 
 install: $(STAMP)

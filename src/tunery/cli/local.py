@@ -201,15 +201,28 @@ def export(run_dir: Path) -> None:
 
 
 @click.command("gguf-toolchain")
-def gguf_toolchain() -> None:
+@click.option(
+    "--sdist",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="llama-cpp-python's source archive, already downloaded: the converter is taken from "
+    "it instead of downloading it again.",
+)
+def gguf_toolchain(sdist: Path | None) -> None:
     """Fetch llama.cpp's converter at the pinned version (once; later exports work offline)."""
-    from tunery.gguf.toolchain import converter_dir, require_llama_cpp
+    from tunery.gguf.toolchain import (
+        cached_converter_dir,
+        converter_dir,
+        fetch_converter,
+        require_llama_cpp,
+    )
 
     try:
         require_llama_cpp()
+        if sdist is not None:
+            fetch_converter(cached_converter_dir(), sdist)
+        click.echo(str(converter_dir()))
     except TuneryError as error:
         fail_with(error)
-    click.echo(str(converter_dir()))
 
 
 @click.command("serve")

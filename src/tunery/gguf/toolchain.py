@@ -39,6 +39,12 @@ def toolchain_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "tunery" / "toolchain"
 
 
+def cached_converter_dir() -> Path:
+    """Where the fetched converter is kept (``converter_dir`` uses it unless
+    ``TUNERY_LLAMA_CPP_DIR`` names a checkout)."""
+    return toolchain_root() / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}"
+
+
 def converter_dir() -> Path:
     """Where convert_hf_to_gguf.py lives; fetched on first use unless already there."""
     local = environment().llama_cpp_dir
@@ -49,57 +55,76 @@ def converter_dir() -> Path:
                 hint="point it at the root of a llama.cpp checkout",
             )
         return local
-    directory = toolchain_root() / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}"
+    directory = cached_converter_dir()
     if not all((directory / name).exists() for name in CONVERTER_FILES):
         fetch_converter(directory)
     return directory
 
 
-def fetch_converter(directory: Path) -> Path:
-    """Download the pinned source distribution and keep only the converter's files."""
+def fetch_converter(directory: Path, sdist: Path | None = None) -> Path:
+    """Keep the converter's files of the pinned source distribution in ``directory``:
+    from ``sdist`` when given (the archive an install already downloaded), else downloaded."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory.parent, prefix=".fetch-") as scratch:
-        download = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--no-deps",
-                "--no-binary",
-                ":all:",
-                "--dest",
-                scratch,
-                f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        archives = list(Path(scratch).glob("llama_cpp_python-*.tar.gz"))
-        if download.returncode != 0 or not archives:
-            raise ToolchainError(
-                f"could not download llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}'s source "
-                f"for its GGUF converter: {download.stderr.strip()[-400:]}",
-                hint="run `tunery gguf-toolchain` once with access to the package registry, "
-                "or set TUNERY_LLAMA_CPP_DIR to a llama.cpp checkout",
-            )
+        archive = sdist if sdist is not None else _download_sdist(Path(scratch))
         staging = Path(scratch) / "converter"
         prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}/vendor/llama.cpp/"
         wanted = tuple(prefix + name for name in CONVERTER_FILES)
-        with tarfile.open(archives[0]) as archive:
-            members = []
-            for member in archive.getmembers():
-                if member.name.startswith(wanted):
-                    member.name = member.name[len(prefix) :]
-                    members.append(member)
-            # The "data" filter refuses absolute paths, links out of the folder and devices.
-            archive.extractall(staging, members=members, filter="data")
+        try:
+            with tarfile.open(archive) as source:
+                members = []
+                for member in source.getmembers():
+                    if member.name.startswith(wanted):
+                        member.name = member.name[len(prefix) :]
+                        members.append(member)
+                # The "data" filter refuses absolute paths, links out of the folder and devices.
+                source.extractall(staging, members=members, filter="data")
+        except (OSError, tarfile.TarError) as error:
+            raise ToolchainError(
+                f"{archive} is not llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}'s source "
+                f"archive: {error}",
+                hint="give the .tar.gz that `pip download --no-binary :all: "
+                f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}` fetches",
+            ) from None
+        if not all((staging / name).exists() for name in CONVERTER_FILES):
+            raise ToolchainError(
+                f"{archive} holds no llama.cpp converter at version {LLAMA_CPP_PYTHON_VERSION}",
+                hint=f"use llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}'s source archive",
+            )
         if directory.exists():
             shutil.rmtree(directory)
         staging.rename(directory)
     return directory
+
+
+def _download_sdist(scratch: Path) -> Path:
+    download = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--dest",
+            str(scratch),
+            f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    archives = list(scratch.glob("llama_cpp_python-*.tar.gz"))
+    if download.returncode != 0 or not archives:
+        raise ToolchainError(
+            f"could not download llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}'s source "
+            f"for its GGUF converter: {download.stderr.strip()[-400:]}",
+            hint="run `tunery gguf-toolchain` once with access to the package registry, "
+            "or set TUNERY_LLAMA_CPP_DIR to a llama.cpp checkout",
+        )
+    return archives[0]
 
 
 def require_llama_cpp() -> None:
