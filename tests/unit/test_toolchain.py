@@ -43,7 +43,7 @@ def test_the_converter_comes_from_the_given_archive_and_nothing_else(tmp_path: P
 
 def test_an_archive_without_the_converter_or_no_archive_at_all_is_refused(tmp_path: Path) -> None:
     other = archive(tmp_path / "other.tar.gz", {"something-else/setup.py": b""})
-    with pytest.raises(ToolchainError, match="holds no llama.cpp converter"):
+    with pytest.raises(ToolchainError, match=r"holds no llama\.cpp converter"):
         fetch_converter(tmp_path / "a" / "llama.cpp", other)
     text = tmp_path / "notes.tar.gz"
     text.write_text("not an archive")
