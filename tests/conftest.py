@@ -67,6 +67,17 @@ def chat_without_system(demo_dataset: Path, tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture
+def one_thread():
+    """Bit-exact comparisons need one thread: sums then add up in a fixed order."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def data_dir(tmp_path: Path, demo_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh TUNERY_DATA_DIR whose catalog already holds the demo model."""
     root = tmp_path / "tunery-data"

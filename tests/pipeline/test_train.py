@@ -28,15 +28,6 @@ CPU = torch.device("cpu")
 FP32 = Precision(torch.float32, None)
 
 
-@pytest.fixture
-def one_thread():
-    """Bit-exact comparisons need one thread: sums then add up in a fixed order."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_loss_decreases_and_outputs_are_written(data_dir, make_recipe, tmp_path):
     recipe = make_recipe(training={"max_steps": 30, "checkpoint_every_steps": 10})
     reporter = RecordingReporter()

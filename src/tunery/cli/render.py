@@ -119,6 +119,10 @@ def panel_numbers(metrics: Mapping[str, Any], *, live: bool = True) -> str:
         parts.append(f"epoch {epoch}")
     if metrics.get("loss") is not None:
         parts.append(f"loss {metrics['loss']:.4f}")
+    if metrics.get("reward_margin") is not None:  # DPO runs
+        parts.append(f"margin {metrics['reward_margin']:.3f}")
+    if metrics.get("reward_accuracy") is not None:
+        parts.append(f"reward acc {100 * metrics['reward_accuracy']:.0f}%")
     if live and metrics.get("tokens_per_second") is not None:
         parts.append(f"{metrics['tokens_per_second']:,.0f} tok/s")
     if live:
@@ -129,10 +133,15 @@ def panel_numbers(metrics: Mapping[str, Any], *, live: bool = True) -> str:
 
 
 def eval_line(evaluation: Mapping[str, Any]) -> str:
-    """``eval loss L · accuracy A% · best B at step S`` for one evaluation."""
+    """``eval loss L · accuracy A% · best B at step S`` for one evaluation (a DPO run's: its
+    reward margin and reward accuracy instead of the token accuracy)."""
     parts = [f"step {evaluation.get('step')}: eval loss {evaluation['eval_loss']:.4f}"]
     if evaluation.get("eval_accuracy") is not None:
         parts.append(f"token accuracy {100 * evaluation['eval_accuracy']:.1f}%")
+    if evaluation.get("eval_reward_margin") is not None:
+        parts.append(f"reward margin {evaluation['eval_reward_margin']:.3f}")
+    if evaluation.get("eval_reward_accuracy") is not None:
+        parts.append(f"reward accuracy {100 * evaluation['eval_reward_accuracy']:.1f}%")
     if evaluation.get("best_eval_loss") is not None:
         parts.append(f"best {evaluation['best_eval_loss']:.4f} at step {evaluation['best_step']}")
     return " · ".join(parts)

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from tunery.errors import ConfigError, TuneryError
+from tunery.pipeline.chat import sequences
 from tunery.pipeline.memory import GIB, ModelShape, TrainingPlan, fit_problem
 
 if TYPE_CHECKING:
@@ -53,8 +54,9 @@ def setup_fit_problem(setup: TrainSetup, card_gib: float) -> ConfigError | None:
         gradient_checkpointing=setup.config.gradient_checkpointing,
         quantize_base="nf4" if getattr(base, "is_loaded_in_4bit", False) else "none",
         value_bytes=2 if setup.precision.autocast is not None else 4,
+        sequences_per_example=2 if setup.preference is not None else 1,
     )
-    longest = max((len(example.input_ids) for example in setup.examples), default=1)
+    longest = max((len(sequence.input_ids) for sequence in sequences(setup.examples)), default=1)
     return fit_problem(
         shape,
         plan,

@@ -12,6 +12,7 @@ message stays plain text. Needs a tokenizer, never torch.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,8 +33,43 @@ class Example:
     targets: list[int]
 
     @property
+    def tokens(self) -> int:
+        return len(self.input_ids)
+
+    @property
     def trained_tokens(self) -> int:
         return sum(1 for target in self.targets if target != IGNORE)
+
+
+@dataclass(frozen=True)
+class PairExample:
+    """One tokenised preference pair: the prompt with the better answer, and with the worse.
+
+    Each side's targets are its answer's tokens only; ``index`` is the pair's position in its
+    list (training or validation), which keys its reference log-probabilities.
+    """
+
+    index: int
+    chosen: Example
+    rejected: Example
+
+    @property
+    def tokens(self) -> int:
+        return self.chosen.tokens + self.rejected.tokens
+
+    @property
+    def trained_tokens(self) -> int:
+        return self.chosen.trained_tokens + self.rejected.trained_tokens
+
+
+def sequences(items: list[Example] | list[PairExample]) -> Iterator[Example]:
+    """The tokenised sequences of ``items``: each example, or both sides of each pair."""
+    for item in items:
+        if isinstance(item, PairExample):
+            yield item.chosen
+            yield item.rejected
+        else:
+            yield item
 
 
 @dataclass(frozen=True)

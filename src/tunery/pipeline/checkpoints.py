@@ -51,15 +51,16 @@ def save_checkpoint(
         for key, value in get_peft_model_state_dict(setup.model).items()
     }
     save_file(adapter, staging / "adapter.safetensors")
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": _rng_state(),
-        },
-        staging / "training_state.pt",
-    )
+    training = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": _rng_state(),
+    }
+    if setup.preference is not None and setup.preference.reference is not None:
+        # The starting point's log-probabilities: a resumed run cannot compute them again.
+        training["reference"] = setup.preference.reference.as_tensors()
+    torch.save(training, staging / "training_state.pt")
     (staging / "trainer_state.json").write_text(
         json.dumps(
             {
@@ -124,6 +125,10 @@ def load_newest_checkpoint(
         torch.random.set_rng_state(training["rng"]["torch"].cpu())
         if "cuda" in training["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in training["rng"]["cuda"]])
+        if setup.preference is not None:
+            from tunery.pipeline.preference import ReferenceLogprobs
+
+            setup.preference.reference = ReferenceLogprobs.from_tensors(training["reference"])
         return TrainerState(
             step=saved["step"],
             trained_tokens=saved["trained_tokens"],

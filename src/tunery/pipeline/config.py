@@ -59,6 +59,12 @@ AUTO_VALIDATION_RULE = (
     f"with {AUTO_VALIDATION_MIN_ROWS} rows or more"
 )
 """The default validation split in words, for messages and the field's description."""
+DEFAULT_DPO_BETA = 0.1
+"""DPO's beta when the recipe sets none (the DPO paper's and OpenAI's "auto")."""
+MAX_DPO_BETA = 10.0
+"""The largest beta: far above what DPO uses (0.01-0.5); beyond it the loss only saturates."""
+RUN_ID_PATTERN = r"^run_[A-Za-z0-9]{1,64}\Z"
+"""How init_from names a run of the server's (``run_`` and its id)."""
 
 
 DatasetRef = Annotated[str, Field(min_length=1, max_length=MAX_DATASET_REF_CHARS)]
@@ -231,6 +237,38 @@ class EarlyStoppingSettings(_Strict):
     )
 
 
+class MethodSettings(_Strict):
+    """The training objective: supervised fine-tuning, or preference tuning with DPO."""
+
+    type: Literal["sft", "dpo"] = Field(
+        "sft",
+        description="sft: learn the answers of chat rows. dpo: learn which of two answers is "
+        "better from preference pairs (Direct Preference Optimization, sigmoid loss).",
+    )
+    beta: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_DPO_BETA,
+        description=f"dpo only: how far the tuned model may move from the reference (the "
+        f"starting point); lower moves further. Unset: {DEFAULT_DPO_BETA}.",
+    )
+
+    @model_validator(mode="after")
+    def _beta_is_for_dpo(self) -> MethodSettings:
+        if self.beta is not None and self.type != "dpo":
+            raise _field_error(self, ("beta",), "applies to method.type dpo only; remove it")
+        return self
+
+    @property
+    def preference(self) -> bool:
+        """Whether the run trains on preference pairs."""
+        return self.type == "dpo"
+
+    @property
+    def dpo_beta(self) -> float:
+        return self.beta if self.beta is not None else DEFAULT_DPO_BETA
+
+
 class RunRecipe(_Strict):
     """A run as submitted: model, data (uploaded ids or local files), hyperparameters, export."""
 
@@ -256,12 +294,36 @@ class RunRecipe(_Strict):
     samples: SampleSettings = Field(default_factory=SampleSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     early_stopping: EarlyStoppingSettings = Field(default_factory=EarlyStoppingSettings)
+    method: MethodSettings = Field(default_factory=MethodSettings)
+    init_from: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_BASE_MODEL_CHARS,
+        description="Start from a completed run's adapter instead of a fresh one (SFT, then "
+        "DPO): its id (run_...) on a server; for tunery train, the run's output or adapter "
+        "directory. It must use the same base_model and LoRA rank, alpha and target modules.",
+    )
 
     @model_validator(mode="after")
     def _has_data(self) -> RunRecipe:
         if not self.dataset_ids and not self.datasets:
             raise ValueError("no data: list dataset files under 'datasets' or ids in 'dataset_ids'")
         return self
+
+    @model_validator(mode="after")
+    def _preference_scores_answers_only(self) -> RunRecipe:
+        if self.method.preference and self.training.train_on_inputs:
+            raise _field_error(
+                self,
+                ("training", "train_on_inputs"),
+                "must be false with method.type dpo: DPO scores the two answers, not the prompt",
+            )
+        return self
+
+    @property
+    def init_from_run(self) -> bool:
+        """Whether ``init_from`` names a server's run (else a local directory)."""
+        return self.init_from is not None and re.match(RUN_ID_PATTERN, self.init_from) is not None
 
     @model_validator(mode="after")
     def _early_stopping_has_evaluations(self) -> RunRecipe:
@@ -299,6 +361,13 @@ class RunRecipe(_Strict):
         return self
 
 
+def _field_error(model: BaseModel, loc: tuple[str, ...], message: str) -> ValidationError:
+    return ValidationError.from_exception_data(
+        type(model).__name__,
+        [InitErrorDetails(type=PydanticCustomError("value_error", message), loc=loc, input=None)],
+    )
+
+
 def parse_recipe(data: Any) -> RunRecipe:
     """Validate a payload; raises ConfigError listing every problem."""
     if not isinstance(data, dict):
@@ -334,6 +403,8 @@ def load_recipe(path: Path) -> RunRecipe:
         "datasets": resolved,
         "validation": recipe.validation.model_copy(update={"datasets": validation}),
     }
+    if recipe.init_from is not None and not recipe.init_from_run:
+        updates["init_from"] = str((base / recipe.init_from).resolve())
     if (
         not Path(recipe.base_model).is_absolute()
         and recipe.base_model.startswith(".")

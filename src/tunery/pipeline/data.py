@@ -16,9 +16,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tunery.errors import ConfigError, DatasetError, DatasetProblem, FieldProblem
-from tunery.pipeline.chat import IGNORE, Encoder, Example, SamplePrompt, TemplateFailure
+from tunery.pipeline.chat import (
+    IGNORE,
+    Encoder,
+    Example,
+    PairExample,
+    SamplePrompt,
+    TemplateFailure,
+)
 from tunery.pipeline.config import AUTO_VALIDATION_RULE, ValidationSettings
-from tunery.pipeline.datasets import MAX_PROBLEMS, DatasetSummary, Message, Row, read_dataset
+from tunery.pipeline.datasets import (
+    KIND_HINT,
+    MAX_PROBLEMS,
+    METHOD_DATASET_KIND,
+    DatasetSummary,
+    Message,
+    PreferencePair,
+    Row,
+    kind_mismatch,
+    read_dataset,
+)
 from tunery.pipeline.holdout import SAMPLE_COUNT, sample_rows, validation_rows
 
 if TYPE_CHECKING:
@@ -29,21 +46,25 @@ if TYPE_CHECKING:
 
 @dataclass
 class PreparedData:
-    examples: list[Example]
+    """What a run trains and evaluates on: chat examples (``kind`` sft) or pairs."""
+
+    examples: list[Example] | list[PairExample]
     samples: list[SamplePrompt]
     files: list[dict[str, object]] = field(default_factory=list)
     max_length: int = 0
     truncated_rows: int = 0
     dropped_rows: int = 0
     held_out_rows: int = 0
-    validation: list[Example] = field(default_factory=list)
+    validation: list[Example] | list[PairExample] = field(default_factory=list)
     """Examples the run is evaluated on; never trained on."""
     validation_source: str = "none"
     """Where they came from: ``split``, ``datasets`` or ``none``."""
+    kind: str = "sft"
+    """The datasets' kind (``datasets.DATASET_KINDS``)."""
 
     @property
     def total_tokens(self) -> int:
-        return sum(len(example.input_ids) for example in self.examples)
+        return sum(example.tokens for example in self.examples)
 
     @property
     def trained_tokens(self) -> int:
@@ -61,6 +82,7 @@ class PreparedData:
             "held_out_rows": self.held_out_rows,
             "validation_examples": len(self.validation),
             "validation_source": self.validation_source,
+            "kind": self.kind,
         }
 
 
@@ -84,7 +106,7 @@ def prepare_data(
     sample prompt longer than ``max_length`` tokens, validation data with no trainable row,
     or none at all when ``require_validation`` (early stopping) raise ConfigError.
     """
-    summaries = _read_all(paths)
+    summaries = read_datasets(paths, method="sft", field="datasets")
     rows = [row for summary in summaries for row in summary.rows]
     random.Random(seed).shuffle(rows)
     samples, rows, held_out = _pick_samples(rows, custom_prompts or [])
@@ -95,7 +117,7 @@ def prepare_data(
         rows, split_rows = rows[: len(rows) - held], rows[len(rows) - held :]
     encoder = Encoder(tokenizer, chat_format.end_of_turn, train_on_inputs=train_on_inputs)
     if custom_prompts:
-        _check_prompt_lengths(encoder, samples, max_length)
+        check_prompt_lengths(encoder, samples, max_length)
     prepared = PreparedData(
         examples=[], samples=samples, max_length=max_length, held_out_rows=held_out
     )
@@ -123,17 +145,27 @@ def prepare_data(
             hint="add more rows, give explicit samples.prompts, or lower validation.split",
         )
     if validation_paths:
-        split_rows = [row for summary in _read_all(validation_paths) for row in summary.rows]
+        split_rows = [
+            row
+            for summary in read_datasets(
+                validation_paths, method="sft", field="validation.datasets"
+            )
+            for row in summary.rows
+        ]
         prepared.validation_source = "datasets"
     elif split_rows:
         prepared.validation_source = "split"
     _encode_rows(encoder, split_rows, max_length, prepared.validation, None)
-    _check_validation(prepared, split_rows, require_validation=require_validation)
+    check_validation(prepared, split_rows, require_validation=require_validation)
     return prepared
 
 
-def _read_all(paths: list[Path]) -> list[DatasetSummary]:
-    """Every file read and validated; every problem of every file raised at once."""
+def read_datasets(paths: list[Path], *, method: str, field: str) -> list[DatasetSummary]:
+    """Every file read and validated; every problem of every file raised at once.
+
+    A file of another kind than ``method`` trains on is a ConfigError naming its recipe
+    entry (``field``.index).
+    """
     problems: list[DatasetProblem] = []
     summaries = []
     for path in paths:
@@ -143,6 +175,13 @@ def _read_all(paths: list[Path]) -> list[DatasetSummary]:
             problems.extend(error.problems)
     if problems:
         raise DatasetError(problems)
+    wrong = [
+        FieldProblem(f"{field}.{index}", kind_mismatch(summary.kind, summary.format, method))
+        for index, summary in enumerate(summaries)
+        if summary.kind != METHOD_DATASET_KIND[method]
+    ]
+    if wrong:
+        raise ConfigError(wrong, hint=KIND_HINT)
     return summaries
 
 
@@ -170,9 +209,7 @@ def _encode_rows(
         if len(example.input_ids) > max_length:
             if counts is not None:
                 counts.truncated_rows += 1
-            example = Example(
-                example.input_ids[:max_length], [*example.targets[: max_length - 1], IGNORE]
-            )
+            example = cut_to(example, max_length)
         if example.trained_tokens == 0:
             if counts is not None:
                 counts.dropped_rows += 1
@@ -184,8 +221,18 @@ def _encode_rows(
     return kept_per_file
 
 
-def _check_validation(
-    prepared: PreparedData, validation_rows_read: list[Row], *, require_validation: bool
+def cut_to(example: Example, max_length: int) -> Example:
+    """``example`` cut to its first ``max_length`` tokens; the last one predicts nothing."""
+    if len(example.input_ids) <= max_length:
+        return example
+    return Example(example.input_ids[:max_length], [*example.targets[: max_length - 1], IGNORE])
+
+
+def check_validation(
+    prepared: PreparedData,
+    validation_rows_read: list[Row] | list[PreferencePair],
+    *,
+    require_validation: bool,
 ) -> None:
     """Validation data that was asked for must have a trainable row; early stopping needs it."""
     field_name = (
@@ -206,7 +253,7 @@ def _check_validation(
         )
 
 
-def _check_prompt_lengths(encoder: Encoder, prompts: list[SamplePrompt], max_length: int) -> None:
+def check_prompt_lengths(encoder: Encoder, prompts: list[SamplePrompt], max_length: int) -> None:
     """Refuse, before training, a sample prompt the trained model could not read whole."""
     problems = []
     for index, prompt in enumerate(prompts):

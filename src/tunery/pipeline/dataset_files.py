@@ -34,8 +34,15 @@ PARQUET_BATCH_ROWS = 256
 """Parquet rows decoded at a time: bounds the memory one batch can take before its size is
 counted against ``MAX_DATASET_BYTES``."""
 
-STRUCTURED_COLUMNS = ("messages", "conversations", "metadata")
-"""CSV columns whose cells hold JSON; every other cell is text as written."""
+STRUCTURED_COLUMNS = (
+    "messages",
+    "conversations",
+    "metadata",
+    "preferred_output",
+    "non_preferred_output",
+)
+"""CSV columns whose cells hold JSON; every other cell is text as written (and ``input``,
+Alpaca's text, is JSON in a file of OpenAI's preference format)."""
 
 
 class RowFailure(Exception):
@@ -182,10 +189,13 @@ def _csv_records(path: Path, name: str) -> Iterator[tuple[int, Any]]:
 
 def _csv_record(columns: list[str], cells: list[str]) -> dict[str, Any] | RowFailure:
     record: dict[str, Any] = {}
+    structured = set(STRUCTURED_COLUMNS)
+    if "preferred_output" in columns:
+        structured.add("input")
     for column, value in zip(columns, cells, strict=True):
         if value == "" and column == "input":
             continue  # an empty cell in Alpaca's optional column means the field is absent
-        if column in STRUCTURED_COLUMNS and value:
+        if column in structured and value:
             try:
                 record[column] = decode_json(value)
             except RowFailure as failure:

@@ -9,6 +9,16 @@ Accepted rows (JSONL, CSV with the same columns, or Parquet):
 - ``conversations`` with ``from`` (system/human/user/gpt/assistant) and ``value`` (ShareGPT);
 - ``text``: plain text, trained on every token.
 
+Preference pairs, for DPO (the dataset's kind is ``preference``; the others are ``sft``):
+
+- ``input`` + ``preferred_output`` + ``non_preferred_output``: OpenAI's preference format,
+  ``input`` holding ``messages`` (ending with the user's turn) and the outputs a list of
+  assistant messages each;
+- ``prompt`` + ``chosen`` + ``rejected``: strings (a user turn and two assistant answers),
+  or message lists (the conversation, and the answers' assistant messages).
+
+A pair's two answers must differ and neither may be empty.
+
 A file holds one format. ``id`` and ``metadata`` may accompany any row; any other field is
 an error, since a misspelt column would otherwise be dropped in silence. Problems are
 reported with the file and the 1-based line (the row for Parquet), up to ``MAX_PROBLEMS``.
@@ -19,7 +29,7 @@ lone surrogates) is refused here, at upload, rather than in training.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +53,24 @@ FORMATS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "prompt_completion": (frozenset({"prompt", "completion"}), frozenset()),
     "alpaca": (frozenset({"instruction", "output"}), frozenset({"input"})),
     "text": (frozenset({"text"}), frozenset()),
+    "preference": (
+        frozenset({"input", "preferred_output", "non_preferred_output"}),
+        frozenset(),
+    ),
+    "prompt_chosen_rejected": (frozenset({"prompt", "chosen", "rejected"}), frozenset()),
 }
+PREFERENCE_FORMATS = frozenset({"preference", "prompt_chosen_rejected"})
+DATASET_KINDS = ("sft", "preference")
+"""What a dataset can train: chat rows (``sft``) or preference pairs (``preference``)."""
+METHOD_DATASET_KIND = {"sft": "sft", "dpo": "preference"}
+"""The dataset kind each ``method.type`` trains on."""
 FORMAT_HELP = (
     "expected one of: messages | conversations | prompt + completion | "
-    "instruction + output (+ input) | text"
+    "instruction + output (+ input) | text | input + preferred_output + "
+    "non_preferred_output | prompt + chosen + rejected"
 )
+PROMPT_INPUT_FIELDS = frozenset({"messages", "tools", "parallel_tool_calls"})
+"""What OpenAI's preference ``input`` may hold."""
 SUFFIXES = (".jsonl", ".csv", ".parquet")
 SHOWN_CHARACTERS = 40
 """How much of a user's value an error message quotes."""
@@ -74,17 +97,49 @@ class Row:
     text: str | None = None
 
 
+@dataclass(frozen=True)
+class PreferencePair:
+    """One validated preference row: the conversation so far and two answers to it, the
+    better one (``chosen``) first."""
+
+    file: str
+    line: int
+    prompt: tuple[Message, ...]
+    chosen: tuple[Message, ...]
+    rejected: tuple[Message, ...]
+
+
+def dataset_kind(format_name: str) -> str:
+    """``preference`` for the preference formats, ``sft`` for the others."""
+    return "preference" if format_name in PREFERENCE_FORMATS else "sft"
+
+
+KIND_HINT = "use preference pairs with method.type dpo, and chat rows with sft"
+
+
+def kind_mismatch(kind: str, format_name: str, method: str) -> str:
+    """Why a dataset of ``kind`` cannot train with ``method`` (one sentence)."""
+    holds = "preference pairs" if kind == "preference" else "chat rows"
+    needs = "preference pairs" if METHOD_DATASET_KIND[method] == "preference" else "chat rows"
+    return f"holds {holds} ({format_name} format); method.type {method} trains on {needs}"
+
+
 @dataclass
 class DatasetSummary:
-    """What validation found in one file."""
+    """What validation found in one file: chat rows (kind ``sft``) or pairs."""
 
     file: str
     format: str
     rows: list[Row] = field(default_factory=list)
+    pairs: list[PreferencePair] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return dataset_kind(self.format)
 
     @property
     def row_count(self) -> int:
-        return len(self.rows)
+        return len(self.rows) + len(self.pairs)
 
 
 def read_dataset(path: Path, *, display_name: str | None = None) -> DatasetSummary:
@@ -104,6 +159,7 @@ def read_dataset(path: Path, *, display_name: str | None = None) -> DatasetSumma
     problems: list[DatasetProblem] = []
     detected: str | None = None
     rows: list[Row] = []
+    pairs: list[PreferencePair] = []
     try:
         for line, raw in raw_records(path, name, suffix):
             try:
@@ -117,7 +173,10 @@ def read_dataset(path: Path, *, display_name: str | None = None) -> DatasetSumma
                         f"this row is in {row_format} format but the file's first row is in "
                         f"{detected} format; keep one format per file"
                     )
-                rows.append(_to_row(_without_nulls(raw), row_format, name, line))
+                if row_format in PREFERENCE_FORMATS:
+                    pairs.append(_to_pair(_without_nulls(raw), row_format, name, line))
+                else:
+                    rows.append(_to_row(_without_nulls(raw), row_format, name, line))
             except RowFailure as failure:
                 problems.append(DatasetProblem(name, str(failure), line, unit))
                 if len(problems) >= MAX_PROBLEMS:
@@ -128,7 +187,7 @@ def read_dataset(path: Path, *, display_name: str | None = None) -> DatasetSumma
         raise DatasetError(problems)
     if detected is None:
         raise DatasetError.single(name, "the file is empty", hint="add at least one example")
-    return DatasetSummary(file=name, format=detected, rows=rows)
+    return DatasetSummary(file=name, format=detected, rows=rows, pairs=pairs)
 
 
 def _detect_format(raw: Any) -> str:
@@ -138,16 +197,21 @@ def _detect_format(raw: Any) -> str:
     if failures:
         raise failures[0]
     keys = {key for key, value in raw.items() if value is not None} - EXTRA_FIELDS
-    for name, (required, optional) in FORMATS.items():
-        if required <= keys:
-            unknown = keys - required - optional
-            if unknown:
-                raise RowFailure(f"unknown field(s) {_names(unknown)} in a {name} row")
-            return name
+    # The format the row fills most of: prompt + chosen + rejected over prompt + completion.
+    matching = [name for name, (required, _) in FORMATS.items() if required <= keys]
+    if matching:
+        name = max(matching, key=lambda candidate: len(FORMATS[candidate][0]))  # first of ties
+        required, optional = FORMATS[name]
+        unknown = keys - required - optional
+        if unknown:
+            raise RowFailure(f"unknown field(s) {_names(unknown)} in a {name} row")
+        return name
+    # The formats the row comes closest to (a missing side of a pair, not "completion").
+    closest = max(len(required & keys) for required, _ in FORMATS.values())
     partial = [
         f"{_names(required - keys)} missing (needed with {_names(required & keys)})"
         for required, _ in FORMATS.values()
-        if required & keys and required - keys
+        if closest and len(required & keys) == closest and required - keys
     ]
     if partial:
         raise RowFailure("; ".join(partial))
@@ -217,12 +281,28 @@ def _to_row(raw: dict[str, Any], row_format: str, file: str, line: int) -> Row:
 def _chat_messages(
     value: Any, column: str, role_key: str, content_key: str, roles: dict[str, str]
 ) -> tuple[Message, ...]:
+    messages = _message_list(value, column, role_key, content_key, roles, weighted=True)
+    if not any(message.role == "assistant" for message in messages):
+        raise RowFailure(f"'{column}' has no assistant turn to learn from")
+    return messages
+
+
+def _message_list(
+    value: Any,
+    column: str,
+    role_key: str,
+    content_key: str,
+    roles: dict[str, str],
+    *,
+    weighted: bool,
+) -> tuple[Message, ...]:
+    """Validated messages of ``column``; ``weighted``: messages may carry ``weight``."""
     if not isinstance(value, list):
         raise RowFailure(f"'{column}' must be a list of messages, not {type(value).__name__}")
     if not value:
         raise RowFailure(f"'{column}' is empty; a conversation needs at least one exchange")
     messages = []
-    allowed = {role_key, content_key, "name", "weight"}
+    allowed = {role_key, content_key, "name", *(("weight",) if weighted else ())}
     for index, item in enumerate(value):
         where = f"{column}[{index}]"
         if not isinstance(item, dict):
@@ -248,9 +328,74 @@ def _chat_messages(
         if weight == 0 and role != "assistant":
             raise RowFailure(f"{where}.weight is only meaningful on assistant messages")
         messages.append(Message(role, content, trained=weight == 1))
-    if not any(message.role == "assistant" for message in messages):
-        raise RowFailure(f"'{column}' has no assistant turn to learn from")
     return tuple(messages)
+
+
+CHAT_ROLES = dict(zip(ROLES, ROLES, strict=True))
+
+
+def _to_pair(raw: dict[str, Any], row_format: str, file: str, line: int) -> PreferencePair:
+    if row_format == "preference":
+        sides = ("preferred_output", "non_preferred_output")
+        prompt = _preference_input(raw["input"])
+    else:
+        sides = ("chosen", "rejected")
+        prompt = (
+            (Message("user", _text(raw["prompt"], "'prompt'")),)
+            if isinstance(raw["prompt"], str)
+            else _message_list(
+                raw["prompt"], "prompt", "role", "content", CHAT_ROLES, weighted=False
+            )
+        )
+        if prompt[-1].role != "user":
+            raise RowFailure("'prompt' must end with a user message, which the answers reply to")
+    # The conversation before the answers is context: never scored, whoever wrote it.
+    prompt = tuple(replace(message, trained=False) for message in prompt)
+    chosen, rejected = (_answer(raw[side], side) for side in sides)
+    if [m.content for m in chosen] == [m.content for m in rejected]:
+        raise RowFailure(
+            f"'{sides[0]}' and '{sides[1]}' are identical; a pair needs two different answers"
+        )
+    return PreferencePair(file, line, prompt, chosen, rejected)
+
+
+def _preference_input(value: Any) -> tuple[Message, ...]:
+    if not isinstance(value, dict):
+        raise RowFailure(f"'input' must be an object with 'messages', not {type(value).__name__}")
+    value = _without_nulls(value)
+    unknown = set(value) - PROMPT_INPUT_FIELDS
+    if unknown:
+        raise RowFailure(f"'input' has unknown field(s) {_names(unknown)}")
+    if value.get("tools"):
+        raise RowFailure(
+            "'input.tools' is not supported: tunery trains on text answers, not tool calls"
+        )
+    if "messages" not in value:
+        raise RowFailure("'input' has no 'messages'")
+    messages = _message_list(
+        value["messages"], "input.messages", "role", "content", CHAT_ROLES, weighted=False
+    )
+    if messages[-1].role != "user":
+        raise RowFailure(
+            "'input.messages' must end with a user message, which the answers reply to"
+        )
+    return messages
+
+
+def _answer(value: Any, column: str) -> tuple[Message, ...]:
+    """One side of a pair: a string, or a list of assistant messages, none empty."""
+    if value == []:
+        raise RowFailure(f"'{column}' is empty; give the answer as an assistant message")
+    if isinstance(value, str):
+        return (Message("assistant", _text(value, f"'{column}'")),)
+    messages = _message_list(value, column, "role", "content", CHAT_ROLES, weighted=False)
+    for index, message in enumerate(messages):
+        if message.role != "assistant":
+            raise RowFailure(
+                f"{column}[{index}].role is {message.role!r}; an answer holds assistant "
+                "messages only (the conversation before it goes in the prompt)"
+            )
+    return messages
 
 
 def _content_text(value: Any, where: str) -> str:

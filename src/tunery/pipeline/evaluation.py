@@ -3,7 +3,9 @@
 The examples are packed as training packs them (same attention), without gradients and
 with dropout off; the loss is the cross-entropy per trained token over all of them, and
 the accuracy the share of trained tokens whose greedy prediction is the target. Logits
-exist only at trained positions, one micro-batch at a time.
+exist only at trained positions, one micro-batch at a time. A DPO run's validation pairs
+are scored by its objective instead (``preference.score_pairs``): the eval loss is the DPO
+loss, with the rewards, their margin and the reward accuracy beside it.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunery.pipeline.chat import IGNORE, Example
+from tunery.pipeline.chat import IGNORE, Example, PairExample
 from tunery.pipeline.early_stopping import EarlyStopping
 from tunery.pipeline.packing import pack
-from tunery.pipeline.reporting import EvalMetrics, Reporter
+from tunery.pipeline.preference import PairScores, PreferenceObjective, score_pairs
+from tunery.pipeline.reporting import PREFERENCE_EVAL_FIELDS, EvalMetrics, Reporter
 
 if TYPE_CHECKING:
     import torch
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from tunery.pipeline.attention import AttentionKind
     from tunery.pipeline.budget import Budget
     from tunery.pipeline.kernels import Kernels
+    from tunery.pipeline.loss import LossKind
     from tunery.pipeline.train_setup import TrainerState, TrainSetup
 
 EVAL_BATCH_EXAMPLES = 8
@@ -36,12 +40,14 @@ EVAL_BATCH_EXAMPLES = 8
 @dataclass(frozen=True)
 class Evaluation:
     loss: float
-    """Cross-entropy per trained token."""
-    accuracy: float
-    """Share of trained tokens predicted exactly (greedy)."""
+    """Cross-entropy per trained token (the DPO loss per pair for preference pairs)."""
+    accuracy: float | None
+    """Share of trained tokens predicted exactly (greedy); None for preference pairs."""
     tokens: int
     """Trained tokens evaluated."""
     seconds: float
+    preference: PairScores | None = None
+    """The DPO metrics, for preference pairs."""
 
 
 def evaluate(
@@ -115,10 +121,12 @@ class EvaluationPlan:
     is written there, so the run can end with the best one rather than the last.
     """
 
-    examples: list[Example]
+    examples: list[Example] | list[PairExample]
     every_steps: int
     early_stopping: EarlyStopping
     best_adapter_dir: Path | None = None
+    preference: PreferenceObjective | None = None
+    """Set for DPO runs: ``examples`` are pairs, scored against its reference."""
 
     def resume(self, saved: dict[str, Any] | None) -> None:
         """Continue from a checkpoint's early-stopping state (None: from the start)."""
@@ -146,11 +154,29 @@ def evaluate_and_report(
     device: torch.device,
     autocast: torch.dtype | None,
     attention: AttentionKind,
+    loss: LossKind = "logits",
 ) -> EvalMetrics:
     """Evaluate after ``step``, update early stopping, keep a new best adapter, report."""
-    result = evaluate(
-        model, plan.examples, pad_id=pad_id, device=device, autocast=autocast, attention=attention
-    )
+    if plan.preference is not None:
+        result = _evaluate_pairs(
+            plan.preference,
+            model,
+            plan.examples,
+            pad_id=pad_id,
+            device=device,
+            autocast=autocast,
+            attention=attention,
+            loss=loss,
+        )
+    else:
+        result = evaluate(
+            model,
+            plan.examples,
+            pad_id=pad_id,
+            device=device,
+            autocast=autocast,
+            attention=attention,
+        )
     improved = plan.early_stopping.observe(step, result.loss)
     if improved and plan.best_adapter_dir is not None:
         save_best_adapter(model, plan.best_adapter_dir, step=step, loss=result.loss)
@@ -164,9 +190,48 @@ def evaluate_and_report(
         best_step=best.best_step if best.best_step is not None else step,
         examples=len(plan.examples),
         seconds=result.seconds,
+        **(
+            {f"eval_{name}": value for name, value in result.preference.step_metrics().items()}
+            if result.preference is not None
+            else {}
+        ),
     )
     reporter.eval_metrics(metrics)
     return metrics
+
+
+def _evaluate_pairs(
+    objective: PreferenceObjective,
+    model: Any,
+    pairs: list[PairExample],
+    *,
+    pad_id: int,
+    device: torch.device,
+    autocast: torch.dtype | None,
+    attention: AttentionKind,
+    loss: LossKind,
+) -> Evaluation:
+    started = time.perf_counter()
+    assert objective.reference is not None
+    scores = score_pairs(
+        model,
+        pairs,
+        objective.reference.validation,
+        beta=objective.beta,
+        batch_pairs=objective.batch_pairs,
+        pad_id=pad_id,
+        device=device,
+        autocast=autocast,
+        attention=attention,
+        loss=loss,
+    )
+    return Evaluation(
+        loss=scores.loss,
+        accuracy=None,
+        tokens=sum(pair.trained_tokens for pair in pairs),
+        seconds=time.perf_counter() - started,
+        preference=scores,
+    )
 
 
 BEST_ADAPTER_FILE = "adapter.safetensors"
@@ -220,6 +285,7 @@ def evaluation_summary(
         "total_steps": last["total_steps"],
         "eval_loss": last["eval_loss"],
         "eval_accuracy": last["eval_accuracy"],
+        **{name: last[name] for name in PREFERENCE_EVAL_FIELDS if name in last},
         "best_eval_loss": stopping.best_loss,
         "best_step": stopping.best_step,
         "stopped_early": stopping.stopped_at_step is not None
@@ -232,11 +298,11 @@ def evaluation_summary(
 def with_evaluations(
     history: list[dict[str, Any]], evaluations: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Step rows with ``eval_loss`` and ``eval_accuracy`` on the steps evaluated after, as
-    ``metrics.jsonl`` and the metrics API give them."""
+    """Step rows with ``eval_loss`` and ``eval_accuracy`` (and a DPO run's eval rewards) on
+    the steps evaluated after, as ``metrics.jsonl`` and the metrics API give them."""
+    fields = ("eval_loss", "eval_accuracy", *PREFERENCE_EVAL_FIELDS)
     by_step = {
-        row["step"]: {"eval_loss": row["eval_loss"], "eval_accuracy": row["eval_accuracy"]}
-        for row in evaluations
+        row["step"]: {name: row[name] for name in fields if name in row} for row in evaluations
     }
     return [{**row, **by_step.get(row["step"], {})} for row in history]
 
@@ -259,6 +325,7 @@ def evaluate_or_finish(
             device=setup.device,
             autocast=setup.precision.autocast,
             attention=kernels.attention,
+            loss=kernels.loss,
         )
         state.evaluations.append(evaluation.as_dict())
         state.early_stopping = plan.early_stopping.as_dict()

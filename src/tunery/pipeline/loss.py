@@ -56,6 +56,33 @@ def choose_loss(model: Any, device: torch.device) -> tuple[LossKind, str]:
     return "chunked", f"chunks of {chunk_positions(head.out_features)} positions"
 
 
+def _chunked_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int, gradient: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Cross-entropy of each position of ``hidden @ weight.T`` against ``targets`` (float32 at
+    least), and, when ``gradient``, its gradient with respect to ``hidden``, chunk by chunk."""
+    # Logits and the losses in at least float32, as the reference takes them.
+    accumulate = torch.promote_types(hidden.dtype, torch.float32)
+    losses = torch.empty(hidden.shape[0], dtype=accumulate, device=hidden.device)
+    gradients = torch.empty_like(hidden) if gradient else None
+    for start in range(0, hidden.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        logits = (hidden[rows] @ weight.t()).to(accumulate)
+        wanted = targets[rows].unsqueeze(1)
+        normaliser = torch.logsumexp(logits, dim=-1, keepdim=True)
+        losses[rows] = (normaliser - logits.gather(1, wanted)).squeeze(1)
+        if gradients is not None:
+            # d(loss)/d(logits) = softmax - one_hot, computed in place over the chunk.
+            probabilities = logits.sub_(normaliser).exp_()
+            probabilities.scatter_add_(
+                1,
+                wanted,
+                torch.full(wanted.shape, -1.0, dtype=logits.dtype, device=wanted.device),
+            )
+            gradients[rows] = probabilities.to(weight.dtype) @ weight
+    return losses, gradients
+
+
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
     """``sum(cross_entropy(hidden @ weight.T, targets))`` for a frozen ``weight``.
 
@@ -69,32 +96,37 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     def forward(
         ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int
     ) -> torch.Tensor:
-        # Logits and the sum in at least float32, as the reference takes them.
-        accumulate = torch.promote_types(hidden.dtype, torch.float32)
-        total = torch.zeros((), dtype=accumulate, device=hidden.device)
-        gradient = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        for start in range(0, hidden.shape[0], chunk):
-            rows = slice(start, start + chunk)
-            logits = (hidden[rows] @ weight.t()).to(accumulate)
-            wanted = targets[rows].unsqueeze(1)
-            normaliser = torch.logsumexp(logits, dim=-1, keepdim=True)
-            total += (normaliser - logits.gather(1, wanted)).sum()
-            if gradient is not None:
-                # d(loss)/d(logits) = softmax - one_hot, computed in place over the chunk.
-                probabilities = logits.sub_(normaliser).exp_()
-                probabilities.scatter_add_(
-                    1,
-                    wanted,
-                    torch.full(wanted.shape, -1.0, dtype=logits.dtype, device=wanted.device),
-                )
-                gradient[rows] = probabilities.to(weight.dtype) @ weight
+        losses, gradient = _chunked_cross_entropy(
+            hidden, weight, targets, chunk, ctx.needs_input_grad[0]
+        )
         ctx.save_for_backward(gradient)
-        return total
+        return losses.sum()
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:
         (gradient,) = ctx.saved_tensors
         return (gradient * grad_output).to(gradient.dtype), None, None, None
+
+
+class ChunkedLinearTokenLosses(torch.autograd.Function):
+    """``cross_entropy(hidden @ weight.T, targets)`` per position, for a frozen ``weight``:
+    as ``ChunkedLinearCrossEntropy`` without the sum, for objectives that weigh positions
+    differently (each sequence's log-probability in DPO)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int
+    ) -> torch.Tensor:
+        losses, gradient = _chunked_cross_entropy(
+            hidden, weight, targets, chunk, ctx.needs_input_grad[0]
+        )
+        ctx.save_for_backward(gradient)
+        return losses
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:
+        (gradient,) = ctx.saved_tensors
+        return (gradient * grad_output.unsqueeze(1)).to(gradient.dtype), None, None, None
 
 
 def trained_loss_sum(
@@ -127,3 +159,36 @@ def trained_loss_sum(
 
         return LigerFusedLinearCrossEntropyLoss(reduction="sum")(weight, hidden, wanted)
     return ChunkedLinearCrossEntropy.apply(hidden, weight, wanted, chunk_positions(weight.shape[0]))
+
+
+def trained_token_losses(
+    kind: LossKind, model: Any, forward_inputs: dict[str, Any], targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of each trained target (minus its log-probability), float32 at least.
+
+    Returns the losses [trained positions] and the boolean mask of ``targets`` they belong
+    to, in row-major order. Liger's fused loss only sums, so ``liger`` runs as ``chunked``.
+    """
+    from tunery.pipeline.chat import IGNORE
+
+    selected = targets != IGNORE
+    if kind == "logits":
+        trained = selected.any(dim=0).nonzero().squeeze(-1)
+        output = model(**forward_inputs, logits_to_keep=trained, use_cache=False)
+        logits = output.logits.float()
+        kept = targets[:, trained]
+        losses = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            kept.reshape(-1),
+            ignore_index=IGNORE,
+            reduction="none",
+        )
+        # The kept columns hold every trained position, in the same row-major order.
+        return losses[(kept != IGNORE).reshape(-1)], selected
+    lm = causal_lm(model)
+    hidden = lm.get_decoder()(**forward_inputs, use_cache=False).last_hidden_state
+    weight = lm.get_output_embeddings().weight
+    losses = ChunkedLinearTokenLosses.apply(
+        hidden[selected], weight, targets[selected], chunk_positions(weight.shape[0])
+    )
+    return losses, selected

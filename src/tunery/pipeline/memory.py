@@ -16,6 +16,11 @@ What it counts, in bytes:
   checkpointing one hidden state per layer plus one layer's activations being recomputed;
 - the loss: one chunk of logits (fp32 and compute dtype) and the hidden states' gradient;
 - the CUDA context and allocator slack: a fixed CONTEXT_BYTES and SLACK on top.
+
+A DPO run packs two sequences per example (the pair's answers, each after its prompt), so
+its micro-batches hold twice the tokens (``sequences_per_example``). Its reference pass
+scores the same micro-batches without gradients and saves no activations, so its peak stays
+below a training step's and adds nothing here.
 """
 
 from __future__ import annotations
@@ -153,6 +158,7 @@ class TrainingPlan:
     lora_dropout: bool = True
     quantize_base: str = "none"
     value_bytes: int = 2  # 2 for bf16/fp16 compute, 4 for fp32
+    sequences_per_example: int = 1  # 2 for DPO: both answers of a pair
 
 
 def estimate_peak_memory(
@@ -210,20 +216,23 @@ def fit_problem(
     gpu_memory_gib: float,
     card_name: str = "the card",
 ) -> ConfigError | None:
-    """Why ``batch_size`` examples of ``sequence_length`` tokens do not fit, or None.
+    """Why ``batch_size`` examples of ``sequence_length`` tokens do not fit, or None (each
+    example ``plan.sequences_per_example`` sequences of that length).
 
     The error names ``training.batch_size`` with the largest that fits, else
     ``training.max_seq_length`` (at batch size 1), else ``lora.quantize_base`` (or
     ``base_model`` when even 4-bit weights do not fit).
     """
     budget = int(gpu_memory_gib * GIB)
+    per_example = plan.sequences_per_example
     estimate = estimate_peak_memory(
-        shape, plan, tokens_per_micro_batch=batch_size * sequence_length
+        shape, plan, tokens_per_micro_batch=batch_size * sequence_length * per_example
     )
     if estimate.total <= budget:
         return None
     need = f"need about {estimate.total / GIB:.1f} GiB; {card_name} has {gpu_memory_gib:g} GiB"
-    tokens = largest_fitting_tokens(shape, plan, budget)
+    # Tokens per example from here on: both sequences of a pair.
+    tokens = largest_fitting_tokens(shape, plan, budget) // per_example
     if tokens >= sequence_length:
         return ConfigError.single(
             "training.batch_size",
@@ -259,6 +268,7 @@ def plan_for_recipe(recipe: RunRecipe, shape: ModelShape) -> TrainingPlan:
         lora_dropout=recipe.lora.dropout > 0,
         quantize_base=recipe.lora.quantize_base,
         value_bytes=4 if training.mixed_precision == "no" else 2,
+        sequences_per_example=2 if recipe.method.preference else 1,
     )
 
 
@@ -273,7 +283,8 @@ def check_fits(
     """The estimate for ``recipe`` on a card of ``gpu_memory_gib``; ConfigError if it does not
     fit (see ``fit_problem``). ``model_config``: the base model's config.json as a dict (its
     context, ``max_position_embeddings``, 2048 when absent); ``longest_example``: the tokens
-    of the data's longest example, when known, since a micro-batch never holds longer ones."""
+    of the data's longest example (for DPO, of one answer after its prompt), when known, since a
+    micro-batch never holds longer ones."""
     shape = ModelShape.from_config(model_config)
     plan = plan_for_recipe(recipe, shape)
     context = model_config.get("max_position_embeddings") or 2048
@@ -292,4 +303,6 @@ def check_fits(
     )
     if problem is not None:
         raise problem
-    return estimate_peak_memory(shape, plan, tokens_per_micro_batch=batch_size * length)
+    return estimate_peak_memory(
+        shape, plan, tokens_per_micro_batch=batch_size * length * plan.sequences_per_example
+    )

@@ -56,9 +56,11 @@ def run_summary(
     samples: list[dict[str, Any]],
     lora_bundle: Path,
     gguf: ExportResult | None,
+    objective: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The content of ``run.json``: configuration snapshot, data, kernels, adapter, final
-    metrics, evaluation, samples and artifacts; ``status`` is failed when ``error`` is set."""
+    """The content of ``run.json``: configuration snapshot, data, kernels, the objective
+    (``objective_summary``), adapter, final metrics, evaluation, samples and artifacts;
+    ``status`` is failed when ``error`` is set."""
     return {
         "name": recipe.name,
         "status": "completed" if error is None else "failed",
@@ -73,6 +75,7 @@ def run_summary(
         "notes": notes,
         "data": data_summary,
         "kernels": kernels,
+        "objective": objective,
         "adapter": {
             "trainable_parameters": adapter.trainable_parameters,
             "total_parameters": adapter.total_parameters,
@@ -83,6 +86,31 @@ def run_summary(
         "samples": samples,
         "artifacts": {"lora": lora_bundle.name, "gguf": gguf.bundle.name if gguf else None},
         "export": {"gguf": recipe.export.gguf, "checks": gguf.checks if gguf else None},
+    }
+
+
+def objective_summary(recipe: RunRecipe, data_summary: dict[str, Any]) -> dict[str, Any]:
+    """What the run optimised, and from where: the method, and for DPO its beta and the
+    reference the rewards are measured against (the starting point, scored once)."""
+    start = f"the adapter of {recipe.init_from}" if recipe.init_from else "a fresh adapter"
+    if not recipe.method.preference:
+        return {"method": "sft", "start": start}
+    return {
+        "method": "dpo",
+        "loss": "sigmoid",
+        "beta": recipe.method.dpo_beta,
+        "start": start,
+        "reference": {
+            "model": (
+                f"the base model with the adapter of {recipe.init_from} (the starting point)"
+                if recipe.init_from
+                else "the base model (the starting point: a fresh adapter changes nothing)"
+            ),
+            "log_probabilities": "computed once in a pass before training, dropout off, "
+            "and kept with every checkpoint for resuming",
+            "training_pairs": data_summary.get("examples"),
+            "validation_pairs": data_summary.get("validation_examples"),
+        },
     }
 
 

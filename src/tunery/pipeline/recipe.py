@@ -23,12 +23,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tunery.errors import ConfigError, TuneryError
+from tunery.errors import ConfigError, FieldProblem, TuneryError
 from tunery.gguf.export import QUANTIZATION, ExportResult, export_gguf, preflight
 from tunery.phases import Phase
 from tunery.pipeline.config import RunRecipe
 from tunery.pipeline.load import ModelReference, parse_model_reference
-from tunery.pipeline.outcome import RunResult, after_save_failure, run_summary
+from tunery.pipeline.outcome import (
+    RunResult,
+    after_save_failure,
+    objective_summary,
+    run_summary,
+)
 from tunery.pipeline.reporting import Reporter
 
 
@@ -36,31 +41,49 @@ def recipe_fingerprint(recipe: RunRecipe, dataset_paths: list[Path]) -> str:
     """Identifies what determines the training trajectory: model, data bytes, hyperparameters,
     the rows held out for validation and when training stops early."""
     digest = hashlib.sha256()
-    digest.update(
-        json.dumps(
-            {
-                "base_model": recipe.base_model,
-                "training": recipe.training.model_dump(),
-                "lora": recipe.lora.model_dump(),
-                "validation": recipe.validation.model_dump(),
-                "early_stopping": recipe.early_stopping.model_dump(),
-            },
-            sort_keys=True,
-        ).encode()
-    )
+    identity: dict[str, Any] = {
+        "base_model": recipe.base_model,
+        "training": recipe.training.model_dump(),
+        "lora": recipe.lora.model_dump(),
+        "validation": recipe.validation.model_dump(),
+        "early_stopping": recipe.early_stopping.model_dump(),
+    }
+    # Only where set: an SFT run from scratch keeps the fingerprint it had before these
+    # fields existed, so its checkpoints resume across the upgrade.
+    if recipe.method.preference:
+        identity["method"] = recipe.method.model_dump()
+    if recipe.init_from is not None:
+        identity["init_from"] = recipe.init_from
+    digest.update(json.dumps(identity, sort_keys=True).encode())
     for path in dataset_paths:
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
 
 
 def check_recipe(
-    recipe: RunRecipe, dataset_paths: list[Path], validation_paths: list[Path] | None = None
+    recipe: RunRecipe,
+    dataset_paths: list[Path],
+    validation_paths: list[Path] | None = None,
+    init_adapter_dir: Path | None = None,
 ) -> ModelReference:
     """Problems the pipeline can see without loading anything; raises ConfigError.
 
     Returns the parsed base model reference, so the recipe parses it once.
     """
     problems = []
+    if recipe.init_from is not None and init_adapter_dir is None:
+        if recipe.init_from_run:
+            problems.append(
+                FieldProblem(
+                    "init_from",
+                    f"{recipe.init_from} is a run on a server; tunery train starts from a local "
+                    "run's output directory",
+                )
+            )
+        elif not Path(recipe.init_from).is_dir():
+            problems.append(
+                FieldProblem("init_from", f"{recipe.init_from} does not exist or is no directory")
+            )
     reference: ModelReference | None = None
     try:
         reference = parse_model_reference(recipe.base_model)
@@ -96,8 +119,12 @@ def run_recipe(
     checkpoint_dir: Path | None = None,
     base_cache_dir: Path | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
+    init_adapter_dir: Path | None = None,
 ) -> RunResult:
     """Run the whole pipeline; raises a TuneryError subclass on failure or cancel.
+
+    ``init_adapter_dir``: where the adapter ``recipe.init_from`` names is (a worker fetches
+    it); None takes ``init_from`` as a local directory.
 
     Checkpoints go to ``checkpoint_dir`` (default ``out_dir/checkpoints``): a worker keeps
     them where every node of its tier reaches them, or hands each complete one to
@@ -126,7 +153,9 @@ def run_recipe(
         max_context,
         resolve_model_dir,
     )
-    from tunery.pipeline.lora import attach_lora
+    from tunery.pipeline.lora import attach_lora, initial_adapter_dir, load_initial_adapter
+    from tunery.pipeline.preference import PreferenceObjective
+    from tunery.pipeline.preference_data import prepare_preference_data
     from tunery.pipeline.samples import add_base_answers, generate_samples
     from tunery.pipeline.save import model_card, save_adapter, write_lora_bundle
     from tunery.pipeline.train import train
@@ -135,7 +164,9 @@ def run_recipe(
     paths = dataset_paths if dataset_paths is not None else [Path(p) for p in recipe.datasets]
     if validation_paths is None:
         validation_paths = [Path(p) for p in recipe.validation.datasets]
-    reference = check_recipe(recipe, paths, validation_paths)
+    reference = check_recipe(recipe, paths, validation_paths, init_adapter_dir)
+    if recipe.init_from is not None and init_adapter_dir is None:
+        init_adapter_dir = Path(recipe.init_from)
     config = recipe.training
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -160,20 +191,23 @@ def run_recipe(
     reporter.log(f"loaded {reference.name} on {device.type} ({precision.weights})")
 
     reporter.phase(Phase.PREPARING_DATA)
-    data = prepare_data(
-        paths,
-        tokenizer,
-        chat_format,
-        max_length=max_length,
-        seed=config.seed,
-        train_on_inputs=config.train_on_inputs,
-        custom_prompts=recipe.samples.prompts,
-        validation=recipe.validation,
-        validation_paths=validation_paths,
-        require_validation=recipe.early_stopping.patience > 0,
-    )
+    data_options: dict[str, Any] = {
+        "max_length": max_length,
+        "seed": config.seed,
+        "custom_prompts": recipe.samples.prompts,
+        "validation": recipe.validation,
+        "validation_paths": validation_paths,
+        "require_validation": recipe.early_stopping.patience > 0,
+    }
+    if recipe.method.preference:
+        data = prepare_preference_data(paths, tokenizer, chat_format, **data_options)
+    else:
+        data = prepare_data(
+            paths, tokenizer, chat_format, train_on_inputs=config.train_on_inputs, **data_options
+        )
+    unit = "pairs" if recipe.method.preference else "examples"
     reporter.log(
-        f"{len(data.examples)} examples, {data.total_tokens} tokens "
+        f"{len(data.examples)} {unit}, {data.total_tokens} tokens "
         f"({data.trained_tokens} trained), {data.truncated_rows} truncated, "
         f"{data.dropped_rows} dropped, {data.held_out_rows} held out for samples, "
         f"{len(data.validation)} for validation"
@@ -189,6 +223,11 @@ def run_recipe(
         f"{adapter.trainable_parameters:,} trainable parameters "
         f"({adapter.trainable_percent:.2f}%)"
     )
+    if init_adapter_dir is not None:
+        load_initial_adapter(
+            peft_model, initial_adapter_dir(init_adapter_dir), recipe.lora, adapter
+        )
+        reporter.log(f"the adapter starts from {recipe.init_from}")
 
     # Train.
     kernels = choose_kernels(
@@ -207,12 +246,22 @@ def run_recipe(
     checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else out_dir / "checkpoints"
     fingerprint = recipe_fingerprint(recipe, [*paths, *validation_paths])
     patience = recipe.early_stopping.patience
+    preference = (
+        PreferenceObjective(
+            recipe.method.dpo_beta,
+            batch_pairs=config.batch_size,
+            validation=data.validation,
+        )
+        if recipe.method.preference
+        else None
+    )
     evaluation = (
         EvaluationPlan(
             data.validation,
             config.eval_every_steps,
             EarlyStopping(patience, recipe.early_stopping.min_delta),
             best_adapter_dir(checkpoint_dir) if patience else None,
+            preference=preference,
         )
         if data.validation
         else None
@@ -230,6 +279,7 @@ def run_recipe(
             kernels=kernels,
             evaluation=evaluation,
             on_checkpoint=on_checkpoint,
+            preference=preference,
         ),
         reporter,
     )
@@ -347,6 +397,7 @@ def run_recipe(
         samples=samples,
         lora_bundle=lora_bundle,
         gguf=gguf,
+        objective=objective_summary(recipe, data.summary()),
     )
     (out_dir / "run.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     for checkpoint in complete_checkpoints(checkpoint_dir):

@@ -41,6 +41,14 @@ class StepMetrics:
     trained_tokens: int
     training_seconds: float
     eta_seconds: float | None
+    # DPO runs only (``tunery.pipeline.preference``): means over the step's pairs.
+    rewards_chosen: float | None = None
+    """beta * (log p_policy - log p_reference) of the better answers."""
+    rewards_rejected: float | None = None
+    reward_margin: float | None = None
+    """Chosen minus rejected reward."""
+    reward_accuracy: float | None = None
+    """Share of pairs whose better answer has the higher reward (a tie counts half)."""
 
     @property
     def current_epoch(self) -> int:
@@ -53,7 +61,20 @@ class StepMetrics:
         return 100.0 * self.step / self.total_steps if self.total_steps else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "progress": round(self.progress, 2)}
+        return {
+            **_present(asdict(self), PREFERENCE_STEP_FIELDS),
+            "progress": round(self.progress, 2),
+        }
+
+
+PREFERENCE_STEP_FIELDS = ("rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy")
+"""The step metrics of DPO runs, absent from an SFT run's rows."""
+PREFERENCE_EVAL_FIELDS = tuple(f"eval_{name}" for name in PREFERENCE_STEP_FIELDS)
+
+
+def _present(values: dict[str, Any], optional: tuple[str, ...]) -> dict[str, Any]:
+    """``values`` without the ``optional`` fields that are None."""
+    return {key: value for key, value in values.items() if value is not None or key not in optional}
 
 
 @dataclass(frozen=True)
@@ -64,16 +85,22 @@ class EvalMetrics:
     total_steps: int
     eval_loss: float
     """Cross-entropy per trained token of the validation examples."""
-    eval_accuracy: float
-    """Mean token accuracy: the share of trained tokens the model predicts exactly (greedy)."""
+    eval_accuracy: float | None
+    """Mean token accuracy: the share of trained tokens the model predicts exactly (greedy);
+    None for DPO runs, whose accuracy is ``eval_reward_accuracy``."""
     best_eval_loss: float
     """The lowest eval loss so far, this evaluation included."""
     best_step: int
     examples: int
     seconds: float
+    # DPO runs only: as StepMetrics' fields, over the validation pairs.
+    eval_rewards_chosen: float | None = None
+    eval_rewards_rejected: float | None = None
+    eval_reward_margin: float | None = None
+    eval_reward_accuracy: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _present(asdict(self), PREFERENCE_EVAL_FIELDS)
 
 
 class Reporter(Protocol):

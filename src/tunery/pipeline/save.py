@@ -92,8 +92,19 @@ def model_card(
         or "- (none)"
     )
     hyperparameters = json.dumps(
-        {"training": recipe.training.model_dump(), "lora": recipe.lora.model_dump()}, indent=2
+        {
+            "method": recipe.method.model_dump(),
+            "training": recipe.training.model_dump(),
+            "lora": recipe.lora.model_dump(),
+        },
+        indent=2,
     )
+    how = (
+        f"preference-tuned with DPO (beta {recipe.method.dpo_beta})"
+        if recipe.method.preference
+        else "fine-tuned"
+    )
+    start = f", starting from the adapter of `{recipe.init_from}`" if recipe.init_from else ""
     template_note = (
         "the base model's own chat template"
         if chat_format.source == "model"
@@ -109,7 +120,7 @@ tags: [lora, tunery]
 
 # {recipe.name}
 
-A LoRA adapter for `{recipe.base_model}`, fine-tuned with tunery.
+A LoRA adapter for `{recipe.base_model}`, {how} with tunery{start}.
 
 ## Training data
 
@@ -160,9 +171,15 @@ def _evaluation_lines(evaluation: dict[str, Any] | None) -> str:
     """The model card's eval-loss lines (each ending in a newline); "" without evaluations."""
     if not evaluation or evaluation.get("eval_loss") is None:
         return ""
+    if evaluation.get("eval_reward_accuracy") is not None:
+        detail = (
+            f"reward accuracy {100 * evaluation['eval_reward_accuracy']:.1f}%, "
+            f"reward margin {evaluation['eval_reward_margin']:.3f}"
+        )
+    else:
+        detail = f"mean token accuracy {100 * evaluation['eval_accuracy']:.1f}%"
     lines = [
-        f"- Final eval loss: {evaluation['eval_loss']:.4f} "
-        f"(mean token accuracy {100 * evaluation['eval_accuracy']:.1f}%)",
+        f"- Final eval loss: {evaluation['eval_loss']:.4f} ({detail})",
         f"- Best eval loss: {evaluation['best_eval_loss']:.4f} at step {evaluation['best_step']}",
     ]
     if evaluation.get("stopped_early"):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from tunery.errors import RunCancelled, TuneryError
 from tunery.pipeline.budget import plan_budget, step_micro_batches
 from tunery.pipeline.card_fit import out_of_memory_fails, refuse_what_cannot_fit
-from tunery.pipeline.chat import Example
+from tunery.pipeline.chat import Example, sequences
 from tunery.pipeline.checkpoints import load_newest_checkpoint, save_checkpoint
 from tunery.pipeline.packing import batch_loss_sum, pack
 from tunery.pipeline.reporting import EtaEstimator, Reporter, StepMetrics
@@ -49,6 +49,7 @@ def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
     from tunery.pipeline.attention import attention_in_use
     from tunery.pipeline.evaluation import evaluate_or_finish
     from tunery.pipeline.kernels import apply_kernels
+    from tunery.pipeline.preference import compute_reference
 
     config = setup.config
     budget = plan_budget(len(setup.examples), config)
@@ -79,12 +80,16 @@ def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
     eta = EtaEstimator()
     model.train()
     with attention_in_use(model, kernels.attention), out_of_memory_fails(setup):
+        if setup.preference is not None and setup.preference.reference is None:
+            compute_reference(setup, kernels, reporter)
         while state.step < budget.total_steps:
             if reporter.should_stop():
                 raise RunCancelled(f"cancelled at step {state.step} of {budget.total_steps}")
             started = time.perf_counter()
             micro_batches = step_micro_batches(state.step, setup.examples, budget, config)
-            loss_total, real_tokens = _accumulate_gradients(setup, kernels, micro_batches, scaler)
+            loss_total, real_tokens, objective_metrics = _objective_step(
+                setup, kernels, micro_batches, scaler
+            )
             if not math.isfinite(loss_total):
                 raise _diverged(loss_total, state.step + 1)
             scaler.unscale_(optimizer)
@@ -113,6 +118,7 @@ def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
                 trained_tokens=state.trained_tokens,
                 training_seconds=state.training_seconds,
                 eta_seconds=eta.remaining(budget.total_steps - state.step),
+                **objective_metrics,
             )
             state.history.append(metrics.as_dict())
             reporter.metrics(metrics)
@@ -134,10 +140,22 @@ def default_kernels(setup: TrainSetup) -> Kernels:
     return choose_kernels(
         setup.model,
         setup.device,
-        max_length=max(len(example.input_ids) for example in setup.examples),
+        max_length=max(len(sequence.input_ids) for sequence in sequences(setup.examples)),
         half_precision=setup.precision.autocast is not None,
         compile_setting=setup.config.compile,
     )
+
+
+def _objective_step(
+    setup: TrainSetup, kernels: Kernels, micro_batches: list[list[Any]], scaler: Any
+) -> tuple[float, int, dict[str, float]]:
+    """One optimizer step's gradients by the run's objective: the step's loss, the real
+    tokens it processed, and the objective's own metrics (DPO's rewards; none for SFT)."""
+    if setup.preference is not None:
+        from tunery.pipeline.preference import accumulate_preferences
+
+        return accumulate_preferences(setup, kernels, micro_batches, scaler)
+    return (*_accumulate_gradients(setup, kernels, micro_batches, scaler), {})
 
 
 def _accumulate_gradients(

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunery.pipeline.chat import Example
+from tunery.pipeline.chat import Example, PairExample
 from tunery.pipeline.config import TrainingConfig
 
 if TYPE_CHECKING:
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from tunery.pipeline.evaluation import EvaluationPlan
     from tunery.pipeline.kernels import Kernels
     from tunery.pipeline.load import Precision
+    from tunery.pipeline.preference import PreferenceObjective
 
 
 @dataclass
@@ -41,7 +42,7 @@ class TrainerState:
 @dataclass(frozen=True)
 class TrainSetup:
     model: PeftModel
-    examples: list[Example]
+    examples: list[Example] | list[PairExample]  # pairs when ``preference`` is set
     config: TrainingConfig
     precision: Precision
     device: torch.device
@@ -51,3 +52,4 @@ class TrainSetup:
     kernels: Kernels | None = None  # None: choose_kernels for the device and model
     evaluation: EvaluationPlan | None = None  # None: no validation data, no evaluations
     on_checkpoint: Callable[[Path], None] | None = None  # each complete checkpoint's directory
+    preference: PreferenceObjective | None = None  # None: supervised fine-tuning (sft)

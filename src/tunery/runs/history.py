@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from tunery.db import Run, RunEvent
 from tunery.event_kinds import LOG_KINDS, STEP_KINDS, EventKind
+from tunery.pipeline.reporting import PREFERENCE_EVAL_FIELDS
 from tunery.runs.plane import ControlPlane
 from tunery.runs.queries import get_run
 from tunery.wire.events import StoredEvent
@@ -102,8 +103,8 @@ def reported_steps(session: Session, run_id: str) -> set[Any]:
 
 def step_rows(session: Session, run_id: str) -> list[dict[str, Any]]:
     """One row per optimizer step, with the evaluation after it where there was one
-    (``eval_loss``, ``eval_accuracy``). A resumed attempt retrains the steps after its
-    checkpoint; the newest report of each step is the one kept."""
+    (``eval_loss``, ``eval_accuracy``, a DPO run's eval rewards). A resumed attempt
+    retrains the steps after its checkpoint; the newest report of each step is the one kept."""
     rows = session.scalars(
         select(RunEvent)
         .where(RunEvent.run_id == run_id, RunEvent.kind.in_(STEP_KINDS))
@@ -119,6 +120,7 @@ def step_rows(session: Session, run_id: str) -> list[dict[str, Any]]:
             evaluations[step] = {
                 "eval_loss": event.data.get("eval_loss"),
                 "eval_accuracy": event.data.get("eval_accuracy"),
+                **{name: event.data[name] for name in PREFERENCE_EVAL_FIELDS if name in event.data},
             }
     return [
         {**by_step[step], **evaluations.get(step, {})}

@@ -72,6 +72,11 @@ class StepData(BaseModel):
     training_seconds: Finite = None
     eta_seconds: Finite = None
     progress: Finite = None
+    # DPO runs only (``pipeline.preference``): means over the step's pairs.
+    rewards_chosen: Finite = None
+    rewards_rejected: Finite = None
+    reward_margin: Finite = None
+    reward_accuracy: Finite = None
 
 
 class EvaluationData(BaseModel):
@@ -86,6 +91,11 @@ class EvaluationData(BaseModel):
     best_step: Count | None = None
     examples: Count | None = None
     seconds: Finite = None
+    # DPO runs only: over the validation pairs.
+    eval_rewards_chosen: Finite = None
+    eval_rewards_rejected: Finite = None
+    eval_reward_margin: Finite = None
+    eval_reward_accuracy: Finite = None
 
 
 class ErrorData(BaseModel):

@@ -50,6 +50,10 @@ class RunMetrics(BaseModel):
     step: int = 0
     total_steps: int | None = None
     loss: Finite = None
+    reward_margin: Finite = None
+    """DPO runs: the chosen answers' reward minus the rejected ones' (mean over pairs)."""
+    reward_accuracy: Finite = None
+    """DPO runs: the share of pairs ranked right (a tie counts half)."""
     progress: Finite = 0.0
     eta_seconds: Finite = None
     duration_seconds: float = 0.0
@@ -71,6 +75,10 @@ class RunEvaluation(BaseModel):
     """Mean token accuracy: the share of trained tokens predicted exactly (greedy)."""
     best_eval_loss: Finite = None
     best_step: int | None = None
+    eval_reward_margin: Finite = None
+    """DPO runs: the validation pairs' mean reward margin."""
+    eval_reward_accuracy: Finite = None
+    """DPO runs: the share of validation pairs ranked right (a tie counts half)."""
 
 
 class RunOutcome(RunEvaluation):
@@ -91,6 +99,8 @@ class StepRow(RunMetrics):
     """True for a step a resumed attempt's history filled in."""
     eval_loss: Finite = None
     eval_accuracy: Finite = None
+    eval_reward_margin: Finite = None
+    eval_reward_accuracy: Finite = None
 
 
 class RunEstimate(BaseModel):

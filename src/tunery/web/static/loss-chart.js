@@ -1,6 +1,7 @@
 // A run's curves, drawn with uPlot (vendored, loaded as a classic script): the training
 // loss with a smoothed line and the eval loss, then learning rate, gradient norm and
-// tokens/s. Hovering shows each series' value at that step in the legend.
+// tokens/s; a DPO run adds its reward margin and reward accuracy, each with the eval one.
+// Hovering shows each series' value at that step in the legend.
 
 import { api } from "./api.js";
 import { h, reportError } from "./dom.js";
@@ -13,6 +14,11 @@ const SMALL_CHARTS = [
   ["learning_rate", "Learning rate", "#7c3aed"],
   ["grad_norm", "Grad norm", "#b45309"],
   ["tokens_per_second", "Tokens/s", "#0f766e"],
+];
+// A DPO run's charts: the training series, and the evaluation's beside it.
+const PREFERENCE_CHARTS = [
+  ["reward_margin", "Reward margin", "#2563eb"],
+  ["reward_accuracy", "Reward accuracy", "#15803d"],
 ];
 
 /**
@@ -31,14 +37,16 @@ export function smooth(values, weight = SMOOTHING) {
 }
 
 export class LossChart {
-  constructor(runId) {
+  /** `preference`: the run trains with DPO (`config.method.type` "dpo"). */
+  constructor(runId, { preference = false } = {}) {
     this.runId = runId;
+    this.preferenceCharts = preference ? PREFERENCE_CHARTS : [];
     this.rows = new Map();  // step → {loss, learning_rate, …, eval_loss}
     this.charts = [];
     this.lossSlot = h("div", { class: "chart", role: "img",
       "aria-label": "Training loss, smoothed loss and eval loss by step" },
     h("p", { class: "muted" }, "The loss curve starts with the first gradient step."));
-    this.smallSlots = SMALL_CHARTS.map(([, label]) => h("div", {
+    this.smallSlots = [...this.preferenceCharts, ...SMALL_CHARTS].map(([, label]) => h("div", {
       class: "chart chart-small", role: "img", "aria-label": `${label} by step` }));
     this.element = h("div", { class: "charts" }, this.lossSlot,
       h("div", { class: "small-charts" }, this.smallSlots));
@@ -71,7 +79,9 @@ export class LossChart {
     if (evaluation.step === undefined) return;
     const row = this.rows.get(evaluation.step) || { step: evaluation.step };
     this.rows.set(evaluation.step, { ...row, eval_loss: evaluation.eval_loss,
-      eval_accuracy: evaluation.eval_accuracy });
+      eval_accuracy: evaluation.eval_accuracy,
+      eval_reward_margin: evaluation.eval_reward_margin,
+      eval_reward_accuracy: evaluation.eval_reward_accuracy });
     this.draw();
   }
 
@@ -87,7 +97,10 @@ export class LossChart {
     const { steps, losses, smoothed, column } = this.data();
     if (!steps.length) return;
     const lossData = [steps, losses, smoothed, column("eval_loss")];
-    const smallData = SMALL_CHARTS.map(([name]) => [steps, column(name)]);
+    const smallData = [
+      ...this.preferenceCharts.map(([name]) => [steps, column(name), column(`eval_${name}`)]),
+      ...SMALL_CHARTS.map(([name]) => [steps, column(name)]),
+    ];
     if (this.charts.length) {
       this.charts[0].setData(lossData);
       smallData.forEach((data, index) => this.charts[index + 1].setData(data));
@@ -100,9 +113,13 @@ export class LossChart {
       { label: "eval loss", stroke: "#dc2626", width: 2, spanGaps: true,
         points: { show: true, size: 6 } },
     ]));
-    SMALL_CHARTS.forEach(([, label, stroke], index) => {
-      this.charts.push(plot(this.smallSlots[index], SMALL_HEIGHT, smallData[index],
-        [{ label, stroke, width: 1.5 }]));
+    [...this.preferenceCharts, ...SMALL_CHARTS].forEach(([, label, stroke], index) => {
+      const series = [{ label, stroke, width: 1.5 }];
+      if (index < this.preferenceCharts.length) {
+        series.push({ label: `eval ${label.toLowerCase()}`, stroke: "#dc2626", width: 2,
+          spanGaps: true, points: { show: true, size: 6 } });
+      }
+      this.charts.push(plot(this.smallSlots[index], SMALL_HEIGHT, smallData[index], series));
     });
     this.resizer = new ResizeObserver(() => {
       for (const chart of this.charts) {

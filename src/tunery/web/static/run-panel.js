@@ -19,7 +19,7 @@ export class RunPanel {
   constructor(run) {
     this.runId = run.id;
     this.logLines = null;
-    this.chart = new LossChart(run.id);
+    this.chart = new LossChart(run.id, { preference: run.config?.method?.type === "dpo" });
     this.element = h("div", { class: "panel", id: `panel-${run.id}`, role: "region",
       "aria-label": `Run ${run.name}` });
     this.build(run);
