@@ -13,7 +13,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -24,7 +24,7 @@ EOS = "<|end_of_text|>"
 TURN_START = "<|im_start|>"
 TURN_END = "<|im_end|>"
 VOCAB_SIZE = 1024
-DEMO_MODEL_SHAPE = {
+DEMO_MODEL_SHAPE: dict[str, Any] = {
     "vocab_size": VOCAB_SIZE,
     "hidden_size": 256,
     "intermediate_size": 768,

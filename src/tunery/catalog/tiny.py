@@ -20,7 +20,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from tunery.catalog.demo import pretrain
 
@@ -92,7 +92,9 @@ def build_tiny_model(
     return out_dir
 
 
-def _model(family: Family, tokenizer, *, hidden_size: int, layers: int, vocab_size: int):  # type: ignore[no-untyped-def]
+def _model(
+    family: Family, tokenizer: Any, *, hidden_size: int, layers: int, vocab_size: int
+) -> Any:
     import torch
     from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 

@@ -31,7 +31,7 @@ def _plane(data_dir: Path | None) -> ControlPlane:
     engine = make_engine(settings.database_path)
     return ControlPlane(
         settings=settings, sessions=make_sessions(engine), backend=None, notifier=EventNotifier()
-    )  # type: ignore[arg-type]
+    )
 
 
 def _account(plane: ControlPlane, name: str) -> Account:

@@ -279,8 +279,8 @@ def gguf_samples(
         runner = Llama(model_path=str(gguf_path), n_ctx=2048, verbose=False)
     samples = []
     for prompt in prompts:
-        messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
-        completion = runner.create_chat_completion(
+        messages: list[Any] = [{"role": m.role, "content": m.content} for m in prompt.messages]
+        completion: Any = runner.create_chat_completion(
             messages=messages, max_tokens=max_new_tokens, temperature=0.0
         )
         choice = completion["choices"][0]

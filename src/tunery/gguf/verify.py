@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tunery.errors import TuneryError
 
@@ -92,15 +92,17 @@ def check_parity(
 
     # Awkward strings are checked where inference meets them: inside a rendered prompt.
     texts = [*conversations] + [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        str(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
         )
         for text in AWKWARD_TEXTS
     ]
     with native_output_captured():
         vocab = Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
     for text in texts:
-        expected = tokenizer(text, add_special_tokens=False)["input_ids"]
+        expected = list(tokenizer(text, add_special_tokens=False)["input_ids"])
         actual = vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True)
         if expected != actual:
             raise ExportCheckFailed(
@@ -145,7 +147,7 @@ def check_parity(
     return report
 
 
-def _log_softmax(logits):  # type: ignore[no-untyped-def]
+def _log_softmax(logits: Any) -> Any:
     import numpy as np
 
     shifted = logits - logits.max(-1, keepdims=True)

@@ -22,6 +22,8 @@ from tunery.migrations import SCRIPTS, alembic_config, upgrade
 def draft(message: str) -> None:
     """Write the revision that takes the newest schema to the models in tunery.db."""
     head = ScriptDirectory(str(SCRIPTS)).get_current_head()
+    if head is None:
+        raise click.ClickException("no revision to build on: the baseline is missing")
     with tempfile.TemporaryDirectory() as scratch:
         database = Path(scratch) / "head.db"
         upgrade(database)

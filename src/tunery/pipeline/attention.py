@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -37,7 +37,8 @@ FLATTENED: frozenset[str] = frozenset({"flash_attention_2", "torch_varlen", "sdp
 SEGMENTS_KWARG = "tunery_segment_lengths"
 """Model-forward keyword carrying the examples' lengths (a tuple of ints) to sdpa_segments."""
 _REGISTERED = {"sdpa_segments": "tunery_sdpa_segments", "torch_varlen": "tunery_torch_varlen"}
-_SDPA_HAS_GQA = torch.__version__ >= (2, 5)  # enable_gqa arrived in PyTorch 2.5
+_SDPA_HAS_GQA = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)
+"""``enable_gqa`` arrived in PyTorch 2.5."""
 
 
 def _sdpa_segments(
@@ -93,7 +94,7 @@ def _torch_varlen(
     boundaries = kwargs["cu_seq_lens_q"]
     longest = kwargs["max_length_q"]
     # [1, heads, tokens, dim] -> [tokens, heads, dim], the kernel's layout.
-    output = varlen_attn(
+    output: torch.Tensor = varlen_attn(  # type: ignore[assignment]  # one tensor unless return_aux
         query[0].transpose(0, 1),
         key[0].transpose(0, 1),
         value[0].transpose(0, 1),
@@ -191,10 +192,11 @@ def torch_varlen_works(device: torch.device) -> bool:
     lengths = (17, 23)
     results = []
     try:
-        for function, kwargs in (
+        attentions: tuple[tuple[Callable[..., tuple[torch.Tensor, None]], dict[str, Any]], ...] = (
             (_sdpa_segments, {SEGMENTS_KWARG: lengths}),
             (_torch_varlen, attention_inputs("torch_varlen", lengths, device)),
-        ):
+        )
+        for function, kwargs in attentions:
             inputs = [tensor.clone().requires_grad_() for tensor in tensors]
             output, _ = function(Probe(), *inputs, None, scaling=0.125, **kwargs)
             output.float().square().sum().backward()
@@ -229,7 +231,7 @@ def attention_inputs(
 
 
 @contextmanager
-def attention_in_use(model: PreTrainedModel, kind: AttentionKind) -> Iterator[None]:
+def attention_in_use(model: Any, kind: AttentionKind) -> Iterator[None]:
     """Switch ``model`` (a PEFT model or a bare transformers model) to ``kind``, then back."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     previous = base.config._attn_implementation

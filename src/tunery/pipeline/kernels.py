@@ -107,7 +107,10 @@ def apply_kernels(model: Any, kernels: Kernels) -> None:
         for module in model.modules():
             # Exactly PEFT's dense layer: its 4-bit and other subclasses compute otherwise.
             if type(module) is LoraLinear:
-                module.forward = types.MethodType(_lora_addmm_forward, module)
+                # An instance attribute shadows the class's forward for this layer only.
+                module.forward = types.MethodType(  # type: ignore[method-assign]
+                    _lora_addmm_forward, module
+                )
     if kernels.compiled:
         for layer in lm.get_decoder().layers:
             for name in ("mlp", "input_layernorm", "post_attention_layernorm"):

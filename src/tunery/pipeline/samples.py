@@ -64,7 +64,7 @@ def generate_samples(
                 {
                     "prompt": prompt.messages[-1].content,
                     "messages": [{"role": m.role, "content": m.content} for m in prompt.messages],
-                    "response": tokenizer.decode(new_tokens, skip_special_tokens=True).strip(),
+                    "response": str(tokenizer.decode(new_tokens, skip_special_tokens=True)).strip(),
                     "expected": prompt.expected,
                     "stopped": stopped,
                     "tokens": len(new_tokens),

@@ -96,7 +96,9 @@ def active_counts(session: Session) -> Counter[str]:
     )
 
 
-def held_credits(plane: ControlPlane, session: Session, account_ids: Iterable[str]) -> Counter[str]:
+def held_credits(
+    plane: ControlPlane, session: Session, account_ids: Iterable[str]
+) -> defaultdict[str, float]:
     """Credits each account's active runs hold: one minute of their tier, or what they
     accrued if more."""
     active = list(
@@ -111,7 +113,7 @@ def held_credits(plane: ControlPlane, session: Session, account_ids: Iterable[st
         select(Attempt).where(Attempt.run_id.in_([run.id for run in active]))
     ):
         attempts[attempt.run_id].append(attempt)
-    held: Counter[str] = Counter()
+    held: defaultdict[str, float] = defaultdict(float)
     at = now()
     for run in active:
         price = minute_price(plane, run.tier)
@@ -144,7 +146,9 @@ def _first_minutes(
     accounts = {run.account_id for run in runs}
     balances = {account: billing.balance(session, account) for account in accounts}
     held = held_credits(plane, session, accounts)
-    claimed: Counter[str] = Counter()  # first minutes of the account's runs kept before
+    claimed: defaultdict[str, float] = defaultdict(
+        float
+    )  # first minutes of the account's runs kept before
     kept: list[Run] = []
     reasons: dict[str, str] = {}
     for run in runs:
