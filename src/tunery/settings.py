@@ -28,6 +28,11 @@ dataset_quota_bytes: 21474836480  # datasets one account may keep (20 GiB); past
 failed_run_retention_hours: 168   # a failed or cancelled run's folder is removed after this
 local_models_dir: /srv/models     # local base models only from here; default DATA_DIR/models
 webhooks_to_private_addresses: false   # true lets webhooks reach loopback/private addresses
+serving:                     # chat with fine-tuned models (/v1/chat/completions)
+  memory_budget_mib: 4096    # loaded models together; idle ones are unloaded to make room
+  idle_seconds: 300          # a model unused this long is unloaded
+  max_concurrent_per_account: 4   # chat requests in flight per account; more answer 429
+  queue_per_model: 32        # requests waiting for one model (round robin across accounts)
 storage:                     # where Hub artifacts live; default: kind local (DATA_DIR/hub)
   kind: s3                   # local | s3 (any S3-compatible store; pip install 'tunery[s3]')
   bucket: tunery-hub         # required for s3; must already exist
@@ -60,6 +65,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
@@ -238,6 +244,51 @@ class StorageSettings(BaseModel):
         return secret
 
 
+class ServingSettings(BaseModel):
+    """Chat with fine-tuned models: serving processes, memory, and fair admission."""
+
+    model_config = ConfigDict(extra="forbid")
+    memory_budget_mib: int = Field(
+        4096,
+        ge=64,
+        description="resident memory all loaded models may take together; the least "
+        "recently used idle ones are unloaded to make room",
+    )
+    idle_seconds: float = Field(
+        300.0, gt=0, description="a model nobody chatted with for this long is unloaded"
+    )
+    context_tokens: int = Field(
+        2048, ge=256, le=131072, description="the context each loaded model gets"
+    )
+    threads: int | None = Field(
+        None, ge=1, description="llama.cpp threads per serving process; default half the cores"
+    )
+    max_concurrent_per_account: int = Field(
+        4,
+        ge=1,
+        description="chat requests one account may have in flight; more answer 429 with "
+        "Retry-After",
+    )
+    queue_per_model: int = Field(
+        32,
+        ge=2,
+        description="requests that may wait for one model; more answer 429 (it must be "
+        "larger than max_concurrent_per_account, so one account cannot fill it)",
+    )
+    load_timeout_seconds: float = Field(
+        120.0, gt=0, description="how long loading a model may take before it is refused"
+    )
+
+    @model_validator(mode="after")
+    def _one_account_cannot_fill_a_queue(self) -> ServingSettings:
+        if self.queue_per_model <= self.max_concurrent_per_account:
+            raise ValueError(
+                f"queue_per_model ({self.queue_per_model}) must be larger than "
+                f"max_concurrent_per_account ({self.max_concurrent_per_account})"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     """The server's settings: ``TUNERY_<FIELD>`` variables over ``DATA_DIR/tunery.yaml``.
 
@@ -294,6 +345,9 @@ class Settings(BaseSettings):
     local_models_dir: Path | None = Field(
         None,
         description="the only directory local base models may come from; else DATA_DIR/models",
+    )
+    serving: ServingSettings = Field(
+        default_factory=ServingSettings, description="chat with fine-tuned models"
     )
     webhooks_to_private_addresses: bool = Field(
         False,

@@ -34,7 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tunery.db", "tunery.migrations"),
     ("tunery.hub", "tunery.backends"),
     ("tunery.runs",),
-    ("tunery.scheduler", "tunery.openai_api", "tunery.webhooks"),
+    ("tunery.scheduler", "tunery.openai_api", "tunery.webhooks", "tunery.serving"),
     ("tunery.api", "tunery.server"),
     ("tunery.cli",),
 )

@@ -2,7 +2,7 @@
 
 Routes are thin: they authenticate, call a function of ``tunery.runs`` and return its
 ``tunery.wire.rest`` model; they hold no SQL. The background work (the scheduler, webhook
-deliveries, the chat model pool) starts and stops with the app, in its one lifespan.
+deliveries, chat's serving processes) starts and stops with the app, in its one lifespan.
 Errors map to status codes in one place: invalid input 422 (the first problems, and how
 many), unknown or foreign ids 404, state conflicts 409; every error body is
 ``ErrorResponse``.
@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tunery import __version__
 from tunery.api import openai as openai_api
 from tunery.api.body_limits import BodyGuard, BodyLimits
+from tunery.api.openai.chat import CHAT_PATH
 from tunery.api.routes import credits, datasets, hub, internal, meta, runs
 from tunery.api.routes import webhooks as webhooks_routes
 from tunery.api.streams import Broadcast, SharedReads
@@ -36,7 +37,6 @@ from tunery.errors import MAX_PROBLEMS, ConfigError, DatasetError, FieldProblem,
 from tunery.hub.s3 import StorageError
 from tunery.hub.signing import load_secret
 from tunery.openai_api.objects import OpenAIError
-from tunery.openai_api.serving import ModelPool
 from tunery.pipeline.config import RunRecipe
 from tunery.runs import attempts
 from tunery.runs.accounts import account_for_token
@@ -49,6 +49,7 @@ from tunery.runs.plane import (
     TooManyQueued,
 )
 from tunery.scheduler.scheduler import SchedulerThread
+from tunery.serving.pool import Serving
 from tunery.settings import Settings
 from tunery.webhooks.delivery import Dispatcher
 from tunery.wire.rest import ErrorResponse
@@ -174,21 +175,21 @@ def create_app(
     plane.notifier.subscribe(broadcast.publish)
     scheduler = SchedulerThread(plane)
     webhooks = Dispatcher(plane)
-    models = ModelPool()
+    serving = Serving(settings.serving)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         """Every background thread of the server starts here and stops here: the
-        scheduler, webhook deliveries, and the chat models' idle sweeper."""
+        scheduler, webhook deliveries, and chat's serving processes and their idle sweep."""
         broadcast.bind(asyncio.get_running_loop())
         if run_scheduler:
             scheduler.start()
         webhooks.start()
-        models.start()
+        serving.start()
         try:
             yield
         finally:
-            models.close()
+            await serving.close()
             webhooks.stop()
             if run_scheduler:
                 scheduler.stop()
@@ -196,7 +197,7 @@ def create_app(
 
     app = FastAPI(title="tunery", version=__version__, lifespan=lifespan)
     app.state.plane = plane
-    app.state.model_pool = models
+    app.state.serving = serving
     app.state.broadcast = broadcast
     app.state.shared_reads = SharedReads()
     app.state.secret = load_secret(settings.data_dir)
@@ -209,6 +210,9 @@ def create_app(
             plane, attempt_id=attempt_id, token=token
         ),
         limits=BodyLimits(),
+        # Chat requests check their keys on chat's own threads, never the pool the
+        # workers' reports are served from.
+        threads_for=lambda path: serving.threads if path == CHAT_PATH else None,
     )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from starlette.concurrency import run_in_threadpool
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tunery.api.auth import MISSING_TOKEN, TUNERY_CODE, UNKNOWN_TOKEN, AuthRefusal, bearer_token
@@ -87,7 +87,8 @@ class BodyGuard:
 
     ``token_is_valid`` (a bearer token) and ``attempt_token_is_valid`` (an attempt id and
     its fencing token) are called in a worker thread (they query the database) only for
-    requests that carry a body. A worker whose token does not match gets 404, as from the
+    requests that carry a body: a bearer token on the threads ``threads_for`` gives for the
+    path, else the server's pool. A worker whose token does not match gets 404, as from the
     worker routes themselves (the worker reads it as "fenced off"). No route outside these
     paths takes a body (``tests/unit/test_body_limits.py`` checks the app's routes).
     """
@@ -99,11 +100,13 @@ class BodyGuard:
         token_is_valid: Callable[[str], bool],
         attempt_token_is_valid: Callable[[str, str], bool],
         limits: BodyLimits,
+        threads_for: Callable[[str], anyio.CapacityLimiter | None] = lambda _: None,
     ) -> None:
         self.app = app
         self.token_is_valid = token_is_valid
         self.attempt_token_is_valid = attempt_token_is_valid
         self.limits = limits
+        self.threads_for = threads_for
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
@@ -119,7 +122,7 @@ class BodyGuard:
         elif (worker := WORKER_PATH.fullmatch(path)) is not None:
             token = headers.get(ATTEMPT_TOKEN_HEADER.lower(), b"").decode("latin-1")
             attempt_id = worker.group(1)
-            if not token or not await run_in_threadpool(
+            if not token or not await anyio.to_thread.run_sync(
                 self.attempt_token_is_valid, attempt_id, token
             ):
                 await respond(send, 404, error_body(path, 404, "not_found", "no such attempt", ""))
@@ -156,7 +159,10 @@ class BodyGuard:
         token = bearer_token(authorization.decode("latin-1"))
         if token is None:
             return auth_refusal_body(path, MISSING_TOKEN)
-        if not await run_in_threadpool(self.token_is_valid, token):
+        valid = await anyio.to_thread.run_sync(
+            self.token_is_valid, token, limiter=self.threads_for(path)
+        )
+        if not valid:
             return auth_refusal_body(path, UNKNOWN_TOKEN)
         return None
 

@@ -28,6 +28,7 @@ ERROR_TYPES = {
     429: "rate_limit_exceeded",
     500: "server_error",
     502: "server_error",
+    503: "server_error",
 }
 
 
@@ -35,13 +36,21 @@ class OpenAIError(Exception):
     """A refusal in OpenAI's shape; ``param`` names the request field at fault."""
 
     def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        self.headers = headers or {}
+        """Sent with the answer (``Retry-After`` with a 429)."""
 
     def body(self) -> dict[str, Any]:
         return {

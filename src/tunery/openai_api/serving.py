@@ -1,11 +1,8 @@
-"""Serving fine-tuned models: each completed run's GGUF, loaded on demand with llama.cpp.
+"""Which fine-tuned models an account may chat with, and their GGUF files on disk.
 
 ``served_gguf`` finds the GGUF of a model name (``ft:…:RUN_ID``, or the run id) of the
 account and unpacks it once into ``DATA_DIR/serving/ENTRY_ID/``, with the stop strings of
-its Modelfile. ``ModelPool`` keeps at most ``max_loaded`` models in memory, unloads those
-idle for ``idle_seconds`` and lends each to one generation at a time (a llama.cpp context
-is not thread-safe). The chat template is the one embedded in the GGUF, as llama.cpp reads
-it; ``llama_cpp`` is imported on first load, so servers without the gguf extra start fine.
+its Modelfile. Loading and answering happen in serving processes (``tunery.serving``).
 """
 
 from __future__ import annotations
@@ -14,13 +11,9 @@ import contextlib
 import re
 import shutil
 import tempfile
-import threading
-import time
 import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 from sqlalchemy import or_, select
@@ -32,11 +25,6 @@ from tunery.openai_api.mapping import fine_tuned_model_name, run_id_of_model
 from tunery.openai_api.objects import Model, OpenAIError
 from tunery.runs.plane import ControlPlane
 
-CONTEXT_TOKENS = 2048
-"""The context each loaded model gets: prompt plus answer must fit."""
-MAX_LOADED = 2
-IDLE_SECONDS = 300.0
-SWEEP_SECONDS = 30.0
 _STOP_LINE = re.compile(r'^PARAMETER stop "(.*)"\s*$')
 
 
@@ -137,92 +125,3 @@ def _unpack(plane: ControlPlane, entry: HubEntry, folder: Path) -> None:
             scratch.rename(folder)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-@dataclass
-class _Loaded:
-    llama: Any
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    users: int = 0
-    last_used: float = field(default_factory=time.monotonic)
-
-
-class ModelPool:
-    """At most ``max_loaded`` llama.cpp models, each lent to one generation at a time."""
-
-    def __init__(self, *, max_loaded: int = MAX_LOADED, idle_seconds: float = IDLE_SECONDS):
-        self.max_loaded = max_loaded
-        self.idle_seconds = idle_seconds
-        self._models: dict[str, _Loaded] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._sweeper = threading.Thread(target=self._sweep_forever, daemon=True)
-
-    def start(self) -> None:
-        self._sweeper.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        with self._lock:
-            models, self._models = list(self._models.values()), {}
-        for model in models:
-            with model.lock:
-                model.llama.close()
-
-    @contextlib.contextmanager
-    def lend(self, gguf: ServedGguf) -> Iterator[Any]:
-        """The loaded model of ``gguf``, exclusively for the ``with`` block (loads it first,
-        evicting the least recently used idle model when the pool is full; 429 when every
-        slot is busy)."""
-        with self._lock:
-            loaded = self._models.get(gguf.key)
-            if loaded is None:
-                self._make_room()
-                loaded = self._models[gguf.key] = _Loaded(llama=None)
-            loaded.users += 1
-        try:
-            with loaded.lock:
-                if loaded.llama is None:
-                    loaded.llama = _load(gguf.path)
-                yield loaded.llama
-        finally:
-            with self._lock:
-                loaded.users -= 1
-                loaded.last_used = time.monotonic()
-
-    def _make_room(self) -> None:
-        if len(self._models) < self.max_loaded:
-            return
-        idle = [(m.last_used, key) for key, m in self._models.items() if m.users == 0]
-        if not idle:
-            raise OpenAIError(
-                429,
-                f"all {self.max_loaded} model slots are busy; try again shortly",
-                code="model_slots_busy",
-            )
-        self._unload(min(idle)[1])
-
-    def _unload(self, key: str) -> None:
-        """Drop an idle model (the caller holds ``_lock`` and saw no users)."""
-        model = self._models.pop(key)
-        if model.llama is not None:
-            model.llama.close()
-
-    def sweep(self) -> None:
-        """Unload the models nobody used for ``idle_seconds``."""
-        cutoff = time.monotonic() - self.idle_seconds
-        with self._lock:
-            for key in [
-                k for k, m in self._models.items() if m.users == 0 and m.last_used < cutoff
-            ]:
-                self._unload(key)
-
-    def _sweep_forever(self) -> None:
-        while not self._stop.wait(SWEEP_SECONDS):
-            self.sweep()
-
-
-def _load(path: Path) -> Any:
-    from llama_cpp import Llama
-
-    return Llama(model_path=str(path), n_ctx=CONTEXT_TOKENS, verbose=False)

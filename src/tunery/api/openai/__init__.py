@@ -1,8 +1,8 @@
 """OpenAI's fine-tuning API on ``/v1`` of the tunery server (see docs/openai.md).
 
 ``router`` carries every ``/v1`` route; ``add_error_handler`` makes ``OpenAIError`` answer
-in OpenAI's shape. ``create_app`` includes both, and starts the chat model pool with the
-server's other background work in its one lifespan.
+in OpenAI's shape. ``create_app`` includes both, and starts chat serving
+(``tunery.serving``) with the server's other background work in its one lifespan.
 """
 
 from __future__ import annotations

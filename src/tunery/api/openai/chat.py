@@ -1,20 +1,33 @@
-"""``/v1/chat/completions`` and ``/v1/models``: the account's fine-tuned models, served."""
+"""``/v1/chat/completions`` and ``/v1/models``: the account's fine-tuned models, served.
+
+Chat never waits in the server's thread pool, which serves worker reports, heartbeats and
+every other route: the route is a coroutine, its few database reads (the caller's key, also
+the body guard's check of it, and the model's file) run on ``Serving.threads``, a few
+threads of its own; admission waits on the event loop, and the answer streams from a
+serving process (``tunery.serving``) over a pipe.
+"""
 
 from __future__ import annotations
 
-import itertools
-from typing import Any
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
+import anyio
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse, StreamingResponse
 
-from tunery.api.deps import PlaneDep
+from tunery.api.auth import AuthRefusal
+from tunery.api.deps import PlaneDep, bearer_account
 from tunery.api.openai.common import OpenAIAccount, json_body
+from tunery.db import Account
 from tunery.openai_api import chat, mapping, serving
-from tunery.openai_api.objects import Model, ModelList, OpenAIError
+from tunery.openai_api.objects import Model, ModelList, OpenAIError, auth_error
+from tunery.serving.admission import Busy
+from tunery.serving.pool import ServedModel, Serving, ServingFailed
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+CHAT_PATH = "/v1/chat/completions"
 
 
 @router.get("/models", response_model=ModelList)
@@ -31,6 +44,22 @@ def retrieve_model(plane: PlaneDep, account: OpenAIAccount, model: str) -> Model
     raise OpenAIError(404, f"The model {model!r} does not exist", param="model")
 
 
+async def chat_account(
+    request: Request,
+    plane: PlaneDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Account:
+    """The caller's account, looked up on chat's own threads; 401 in OpenAI's shape."""
+    found = await anyio.to_thread.run_sync(
+        bearer_account, plane, authorization, limiter=request.app.state.serving.threads
+    )
+    if isinstance(found, AuthRefusal):
+        raise auth_error(found.message, found.hint)
+    return found
+
+
+ChatAccount = Annotated[Account, Depends(chat_account)]
+
 COMPLETION_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "OpenAI's chat.completion object, or its chunks as Server-Sent Events",
@@ -44,20 +73,71 @@ COMPLETION_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @router.post("/chat/completions", response_model=None, responses=COMPLETION_RESPONSES)
 async def chat_completions(
-    request: Request, plane: PlaneDep, account: OpenAIAccount
-) -> dict[str, Any] | StreamingResponse:
+    request: Request, plane: PlaneDep, account: ChatAccount
+) -> JSONResponse | StreamingResponse:
     """Answer with the fine-tuned model (whole, or streamed as Server-Sent Events)."""
     body = await json_body(request)
-    asked = chat.parse_request(body)
-    gguf = await run_in_threadpool(serving.served_gguf, plane, account.id, asked.model)
-    pool: serving.ModelPool = request.app.state.model_pool
+    service: Serving = request.app.state.serving
+    asked = chat.parse_request(body, context_tokens=service.settings.context_tokens)
+    gguf = await anyio.to_thread.run_sync(
+        serving.served_gguf,
+        plane,
+        account.id,
+        asked.model,
+        limiter=request.app.state.serving.threads,
+    )
+    answer = service.answer(
+        account_id=account.id,
+        model=ServedModel(key=gguf.key, path=gguf.path),
+        request=asked.generation(gguf.stops),
+    )
+    first = await _first(answer)  # refusals answer here, before the 200
     if not asked.stream:
-        return await run_in_threadpool(chat.complete, pool, gguf, asked)
-    chunks = chat.stream_chunks(pool, gguf, asked)
-    first = await run_in_threadpool(next, chunks, None)  # 400 here, before the 200
-    head = [first] if first is not None else []
+        await anext(answer, None)  # the host's end: the model is free again
+        return JSONResponse(first["data"])
     return StreamingResponse(
-        chat.sse_lines(itertools.chain(head, chunks), asked.model),
+        _events(first, answer),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+async def _first(answer: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    """The host's first message; a refusal (busy, unservable, a 400 of the host) raises."""
+    try:
+        first = await anext(answer)
+    except Busy as busy:
+        raise OpenAIError(
+            429, busy.message, code=busy.code, headers={"Retry-After": str(busy.retry_after)}
+        ) from None
+    except ServingFailed as failed:
+        raise OpenAIError(failed.status, failed.message, code=failed.code) from None
+    if first["kind"] == "error":
+        await anext(answer, None)
+        raise _host_error(first)
+    return first
+
+
+def _host_error(message: dict[str, Any]) -> OpenAIError:
+    return OpenAIError(
+        message["status"], message["message"], param=message["param"], code=message["code"]
+    )
+
+
+async def _events(
+    first: dict[str, Any], answer: AsyncIterator[dict[str, Any]]
+) -> AsyncIterator[str]:
+    """Chunks as OpenAI streams them: ``data: {json}`` events, then ``data: [DONE]``; a
+    failure midway is an ``error`` object, as OpenAI sends one."""
+    yield f"data: {json.dumps(first['data'])}\n\n"
+    try:
+        async for message in answer:
+            if message["kind"] == "error":
+                yield f"data: {json.dumps(_host_error(message).body())}\n\n"
+                return
+            yield f"data: {json.dumps(message['data'])}\n\n"
+    except ServingFailed as failed:
+        error = OpenAIError(failed.status, failed.message, code=failed.code)
+        yield f"data: {json.dumps(error.body())}\n\n"
+        return
+    yield "data: [DONE]\n\n"

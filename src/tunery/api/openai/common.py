@@ -56,4 +56,4 @@ def add_error_handler(app: FastAPI) -> None:
 
     @app.exception_handler(OpenAIError)
     async def openai_error(_: Request, error: OpenAIError) -> JSONResponse:
-        return JSONResponse(status_code=error.status, content=error.body())
+        return JSONResponse(status_code=error.status, content=error.body(), headers=error.headers)

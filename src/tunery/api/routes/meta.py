@@ -17,7 +17,8 @@ router = APIRouter()
 
 
 @router.get("/healthz", response_model=Health, tags=["meta"])
-def healthz() -> Health:
+async def healthz() -> Health:
+    """Liveness; a coroutine, so it answers even while every thread of the pool is busy."""
     return Health(status="ok")
 
 
