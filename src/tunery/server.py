@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -16,6 +18,18 @@ from tunery.runs.plane import ControlPlane
 from tunery.settings import Settings
 
 ADMIN_TOKEN_FILE = "admin-token"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging() -> None:
+    """The server's log on stderr: one line per request (``api.request_log``, with its
+    ``x-request-id``), and what background work warns about."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logger = logging.getLogger("tunery")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def ensure_admin(settings: Settings) -> str | None:

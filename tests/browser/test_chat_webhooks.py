@@ -117,6 +117,16 @@ def test_chat_with_a_completed_run_and_the_errors_a_user_can_meet(
         "And if I forgot my email?",
         "Thanks!",
     ]
+    assert all("response_format" not in body for body in sent)
+
+    # JSON mode: the request asks for a JSON object, and the answer opens one.
+    chat.get_by_label("JSON mode").check()
+    box.fill("Describe a password reset as JSON.")
+    send.click()
+    expect(turns).to_have_count(4)
+    expect(turns.nth(3).locator(".sample-response")).to_have_text(re.compile(r"^\s*\{"))
+    expect(status).to_have_text("")
+    assert sent[4]["response_format"] == {"type": "json_object"}
 
     # A run that has not completed has no model to chat with: its panel offers no chat.
     page.goto(f"{studio_server.url}/#/runs/{busy['id']}")

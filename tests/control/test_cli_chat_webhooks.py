@@ -483,3 +483,36 @@ def test_chat_over_the_context_is_refused_with_the_limit(served: Served) -> None
     assert result.stderr.startswith(
         f"error: the messages are longer than {MAX_PROMPT_CHARS} characters"
     )
+
+
+@pytest.mark.slow
+def test_chat_in_json_mode_prints_a_json_object(served: Served) -> None:
+    asked = "Describe a password reset as JSON."
+    response = httpx.post(
+        f"{served.server.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {served.server.token}"},
+        json={
+            "model": served.run["id"],
+            "messages": [{"role": "user", "content": asked}],
+            "max_tokens": 48,
+            "temperature": 0,
+            "response_format": {"type": "json_object"},
+        },
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    expected = response.json()["choices"][0]["message"]["content"]
+    result = tunery(
+        served.server,
+        "chat",
+        served.run["id"],
+        "--json",
+        "-m",
+        asked,
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "48",
+    )
+    assert (result.returncode, result.stdout) == (0, f"{expected}\n"), result.stderr
+    assert result.stdout.lstrip().startswith("{")

@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 import pytest
-from control_harness import add_account
+from control_harness import add_account, wait_until
 
 import openai
 
@@ -185,3 +185,76 @@ def test_another_accounts_job_is_404_and_cancel_is_idempotent(
     assert owner.fine_tuning.jobs.cancel(job.id).status == "cancelled"
     messages = [event.message for event in owner.fine_tuning.jobs.list_events(job.id)]
     assert messages[0].startswith("Job status: cancelled")
+
+
+def test_unknown_routes_and_methods_answer_in_openais_shape(api_server, sdk):
+    client = sdk(api_server)
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.get("/no/such/route", cast_to=object)
+    assert unknown.value.code == "unknown_url"
+    assert "GET /v1/no/such/route" in unknown.value.message
+    with pytest.raises(openai.APIStatusError) as wrong_method:
+        client.put("/fine_tuning/jobs", cast_to=object, body={})
+    assert wrong_method.value.status_code == 405
+    assert wrong_method.value.code == "method_not_allowed"
+    assert "PUT is not allowed" in wrong_method.value.message
+    assert wrong_method.value.response.headers["allow"]
+
+
+def test_openai_endpoints_tunery_does_not_serve_say_what_to_use(api_server, sdk):
+    client = sdk(api_server)
+    for call in (
+        client.webhooks.list,
+        lambda: client.webhooks.create(
+            url="https://example.com/hook",
+            name="jobs",
+            event_types=["fine_tuning.job.succeeded"],
+        ),
+        lambda: client.webhooks.delete("we_1"),
+    ):
+        with pytest.raises(openai.NotFoundError) as refused:
+            call()
+        assert "/api/v1/webhooks" in refused.value.message
+    with pytest.raises(openai.NotFoundError) as permissions:
+        client.fine_tuning.checkpoints.permissions.list("ft:tunery/demo-tiny:x:y:run_1")
+    assert "checkpoint permissions are not available" in permissions.value.message
+
+
+def test_deleting_an_unknown_model_is_a_404_naming_it(api_server, sdk):
+    with pytest.raises(openai.NotFoundError) as missing:
+        sdk(api_server).models.delete("ft:tunery/demo-tiny:acct:x:run_nope")
+    assert missing.value.param == "model"
+
+
+@pytest.mark.parametrize("method", ["get", "post", "delete"])
+def test_a_bad_key_is_invalid_api_key_whatever_the_method(api_server, sdk, method):
+    client = sdk(api_server, "tny_not-a-token")
+    calls = {
+        "get": lambda: client.fine_tuning.jobs.list(),
+        "post": lambda: client.fine_tuning.jobs.cancel("run_x"),
+        "delete": lambda: client.files.delete("ds_x"),
+    }
+    with pytest.raises(openai.AuthenticationError) as refused:
+        calls[method]()
+    assert refused.value.code == "invalid_api_key"
+
+
+def test_every_answer_has_a_request_id_that_the_server_log_names(api_server, sdk):
+    client = sdk(api_server)
+    page = client.fine_tuning.jobs.list(limit=1)
+    assert page._request_id and page._request_id.startswith("req_")
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.fine_tuning.jobs.retrieve("run_nope")
+    failed_id = missing.value.request_id
+    assert failed_id and failed_id != page._request_id
+    with pytest.raises(openai.AuthenticationError) as refused:
+        sdk(api_server, "tny_bad").files.create(file=("a.jsonl", b"{}"), purpose="fine-tune")
+    guard_id = refused.value.request_id  # refused by the body guard, before any route
+    assert guard_id and guard_id.startswith("req_")
+    lines = [
+        f"{page._request_id} GET /v1/fine_tuning/jobs 200",
+        f"{failed_id} GET /v1/fine_tuning/jobs/run_nope 404",
+        f"{guard_id} POST /v1/files 401",
+    ]
+    # Each line is written as its answer ends, a moment after the client has it.
+    wait_until(lambda: all(line in api_server.log() for line in lines), timeout=10)

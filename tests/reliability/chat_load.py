@@ -56,7 +56,11 @@ async def main(
     }
     seen: Counter = Counter()
     latencies: list[float] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # Idle connections are dropped before the server's keep-alive (5 s) could close them
+    # under a request, a race of HTTP keep-alive itself rather than of the server.
+    limits = httpx.Limits(
+        max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2
+    )
     async with httpx.AsyncClient(
         base_url=url,
         headers={"Authorization": f"Bearer {token}"},

@@ -28,6 +28,7 @@ from tunery import __version__
 from tunery.api import openai as openai_api
 from tunery.api.body_limits import BodyGuard, BodyLimits
 from tunery.api.openai.chat import CHAT_PATH
+from tunery.api.request_log import RequestLog
 from tunery.api.routes import credits, datasets, hub, internal, meta, runs
 from tunery.api.routes import webhooks as webhooks_routes
 from tunery.api.streams import Broadcast, SharedReads
@@ -214,6 +215,7 @@ def create_app(
         # workers' reports are served from.
         threads_for=lambda path: serving.threads if path == CHAT_PATH else None,
     )
+    app.add_middleware(RequestLog)  # added last: outermost, so every answer has its id
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 
     app.include_router(meta.router, responses=ERRORS)

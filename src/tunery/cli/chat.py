@@ -2,7 +2,8 @@
 ``/v1/chat/completions`` (ENTRY: a job's ``fine_tuned_model``, its run id or Hub entry id).
 
 Answers stream as they are generated. With ``--message`` it answers once and exits;
-otherwise it reads one line per turn until end of input, keeping the conversation.
+otherwise it reads one line per turn until end of input, keeping the conversation. With
+``--json`` every answer is a JSON object (``response_format: json_object``).
 """
 
 from __future__ import annotations
@@ -23,8 +24,14 @@ from tunery.cli.render import fail, fail_with
 @click.option("--system", default=None, help="A system message opening the conversation.")
 @click.option("--max-tokens", default=256, show_default=True, type=click.IntRange(1, 1024))
 @click.option("--temperature", default=0.7, show_default=True, type=click.FloatRange(0, 2))
+@click.option("--json", "json_mode", is_flag=True, help="Answer with a JSON object (JSON mode).")
 def chat(
-    entry: str, message: str | None, system: str | None, max_tokens: int, temperature: float
+    entry: str,
+    message: str | None,
+    system: str | None,
+    max_tokens: int,
+    temperature: float,
+    json_mode: bool,
 ) -> None:
     """Chat with a fine-tuned model served by the server (uses TUNERY_URL, TUNERY_TOKEN)."""
     if message is not None and not message.strip():
@@ -34,7 +41,13 @@ def chat(
     except ClientError as error:
         fail_with(error)
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-    settings = {"model": entry, "max_tokens": max_tokens, "temperature": temperature}
+    settings: dict[str, Any] = {
+        "model": entry,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+    }
+    if json_mode:
+        settings["response_format"] = {"type": "json_object"}
     with client:
         while True:
             text = message if message is not None else _read_turn()
@@ -79,7 +92,11 @@ def _stream_answer(client: Client, body: dict[str, Any]) -> str:
             for line in response.iter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
-                choices = json.loads(line.removeprefix("data: "))["choices"]
+                chunk = json.loads(line.removeprefix("data: "))
+                if "error" in chunk:  # the model failed midway
+                    click.echo()
+                    fail(str(chunk["error"].get("message")))
+                choices = chunk["choices"]
                 piece = choices[0]["delta"].get("content") if choices else None
                 if piece:
                     pieces.append(piece)

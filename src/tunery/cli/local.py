@@ -248,6 +248,7 @@ def serve(host: str, port: int, data_dir: Path | None, demo: bool) -> None:
     from tunery.api.slow_clients import UVICORN_LIMITS, HeaderDeadlineProtocol
     from tunery.server import (
         ADMIN_TOKEN_FILE,
+        configure_logging,
         data_dir_from,
         ensure_admin,
         exposure_warning,
@@ -260,6 +261,7 @@ def serve(host: str, port: int, data_dir: Path | None, demo: bool) -> None:
     root = data_dir_from(data_dir)
     if (warning := exposure_warning(root)) is not None:
         click.echo(warning, err=True)
+    configure_logging()
     try:
         settings = Settings.load(root)
     except TuneryError as error:

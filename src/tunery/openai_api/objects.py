@@ -72,6 +72,31 @@ STATUS_OF_ERROR_CODE = {
 }
 
 
+NOT_SERVED = {
+    "/v1/webhook_endpoints": "webhook endpoints are tunery's own: manage them with POST, GET "
+    "and DELETE /api/v1/webhooks (also `tunery webhooks` and the studio's Credits tab); "
+    "deliveries are signed as OpenAI signs them, so client.webhooks.unwrap verifies them",
+    "/v1/fine_tuning/checkpoints": "checkpoint permissions are not available: a job's "
+    "checkpoints are not shared with other accounts, and its final model is served to its "
+    "own account",
+    "/v1/fine_tuning/alpha": "graders are not available: tunery trains supervised fine-tunes",
+}
+"""OpenAI endpoints tunery does not serve, by path prefix, and what to use instead."""
+
+
+def unknown_route(method: str, path: str) -> OpenAIError:
+    """A 404 for a ``/v1`` path no route serves, saying why when OpenAI has it."""
+    for prefix, reason in NOT_SERVED.items():
+        if path == prefix or path.startswith(prefix + "/"):
+            return OpenAIError(404, f"{method} {path} is not served: {reason}", code="unknown_url")
+    return OpenAIError(
+        404,
+        f"Invalid URL ({method} {path}): tunery serves OpenAI's files, fine-tuning jobs, "
+        "models and chat completions on /v1 (docs/openai.md)",
+        code="unknown_url",
+    )
+
+
 INVALID_API_KEY = "invalid_api_key"
 """OpenAI's code for a missing or refused key: the SDK raises ``AuthenticationError``."""
 
@@ -220,6 +245,12 @@ class Model(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+
+
+class ModelDeleted(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool = True
 
 
 class ModelList(BaseModel):

@@ -23,6 +23,7 @@ from tunery.hub.storage import PresignedUrl
 from tunery.lifecycle import RunStatus
 from tunery.openai_api.mapping import fine_tuned_model_name, run_id_of_model
 from tunery.openai_api.objects import Model, OpenAIError
+from tunery.runs import hub
 from tunery.runs.plane import ControlPlane
 
 _STOP_LINE = re.compile(r'^PARAMETER stop "(.*)"\s*$')
@@ -54,6 +55,23 @@ def served_models(plane: ControlPlane, account_id: str) -> list[Model]:
         for run, entry in rows
         if "gguf" in entry.artifacts
     ]
+
+
+def delete_model(plane: ControlPlane, account_id: str, model: str) -> str:
+    """Delete a fine-tuned model: its Hub entry (the LoRA and GGUF bundles) and its unpacked
+    copy; returns its name. 404 (param ``model``) when the account serves no such model."""
+    with plane.sessions() as session:
+        run = session.scalar(
+            select(Run).where(Run.id == run_id_of_model(model), Run.account_id == account_id)
+        )
+    served = {served.id for served in served_models(plane, account_id)}
+    if run is None or run.hub_entry_id is None or _model_name(run) not in served:
+        raise OpenAIError(
+            404, f"The model {model!r} does not exist", param="model", code="model_not_found"
+        )
+    hub.delete_entry(plane, account_id=account_id, entry_id=run.hub_entry_id)
+    shutil.rmtree(plane.settings.data_dir / "serving" / run.hub_entry_id, ignore_errors=True)
+    return _model_name(run)
 
 
 def _model_name(run: Run) -> str:

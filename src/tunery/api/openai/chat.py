@@ -22,7 +22,7 @@ from tunery.api.deps import PlaneDep, bearer_account
 from tunery.api.openai.common import OpenAIAccount, json_body
 from tunery.db import Account
 from tunery.openai_api import chat, mapping, serving
-from tunery.openai_api.objects import Model, ModelList, OpenAIError, auth_error
+from tunery.openai_api.objects import Model, ModelDeleted, ModelList, OpenAIError, auth_error
 from tunery.serving.admission import Busy
 from tunery.serving.pool import ServedModel, Serving, ServingFailed
 
@@ -42,6 +42,12 @@ def retrieve_model(plane: PlaneDep, account: OpenAIAccount, model: str) -> Model
         if model in (served.id, mapping.run_id_of_model(served.id)):
             return served
     raise OpenAIError(404, f"The model {model!r} does not exist", param="model")
+
+
+@router.delete("/models/{model:path}", response_model=ModelDeleted)
+def delete_model(plane: PlaneDep, account: OpenAIAccount, model: str) -> ModelDeleted:
+    """Delete a fine-tuned model: its Hub entry, so its LoRA and GGUF bundles too."""
+    return ModelDeleted(id=serving.delete_model(plane, account.id, model))
 
 
 async def chat_account(

@@ -13,6 +13,8 @@ export function chatBox(run) {
   const input = h("textarea", { rows: "2", required: true, "aria-label": "Message to the model",
     placeholder: "Ask the fine-tuned model something" });
   const send = h("button", { type: "submit", class: "primary" }, "Send");
+  // JSON mode: the answer is constrained to a JSON object (response_format json_object).
+  const json = h("input", { type: "checkbox" });
   const status = h("p", { class: "muted", role: "status" });
 
   async function ask(event) {
@@ -32,7 +34,8 @@ export function chatBox(run) {
     send.disabled = true;
     status.textContent = "The model is answering…";
     try {
-      const answer = await streamAnswer(run.id, messages, (piece) => reply.append(piece));
+      const answer = await streamAnswer(run.id, messages, json.checked,
+        (piece) => reply.append(piece));
       messages.push({ role: "assistant", content: answer });
       status.textContent = "";
     } catch (error) {
@@ -53,16 +56,20 @@ export function chatBox(run) {
     h("p", { class: "muted" }, "Served from this run's GGUF with its own chat template. "
       + "From code: the OpenAI SDK with base_url …/v1 and this model id: ", h("code", {}, run.id)),
     transcript,
-    h("form", { class: "stack", onsubmit: ask }, input, h("div", { class: "actions" }, send)),
+    h("form", { class: "stack", onsubmit: ask }, input,
+      h("div", { class: "actions" }, h("label", {}, json, " JSON mode"), send)),
     status);
 }
 
-/** POST a streamed chat completion; calls `onPiece` per text piece, resolves to the text. */
-async function streamAnswer(model, messages, onPiece) {
+/** POST a streamed chat completion (a JSON object when `jsonMode`); calls `onPiece` per text
+ * piece, resolves to the text. */
+async function streamAnswer(model, messages, jsonMode, onPiece) {
+  const request = { model, messages, stream: true, max_tokens: MAX_TOKENS };
+  if (jsonMode) request.response_format = { type: "json_object" };
   const response = await fetch("/v1/chat/completions", {
     method: "POST",
     headers: { Authorization: `Bearer ${session.token}`, "Content-Type": "application/json" },
-    body: JSON.stringify({ model, messages, stream: true, max_tokens: MAX_TOKENS }),
+    body: JSON.stringify(request),
   });
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
@@ -80,7 +87,9 @@ async function streamAnswer(model, messages, onPiece) {
       const line = buffer.slice(0, boundary);
       buffer = buffer.slice(boundary + 2);
       if (!line.startsWith("data: ") || line === "data: [DONE]") continue;
-      const piece = JSON.parse(line.slice(6)).choices[0]?.delta?.content;
+      const chunk = JSON.parse(line.slice(6));
+      if (chunk.error) throw new Error(chunk.error.message);  // failed midway
+      const piece = chunk.choices[0]?.delta?.content;
       if (piece) {
         answer += piece;
         onPiece(piece);
