@@ -167,9 +167,9 @@ print(json.dumps({
 def worker_token(pid: int) -> str:
     """A local worker's fencing token, from its environment: the database keeps only its
     hash and the command line never has it (readable by the same user only)."""
-    from tunery.backends.base import TOKEN_VARIABLE
+    from tunery.wire.reports import ATTEMPT_TOKEN_VARIABLE
 
-    prefix = f"{TOKEN_VARIABLE}=".encode()
+    prefix = f"{ATTEMPT_TOKEN_VARIABLE}=".encode()
     variables = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return next(v[len(prefix) :].decode() for v in variables if v.startswith(prefix))
 
