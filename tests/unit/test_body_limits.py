@@ -214,3 +214,13 @@ def test_each_kind_of_request_gets_its_own_cap() -> None:
     # An attempt id that reads "bundles" lends a report route no bundle cap.
     assert limits.for_request("/internal/attempts/bundles/events", "application/json") == 2
     assert limits.for_request("/internal/attempts/a/bundles/x/events", "application/json") == 2
+
+
+def test_a_json_body_with_a_lone_surrogate_is_refused_before_any_route() -> None:
+    """JSON can spell a string no encoder takes; a route would fail storing it (a 500)."""
+    status, answer, _ = call("/api/v1/things", [b'{"name": "a\\ud800b"}'])
+    assert status == 400
+    assert answer["detail"]["code"] == "invalid_json"
+    assert "surrogate" in answer["detail"]["message"]
+    emoji = b'{"name": "\\ud83d\\ude00", "path": "C:\\\\ud800"}'  # a pair; a backslash
+    assert call("/api/v1/things", [emoji])[:2] == (200, {"keys": 2})

@@ -50,13 +50,19 @@ class BodyLimits:
     attempt's token."""
 
     def for_request(self, path: str, content_type: str) -> int:
-        if FILE_UPLOAD_PATH.fullmatch(path):
-            return self.bundle_bytes
-        if path.startswith("/internal/"):
-            return self.report_bytes
-        if content_type.startswith("multipart/form-data"):
-            return self.upload_bytes
-        return self.json_bytes
+        return getattr(self, f"{kind_of(path, content_type)}_bytes")
+
+
+def kind_of(path: str, content_type: str) -> str:
+    """What a request's body is: ``bundle`` (a worker's file), ``report`` (a worker's JSON),
+    ``upload`` (multipart) or ``json``."""
+    if FILE_UPLOAD_PATH.fullmatch(path):
+        return "bundle"
+    if path.startswith("/internal/"):
+        return "report"
+    if content_type.startswith("multipart/form-data"):
+        return "upload"
+    return "json"
 
 
 class BodyTooLarge(Exception):
@@ -127,7 +133,8 @@ class BodyGuard:
             ):
                 await respond(send, 404, error_body(path, 404, "not_found", "no such attempt", ""))
                 return
-        limit = self.limits.for_request(path, headers.get("content-type", b"").decode("latin-1"))
+        content_type = headers.get("content-type", b"").decode("latin-1")
+        limit = self.limits.for_request(path, content_type)
         announced = headers.get("content-length", b"").decode("latin-1")
         if "content-length" in headers and DIGITS.fullmatch(announced) is None:
             await respond(send, 400, not_a_length(path))
@@ -136,6 +143,19 @@ class BodyGuard:
             await respond(send, 413, too_large(path, limit))
             return
         counter = BodyCounter(receive, limit)
+        if kind_of(path, content_type) in ("json", "report"):
+            # A JSON body is read whole here (routes read it whole anyway) and checked once
+            # for what no route can store, before any route sees it.
+            try:
+                body = await read_all(counter.receive)
+            except BodyTooLarge:
+                await respond(send, 413, too_large(path, limit))
+                return
+            problem = json_problem(body)
+            if problem is not None:
+                await respond(send, 400, error_body(path, 400, "invalid_json", problem, ""))
+                return
+            counter = BodyCounter(replay(body, receive), limit)
         replaced = False
 
         async def replacing_send(message: Message) -> None:
@@ -185,6 +205,55 @@ def too_large(path: str, limit: int) -> bytes:
         f"the request body is larger than {limit // MIB} MiB, the limit for this route",
         "send a smaller body; dataset uploads and their limits are described in the README",
     )
+
+
+ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+"""A UTF-16 surrogate written as a JSON escape: the only way a body can carry one."""
+
+
+def json_problem(body: bytes) -> str | None:
+    """Why a JSON body holds something no route can store, or None (a body that is not JSON
+    at all is left to its route, which names what it expected).
+
+    JSON may spell a lone UTF-16 surrogate (``"\\ud800"``); Python decodes it into a string
+    that no UTF-8 encoder, and so no database or file, accepts."""
+    if not ESCAPED_SURROGATE.search(body):
+        return None
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return "the body holds a string that is not text (a lone UTF-16 surrogate such as \\ud800)"
+    return None
+
+
+async def read_all(receive: Receive) -> bytes:
+    """The whole body (``receive`` enforces the cap); what arrived if the client left."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives ``body`` once, then whatever the client does next."""
+    given = False
+
+    async def again() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return again
 
 
 class BodyCounter:

@@ -9,13 +9,12 @@ never dropped: ``UNSUPPORTED`` says why for OpenAI's own, and any other name is 
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tunery.openai_api.objects import OpenAIError
+from tunery.openai_api.objects import OpenAIError, finite_number
 from tunery.serving.protocol import GenerationRequest
 from tunery.settings import ServingSettings
 
@@ -179,20 +178,11 @@ def _number(body: Mapping[str, Any], name: str, default: float, low: float, high
     value = body.get(name)
     if value is None:
         return default
-    if not _finite(value):
+    if not finite_number(value):
         raise OpenAIError(400, f"{name} must be a number", param=name)
     if not low <= value <= high:
         raise OpenAIError(400, f"{name} must be from {low:g} to {high:g}", param=name)
     return float(value)
-
-
-def _finite(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer past a double's range
-        return False
 
 
 def _whole(body: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
@@ -240,7 +230,7 @@ def _logit_bias(value: Any) -> dict[str, float]:
             raise OpenAIError(
                 400, f"logit_bias key {key[:20]!r} is not a token id", param="logit_bias"
             )
-        if not _finite(amount) or not -100 <= amount <= 100:
+        if not finite_number(amount) or not -100 <= amount <= 100:
             raise OpenAIError(
                 400,
                 f"logit_bias of token {key} must be a number from -100 to 100",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +26,8 @@ from tunery.openai_api.objects import (
     Hyperparameters,
     JobStatus,
     OpenAIError,
+    finite_number,
+    shown,
 )
 from tunery.pipeline.config import TrainingConfig
 
@@ -120,15 +121,14 @@ def training_overrides(hyperparameters: Mapping[str, Any], where: str) -> dict[s
         if value == "auto" or value is None:
             continue
         param = f"{where}.{key}"
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not number or not math.isfinite(value) or value <= 0:
+        if not finite_number(value) or value <= 0:
             raise OpenAIError(
-                400, f"{key} must be 'auto' or a positive number, not {value!r}", param=param
+                400, f"{key} must be 'auto' or a positive number, not {shown(value)}", param=param
             )
         if key == "learning_rate_multiplier":
             training["learning_rate"] = float(value) * BASE_LEARNING_RATE
         elif value != int(value):
-            raise OpenAIError(400, f"{key} must be a whole number, not {value!r}", param=param)
+            raise OpenAIError(400, f"{key} must be a whole number, not {shown(value)}", param=param)
         else:
             training["epochs" if key == "n_epochs" else "batch_size"] = int(value)
     return training

@@ -8,9 +8,10 @@ exception class (by status) with ``param`` and ``code`` set.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from tunery.errors import TuneryError
 from tunery.lifecycle import RunStatus
@@ -106,6 +107,23 @@ def auth_error(message: str, hint: str) -> OpenAIError:
     return OpenAIError(401, f"{message}; {hint}" if hint else message, code=INVALID_API_KEY)
 
 
+def finite_number(value: Any) -> bool:
+    """Whether a JSON value is a number that is finite as a float (not a bool, not NaN, not
+    an integer past a double's range such as ``10**400``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def shown(value: Any) -> str:
+    """A value a client sent, as an error message quotes it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def openai_error(error: TuneryError) -> OpenAIError:
     """A tunery error as OpenAI would answer it (400 unless ``STATUS_OF_ERROR_CODE`` says)."""
     message = f"{error.message} ({error.hint})" if error.hint else error.message
@@ -130,6 +148,24 @@ def page_of(items: list[Any], *, has_more: bool) -> dict[str, Any]:
         "first_id": items[0].id if items else None,
         "last_id": items[-1].id if items else None,
     }
+
+
+class JobCreateRequest(BaseModel):
+    """``POST /v1/fine_tuning/jobs``: OpenAI's parameters, tunery's recipe sections in
+    ``tunery`` (docs/openai.md)."""
+
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    suffix: str | None = None
+    seed: int | None = None
+    metadata: dict[str, str] | None = None
+    method: dict[str, Any] | None = None
+    hyperparameters: dict[str, Any] | None = None
+    integrations: list[Any] | None = None
+    tunery: dict[str, Any] | None = Field(
+        None, description="tunery's own recipe sections (RunRecipe's fields), laid over the job's"
+    )
 
 
 class FileObject(BaseModel):

@@ -9,6 +9,7 @@ and the final step once the run completed.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy import select
@@ -22,21 +23,29 @@ from tunery.openai_api.objects import Checkpoint, JobEvent, OpenAIError, page_of
 from tunery.runs import history
 from tunery.runs.plane import ControlPlane
 
+CURSOR_NUMBER = re.compile(r"[0-9]{1,18}")
+"""An event id or step in a cursor: ASCII digits (``str.isdigit`` also takes ``²``, which
+``int`` refuses) that fit SQLite's integer."""
+
 
 def _cursor(after: str | None, prefix: str) -> str | None:
     if after is None:
         return None
     if not after.startswith(prefix):
-        raise OpenAIError(400, f"unknown cursor {after!r}", param="after")
+        raise _unknown_cursor(after)
     return after.removeprefix(prefix)
+
+
+def _unknown_cursor(after: str) -> OpenAIError:
+    return OpenAIError(400, f"unknown cursor {after[:100]!r}", param="after")
 
 
 def list_events(
     plane: ControlPlane, account_id: str, job_id: str, *, after: str | None, limit: int
 ) -> dict[str, Any]:
     before = _cursor(after, mapping.EVENT_PREFIX)
-    if before is not None and not before.isdigit():
-        raise OpenAIError(400, f"unknown cursor {after!r}", param="after")
+    if before is not None and CURSOR_NUMBER.fullmatch(before) is None:
+        raise _unknown_cursor(str(after))
     with plane.sessions() as session:
         owned_run(session, account_id, job_id)
         query = select(RunEvent).where(RunEvent.run_id == job_id)
@@ -92,8 +101,8 @@ def list_checkpoints(
     start_at = _cursor(after, mapping.CHECKPOINT_PREFIX)
     if start_at is not None:
         run_part, _, step = start_at.rpartition("-")
-        if run_part != job_id or not step.isdigit():
-            raise OpenAIError(400, f"unknown cursor {after!r}", param="after")
+        if run_part != job_id or CURSOR_NUMBER.fullmatch(step) is None:
+            raise _unknown_cursor(str(after))
         newest_first = [s for s in newest_first if s < int(step)]
     items = [
         Checkpoint(

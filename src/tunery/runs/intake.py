@@ -187,6 +187,7 @@ def submit_run(
     was used before with a different payload (the job's fields included); TooManyQueued
     when the account already has ``max_queued_runs_per_account`` queued runs.
     """
+    idempotency_key = idempotency_key or None  # an empty header names no key
     digest = payload_hash({"payload": payload, "job": job.__dict__ if job else None})
     shapes = read_shapes(plane, account_id, payload)
     with plane.exclusive() as session:

@@ -20,9 +20,16 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from tunery.api.auth import AuthRefusal
 from tunery.api.deps import PlaneDep, bearer_account
 from tunery.api.openai.common import OpenAIAccount, json_body
+from tunery.api.openapi import open_body
 from tunery.db import Account
 from tunery.openai_api import chat, mapping, serving
-from tunery.openai_api.objects import Model, ModelDeleted, ModelList, OpenAIError, auth_error
+from tunery.openai_api.objects import (
+    Model,
+    ModelDeleted,
+    ModelList,
+    OpenAIError,
+    auth_error,
+)
 from tunery.serving.admission import Busy
 from tunery.serving.pool import ServedModel, Serving, ServingFailed
 
@@ -77,7 +84,12 @@ COMPLETION_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("/chat/completions", response_model=None, responses=COMPLETION_RESPONSES)
+@router.post(
+    "/chat/completions",
+    response_model=None,
+    responses=COMPLETION_RESPONSES,
+    openapi_extra=open_body(chat.SUPPORTED, required=("model", "messages")),
+)
 async def chat_completions(
     request: Request, plane: PlaneDep, account: ChatAccount
 ) -> JSONResponse | StreamingResponse:

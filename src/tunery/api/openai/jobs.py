@@ -9,13 +9,24 @@ from fastapi.concurrency import run_in_threadpool
 
 from tunery.api.deps import PlaneDep
 from tunery.api.openai.common import OpenAIAccount, json_body, page_size
+from tunery.api.openapi import request_body
 from tunery.openai_api import jobs, mapping, progress
-from tunery.openai_api.objects import Checkpoint, FineTuningJob, JobEvent, Page
+from tunery.openai_api.objects import (
+    Checkpoint,
+    FineTuningJob,
+    JobCreateRequest,
+    JobEvent,
+    Page,
+)
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["openai"])
 
 
-@router.post("", response_model=FineTuningJob)
+@router.post(
+    "",
+    response_model=FineTuningJob,
+    openapi_extra=request_body(JobCreateRequest, tunery="RunRecipe"),
+)
 async def create_job(
     request: Request,
     plane: PlaneDep,

@@ -14,8 +14,15 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from tunery.api.deps import PlaneDep
+from tunery.api.openapi import request_body
 from tunery.runs import attempts, transfers
-from tunery.wire.reports import ATTEMPT_TOKEN_HEADER, AttemptSpec, ReportAck, parse_batch
+from tunery.wire.reports import (
+    ATTEMPT_TOKEN_HEADER,
+    AttemptSpec,
+    ReportAck,
+    ReportBatch,
+    parse_batch,
+)
 
 router = APIRouter(prefix="/internal", tags=["internal"], include_in_schema=False)
 TokenHeader = Annotated[str, Header(alias=ATTEMPT_TOKEN_HEADER)]
@@ -26,7 +33,11 @@ def spec(plane: PlaneDep, attempt_id: str, token: TokenHeader) -> AttemptSpec:
     return attempts.attempt_spec(plane, attempt_id=attempt_id, token=token)
 
 
-@router.post("/attempts/{attempt_id}/events", response_model=ReportAck)
+@router.post(
+    "/attempts/{attempt_id}/events",
+    response_model=ReportAck,
+    openapi_extra=request_body(ReportBatch),
+)
 def events(
     plane: PlaneDep, attempt_id: str, token: TokenHeader, body: Annotated[Any, Body()]
 ) -> ReportAck:
