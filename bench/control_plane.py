@@ -20,8 +20,9 @@ at ``DATA/models/demo-tiny`` and ``examples/demo-dataset.jsonl`` uploaded once.
 2. **Live events fan-out.** Each round submits a run, waits until the scheduler started
    its worker, then SIGSTOPs the worker's process group and drives the attempt from a
    "fake worker" process (``--driver``) that talks the real worker protocol: batches of
-   ``metrics`` events POSTed to ``/internal/attempts/{id}/events`` with the attempt's
-   fencing token (read from ``attempts`` in ``DATA/tunery.db``), one request after the
+   ``metrics`` events POSTed to ``/internal/attempts/{id}/events`` with a fencing token the
+   bench gives the attempt (its hash written to ``attempts`` in ``DATA/tunery.db``: the
+   worker's own token reached it on a pipe and is stored hashed), one request after the
    other on one connection, as fast as the server answers, for ``--seconds``; every POST
    is also the attempt's heartbeat. Each event carries a sequence number and its send
    time. Meanwhile K watchers follow the run:
@@ -164,14 +165,24 @@ print(json.dumps({
 # --- small helpers ------------------------------------------------------------------------
 
 
-def worker_token(pid: int) -> str:
-    """A local worker's fencing token, from its environment: the database keeps only its
-    hash and the command line never has it (readable by the same user only)."""
-    from tunery.wire.reports import ATTEMPT_TOKEN_VARIABLE
+def take_over_token(database: Path, attempt_id: str) -> str:
+    """A token to speak as ``attempt_id``, whose worker was stopped: the worker's own token
+    reached it on a pipe and only its hash is stored, so the bench (which owns the data dir)
+    stores the hash of a new one."""
+    import secrets
 
-    prefix = f"{ATTEMPT_TOKEN_VARIABLE}=".encode()
-    variables = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return next(v[len(prefix) :].decode() for v in variables if v.startswith(prefix))
+    from tunery.runs.store import token_digest
+
+    token = secrets.token_urlsafe(24)
+    connection = sqlite3.connect(database, timeout=30)
+    try:
+        with connection:
+            connection.execute(
+                "UPDATE attempts SET token_hash = ? WHERE id = ?", (token_digest(token), attempt_id)
+            )
+    finally:
+        connection.close()
+    return token
 
 
 def free_port() -> int:
@@ -554,7 +565,7 @@ class Context:
         return response.json()["id"], sent, returned
 
     async def attempt(self, run_id: str, timeout: float = 60) -> dict[str, Any]:
-        """The run's active attempt (id, token, pid) once the scheduler recorded its worker."""
+        """The run's active attempt (id, pid) once the scheduler recorded its worker."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             rows = self.server.query(
@@ -564,7 +575,7 @@ class Context:
             )
             if rows:
                 pid = worker_process(rows[0]["process_started"])[0]
-                return {"id": rows[0]["id"], "token": worker_token(pid), "pid": pid}
+                return {"id": rows[0]["id"], "pid": pid}
             await asyncio.sleep(0.005)
         raise RuntimeError(f"no worker started for {run_id} in {timeout:.0f}s")
 
@@ -750,6 +761,7 @@ async def fanout_round(ctx: Context, mode: str, k: int, seconds: float, batch: i
     run_id, _, _ = await ctx.submit(f"fanout-{mode}-{k}")
     attempt = await ctx.attempt(run_id)
     kill_group(attempt["pid"], signal.SIGSTOP)  # alive (no reaping) but silent
+    attempt["token"] = take_over_token(server.root / "tunery.db", attempt["id"])
     watches = [Watch() for _ in range(k)]
     target = Target()
     streams: list[SseStream] = []

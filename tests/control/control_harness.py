@@ -206,12 +206,28 @@ def _is_worker(pid: int) -> bool:
     return b"tunery.worker" in cmdline
 
 
-def attempt_token(pid: int) -> str:
-    """The token a local worker was started with, from its environment (readable by the
-    same user only; the database keeps its hash, the command line never has it)."""
-    variables = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    prefix = b"TUNERY_ATTEMPT_TOKEN="
-    return next(v[len(prefix) :].decode() for v in variables if v.startswith(prefix))
+def take_over_attempt(server: Server, run_id: str) -> tuple[str, str]:
+    """(attempt id, token) to speak as the run's live attempt: its worker is stopped
+    (SIGSTOP: alive, holding its slot, silent) and the attempt given a token this test
+    knows. A worker's own token reaches it on a pipe and is stored hashed, so no one can
+    read it back; the test, which owns the data dir, writes the hash of a new one."""
+    import secrets
+
+    from tunery.runs.store import token_digest
+
+    pid = server.worker_pid(run_id)
+    os.killpg(pid, signal.SIGSTOP)
+    token = secrets.token_urlsafe(24)
+    [row] = server.query("SELECT id FROM attempts WHERE run_id = ? AND active = 1", run_id)
+    connection = sqlite3.connect(server.database, timeout=30)
+    try:
+        with connection:
+            connection.execute(
+                "UPDATE attempts SET token_hash = ? WHERE id = ?", (token_digest(token), row[0])
+            )
+    finally:
+        connection.close()
+    return row[0], token
 
 
 def worker_alive(pid: int, started: str | None) -> bool:

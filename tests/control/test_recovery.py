@@ -17,12 +17,12 @@ from control_harness import (
     Server,
     Watcher,
     assert_one_terminal,
-    attempt_token,
     payload,
     prepare_root,
     running_server,
     server_env,
     status_events,
+    take_over_attempt,
     wait_until,
     worker_alive,
 )
@@ -133,10 +133,8 @@ def test_a_resumed_attempts_history_fills_only_steps_never_reported(
     api = client_for(server)
     run = api.submit_ok(payload(api.dataset(demo_dataset), "history", training={"max_steps": 5000}))
     api.wait_step(run["id"], 3)
-    attempt = dict(
-        server.query("SELECT id FROM attempts WHERE run_id = ? AND active = 1", run["id"])[0]
-    )
-    attempt["token"] = attempt_token(server.worker_pid(run["id"]))
+    attempt_id, token = take_over_attempt(server, run["id"])
+    attempt = {"id": attempt_id, "token": token}
     first = api.metrics(run["id"])[0]
     history = [{**first, "loss": 99.0}, {**first, "step": 4000, "loss": 0.5}]
     response = httpx.post(

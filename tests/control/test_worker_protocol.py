@@ -2,8 +2,9 @@
 
 A worker holds an attempt id and a token. With them it reads its spec (no server paths), the
 datasets of its own run (no other run's, no other attempt's), and uploads bundles that the
-server files under names it chooses. The token never appears on a command line or in the
-database, and the data dir and its secrets are owner-only.
+server files under names it chooses. The token is never in the database (a local worker's
+never on its command line or in its environment: ``tests/reliability/test_local_workers.py``),
+and the data dir and its secrets are owner-only.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from control_harness import attempt_token, in_process_app, payload
+from control_harness import in_process_app, payload
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tunery.api.app import create_app
 from tunery.backends.base import AttemptLaunch
 from tunery.backends.fake import FakeBackend
-from tunery.backends.local import LocalBackend, process_of
 from tunery.db import Attempt
 from tunery.runs import settle
 from tunery.runs.plane import ControlPlane
@@ -161,26 +161,6 @@ def test_bundles_are_filed_under_names_the_server_chooses(studio: Studio, data_d
     assert entry["artifacts"]["lora"]["sha256"] == digest
     assert entry["artifacts"]["lora"]["filename"] == "named-lora.zip"
     assert (data_dir / "secret-key").read_bytes() == secret
-
-
-def test_a_local_worker_gets_its_token_by_environment_never_argv(tmp_path: Path) -> None:
-    backend = LocalBackend([("local-0", "cpu")], tmp_path)
-    launch = AttemptLaunch(
-        attempt_id="att_x",
-        run_id="run_x",
-        number=1,
-        tier="cpu",
-        node="local-0",
-        token="fence-secret-value",
-        server_url="http://127.0.0.2:9",  # nothing answers: the worker keeps retrying
-    )
-    handle = backend.start(launch)
-    pid, _ = process_of(handle)
-    try:
-        assert b"fence-secret-value" not in Path(f"/proc/{pid}/cmdline").read_bytes()
-        assert attempt_token(pid) == "fence-secret-value"
-    finally:
-        backend.cancel(handle, grace_seconds=1)
 
 
 def test_the_data_dir_and_its_secrets_are_owner_only(tmp_path: Path) -> None:

@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from pathlib import Path
 
-from control_harness import Client, payload, running_server, server_env, write_settings
+from control_harness import (
+    Client,
+    payload,
+    running_server,
+    server_env,
+    wait_until,
+    write_settings,
+)
 
 from tunery.server import OWNER_ONLY
 
@@ -53,7 +61,12 @@ def test_a_fresh_data_dir_is_the_server_users_alone(
                 )
             )
             client.wait_step(run["id"], 3)
+            attempts = [row["id"] for row in server.query("SELECT id FROM attempts")]
             client.cancel_ok(run["id"])
+            # The cancelled worker's scratch (its data copy) goes with it, wherever it was.
+            wait_until(lambda: not any((root / "scratch").iterdir()), timeout=60, what="scratch")
+            system_temp = Path(tempfile.gettempdir())
+            assert not [p for a in attempts for p in system_temp.glob(f"tunery-{a}-*")]
         finally:
             client.close()
         leaks = exposed(root)

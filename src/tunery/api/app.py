@@ -39,7 +39,7 @@ from tunery.hub.s3 import StorageError
 from tunery.hub.signing import load_secret
 from tunery.openai_api.objects import OpenAIError
 from tunery.pipeline.config import RunRecipe
-from tunery.runs import attempts
+from tunery.runs import attempts, leftovers
 from tunery.runs.accounts import account_for_token
 from tunery.runs.plane import (
     Conflict,
@@ -181,8 +181,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         """Every background thread of the server starts here and stops here: the
-        scheduler, webhook deliveries, and chat's serving processes and their idle sweep."""
+        scheduler, webhook deliveries, and chat's serving processes and their idle sweep;
+        first, what a killed server left in the data dir goes."""
         broadcast.bind(asyncio.get_running_loop())
+        for path in leftovers.sweep_at_start(plane):
+            logger.info("removed %s, left by an earlier server", path.name)
         if run_scheduler:
             scheduler.start()
         webhooks.start()

@@ -6,19 +6,26 @@ mistaken for the worker), and lets them finish. Cancel signals the whole group, 
 anything the worker started (the GGUF converter, tokenizer threads) stops with it. Process
 ids stay in this module: everyone else sees an opaque handle.
 
-Placement comes from the configured nodes: one attempt per node. A worker gets its token in
-its environment (``TUNERY_ATTEMPT_TOKEN``), never on its command line, which any local user
-can read; its checkpoints go to the run folders of the data dir, this pool's checkpoint
-store; its output goes to the run folder's ``attempt-N.log``.
+Placement comes from the configured nodes: one attempt per node. A worker reads its token
+from a pipe on its stdin, never from its command line (which any local user can read) nor
+its environment (which ``/proc/PID/environ`` shows for the process's whole life), and gets
+an environment of its own: the variables training needs (``WORKER_VARIABLES``), none of the
+server's secrets. Its checkpoints go to the run folders of the data dir, this pool's
+checkpoint store; its output goes to the run folder's ``attempt-N.log``; its temporary
+files (the run's data copy, exports in progress) to ``DATA_DIR/scratch/ATTEMPT_ID``, which
+the pool removes once the worker is gone however it ended (killed included), and at start
+for workers that ended while no server was running.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Collection
 from pathlib import Path
@@ -33,7 +40,57 @@ from tunery.backends.base import (
     pool_default_tier,
     pool_serves,
 )
-from tunery.wire.reports import ATTEMPT_TOKEN_VARIABLE
+from tunery.environment import ENV_PREFIX
+
+WORKER_VARIABLES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "PYTHONPATH",
+        "PYTHONUNBUFFERED",
+        "VIRTUAL_ENV",
+        "LD_LIBRARY_PATH",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "XDG_CACHE_HOME",
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "TOKENIZERS_PARALLELISM",
+        f"{ENV_PREFIX}TORCH_THREADS",
+        f"{ENV_PREFIX}TOOLCHAIN_DIR",
+        f"{ENV_PREFIX}LLAMA_CPP_DIR",
+    }
+)
+"""What a worker inherits from the server's environment, by name: what Python, Hugging Face
+downloads and the GPU stack read. The server's own secrets (its S3 keys, an admin's
+``TUNERY_TOKEN``, a Ray token) stay with the server."""
+WORKER_PREFIXES = ("LC_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "CUDA_", "NVIDIA_", "PYTORCH_")
+SCRATCH = "scratch"
+WORKER_FILE = "worker"
+"""In an attempt's scratch folder: the ``PID:START`` of the worker using it."""
+
+
+def worker_environment(environ: dict[str, str], *, data_dir: Path, scratch: Path) -> dict[str, str]:
+    """The environment a worker starts with: the allow-listed variables of ``environ``, the
+    data dir (this node's model catalog) and its scratch folder as its temporary directory."""
+    kept = {
+        name: value
+        for name, value in environ.items()
+        if name in WORKER_VARIABLES or name.startswith(WORKER_PREFIXES)
+    }
+    return {**kept, f"{ENV_PREFIX}DATA_DIR": str(data_dir), "TMPDIR": str(scratch)}
 
 
 def process_start_time(pid: int) -> str | None:
@@ -92,7 +149,10 @@ class LocalBackend:
         self._nodes = nodes
         self._runs_dir = data_dir / "runs"
         self._data_dir = data_dir
+        self._scratch_dir = data_dir / SCRATCH
+        self._scratch_lock = threading.Lock()
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self.sweep_scratch()  # workers that ended while no server was running
 
     @property
     def default_tier(self) -> str | None:
@@ -110,12 +170,10 @@ class LocalBackend:
     def start(self, launch: AttemptLaunch) -> Handle:
         run_dir = self._runs_dir / launch.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
-        env = {
-            **os.environ,
-            ATTEMPT_TOKEN_VARIABLE: launch.token,
-            "TUNERY_DATA_DIR": str(self._data_dir),
-        }
-        with (run_dir / f"attempt-{launch.number}.log").open("ab") as log:
+        scratch = self._scratch_dir / launch.attempt_id
+        env = worker_environment(dict(os.environ), data_dir=self._data_dir, scratch=scratch)
+        with self._scratch_lock, (run_dir / f"attempt-{launch.number}.log").open("ab") as log:
+            scratch.mkdir(parents=True, exist_ok=True)
             process = subprocess.Popen(
                 [
                     sys.executable,
@@ -128,20 +186,47 @@ class LocalBackend:
                     "--checkpoints",
                     str(self._runs_dir),
                 ],
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
             )
+            handle = local_handle(process.pid, process_start_time(process.pid) or "")
+            # Recorded before the token goes out: a worker without its token does nothing,
+            # so a scratch folder that names no worker is never in use.
+            (scratch / WORKER_FILE).write_text(handle.ref)
+        assert process.stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # the worker died already: it is reaped
+            process.stdin.write(f"{launch.token}\n".encode())
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.close()
         self._children[process.pid] = process
-        return local_handle(process.pid, process_start_time(process.pid) or "")
+        return handle
 
     def collect(self) -> None:
-        """Wait for exited children so they do not linger as zombies."""
+        """Wait for exited children so they do not linger as zombies, and remove the
+        scratch folders of workers that are gone."""
         for pid, child in list(self._children.items()):
             if child.poll() is not None:
                 del self._children[pid]
+        self.sweep_scratch()
+
+    def sweep_scratch(self) -> list[str]:
+        """Remove the scratch folder of every worker that is gone (exited, killed, or never
+        given its token); returns the attempt ids whose folders went."""
+        removed = []
+        with self._scratch_lock:
+            folders = list(self._scratch_dir.iterdir()) if self._scratch_dir.is_dir() else []
+            for folder in folders:
+                try:
+                    ref = (folder / WORKER_FILE).read_text()
+                except OSError:
+                    ref = ""
+                if not ref or not self.alive(Handle(KIND, ref)):
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed.append(folder.name)
+        return removed
 
     def placement(self, handle: Handle) -> Placement:
         """A local worker runs from its start (its node was claimed before) until it exits."""
@@ -168,6 +253,7 @@ class LocalBackend:
         if self._group_alive(pid):
             self._signal_group(pid, signal.SIGKILL)
         self._reap(pid, wait=True)
+        self.sweep_scratch()
 
     def _reap(self, pid: int, *, wait: bool = False) -> None:
         child = self._children.get(pid)

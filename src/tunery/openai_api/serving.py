@@ -69,8 +69,7 @@ def delete_model(plane: ControlPlane, account_id: str, model: str) -> str:
         raise OpenAIError(
             404, f"The model {model!r} does not exist", param="model", code="model_not_found"
         )
-    hub.delete_entry(plane, account_id=account_id, entry_id=run.hub_entry_id)
-    shutil.rmtree(plane.settings.data_dir / "serving" / run.hub_entry_id, ignore_errors=True)
+    hub.delete_entry(plane, account_id=account_id, entry_id=run.hub_entry_id)  # copy included
     return _model_name(run)
 
 
@@ -111,7 +110,7 @@ def served_gguf(plane: ControlPlane, account_id: str, model: str) -> ServedGguf:
             param="model",
             code="model_not_found",
         )
-    folder = plane.settings.data_dir / "serving" / entry.id
+    folder = plane.serving_dir / entry.id
     if not (folder / "model.gguf").is_file():
         _unpack(plane, entry, folder)
     stops = (folder / "stops.txt").read_text(encoding="utf-8").splitlines()

@@ -21,6 +21,7 @@ from tunery.db import Dataset, Run, new_id
 from tunery.errors import DatasetError
 from tunery.lifecycle import TERMINAL
 from tunery.pipeline.datasets import SUFFIXES, read_dataset
+from tunery.runs.leftovers import UPLOAD_PREFIX
 from tunery.runs.plane import Conflict, ControlPlane, NotFound, QuotaExceeded
 from tunery.wire.rest import DatasetPublic
 from tunery.wire.timefmt import iso
@@ -55,7 +56,9 @@ def store_dataset(
         room = plane.settings.dataset_quota_bytes - stored_bytes(session, account_id)
     digest = hashlib.sha256()
     size = 0
-    with tempfile.NamedTemporaryFile(dir=plane.datasets_dir, suffix=suffix, delete=False) as out:
+    with tempfile.NamedTemporaryFile(
+        dir=plane.datasets_dir, prefix=UPLOAD_PREFIX, suffix=suffix, delete=False
+    ) as out:
         partial = Path(out.name)
         try:
             while chunk := source.read(2**20):

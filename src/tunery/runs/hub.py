@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from tunery.db import HubEntry, Run, new_id, now
 from tunery.hub.storage import ARTIFACTS
+from tunery.runs.leftovers import remove_served_copy
 from tunery.runs.plane import ControlPlane, NotFound
 from tunery.wire.rest import HubEntryPublic
 from tunery.wire.timefmt import iso
@@ -113,7 +114,7 @@ def find_entry(plane: ControlPlane, account_id: str, entry_id: str) -> HubEntry:
 
 
 def delete_entry(plane: ControlPlane, *, account_id: str, entry_id: str) -> None:
-    """Delete the entry's record, then its stored artifacts."""
+    """Delete the entry's record, then its stored artifacts and its copy served for chat."""
     with plane.sessions.begin() as session:
         entry = session.scalar(
             select(HubEntry).where(HubEntry.id == entry_id, HubEntry.account_id == account_id)
@@ -122,3 +123,4 @@ def delete_entry(plane: ControlPlane, *, account_id: str, entry_id: str) -> None
             raise NotFound(f"no Hub entry {entry_id!r}")
         session.delete(entry)
     plane.storage.delete(entry_id)
+    remove_served_copy(plane, entry_id)

@@ -113,6 +113,11 @@ class ControlPlane:
     def datasets_dir(self) -> Path:
         return self.settings.data_dir / "datasets"
 
+    @property
+    def serving_dir(self) -> Path:
+        """Hub entries' GGUFs unpacked for chat, one folder per entry."""
+        return self.settings.data_dir / "serving"
+
     @functools.cached_property
     def storage(self) -> Storage:
         """The Hub store the settings name, built on first use (processes that never touch

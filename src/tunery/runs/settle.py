@@ -14,6 +14,7 @@ from tunery.db import Attempt, Dataset, Run, RunEvent, now
 from tunery.lifecycle import TERMINAL, RunStatus
 from tunery.phases import Phase
 from tunery.runs import billing, queue, retention, store
+from tunery.runs.leftovers import remove_served_copy
 from tunery.runs.plane import Conflict, ControlPlane
 from tunery.runs.queries import get_run
 
@@ -169,5 +170,8 @@ def delete_run(plane: ControlPlane, *, account_id: str, run_id: str) -> None:
         for model in (RunEvent, Attempt):
             for row in session.scalars(select(model).where(model.run_id == run_id)):
                 session.delete(row)
+        served = run.hub_entry_id
         session.delete(run)
     retention.remove_run_folder(plane, run_id)
+    if served:  # chat finds a model by its run: the entry stays, its served copy goes
+        remove_served_copy(plane, served)

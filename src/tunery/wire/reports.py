@@ -26,8 +26,6 @@ from tunery.phases import PIPELINE_PHASES, Phase
 
 ATTEMPT_TOKEN_HEADER = "X-Attempt-Token"
 """The header a worker sends its attempt's fencing token in, on every request."""
-ATTEMPT_TOKEN_VARIABLE = "TUNERY_ATTEMPT_TOKEN"
-"""The environment variable a local worker finds its token in (never its command line)."""
 MAX_REPORTS_PER_BATCH = 1000
 """The most reports one batch may carry; the worker's reporter sends at most half of it."""
 MAX_HISTORY_STEPS = 1000

@@ -3,27 +3,23 @@
 Started by the local backend in its own process group; the control plane may kill the
 group at any time (cancel), and a worker that dies is simply replaced by a new attempt
 that resumes from the checkpoints under ``DIR/RUN_ID/`` (without ``--checkpoints``, from
-those it uploaded to the server). The attempt's token is read from
-``TUNERY_ATTEMPT_TOKEN`` (removed from the environment at once, so nothing the worker
-starts inherits it) or, without it, from the first line of stdin: never from the command
-line, which every local user can read. Everything else comes over the API
-(``tunery.worker.attempt``).
+those it uploaded to the server). The attempt's token is the first line of stdin (a pipe
+the backend closes once written): never the command line, which every local user can read,
+nor the environment, which ``/proc/PID/environ`` keeps showing for the process's life.
+Everything else comes over the API (``tunery.worker.attempt``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from tunery.wire.reports import ATTEMPT_TOKEN_VARIABLE
 from tunery.worker.attempt import run_attempt
 
 
 def read_token() -> str:
-    token = os.environ.pop(ATTEMPT_TOKEN_VARIABLE, "") or sys.stdin.readline()
-    return token.strip()
+    return sys.stdin.readline().strip()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     token = read_token()
     if not token:
-        parser.error(f"no attempt token: set {ATTEMPT_TOKEN_VARIABLE} or write it to stdin")
+        parser.error("no attempt token: write it to stdin")
     return run_attempt(
         server_url=args.server,
         attempt_id=args.attempt,
