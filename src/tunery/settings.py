@@ -372,6 +372,19 @@ class Settings(BaseSettings):
     def _expand_home(cls, path: Path) -> Path:
         return path.expanduser()
 
+    @field_validator("nodes", "tiers")
+    @classmethod
+    def _unique(cls, items: list[Any], info: ValidationInfo) -> list[Any]:
+        """Nodes are told apart by name and tiers by id: a second one would be ignored."""
+        key = "name" if info.field_name == "nodes" else "id"
+        seen: set[str] = set()
+        for item in items:
+            value = getattr(item, key)
+            if value in seen:
+                raise ValueError(f"{key} {value!r} appears twice; each {key} must be unique")
+            seen.add(value)
+        return items
+
     @classmethod
     def load(cls, data_dir: Path | None = None) -> Settings:
         """The settings of ``data_dir`` (default: ``resolve_data_dir()``), defaults filled in."""

@@ -1,12 +1,13 @@
 """A Ray cluster of three nodes on loopback, and a tunery server that runs its attempts there.
 
 The cluster (one per session): a head with no tier, and two worker nodes that each offer one
-unit of ``tier:small``. Each worker node has its own working directory, holding the node's
-installed models (``TUNERY_DATA_DIR=<node>/``, the demo model under ``models/``), and never
-sees the server's data dir: datasets come over the API, bundles and checkpoints go back
-over it (no ``checkpoint_dir``: the nodes share no disk), and a retried attempt downloads
-its run's newest checkpoint from the server. The tunery tier ``big`` has no node at all.
-Everything is stopped by pid at teardown.
+unit of ``tier:small`` and one of ``tier:gpu`` (but no GPU, which the ``gpu`` tier asks
+for). Each worker node has its own working directory, holding the node's installed models
+(``TUNERY_DATA_DIR=<node>/``, the demo model under ``models/``), and never sees the
+server's data dir: datasets come over the API, bundles and checkpoints go back over it (no
+``checkpoint_dir``: the nodes share no disk), and a retried attempt downloads its run's
+newest checkpoint from the server. The tunery tier ``big`` has no node at all. Everything
+is stopped by pid at teardown.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def ray_cluster(
         nodes.append(
             NodeSpec(
                 ip,
-                {"tier:small": 1},
+                {"tier:small": 1, "tier:gpu": 1},
                 num_cpus=1,
                 env={"TUNERY_DATA_DIR": str(home), "TUNERY_TORCH_THREADS": "1"},
             )
@@ -54,6 +55,8 @@ def ray_settings(cluster: RayCluster) -> dict[str, Any]:
         "tiers": [
             {"id": "small", "name": "Small", "credits_per_minute": 1.0, "gpus": 0},
             {"id": "big", "name": "Big", "credits_per_minute": 1.0, "gpus": 0},
+            # No gpus given: a run asks for one GPU, which no node of the tier has.
+            {"id": "gpu", "name": "GPU", "credits_per_minute": 1.0},
         ],
         "nodes": [],
         "cluster": {"kind": "ray", "address": cluster.address},

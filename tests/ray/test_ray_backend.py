@@ -83,6 +83,28 @@ def test_a_tier_no_node_has_keeps_its_run_waiting(ray_client: Client, demo_datas
     assert ray_client.wait_terminal(run["id"])["status"] == "cancelled"
 
 
+def test_nodes_of_a_tier_without_its_gpus_are_named_as_the_reason_to_wait(
+    ray_client: Client, ray_server: Server, demo_dataset: Path
+) -> None:
+    """The probe's tier: nodes carry it, none has the GPU its runs ask for. The run waits
+    saying so, /tiers counts no node it could use, and the server said so when it started."""
+    body = payload(ray_client.dataset(demo_dataset), name="ray-no-gpu", gpu_tier="gpu")
+    run = ray_client.submit_ok(body)
+    ray_client.wait_status(run["id"], "waiting_for_gpu", timeout=30)
+
+    def lacking() -> str | None:
+        reason = ray_client.run(run["id"]).get("waiting_reason") or ""
+        return reason if "GPU" in reason else None
+
+    reason = wait_until(lacking, timeout=60, what="the reason")
+    assert reason.startswith("2 nodes of tier gpu in the cluster, but none has the 1 GPU"), reason
+    gpu = tiers(ray_client)["gpu"]
+    assert (gpu["nodes_total"], gpu["nodes_free"]) == (0, 0)
+    assert "2 nodes of tier gpu in the cluster, but none has the 1 GPU" in ray_server.log()
+    assert ray_client.cancel(run["id"]).status_code == 200
+    assert ray_client.wait_terminal(run["id"])["status"] == "cancelled"
+
+
 def test_cancel_frees_the_node_for_the_next_run(ray_client: Client, demo_dataset: Path) -> None:
     long = {"max_steps": 400, "checkpoint_every_steps": 400}
     first = small_run(ray_client, demo_dataset, "ray-first", **long)

@@ -83,6 +83,22 @@ def test_every_problem_in_the_file_is_named_with_its_field(tmp_path: Path) -> No
     assert error.value.hint == f"fix {tmp_path / 'tunery.yaml'}"
 
 
+def test_a_node_name_or_tier_id_given_twice_is_refused(tmp_path: Path) -> None:
+    """The second would be ignored: its runs would wait for a node that is never used."""
+    write(
+        tmp_path,
+        "tiers: [{id: t4, name: A, credits_per_minute: 1},"
+        " {id: t4, name: B, credits_per_minute: 2}]\n"
+        "nodes: [{name: gpu-0, tier: t4}, {name: gpu-0, tier: t4}]\n",
+    )
+    with pytest.raises(ConfigError) as error:
+        Settings.load(tmp_path)
+    assert problems(error) == {
+        "tiers": "id 't4' appears twice; each id must be unique",
+        "nodes": "name 'gpu-0' appears twice; each name must be unique",
+    }
+
+
 def test_a_bad_variable_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TUNERY_HEARTBEAT_SECONDS", "often")
     monkeypatch.setenv("TUNERY_CLUSTER__ADDRESS", "ray://head:10001")

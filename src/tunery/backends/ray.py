@@ -111,6 +111,8 @@ class RayBackend:
                 configure_logging=False,
                 logging_level=logging.WARNING,
             )
+        for problem in self.unplaceable():
+            logger.warning("%s: its runs will wait until such a node joins", problem)
 
     # Tiers and placement --------------------------------------------------------------
 
@@ -136,28 +138,57 @@ class RayBackend:
         return bundle
 
     def capacity(self, tier: str, busy: Collection[str]) -> TierCapacity:
-        """Slots of ``tier`` on live nodes, and how many no placement group holds now."""
-        alive = [node for node in ray.nodes() if node.get("Alive")]
+        """Attempts of ``tier`` live nodes could hold, and how many of them no placement
+        group holds now. A node counts only for the attempts it could really take: one of
+        the tier's nodes without the GPUs a run of the tier asks for holds none."""
+        total = sum(self._fits(node, tier) for node in self._nodes_of(tier))
+        held = sum(
+            1
+            for group in self._tunery_groups(fresh=True)
+            if tier_of(group["name"]) == tier and group["state"] == "CREATED"
+        )
+        free = max(0, total - held)
+        if tier not in self._accelerators:  # others may hold the tier's units too
+            free = min(free, int(ray.available_resources().get(f"tier:{tier}", 0)))
+        return TierCapacity(total=total, free=free)
+
+    def _nodes_of(self, tier: str) -> list[dict[str, Any]]:
+        """Live nodes that serve ``tier``: those Ray labels with its accelerator, or that
+        offer its ``tier:<id>`` resource."""
+        marker = (
+            f"accelerator_type:{self._accelerators[tier]}"
+            if tier in self._accelerators
+            else f"tier:{tier}"
+        )
+        return [node for node in ray.nodes() if node.get("Alive") and marker in node["Resources"]]
+
+    def _fits(self, node: dict[str, Any], tier: str) -> int:
+        """How many attempts of ``tier`` ``node`` could hold at once."""
+        resources = node["Resources"]
+        gpus = float(self._gpus.get(tier) or 0)
+        by_gpu = int(resources.get("GPU", 0) // gpus) if gpus else None
         if tier in self._accelerators:
-            # Slots are GPUs of the nodes Ray labels with the accelerator; tunery's own
-            # groups of the tier are what holds them.
-            label = f"accelerator_type:{self._accelerators[tier]}"
-            per_attempt = float(self._gpus.get(tier) or 1)
-            total = sum(
-                int(node["Resources"].get("GPU", 0) / per_attempt)
-                for node in alive
-                if label in node["Resources"]
-            )
-            held = sum(
-                1
-                for group in self._tunery_groups(fresh=True)
-                if tier_of(group["name"]) == tier and group["state"] == "CREATED"
-            )
-            return TierCapacity(total=total, free=max(0, total - held))
-        key = f"tier:{tier}"
-        total = sum(int(node["Resources"].get(key, 0)) for node in alive)
-        free = int(ray.available_resources().get(key, 0))
-        return TierCapacity(total=total, free=min(free, total))
+            return by_gpu if by_gpu is not None else int(resources.get("GPU", 0))
+        units = int(resources.get(f"tier:{tier}", 0))
+        return units if by_gpu is None else min(units, by_gpu)
+
+    def unplaceable(self) -> list[str]:
+        """A sentence for each tier whose nodes in the cluster can never run one of its
+        attempts (they lack the GPUs it asks for); empty when every tier's nodes can."""
+        found = []
+        for tier in self._gpus:
+            nodes = self._nodes_of(tier)
+            if nodes and not any(self._fits(node, tier) for node in nodes):
+                found.append(self._lacking(tier, len(nodes)))
+        return found
+
+    def _lacking(self, tier: str, nodes: int) -> str:
+        gpus = self._gpus.get(tier, 0)
+        return (
+            f"{nodes} node{'s' if nodes != 1 else ''} of tier {tier} in the cluster, but none "
+            f"has the {gpus:g} GPU{'s' if gpus != 1 else ''} a run of the tier asks for (the "
+            f"tier's gpus setting; 0 for a CPU tier)"
+        )
 
     def claim(self, tier: str, busy: Collection[str]) -> str | None:
         """One attempt of a tier at a time waits for placement; the others stay queued.
@@ -257,6 +288,9 @@ class RayBackend:
     def _waiting_reason(self, name: str, table: dict[str, Any]) -> str:
         tier = tier_of(name)
         if table.get("stats", {}).get("scheduling_state") == "INFEASIBLE":
+            nodes = self._nodes_of(tier)
+            if nodes and not any(self._fits(node, tier) for node in nodes):
+                return f"{self._lacking(tier, len(nodes))}: waiting for a node that has"
             return (
                 f"no node of tier {tier} in the cluster yet: waiting for one to join "
                 "(an autoscaler provisions it)"

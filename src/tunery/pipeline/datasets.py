@@ -29,14 +29,14 @@ lone surrogates) is refused here, at upload, rather than in training.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tunery.errors import DatasetError, DatasetProblem
+from tunery.errors import MAX_PROBLEMS, DatasetError, DatasetProblem
 from tunery.pipeline.dataset_files import RowFailure, raw_records
 
-MAX_PROBLEMS = 20
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {
     "system": "system",
@@ -142,14 +142,55 @@ class DatasetSummary:
         return len(self.rows) + len(self.pairs)
 
 
+@dataclass(frozen=True)
+class DatasetCheck:
+    """What validation found in one file, without its rows."""
+
+    file: str
+    format: str
+    row_count: int
+
+    @property
+    def kind(self) -> str:
+        return dataset_kind(self.format)
+
+
 def read_dataset(path: Path, *, display_name: str | None = None) -> DatasetSummary:
-    """Read and validate a whole file; raises DatasetError listing its problems.
+    """Read and validate a whole file, keeping its rows or pairs (to train on); raises
+    DatasetError listing its problems.
 
     Stops at the first ``MAX_PROBLEMS`` problems, and refuses a file over the limits of
     ``dataset_files`` (rows, decoded bytes). Whatever the file holds, the only error raised
     is DatasetError.
     """
     name = display_name or str(path)
+    rows: list[Row] = []
+    pairs: list[PreferencePair] = []
+    found = _validate(path, name, rows.append, pairs.append)
+    return DatasetSummary(file=name, format=found, rows=rows, pairs=pairs)
+
+
+def check_dataset(path: Path, *, display_name: str | None = None) -> DatasetCheck:
+    """Validate a whole file as ``read_dataset`` does, keeping nothing but the count: what
+    an upload costs is one batch of rows at a time, whatever the file decodes to."""
+    name = display_name or str(path)
+    count = 0
+
+    def counted(_: object) -> None:
+        nonlocal count
+        count += 1
+
+    found = _validate(path, name, counted, counted)
+    return DatasetCheck(file=name, format=found, row_count=count)
+
+
+def _validate(
+    path: Path,
+    name: str,
+    take_row: Callable[[Row], None],
+    take_pair: Callable[[PreferencePair], None],
+) -> str:
+    """Hand each valid row (or preference pair) over as it is read; returns the format."""
     suffix = path.suffix.lower()
     unit = "row" if suffix == ".parquet" else "line"
     if suffix not in SUFFIXES:
@@ -158,8 +199,6 @@ def read_dataset(path: Path, *, display_name: str | None = None) -> DatasetSumma
         )
     problems: list[DatasetProblem] = []
     detected: str | None = None
-    rows: list[Row] = []
-    pairs: list[PreferencePair] = []
     try:
         for line, raw in raw_records(path, name, suffix):
             try:
@@ -174,9 +213,9 @@ def read_dataset(path: Path, *, display_name: str | None = None) -> DatasetSumma
                         f"{detected} format; keep one format per file"
                     )
                 if row_format in PREFERENCE_FORMATS:
-                    pairs.append(_to_pair(_without_nulls(raw), row_format, name, line))
+                    take_pair(_to_pair(_without_nulls(raw), row_format, name, line))
                 else:
-                    rows.append(_to_row(_without_nulls(raw), row_format, name, line))
+                    take_row(_to_row(_without_nulls(raw), row_format, name, line))
             except RowFailure as failure:
                 problems.append(DatasetProblem(name, str(failure), line, unit))
                 if len(problems) >= MAX_PROBLEMS:
@@ -187,7 +226,7 @@ def read_dataset(path: Path, *, display_name: str | None = None) -> DatasetSumma
         raise DatasetError(problems)
     if detected is None:
         raise DatasetError.single(name, "the file is empty", hint="add at least one example")
-    return DatasetSummary(file=name, format=detected, rows=rows, pairs=pairs)
+    return detected
 
 
 def _detect_format(raw: Any) -> str:

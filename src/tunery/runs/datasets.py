@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from tunery.db import Dataset, Run, new_id
 from tunery.errors import DatasetError
 from tunery.lifecycle import TERMINAL
-from tunery.pipeline.datasets import SUFFIXES, read_dataset
+from tunery.pipeline.datasets import SUFFIXES, check_dataset
 from tunery.runs.leftovers import UPLOAD_PREFIX
 from tunery.runs.plane import Conflict, ControlPlane, NotFound, QuotaExceeded
 from tunery.wire.rest import DatasetPublic
@@ -73,7 +73,7 @@ def store_dataset(
             partial.unlink(missing_ok=True)
             raise
     try:
-        summary = read_dataset(partial, display_name=original)
+        summary = check_dataset(partial, display_name=original)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
