@@ -127,9 +127,12 @@ def _unpack(plane: ControlPlane, entry: HubEntry, folder: Path) -> None:
         )
         if isinstance(source, PresignedUrl):
             bundle = scratch / "bundle.zip"
+            size = int(entry.artifacts["gguf"]["size"])
             with httpx.stream("GET", source.url, timeout=60) as response, bundle.open("wb") as out:
                 response.raise_for_status()
                 for chunk in response.iter_bytes():
+                    if out.tell() + len(chunk) > size:  # the store sends what was stored
+                        raise OpenAIError(502, "the Hub store sent more than the GGUF it holds")
                     out.write(chunk)
             source = bundle
         with zipfile.ZipFile(source) as archive:
