@@ -37,8 +37,8 @@ def sweep_at_start(plane: ControlPlane) -> list[Path]:
         *_children(plane.datasets_dir, keep=lambda path: path.name in datasets),
         *_children(plane.serving_dir, keep=lambda path: path.name in entries),
     ]
-    storage = plane.storage
-    if isinstance(storage, LocalStorage):
+    storage = plane.storage if plane.settings.storage.kind == "local" else None
+    if isinstance(storage, LocalStorage):  # an S3 store's objects are its own business
         found += _children(storage.root, keep=lambda path: path.name in entries)
         for entry in entries:
             found += (storage.root / entry).glob("*.partial")
