@@ -37,7 +37,6 @@ from tunery.backends.base import Backend
 from tunery.errors import MAX_PROBLEMS, ConfigError, DatasetError, FieldProblem, TuneryError
 from tunery.hub.s3 import StorageError
 from tunery.hub.signing import load_secret
-from tunery.openai_api.objects import OpenAIError
 from tunery.pipeline.config import RunRecipe
 from tunery.runs import attempts, leftovers
 from tunery.runs.accounts import account_for_token
@@ -85,10 +84,6 @@ def _invalid(error: ConfigError) -> JSONResponse:
     return _error(422, {**error.as_dict(), "problems": problems, "problems_total": total})
 
 
-def _openai(error: OpenAIError) -> JSONResponse:
-    return JSONResponse(status_code=error.status, content=error.body())
-
-
 def request_problems(error: RequestValidationError) -> list[FieldProblem]:
     """FastAPI's validation errors as (dotted field, message): ``query.limit``,
     ``body.url``; the first ``MAX_PROBLEMS`` of them."""
@@ -115,24 +110,23 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
         """A parameter FastAPI checks (a path, query or header value, a typed body): the
-        first problems by field, never the values sent back."""
+        first problems by field, never the values sent back; in OpenAI's shape on ``/v1``."""
+        if openai_api.is_openai(request):
+            return openai_api.invalid_request(error)
         problems = request_problems(error)
-        refused = ConfigError(problems, total=len(error.errors()))
-        if request.url.path.startswith("/v1/"):
-            message = refused.message.removeprefix("invalid configuration: ")
-            return _openai(OpenAIError(400, message, param=problems[0].field))
-        return _invalid(refused)
+        return _invalid(ConfigError(problems, total=len(error.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        """FastAPI's own refusals (a body it cannot parse, a method not allowed) in the
-        one error shape; the routes' own HTTPExceptions already carry a detail object."""
+        """FastAPI's own refusals (a body it cannot parse, a method not allowed, an unknown
+        route) in the one error shape, or OpenAI's on ``/v1``; the routes' own
+        HTTPExceptions already carry a detail object."""
+        if openai_api.is_openai(request):
+            return openai_api.http_refusal(request, error)
         if isinstance(error.detail, dict):
             detail = error.detail
         else:
             detail = {"code": f"http_{error.status_code}", "message": str(error.detail), "hint": ""}
-        if request.url.path.startswith("/v1/"):
-            return _openai(OpenAIError(error.status_code, detail["message"]))
         return JSONResponse(
             status_code=error.status_code, content={"detail": detail}, headers=error.headers
         )

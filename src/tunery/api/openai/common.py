@@ -7,9 +7,8 @@ import re
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request
-from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from tunery.api.auth import AuthRefusal
@@ -55,43 +54,43 @@ async def json_body(request: Request) -> Any:
 
 
 def add_error_handler(app: FastAPI) -> None:
-    """``OpenAIError`` (raised on ``/v1`` routes only) answers ``{"error": {…}}``, and so do
-    the refusals FastAPI makes itself on ``/v1`` paths: an unknown route (404, saying what
-    to use instead where OpenAI has the endpoint), a method the route does not take (405),
-    a parameter of the wrong type (400)."""
+    """``OpenAIError`` (raised on ``/v1`` routes only) answers ``{"error": {…}}``. The
+    refusals FastAPI makes itself are answered by ``create_app``'s handlers, which hand those
+    on ``/v1`` paths to ``http_refusal`` and ``invalid_request``."""
 
     @app.exception_handler(OpenAIError)
     async def openai_error(_: Request, error: OpenAIError) -> JSONResponse:
         return _answer(error)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException) -> Response:
-        if not _is_openai(request):
-            return await http_exception_handler(request, error)
-        if error.status_code == 404 and not isinstance(error.detail, dict):
-            return _answer(unknown_route(request.method, request.url.path))
-        if error.status_code == 405:
-            refused = OpenAIError(
-                405,
-                f"{request.method} is not allowed on {request.url.path}",
-                code="method_not_allowed",
-                headers=dict(error.headers or {}),
-            )
-            return _answer(refused)
-        message = error.detail.get("message") if isinstance(error.detail, dict) else error.detail
-        return _answer(OpenAIError(error.status_code, str(message), headers=error.headers))
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, error: RequestValidationError) -> Response:
-        if not _is_openai(request):
-            return await request_validation_exception_handler(request, error)
-        first = error.errors()[0] if error.errors() else {}
-        param = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
-        message = str(first.get("msg", "invalid request"))
-        return _answer(OpenAIError(400, f"{param}: {message}" if param else message, param=param))
+def http_refusal(request: Request, error: HTTPException) -> JSONResponse:
+    """A refusal FastAPI made on a ``/v1`` path, in OpenAI's shape: an unknown route (404,
+    saying what to use instead where OpenAI has the endpoint), a method the route does not
+    take (405), any other."""
+    if error.status_code == 404 and not isinstance(error.detail, dict):
+        return _answer(unknown_route(request.method, request.url.path))
+    if error.status_code == 405:
+        refused = OpenAIError(
+            405,
+            f"{request.method} is not allowed on {request.url.path}",
+            code="method_not_allowed",
+            headers=dict(error.headers or {}),
+        )
+        return _answer(refused)
+    message = error.detail.get("message") if isinstance(error.detail, dict) else error.detail
+    return _answer(OpenAIError(error.status_code, str(message), headers=error.headers))
 
 
-def _is_openai(request: Request) -> bool:
+def invalid_request(error: RequestValidationError) -> JSONResponse:
+    """A parameter of the wrong type on a ``/v1`` path: 400 naming the first."""
+    first = error.errors()[0] if error.errors() else {}
+    param = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
+    message = str(first.get("msg", "invalid request"))
+    return _answer(OpenAIError(400, f"{param}: {message}" if param else message, param=param))
+
+
+def is_openai(request: Request) -> bool:
+    """Whether the request is on OpenAI's ``/v1`` API (refused in OpenAI's shape)."""
     return request.url.path.startswith("/v1/") or request.url.path == "/v1"
 
 
