@@ -7,6 +7,7 @@ now; ``resolve_data_dir()`` is the one place the data dir is decided.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,42 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tunery.errors import ConfigError, FieldProblem, problems_from
 
 ENV_PREFIX = "TUNERY_"
+CHILD_VARIABLES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "PYTHONPATH",
+        "PYTHONUNBUFFERED",
+        "VIRTUAL_ENV",
+        "LD_LIBRARY_PATH",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "XDG_CACHE_HOME",
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "TOKENIZERS_PARALLELISM",
+        f"{ENV_PREFIX}TORCH_THREADS",
+        f"{ENV_PREFIX}TOOLCHAIN_DIR",
+        f"{ENV_PREFIX}LLAMA_CPP_DIR",
+    }
+)
+"""What a process the server starts (a local worker, a chat model's host) inherits from the
+server's environment, by name: what Python, Hugging Face downloads and the GPU stack read.
+The server's own secrets (its S3 keys, an admin's ``TUNERY_TOKEN``, a Ray token) stay with
+the server: a child runs code and files that tenants chose."""
+CHILD_PREFIXES = ("LC_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "CUDA_", "NVIDIA_", "PYTORCH_")
 DEFAULT_DATA_DIR = Path("~/.tunery")
 TIER_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 
@@ -71,6 +108,17 @@ def environment() -> Environment:
             for problem in problems_from(error, whole="environment")
         ]
         raise ConfigError(problems, hint="fix or unset the variable") from None
+
+
+def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a process the server starts: this process's allow-listed
+    variables (``CHILD_VARIABLES``, ``CHILD_PREFIXES``), and ``extra``."""
+    kept = {
+        name: value
+        for name, value in os.environ.items()
+        if name in CHILD_VARIABLES or name.startswith(CHILD_PREFIXES)
+    }
+    return {**kept, **(extra or {})}
 
 
 def resolve_data_dir(option: Path | None = None) -> Path:

@@ -21,6 +21,7 @@ from control_harness import wait_until
 
 from tunery.backends.base import AttemptLaunch, Handle
 from tunery.backends.local import SCRATCH, LocalBackend, group_members, process_of
+from tunery.environment import child_environment
 
 SECRETS = {
     "TUNERY_TOKEN": "admin-cli-token-secret",
@@ -133,3 +134,20 @@ def test_killed_workers_leave_no_scratch_behind(tmp_path: Path, figures) -> None
     figures.measure("local workers: scratch folders left after 4 killed workers", len(left))
     figures.attack(AREA, refused=left == [])
     assert left == []
+
+
+def test_no_process_the_server_starts_inherits_its_secrets(
+    monkeypatch: pytest.MonkeyPatch, figures
+) -> None:
+    """Local workers and chat's model hosts run what tenants chose (their recipes, their
+    GGUFs): both start with ``child_environment``, which keeps what the stack reads."""
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    child = child_environment({"TMPDIR": "/scratch"})
+    kept = [name for name in SECRETS if name in child]
+    figures.attack(AREA, refused=kept == [])
+    assert kept == []
+    assert child["PATH"] == os.environ["PATH"] and child["TMPDIR"] == "/scratch"
+    assert (child["HF_HUB_OFFLINE"], child["CUDA_VISIBLE_DEVICES"]) == ("1", "0")

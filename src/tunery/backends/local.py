@@ -9,8 +9,8 @@ ids stay in this module: everyone else sees an opaque handle.
 Placement comes from the configured nodes: one attempt per node. A worker reads its token
 from a pipe on its stdin, never from its command line (which any local user can read) nor
 its environment (which ``/proc/PID/environ`` shows for the process's whole life), and gets
-an environment of its own: the variables training needs (``WORKER_VARIABLES``), none of the
-server's secrets. Its checkpoints go to the run folders of the data dir, this pool's
+an environment of its own (``child_environment``): the variables training needs, none of
+the server's secrets. Its checkpoints go to the run folders of the data dir, this pool's
 checkpoint store; its output goes to the run folder's ``attempt-N.log``; its temporary
 files (the run's data copy, exports in progress) to ``DATA_DIR/scratch/ATTEMPT_ID``, which
 the pool removes once the worker is gone however it ended (killed included), and at start
@@ -40,57 +40,11 @@ from tunery.backends.base import (
     pool_default_tier,
     pool_serves,
 )
-from tunery.environment import ENV_PREFIX
+from tunery.environment import ENV_PREFIX, child_environment
 
-WORKER_VARIABLES = frozenset(
-    {
-        "PATH",
-        "HOME",
-        "USER",
-        "LOGNAME",
-        "LANG",
-        "LANGUAGE",
-        "TZ",
-        "PYTHONPATH",
-        "PYTHONUNBUFFERED",
-        "VIRTUAL_ENV",
-        "LD_LIBRARY_PATH",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-        "REQUESTS_CA_BUNDLE",
-        "http_proxy",
-        "https_proxy",
-        "no_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "NO_PROXY",
-        "XDG_CACHE_HOME",
-        "OMP_NUM_THREADS",
-        "MKL_NUM_THREADS",
-        "TOKENIZERS_PARALLELISM",
-        f"{ENV_PREFIX}TORCH_THREADS",
-        f"{ENV_PREFIX}TOOLCHAIN_DIR",
-        f"{ENV_PREFIX}LLAMA_CPP_DIR",
-    }
-)
-"""What a worker inherits from the server's environment, by name: what Python, Hugging Face
-downloads and the GPU stack read. The server's own secrets (its S3 keys, an admin's
-``TUNERY_TOKEN``, a Ray token) stay with the server."""
-WORKER_PREFIXES = ("LC_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "CUDA_", "NVIDIA_", "PYTORCH_")
 SCRATCH = "scratch"
 WORKER_FILE = "worker"
 """In an attempt's scratch folder: the ``PID:START`` of the worker using it."""
-
-
-def worker_environment(environ: dict[str, str], *, data_dir: Path, scratch: Path) -> dict[str, str]:
-    """The environment a worker starts with: the allow-listed variables of ``environ``, the
-    data dir (this node's model catalog) and its scratch folder as its temporary directory."""
-    kept = {
-        name: value
-        for name, value in environ.items()
-        if name in WORKER_VARIABLES or name.startswith(WORKER_PREFIXES)
-    }
-    return {**kept, f"{ENV_PREFIX}DATA_DIR": str(data_dir), "TMPDIR": str(scratch)}
 
 
 def process_start_time(pid: int) -> str | None:
@@ -171,7 +125,9 @@ class LocalBackend:
         run_dir = self._runs_dir / launch.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         scratch = self._scratch_dir / launch.attempt_id
-        env = worker_environment(dict(os.environ), data_dir=self._data_dir, scratch=scratch)
+        env = child_environment(
+            {f"{ENV_PREFIX}DATA_DIR": str(self._data_dir), "TMPDIR": str(scratch)}
+        )
         with self._scratch_lock, (run_dir / f"attempt-{launch.number}.log").open("ab") as log:
             scratch.mkdir(parents=True, exist_ok=True)
             process = subprocess.Popen(

@@ -27,6 +27,7 @@ from typing import Any
 
 import anyio
 
+from tunery.environment import child_environment
 from tunery.serving.admission import Admission
 from tunery.serving.protocol import MAX_LINE_BYTES, GenerationRequest, decode, encode
 from tunery.settings import ServingSettings
@@ -85,6 +86,7 @@ class HostProcess:
             *command,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            env=child_environment(),  # it runs a tenant's GGUF: none of the server's secrets
             limit=MAX_LINE_BYTES,
             start_new_session=True,  # the server stops it (stdin closes when the server dies)
         )
