@@ -11,10 +11,12 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tunery.environment import TIER_ID_PATTERN, environment
 
+MAX_DEVICES_PER_ATTEMPT = 64
+"""The most devices (GPUs, or CPU processes) one run trains on at once."""
 
 @dataclass(frozen=True)
 class KnownTier:
@@ -63,7 +65,18 @@ class TierSettings(BaseModel):
     name: str = Field(description="shown to users, e.g. NVIDIA T4")
     credits_per_minute: float = Field(ge=0, description="0 makes training on it free")
     gpus: int | None = Field(
-        None, ge=0, description="GPUs an attempt asks a Ray cluster for; default 0 for cpu, else 1"
+        None,
+        ge=0,
+        le=MAX_DEVICES_PER_ATTEMPT,
+        description="GPUs of one node a run trains on, data-parallel, one process each (a Ray "
+        "cluster holds them together on one node); default 0 for cpu, else 1",
+    )
+    processes: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_DEVICES_PER_ATTEMPT,
+        description="for a tier without GPUs: CPU processes a run trains on, data-parallel "
+        "(gloo); default 1",
     )
     tflops: float | None = Field(
         None,
@@ -79,6 +92,21 @@ class TierSettings(BaseModel):
         "memory is checked before it queues; default: KNOWN_TIERS' card memory, none "
         "(no check) for cpu and unknown tiers",
     )
+
+    @model_validator(mode="after")
+    def _processes_without_gpus(self) -> TierSettings:
+        if self.processes is not None and self.gpus_per_attempt > 0:
+            raise ValueError(
+                f"processes is for tiers without GPUs; tier {self.id} trains on one process per "
+                "GPU (set gpus instead)"
+            )
+        return self
+
+    @property
+    def devices(self) -> int:
+        """Data-parallel processes a run of this tier trains on: one per GPU, or
+        ``processes`` on CPU."""
+        return self.gpus_per_attempt or self.processes or 1
 
     @property
     def memory_gib(self) -> float | None:

@@ -29,6 +29,7 @@ from tunery.cli.render import (
 from tunery.errors import RunCancelled, TuneryError
 from tunery.phases import Phase
 from tunery.pipeline.reporting import EvalMetrics, StepMetrics, StopFlag
+from tunery.tiers import MAX_DEVICES_PER_ATTEMPT
 
 if TYPE_CHECKING:
     from tunery.pipeline.outcome import RunResult
@@ -125,13 +126,21 @@ def demo_model(folder: str, out_dir: Path | None, force: bool) -> None:
     default=None,
     help="Output directory (default: runs/NAME). Re-running resumes.",
 )
-def train(recipe_path: Path, out_dir: Path | None) -> None:
-    """Run the training pipeline in this process, with a live progress bar."""
+@click.option(
+    "--processes",
+    type=click.IntRange(1, MAX_DEVICES_PER_ATTEMPT),
+    default=1,
+    show_default=True,
+    help="Train data-parallel on this many processes of this machine: one per GPU (NCCL), "
+    "or CPU processes (gloo). training.batch_size is per process.",
+)
+def train(recipe_path: Path, out_dir: Path | None, processes: int) -> None:
+    """Run the training pipeline on this machine, with a live progress bar."""
     from transformers.utils import logging as transformers_logging
 
-    from tunery.environment import resolve_data_dir
+    from tunery.environment import environment, resolve_data_dir
     from tunery.pipeline.config import load_recipe
-    from tunery.pipeline.recipe import run_recipe
+    from tunery.pipeline.ranks import run_recipe_on_ranks
 
     # The run's own progress bar is the one to watch; the library's per-file bars are noise.
     transformers_logging.disable_progress_bar()
@@ -149,10 +158,12 @@ def train(recipe_path: Path, out_dir: Path | None) -> None:
         recipe = load_recipe(recipe_path)
         target = out_dir or Path("runs") / recipe.name
         with StepProgress() as progress:
-            result = run_recipe(
+            result = run_recipe_on_ranks(
                 recipe,
                 target,
                 TerminalReporter(stop, progress),
+                processes=processes,
+                threads=environment().torch_threads,
                 base_cache_dir=resolve_data_dir() / BASE_ANSWERS_CACHE,
             )
     except RunCancelled as cancelled:

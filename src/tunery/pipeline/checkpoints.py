@@ -71,6 +71,7 @@ def save_checkpoint(
                 "history": state.history,
                 "evaluations": state.evaluations,
                 "early_stopping": state.early_stopping,
+                "micro_batch_examples": state.micro_batch_examples,
             }
         )
     )
@@ -103,6 +104,24 @@ def complete_checkpoints(root: Path) -> list[Path]:
     return sorted(path for path in root.glob("step-*") if (path / COMPLETE_MARKER).is_file())
 
 
+def newest_checkpoint(setup: TrainSetup) -> tuple[Path, dict[str, Any]] | None:
+    """The newest complete checkpoint of this recipe and its ``trainer_state.json``."""
+    for checkpoint in reversed(complete_checkpoints(setup.checkpoint_dir)):
+        saved = json.loads((checkpoint / "trainer_state.json").read_text())
+        if saved["fingerprint"] == setup.fingerprint:
+            return checkpoint, saved
+    return None
+
+
+def saved_micro_batch_examples(setup: TrainSetup) -> int | None:
+    """The micro-batch size (all devices) of the checkpoint ``load_newest_checkpoint`` would
+    resume; None without one, or for one written before data-parallel training."""
+    newest = newest_checkpoint(setup)
+    if newest is None:
+        return None
+    return newest[1].get("micro_batch_examples") or None
+
+
 def load_newest_checkpoint(
     setup: TrainSetup, optimizer: Any, scheduler: Any, scaler: Any
 ) -> TrainerState | None:
@@ -110,32 +129,32 @@ def load_newest_checkpoint(
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    for checkpoint in reversed(complete_checkpoints(setup.checkpoint_dir)):
-        saved = json.loads((checkpoint / "trainer_state.json").read_text())
-        if saved["fingerprint"] != setup.fingerprint:
-            continue
-        adapter = load_file(checkpoint / "adapter.safetensors", device=str(setup.device))
-        set_peft_model_state_dict(setup.model, adapter)
-        training = torch.load(
-            checkpoint / "training_state.pt", weights_only=True, map_location=setup.device
-        )
-        optimizer.load_state_dict(training["optimizer"])
-        scheduler.load_state_dict(training["scheduler"])
-        scaler.load_state_dict(training["scaler"])
-        torch.random.set_rng_state(training["rng"]["torch"].cpu())
-        if "cuda" in training["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in training["rng"]["cuda"]])
-        if setup.preference is not None:
-            from tunery.pipeline.preference import ReferenceLogprobs
+    newest = newest_checkpoint(setup)
+    if newest is None:
+        return None
+    checkpoint, saved = newest
+    adapter = load_file(checkpoint / "adapter.safetensors", device=str(setup.device))
+    set_peft_model_state_dict(setup.model, adapter)
+    training = torch.load(
+        checkpoint / "training_state.pt", weights_only=True, map_location=setup.device
+    )
+    optimizer.load_state_dict(training["optimizer"])
+    scheduler.load_state_dict(training["scheduler"])
+    scaler.load_state_dict(training["scaler"])
+    torch.random.set_rng_state(training["rng"]["torch"].cpu())
+    if "cuda" in training["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in training["rng"]["cuda"]])
+    if setup.preference is not None:
+        from tunery.pipeline.preference import ReferenceLogprobs
 
-            setup.preference.reference = ReferenceLogprobs.from_tensors(training["reference"])
-        return TrainerState(
-            step=saved["step"],
-            trained_tokens=saved["trained_tokens"],
-            training_seconds=saved["training_seconds"],
-            history=saved["history"],
-            # Checkpoints written before evaluations existed have neither.
-            evaluations=saved.get("evaluations", []),
-            early_stopping=saved.get("early_stopping"),
-        )
-    return None
+        setup.preference.reference = ReferenceLogprobs.from_tensors(training["reference"])
+    return TrainerState(
+        step=saved["step"],
+        trained_tokens=saved["trained_tokens"],
+        training_seconds=saved["training_seconds"],
+        history=saved["history"],
+        # Checkpoints written before evaluations existed have neither.
+        evaluations=saved.get("evaluations", []),
+        early_stopping=saved.get("early_stopping"),
+        micro_batch_examples=saved.get("micro_batch_examples", 0),
+    )

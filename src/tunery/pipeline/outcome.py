@@ -50,6 +50,7 @@ def run_summary(
     notes: list[str],
     data_summary: dict[str, Any],
     kernels: dict[str, Any],
+    batch: dict[str, Any],
     adapter: AdapterSummary,
     final_metrics: dict[str, Any],
     evaluation: dict[str, Any] | None,
@@ -58,8 +59,9 @@ def run_summary(
     gguf: ExportResult | None,
     objective: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The content of ``run.json``: configuration snapshot, data, kernels, the objective
-    (``objective_summary``), adapter, final metrics, evaluation, samples and artifacts;
+    """The content of ``run.json``: configuration snapshot, data, kernels, batch (per device,
+    devices, effective), the objective (``objective_summary``), adapter, final metrics,
+    evaluation, samples and artifacts;
     ``status`` is failed when ``error`` is set."""
     return {
         "name": recipe.name,
@@ -75,6 +77,7 @@ def run_summary(
         "notes": notes,
         "data": data_summary,
         "kernels": kernels,
+        "batch": batch,
         "objective": objective,
         "adapter": {
             "trainable_parameters": adapter.trainable_parameters,

@@ -27,6 +27,7 @@ from tunery.errors import ConfigError, FieldProblem, TuneryError
 from tunery.gguf.export import QUANTIZATION, ExportResult, export_gguf, preflight
 from tunery.phases import Phase
 from tunery.pipeline.config import RunRecipe
+from tunery.pipeline.distributed import DataParallel
 from tunery.pipeline.load import ModelReference, parse_model_reference
 from tunery.pipeline.outcome import (
     RunResult,
@@ -120,7 +121,8 @@ def run_recipe(
     base_cache_dir: Path | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
     init_adapter_dir: Path | None = None,
-) -> RunResult:
+    data_parallel: DataParallel | None = None,
+) -> RunResult | None:
     """Run the whole pipeline; raises a TuneryError subclass on failure or cancel.
 
     ``init_adapter_dir``: where the adapter ``recipe.init_from`` names is (a worker fetches
@@ -130,6 +132,10 @@ def run_recipe(
     them where every node of its tier reaches them, or hands each complete one to
     ``on_checkpoint`` to keep it elsewhere, so another node resumes the run. The base
     model's sample answers are cached in ``base_cache_dir`` (None: not cached).
+
+    ``data_parallel``: this process is one rank of a data-parallel run
+    (``pipeline.ranks`` starts them). Every rank trains; rank 0 alone goes on to save,
+    export and sample, and the others return None once training ends.
     """
     import torch
 
@@ -176,7 +182,7 @@ def run_recipe(
     tokenizer, chat_format, notes = load_tokenizer(model_dir)
     if recipe.export.gguf:
         _preflight_gguf(model_dir, chat_format.end_of_turn)
-    device = choose_device()
+    device = data_parallel.device if data_parallel is not None else choose_device()
     check_quantization(recipe.lora.quantize_base, device)
     precision = choose_precision(config.mixed_precision, device)
     model = load_model(model_dir, precision, device, quantize_base=recipe.lora.quantize_base)
@@ -243,6 +249,7 @@ def run_recipe(
     )
 
     reporter.phase(Phase.TRAINING)
+    is_main = data_parallel is None or data_parallel.world.is_main
     checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else out_dir / "checkpoints"
     fingerprint = recipe_fingerprint(recipe, [*paths, *validation_paths])
     patience = recipe.early_stopping.patience
@@ -260,7 +267,7 @@ def run_recipe(
             data.validation,
             config.eval_every_steps,
             EarlyStopping(patience, recipe.early_stopping.min_delta),
-            best_adapter_dir(checkpoint_dir) if patience else None,
+            best_adapter_dir(checkpoint_dir) if patience and is_main else None,
             preference=preference,
         )
         if data.validation
@@ -280,9 +287,12 @@ def run_recipe(
             evaluation=evaluation,
             on_checkpoint=on_checkpoint,
             preference=preference,
+            data_parallel=data_parallel,
         ),
         reporter,
     )
+    if not is_main:
+        return None
     final_metrics = state.history[-1] if state.history else {}
     evaluated = None
     if evaluation is not None:
@@ -391,6 +401,9 @@ def run_recipe(
         notes=notes,
         data_summary=data.summary(),
         kernels=kernels.as_dict(),
+        batch=(data_parallel or DataParallel.single(device)).batch_summary(
+            config, state.micro_batch_examples
+        ),
         adapter=adapter,
         final_metrics=final_metrics,
         evaluation=evaluated,

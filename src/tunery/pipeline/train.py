@@ -4,7 +4,8 @@ Each optimizer step trains on the micro-batches ``budget.step_micro_batches`` na
 without padding (``tunery.pipeline.packing``). The loss runs over trained positions only, in
 chunks, so full-vocabulary logits are never materialised (``tunery.pipeline.loss``). With
 the RNG and optimizer state restored from a checkpoint, a resumed run continues as if
-uninterrupted.
+uninterrupted. On several processes each trains on its share of every step and the
+gradients are all-reduced (``tunery.pipeline.distributed``); rank 0 writes the checkpoints.
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ from tunery.errors import RunCancelled, TuneryError
 from tunery.pipeline.budget import plan_budget, step_micro_batches
 from tunery.pipeline.card_fit import out_of_memory_fails, refuse_what_cannot_fit
 from tunery.pipeline.chat import Example, sequences
-from tunery.pipeline.checkpoints import load_newest_checkpoint, save_checkpoint
+from tunery.pipeline.checkpoints import (
+    load_newest_checkpoint,
+    save_checkpoint,
+    saved_micro_batch_examples,
+)
+from tunery.pipeline.distributed import DataParallel
 from tunery.pipeline.packing import batch_loss_sum, pack
 from tunery.pipeline.reporting import EtaEstimator, Reporter, StepMetrics
 from tunery.pipeline.train_setup import TrainerState, TrainSetup
@@ -52,7 +58,8 @@ def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
     from tunery.pipeline.preference import compute_reference
 
     config = setup.config
-    budget = plan_budget(len(setup.examples), config)
+    parallel = setup.data_parallel or DataParallel.single(setup.device)
+    budget = plan_budget(len(setup.examples), config, devices=planned_devices(setup))
     refuse_what_cannot_fit(setup)
     model = setup.model
     kernels = setup.kernels or default_kernels(setup)
@@ -69,14 +76,16 @@ def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
     )
     # Loss scaling keeps fp16 gradients from underflowing; bf16 and fp32 need none.
     scaler = torch.amp.GradScaler(enabled=setup.precision.autocast == torch.float16)
-    state = TrainerState()
+    state = TrainerState(micro_batch_examples=budget.micro_batch_examples)
     resumed = load_newest_checkpoint(setup, optimizer, scheduler, scaler)
     if resumed is not None:
         state = resumed
         reporter.log(f"resumed from the checkpoint at step {state.step}")
         reporter.resumed(list(state.history))  # the loop appends to state.history
+        state.micro_batch_examples = budget.micro_batch_examples
     if setup.evaluation is not None:
         setup.evaluation.resume(state.early_stopping)
+    parallel.start(trainable)
     eta = EtaEstimator()
     model.train()
     with attention_in_use(model, kernels.attention), out_of_memory_fails(setup):
@@ -86,9 +95,14 @@ def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
             if reporter.should_stop():
                 raise RunCancelled(f"cancelled at step {state.step} of {budget.total_steps}")
             started = time.perf_counter()
-            micro_batches = step_micro_batches(state.step, setup.examples, budget, config)
-            loss_total, real_tokens, objective_metrics = _objective_step(
-                setup, kernels, micro_batches, scaler
+            micro_batches = parallel.share(
+                state.step,
+                step_micro_batches(state.step, setup.examples, budget, config),
+                batch_size=config.batch_size,
+                seed=config.seed,
+            )
+            loss_total, real_tokens, objective_metrics = parallel.all_reduce(
+                trainable, *_objective_step(setup, kernels, micro_batches, scaler)
             )
             if not math.isfinite(loss_total):
                 raise _diverged(loss_total, state.step + 1)
@@ -123,14 +137,24 @@ def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
             state.history.append(metrics.as_dict())
             reporter.metrics(metrics)
             # Evaluated before the checkpoint, so a resumed run never misses an evaluation.
-            ends_here = evaluate_or_finish(setup, kernels, state, budget, reporter)
-            if state.step % config.checkpoint_every_steps == 0 and state.step < budget.total_steps:
+            ends_here = parallel.agree(evaluate_or_finish(setup, kernels, state, budget, reporter))
+            checkpoint_due = state.step % config.checkpoint_every_steps == 0
+            if checkpoint_due and state.step < budget.total_steps and parallel.world.is_main:
                 saved = save_checkpoint(setup, state, optimizer, scheduler, scaler)
                 if setup.on_checkpoint is not None:
                     setup.on_checkpoint(saved)
             if ends_here:
                 break
     return state
+
+
+def planned_devices(setup: TrainSetup) -> int:
+    """The devices the run's budget is planned for: those of the checkpoint it resumes
+    (its micro-batch over ``batch_size``), else the processes training it now."""
+    saved = saved_micro_batch_examples(setup)
+    if saved is not None:
+        return max(1, saved // setup.config.batch_size)
+    return setup.data_parallel.world.size if setup.data_parallel is not None else 1
 
 
 def default_kernels(setup: TrainSetup) -> Kernels:
@@ -150,11 +174,18 @@ def _objective_step(
     setup: TrainSetup, kernels: Kernels, micro_batches: list[list[Any]], scaler: Any
 ) -> tuple[float, int, dict[str, float]]:
     """One optimizer step's gradients by the run's objective: the step's loss, the real
-    tokens it processed, and the objective's own metrics (DPO's rewards; none for SFT)."""
-    if setup.preference is not None:
-        from tunery.pipeline.preference import accumulate_preferences
+    tokens it processed, and the objective's own metrics (DPO's rewards; none for SFT).
 
+    A rank of a data-parallel run may get no examples (a short last micro-batch): it adds
+    nothing, and names the same metrics as the others, for the all-reduce."""
+    if setup.preference is not None:
+        from tunery.pipeline.preference import PairScores, accumulate_preferences
+
+        if not micro_batches:
+            return 0.0, 0, PairScores(0.0, 0.0, 0.0, 0.0, 0.0, 0).step_metrics()
         return accumulate_preferences(setup, kernels, micro_batches, scaler)
+    if not micro_batches:
+        return 0.0, 0, {}
     return (*_accumulate_gradients(setup, kernels, micro_batches, scaler), {})
 
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import torch
     from peft import PeftModel
 
+    from tunery.pipeline.distributed import DataParallel
     from tunery.pipeline.evaluation import EvaluationPlan
     from tunery.pipeline.kernels import Kernels
     from tunery.pipeline.load import Precision
@@ -37,6 +38,9 @@ class TrainerState:
     """The early-stopping state after the latest evaluation (``EarlyStopping.as_dict``)."""
     finished_early: bool = False
     """"Finish now" ended training before its budget."""
+    micro_batch_examples: int = 0
+    """Examples per micro-batch across all devices, as the run was planned: with ``step``,
+    the data position (0 in checkpoints written before data-parallel training)."""
 
 
 @dataclass(frozen=True)
@@ -53,3 +57,4 @@ class TrainSetup:
     evaluation: EvaluationPlan | None = None  # None: no validation data, no evaluations
     on_checkpoint: Callable[[Path], None] | None = None  # each complete checkpoint's directory
     preference: PreferenceObjective | None = None  # None: supervised fine-tuning (sft)
+    data_parallel: DataParallel | None = None  # None: this process trains alone
