@@ -1,13 +1,14 @@
 """A Ray cluster of three nodes on loopback, and a tunery server that runs its attempts there.
 
-The cluster (one per session): a head with no tier, and two worker nodes that each offer one
-unit of ``tier:small`` and one of ``tier:gpu`` (but no GPU, which the ``gpu`` tier asks
-for). Each worker node has its own working directory, holding the node's installed models
-(``TUNERY_DATA_DIR=<node>/``, the demo model under ``models/``), and never sees the
-server's data dir: datasets come over the API, bundles and checkpoints go back over it (no
-``checkpoint_dir``: the nodes share no disk), and a retried attempt downloads its run's
-newest checkpoint from the server. The tunery tier ``big`` has no node at all. Everything
-is stopped by pid at teardown.
+The cluster (one per session): a head that Ray counts two GPUs on (none exist; Ray only hands
+out their ids) offering ``tier:duo`` and ``tier:quad``, and two worker nodes that each offer
+one unit of ``tier:small``, of ``tier:pair`` (two CPU processes) and of ``tier:gpu`` (but no
+GPU, which the ``gpu`` tier asks for). Each worker node has its own working directory,
+holding the node's installed models (``TUNERY_DATA_DIR=<node>/``, the demo model under
+``models/``), and never sees the server's data dir: datasets come over the API, bundles and
+checkpoints go back over it (no ``checkpoint_dir``: the nodes share no disk), and a retried
+attempt downloads its run's newest checkpoint from the server. The tunery tier ``big`` has
+no node at all. Everything is stopped by pid at teardown.
 """
 
 from __future__ import annotations
@@ -35,13 +36,13 @@ def ray_cluster(
     tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path
 ) -> Iterator[RayCluster]:
     root = tmp_path_factory.mktemp("ray-cluster")
-    nodes = [NodeSpec("127.0.0.2", num_cpus=1)]
+    nodes = [NodeSpec("127.0.0.2", {"tier:duo": 1, "tier:quad": 1}, num_cpus=1, num_gpus=2)]
     for index, ip in enumerate(("127.0.0.3", "127.0.0.4")):
         home = node_dir(root, demo_model_dir, f"node-{index}")
         nodes.append(
             NodeSpec(
                 ip,
-                {"tier:small": 1, "tier:gpu": 1},
+                {"tier:small": 1, "tier:pair": 1, "tier:gpu": 1},
                 num_cpus=1,
                 env={"TUNERY_DATA_DIR": str(home), "TUNERY_TORCH_THREADS": "1"},
             )
@@ -57,6 +58,9 @@ def ray_settings(cluster: RayCluster) -> dict[str, Any]:
             {"id": "big", "name": "Big", "credits_per_minute": 1.0, "gpus": 0},
             # No gpus given: a run asks for one GPU, which no node of the tier has.
             {"id": "gpu", "name": "GPU", "credits_per_minute": 1.0},
+            {"id": "pair", "name": "Pair", "credits_per_minute": 1.0, "gpus": 0, "processes": 2},
+            {"id": "duo", "name": "Duo", "credits_per_minute": 1.0, "gpus": 2},
+            {"id": "quad", "name": "Quad", "credits_per_minute": 1.0, "gpus": 4},
         ],
         "nodes": [],
         "cluster": {"kind": "ray", "address": cluster.address},

@@ -35,6 +35,8 @@ class NodeSpec:
     ip: str
     resources: dict[str, float] = field(default_factory=dict)
     num_cpus: int = 1
+    num_gpus: int = 0
+    """GPUs Ray counts on the node (none need exist: Ray only hands out their ids)."""
     env: dict[str, str] = field(default_factory=dict)
     """Extra variables for the node's processes (its workers inherit them)."""
     labels: dict[str, str] = field(default_factory=dict)
@@ -152,6 +154,7 @@ def _node_args(node: NodeSpec, temp_dir: Path) -> list[str]:
     args = [
         f"--node-ip-address={node.ip}",
         f"--num-cpus={node.num_cpus}",
+        f"--num-gpus={node.num_gpus}",
         f"--resources={json.dumps(node.resources)}",
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pytest
 from control_harness import Client, Server, payload, wait_until
-from ray_cluster import NodeSpec, RayCluster
+from ray_cluster import RayCluster
 
 pytestmark = pytest.mark.ray
 REPLACEMENT_IP = "127.0.0.5"
@@ -171,4 +172,4 @@ def test_a_lost_node_retries_on_the_other_node_with_every_step_once(
         # Later sessions' tests need two nodes of the tier again.
         gone = next(n for n in ray_cluster.nodes if n.ip == lost)
         ray_cluster.nodes.remove(gone)
-        ray_cluster.add_node(NodeSpec(REPLACEMENT_IP, gone.resources, env=gone.env))
+        ray_cluster.add_node(replace(gone, ip=REPLACEMENT_IP))

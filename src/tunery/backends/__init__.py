@@ -18,6 +18,7 @@ def open_backend(settings: Settings) -> Backend:
             address=cluster.address,
             checkpoint_root=cluster.checkpoint_dir,
             gpus={tier.id: tier.gpus_per_attempt for tier in settings.tiers},
+            devices={tier.id: tier.devices for tier in settings.tiers},
             accelerators=cluster.accelerators,
         )
     from tunery.backends.local import LocalBackend

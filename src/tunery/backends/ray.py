@@ -3,11 +3,18 @@
 Imported only when ``cluster.kind`` is ``ray`` (``pip install 'tunery[ray]'``). Tiers are
 Ray resources: ``tier:<id>`` on the nodes that serve the tier (``ray start --resources``),
 or the GPU and ``accelerator_type:<TYPE>`` Ray puts on GPU nodes itself, for tiers the
-settings map to an accelerator. An attempt asks for one unit of its tier (and the tier's
-GPUs) through a detached placement group named after it; while the group is ``PENDING`` the
-run is ``waiting_for_gpu`` and the group's scheduling state says why (no free node of the
-tier, or no node of it at all: the autoscaler's cue to add one). A tier no node has waits;
+settings map to an accelerator. An attempt asks for one unit of its tier through a detached
+placement group named after it, with one bundle per device its run trains on (a GPU each,
+the tier's unit shared among them) packed onto one node (``STRICT_PACK``): the worker starts
+one process per device there, and they rendezvous on the node's loopback
+(``pipeline.ranks``). While the group is ``PENDING`` the run is ``waiting_for_gpu`` and the
+group's scheduling state says why (no free node of the tier, or no node of it that can hold
+the run's devices at all: the autoscaler's cue to add one). A tier no node has waits;
 nothing here ever fails a run for it.
+
+The actor itself takes no GPU, so Ray leaves every GPU of the node visible to it; before the
+run starts it asks Ray which GPUs its group's bundles hold (a short task in each bundle) and
+makes exactly those visible to the run's processes.
 
 The actor is detached, so it outlives a control-plane restart (found again by name), and
 asks Ray for no restarts or task retries: tunery owns the retry budget, and a lost node is
@@ -21,6 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import os
 import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -58,6 +67,32 @@ def tier_of(name: str) -> str:
     return name.removeprefix(NAME_PREFIX).split(":", 1)[0]
 
 
+def bundle_gpu_ids() -> list[str]:
+    """The GPUs Ray gave the task this runs as (the GPUs of its placement-group bundle)."""
+    return [str(gpu) for gpu in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
+
+
+def show_group_gpus() -> None:
+    """Make the GPUs held by the current placement group's bundles the only ones visible to
+    this process and what it starts (``CUDA_VISIBLE_DEVICES``), in bundle order."""
+    group = ray.util.get_current_placement_group()
+    if group is None:
+        return
+    probe = ray.remote(bundle_gpu_ids)
+    probes = [
+        probe.options(
+            num_cpus=0,
+            num_gpus=bundle["GPU"],
+            scheduling_strategy=PlacementGroupSchedulingStrategy(group, index),
+        ).remote()
+        for index, bundle in enumerate(group.bundle_specs)
+        if bundle.get("GPU")
+    ]
+    if probes:
+        gpus = [gpu for ids in ray.get(probes) for gpu in ids]
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+
+
 class RayWorker:
     """The actor an attempt runs in: it runs the worker protocol, then leaves."""
 
@@ -65,6 +100,7 @@ class RayWorker:
         from tunery.worker.attempt import run_attempt
 
         try:
+            show_group_gpus()
             return run_attempt(
                 server_url=server_url,
                 attempt_id=attempt_id,
@@ -80,7 +116,8 @@ class RayBackend:
     """Attempts as detached actors on the Ray cluster at ``address`` (``auto``: this node's).
 
     ``accelerators`` maps a tier to the Ray accelerator type whose nodes serve it instead of
-    a ``tier:<id>`` resource; ``gpus`` gives each tier's GPUs per attempt (0 for CPU tiers).
+    a ``tier:<id>`` resource; ``gpus`` gives each tier's GPUs per attempt (0 for CPU tiers),
+    ``devices`` the processes its runs train on (a GPU each on GPU tiers; default 1).
     ``checkpoint_root`` is a directory every node of the cluster reaches at the same path;
     None keeps checkpoints through the server's API (no shared disk needed).
     """
@@ -93,10 +130,12 @@ class RayBackend:
         address: str,
         checkpoint_root: str | None,
         gpus: Mapping[str, float],
+        devices: Mapping[str, int] | None = None,
         accelerators: Mapping[str, str] | None = None,
     ) -> None:
         self._checkpoint_root = checkpoint_root
         self._gpus = dict(gpus)
+        self._devices = dict(devices or {})
         self._accelerators = dict(accelerators or {})
         self._actor_class = ray.remote(
             num_cpus=0, max_restarts=0, max_task_retries=0, lifetime="detached"
@@ -125,17 +164,19 @@ class RayBackend:
         """Every configured tier: a node of it may join the cluster (an autoscaler's cue)."""
         return tier in self._gpus
 
-    def resources(self, tier: str) -> dict[str, float]:
-        """The bundle one attempt of ``tier`` asks for."""
+    def bundles(self, tier: str) -> list[dict[str, float]]:
+        """The bundles one attempt of ``tier`` asks for, one per device, all on one node."""
+        count = self._devices.get(tier, 1)
         bundle: dict[str, float] = {}
         if tier in self._accelerators:
             bundle[f"accelerator_type:{self._accelerators[tier]}"] = ACCELERATOR_SHARE
         else:
-            bundle[f"tier:{tier}"] = 1.0
+            # One unit of the tier per attempt, shared by its bundles (Ray keeps four decimals).
+            bundle[f"tier:{tier}"] = math.floor(10_000 / count) / 10_000
         gpus = self._gpus.get(tier, 0)
         if gpus:
-            bundle["GPU"] = float(gpus)
-        return bundle
+            bundle["GPU"] = gpus / count
+        return [dict(bundle) for _ in range(count)]
 
     def capacity(self, tier: str, busy: Collection[str]) -> TierCapacity:
         """Attempts of ``tier`` live nodes could hold, and how many of them no placement
@@ -186,8 +227,9 @@ class RayBackend:
         gpus = self._gpus.get(tier, 0)
         return (
             f"{nodes} node{'s' if nodes != 1 else ''} of tier {tier} in the cluster, but none "
-            f"has the {gpus:g} GPU{'s' if gpus != 1 else ''} a run of the tier asks for (the "
-            f"tier's gpus setting; 0 for a CPU tier)"
+            f"has the {gpus:g} GPU{'s' if gpus != 1 else ''} a run of the tier "
+            f"{'trains on together' if gpus > 1 else 'asks for'} (the tier's gpus setting; 0 for "
+            "a CPU tier)"
         )
 
     def claim(self, tier: str, busy: Collection[str]) -> str | None:
@@ -209,7 +251,9 @@ class RayBackend:
         """Create the attempt's placement group and actor; returns before either is placed."""
         name = attempt_name(launch.tier, launch.attempt_id)
         try:
-            group = placement_group([self.resources(launch.tier)], name=name, lifetime="detached")
+            group = placement_group(
+                self.bundles(launch.tier), strategy="STRICT_PACK", name=name, lifetime="detached"
+            )
             actor = self._actor_class.options(
                 name=name,
                 namespace=NAMESPACE,

@@ -84,6 +84,7 @@ def attempt_spec(plane: ControlPlane, *, attempt_id: str, token: str) -> Attempt
             ]
 
         node = next((n for n in plane.settings.nodes if n.name == attempt.node), None)
+        tier = plane.settings.tier(run.tier)
         recipe = {**run.config, "datasets": []}
         if "validation" in recipe:
             recipe["validation"] = {**recipe["validation"], "datasets": []}
@@ -95,6 +96,7 @@ def attempt_spec(plane: ControlPlane, *, attempt_id: str, token: str) -> Attempt
             validation_datasets=refs(validation_ids),
             heartbeat_seconds=plane.settings.heartbeat_seconds,
             threads=node.threads if node is not None else None,
+            devices=tier.devices if tier is not None else 1,
         )
 
 

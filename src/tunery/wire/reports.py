@@ -23,6 +23,7 @@ from pydantic import (
 
 from tunery.errors import MAX_PROBLEMS, ConfigError, FieldProblem
 from tunery.phases import PIPELINE_PHASES, Phase
+from tunery.tiers import MAX_DEVICES_PER_ATTEMPT
 
 ATTEMPT_TOKEN_HEADER = "X-Attempt-Token"
 """The header a worker sends its attempt's fencing token in, on every request."""
@@ -243,7 +244,8 @@ class AttemptSpec(BaseModel):
     It names no path of the server's: the recipe's datasets are ``datasets``, fetched over
     the API; the worker writes into a scratch directory of its own and uploads its bundles;
     checkpoints go to the store its backend gave it. ``threads`` is the node's setting, if
-    any (else the worker's ``TUNERY_TORCH_THREADS``).
+    any (else the worker's ``TUNERY_TORCH_THREADS``), for all of the attempt's processes
+    together; ``devices`` the data-parallel processes it trains on (its tier's).
     """
 
     run_id: str
@@ -254,6 +256,7 @@ class AttemptSpec(BaseModel):
     """The recipe's ``validation.dataset_ids``, fetched the same way."""
     heartbeat_seconds: float
     threads: int | None = None
+    devices: int = Field(1, ge=1, le=MAX_DEVICES_PER_ATTEMPT)
 
 
 def encode(report: AnyReport) -> str:

@@ -1,7 +1,10 @@
 """One attempt, start to end: spec, datasets, recipe, bundles, reports. Backend-neutral.
 
 ``run_attempt`` is what every backend runs: the local pool in a process of its own
-(``python -m tunery.worker``), Ray inside an actor. It needs nothing from the server's disk:
+(``python -m tunery.worker``), Ray inside an actor. On a tier of several devices it starts
+one process per device on its node and speaks for them (``pipeline.ranks``): one rank that
+dies ends them all, and the attempt fails as transient, so the run retries. It needs nothing
+from the server's disk:
 the spec names the run's datasets, which it downloads with its attempt token; it trains in
 a scratch directory of its own; it uploads its bundles, and the server files them under
 names it chooses. Checkpoints go where a later attempt on another node finds them: into
@@ -83,14 +86,10 @@ def run_attempt(
     reporter.start()
     reporter.phase(Phase.LOADING_MODEL)
 
-    import torch  # after the first heartbeat: importing torch takes seconds
-
+    # After the first heartbeat: importing torch takes seconds.
     from tunery.pipeline.config import parse_recipe
-    from tunery.pipeline.recipe import run_recipe
+    from tunery.pipeline.ranks import run_recipe_on_ranks
 
-    threads = spec.threads or environment().torch_threads
-    if threads:
-        torch.set_num_threads(threads)
     final: AnyReport
     with tempfile.TemporaryDirectory(prefix=f"tunery-{attempt_id}-") as scratch:
         try:
@@ -109,10 +108,12 @@ def run_attempt(
                 checkpoint_dir = checkpoint_root / spec.run_id / "checkpoints"
                 base_cache_dir = checkpoint_root / BASE_ANSWERS_CACHE
                 keep_checkpoint = None
-            result = run_recipe(
+            result = run_recipe_on_ranks(
                 parse_recipe(spec.recipe),
                 Path(scratch) / "out",
                 reporter,
+                processes=spec.devices,
+                threads=spec.threads or environment().torch_threads,
                 dataset_paths=paths,
                 validation_paths=held_out,
                 checkpoint_dir=checkpoint_dir,
