@@ -18,6 +18,7 @@ from tunery.environment import TIER_ID_PATTERN, environment
 MAX_DEVICES_PER_ATTEMPT = 64
 """The most devices (GPUs, or CPU processes) one run trains on at once."""
 
+
 @dataclass(frozen=True)
 class KnownTier:
     """What tunery knows of a tier id without settings: its card's name, what nvidia-smi
