@@ -73,19 +73,22 @@ lint: $(STAMP)
 ## Full benchmarks (minutes each; ratios against baselines run side by side).
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py --pairs 3 --threads 1
+	$(BIN)/python bench/data_parallel.py --pairs 5
 	$(BIN)/python bench/gguf_export.py --pairs 3
 	$(BIN)/python bench/control_plane.py
 
 ## Every benchmark at a small size: checks that they run (CI).
 bench-quick: $(STAMP)
 	$(BIN)/python bench/train_throughput.py --quick --threads 1
+	$(BIN)/python bench/data_parallel.py --quick
 	$(BIN)/python bench/gguf_export.py --quick
 	$(BIN)/python bench/control_plane.py --quick
 
 ## The GPU check (bench/gpu_check.py): CUDA against CPU, throughput and memory against HF
-## Trainer, resume. Runs from the tree with the python that has torch (no install needed);
-## wheels in .whl/ (pydantic and friends, liger-kernel, bitsandbytes) go to a temporary
-## --target folder first. Without CUDA it runs the CPU part and exits 0.
+## Trainer, resume, and with two or more GPUs data-parallel scaling. Runs from the tree
+## with the python that has torch (no install needed); wheels in .whl/ (pydantic and
+## friends, liger-kernel, bitsandbytes) go to a temporary --target folder first. Without
+## CUDA it runs the CPU part and exits 0.
 GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 gpu-check:
 	@site=$$(mktemp -d) && trap 'rm -rf "$$site"' EXIT && \

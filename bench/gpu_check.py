@@ -22,6 +22,12 @@ see /work/shared/notes/gpu.md). Parts, each recorded in one JSON file and printe
    adds 3 passes of 4·d per layer per attended pair (causal: length²/2 pairs per example).
 3. resume (CUDA only): 10 steps straight against 6 + resume from the checkpoint at step 6;
    the resumed losses must follow the straight ones within RESUME_TOLERANCE.
+4. data-parallel (two or more CUDA devices; skipped with one): the Qwen2-style ~0.5B model
+   on one GPU with a global batch of 8 per GPU, then on every GPU (one process each, NCCL,
+   ``pipeline.distributed``) with 8 each, over the same batches: the scaling (median step
+   time on one GPU over that on all, for the same examples per step), its efficiency (over
+   the number of GPUs), the median all-reduce time per step, and the final losses (within
+   BF16_TOLERANCE: the split changes only the order of sums).
 
 Without CUDA it says so, runs part 1 on the CPU (tunery's kernels against the reference
 loss) and exits 0. On one H100 the whole check is sized to finish in about 5 minutes.
@@ -186,6 +192,8 @@ def synthetic_examples(vocab_size: int, count: int, seed: int) -> list[Any]:
 
 
 def build_model(shape: str) -> Any:
+    """The randomly initialised model of ``shape`` on the current CUDA device (seeded, so
+    every process builds the same one)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -466,6 +474,132 @@ def resume_check(model_dir: Path) -> dict[str, Any]:
     }
 
 
+# --- part 4: data-parallel on every GPU ----------------------------------------------------
+
+DATA_PARALLEL_SHAPE = "qwen2-0.5b"
+BATCH_PER_GPU = 8
+
+
+def data_parallel_rank(
+    rank: int, processes: int, port: int, batch: int, steps: int, result: str
+) -> None:
+    """One process of the data-parallel part; rank 0 writes its figures to ``result``."""
+    import torch
+
+    from tunery.pipeline.config import LoraSettings, TrainingConfig
+    from tunery.pipeline.distributed import DataParallel, join_world, leave_world
+    from tunery.pipeline.load import Precision
+    from tunery.pipeline.lora import attach_lora
+    from tunery.pipeline.reporting import RecordingReporter
+    from tunery.pipeline.train import train
+    from tunery.pipeline.train_setup import TrainSetup
+
+    world, device = join_world(
+        rank, processes, store_host="127.0.0.1", store_port=port, timeout_seconds=600
+    )
+    vocab = SHAPES[DATA_PARALLEL_SHAPE]["vocab_size"]
+    examples = synthetic_examples(vocab, steps * batch, seed=2)
+    torch.manual_seed(42)
+    model, _ = attach_lora(
+        build_model(DATA_PARALLEL_SHAPE),
+        LoraSettings(rank=16, alpha=32, dropout=0.0),
+        gradient_checkpointing=True,
+    )
+    reporter = RecordingReporter()
+    parallel = DataParallel(world, device, events=reporter)
+    config = TrainingConfig(
+        max_steps=steps,
+        learning_rate=2e-4,
+        batch_size=batch // processes,
+        warmup_ratio=0,
+        checkpoint_every_steps=steps,
+    )
+    with tempfile.TemporaryDirectory() as checkpoints:
+        setup = TrainSetup(
+            model,
+            examples,
+            config,
+            Precision(torch.bfloat16, torch.bfloat16),
+            device,
+            0,
+            Path(checkpoints),
+            "gpu-check-dp",
+            data_parallel=parallel,
+        )
+        train(setup, parallel.reporter)
+    if world.is_main:
+        step_seconds = [
+            later.training_seconds - earlier.training_seconds
+            for earlier, later in zip(reporter.steps, reporter.steps[1:], strict=False)
+        ]
+        Path(result).write_text(
+            json.dumps(
+                {
+                    "processes": processes,
+                    "step_seconds": statistics.median(step_seconds[WARMUP_STEPS:]),
+                    "all_reduce_seconds": (
+                        statistics.median(parallel.all_reduce_seconds[WARMUP_STEPS:])
+                        if parallel.all_reduce_seconds
+                        else 0.0
+                    ),
+                    "losses": [step.loss for step in reporter.steps],
+                    "steps": len(reporter.steps),
+                }
+            )
+        )
+    leave_world()
+
+
+def data_parallel_run(processes: int, batch: int, steps: int) -> dict[str, Any]:
+    """Train on ``processes`` GPUs (one process each) and return rank 0's figures."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+    import torch.multiprocessing
+
+    store = dist.TCPStore(
+        "127.0.0.1",
+        0,
+        processes,
+        is_master=True,
+        wait_for_workers=False,
+        timeout=timedelta(seconds=600),
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        result = Path(scratch) / "rank0.json"
+        torch.multiprocessing.start_processes(
+            data_parallel_rank,
+            args=(processes, store.port, batch, steps, str(result)),
+            nprocs=processes,
+            start_method="spawn",
+        )
+        return json.loads(result.read_text())
+
+
+def data_parallel(steps: int) -> dict[str, Any]:
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if gpus < 2:
+        return {"skipped": f"needs two or more GPUs; this machine has {gpus}"}
+    batch = BATCH_PER_GPU * gpus
+    one = data_parallel_run(1, batch, steps)
+    every = data_parallel_run(gpus, batch, steps)
+    scaling = one["step_seconds"] / every["step_seconds"]
+    gap = worst_gap(every["losses"][-5:], one["losses"][-5:])
+    return {
+        "gpus": gpus,
+        "global_batch": batch,
+        "one_gpu": one,
+        "every_gpu": every,
+        "scaling": scaling,
+        "efficiency": scaling / gpus,
+        "all_reduce_share": every["all_reduce_seconds"] / every["step_seconds"],
+        "loss_gap": gap,
+        "ok": gap <= BF16_TOLERANCE,
+    }
+
+
 # --- report --------------------------------------------------------------------------------
 
 
@@ -501,6 +635,19 @@ def table(report: dict[str, Any]) -> str:
     if "resume" in report:
         verdict = "ok" if report["resume"]["ok"] else "FAIL"
         lines.append(f"resume on GPU: worst step gap {report['resume']['worst_gap']:.2e} {verdict}")
+    if "data_parallel" in report:
+        parallel = report["data_parallel"]
+        if "skipped" in parallel:
+            lines.append(f"data-parallel: skipped ({parallel['skipped']})")
+        else:
+            verdict = "ok" if parallel["ok"] else "FAIL"
+            lines.append(
+                f"data-parallel on {parallel['gpus']} GPUs, {parallel['global_batch']} examples "
+                f"per step: {parallel['scaling']:.2f}x one GPU ({parallel['efficiency']:.0%} "
+                f"efficiency), all-reduce {parallel['every_gpu']['all_reduce_seconds'] * 1000:.1f}"
+                f" ms per step ({parallel['all_reduce_share']:.1%}), loss gap "
+                f"{parallel['loss_gap']:.2e} {verdict}"
+            )
     return "\n".join(lines)
 
 
@@ -535,12 +682,15 @@ def main() -> int:
     if cuda:
         report["throughput"] = throughput(args.steps)
         report["resume"] = resume_check(model_dir)
+        report["data_parallel"] = data_parallel(args.steps)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))
     failed = [c for c in report["agreement"]["checks"].values() if not c["ok"]]
     if "resume" in report and not report["resume"]["ok"]:
         failed.append(report["resume"])
+    if not report.get("data_parallel", {}).get("ok", True):
+        failed.append(report["data_parallel"])
     return 1 if failed else 0
 
 

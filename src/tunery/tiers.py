@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from tunery.environment import TIER_ID_PATTERN, environment
 
@@ -94,14 +94,16 @@ class TierSettings(BaseModel):
         "(no check) for cpu and unknown tiers",
     )
 
-    @model_validator(mode="after")
-    def _processes_without_gpus(self) -> TierSettings:
-        if self.processes is not None and self.gpus_per_attempt > 0:
+    @field_validator("processes")
+    @classmethod
+    def _processes_without_gpus(cls, processes: int | None, info: ValidationInfo) -> int | None:
+        tier_id = info.data.get("id", "")
+        if processes is not None and gpus_of(tier_id, info.data.get("gpus")) > 0:
             raise ValueError(
-                f"processes is for tiers without GPUs; tier {self.id} trains on one process per "
-                "GPU (set gpus instead)"
+                f"is for tiers without GPUs; tier {tier_id} trains on one process per GPU "
+                "(set gpus instead)"
             )
-        return self
+        return processes
 
     @property
     def devices(self) -> int:
@@ -117,15 +119,20 @@ class TierSettings(BaseModel):
 
     @property
     def gpus_per_attempt(self) -> int:
-        if self.gpus is not None:
-            return self.gpus
-        return 0 if self.id == "cpu" else 1
+        return gpus_of(self.id, self.gpus)
 
     @property
     def assumed_tflops(self) -> float | None:
         """The estimate's prior throughput; None for an unknown tier without ``tflops``."""
         known = KNOWN_TIERS.get(self.id)
         return self.tflops or (known.assumed_tflops if known else None)
+
+
+def gpus_of(tier_id: str, gpus: int | None) -> int:
+    """A tier's GPUs per run: ``gpus`` when set, else none for ``cpu`` and one otherwise."""
+    if gpus is not None:
+        return gpus
+    return 0 if tier_id == "cpu" else 1
 
 
 def detect_local_tier() -> str:

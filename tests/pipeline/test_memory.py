@@ -101,7 +101,30 @@ def test_checkpointing_shrinks_activations_and_nf4_shrinks_weights():
 def test_a_recipe_that_fits_returns_its_estimate():
     estimate = check_fits(recipe(batch_size=8, max_seq_length=2048), QWEN2_05B, 16)
     assert 2 * GIB < estimate.total < 16 * GIB
-    assert set(estimate.as_dict()) == {"weights", "lora_state", "activations", "loss", "total"}
+    assert set(estimate.as_dict()) == {
+        "weights",
+        "lora_state",
+        "activations",
+        "loss",
+        "total",
+        "all_reduce",
+    }
+    assert estimate.all_reduce == 0  # one device: nothing to all-reduce
+
+
+def test_each_of_several_devices_holds_the_whole_run_and_the_all_reduce():
+    alone = check_fits(recipe(batch_size=8, max_seq_length=2048), QWEN2_05B, 16)
+    each = check_fits(recipe(batch_size=8, max_seq_length=2048), QWEN2_05B, 16, devices=4)
+    trainable = memory.lora_parameters(ModelShape.from_config(QWEN2_05B), 16, "all-linear")
+    # batch_size is per device: the same weights, adapter and activations on every device.
+    assert (each.weights, each.activations, each.loss) == (
+        alone.weights,
+        alone.activations,
+        alone.loss,
+    )
+    assert each.all_reduce == 4 * trainable + memory.COMMUNICATOR_BYTES
+    extra = int(4 * trainable * memory.SLACK) + memory.COMMUNICATOR_BYTES
+    assert each.total - alone.total == pytest.approx(extra, abs=2)
 
 
 def test_too_large_a_batch_names_the_batch_size_that_fits():

@@ -99,6 +99,43 @@ def test_a_node_name_or_tier_id_given_twice_is_refused(tmp_path: Path) -> None:
     }
 
 
+def test_a_tier_trains_on_its_gpus_or_its_cpu_processes(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "tiers:\n"
+        "  - {id: cpu, name: CPU, credits_per_minute: 1, processes: 2}\n"
+        "  - {id: h100, name: 8 H100, credits_per_minute: 0, gpus: 8}\n"
+        "  - {id: t4, name: T4, credits_per_minute: 0}\n",
+    )
+    settings = Settings.load(tmp_path)
+    devices = {tier: settings.tier(tier).devices for tier in ("cpu", "h100", "t4")}
+    assert devices == {"cpu": 2, "h100": 8, "t4": 1}
+
+
+def test_processes_are_for_tiers_without_gpus(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "tiers:\n"
+        "  - {id: h100, name: H100, credits_per_minute: 0, gpus: 2, processes: 2}\n"
+        "  - {id: t4, name: T4, credits_per_minute: 0, processes: 2}\n"
+        "  - {id: cpu, name: CPU, credits_per_minute: 1, processes: 0}\n"
+        "  - {id: big, name: Big, credits_per_minute: 1, gpus: 0, processes: 65}\n",
+    )
+    with pytest.raises(ConfigError) as error:
+        Settings.load(tmp_path)
+    found = problems(error)
+    assert set(found) == {
+        "tiers.0.processes",
+        "tiers.1.processes",
+        "tiers.2.processes",
+        "tiers.3.processes",
+    }
+    assert "tier h100 trains on one process per GPU (set gpus" in found["tiers.0.processes"]
+    assert "tier t4 trains on one process per GPU" in found["tiers.1.processes"]
+    assert found["tiers.2.processes"] == "Input should be greater than or equal to 1"
+    assert found["tiers.3.processes"] == "Input should be less than or equal to 64"
+
+
 def test_a_bad_variable_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TUNERY_HEARTBEAT_SECONDS", "often")
     monkeypatch.setenv("TUNERY_CLUSTER__ADDRESS", "ray://head:10001")

@@ -55,6 +55,7 @@ def setup_fit_problem(setup: TrainSetup, card_gib: float) -> ConfigError | None:
         quantize_base="nf4" if getattr(base, "is_loaded_in_4bit", False) else "none",
         value_bytes=2 if setup.precision.autocast is not None else 4,
         sequences_per_example=2 if setup.preference is not None else 1,
+        devices=setup.data_parallel.world.size if setup.data_parallel is not None else 1,
     )
     longest = max((len(sequence.input_ids) for sequence in sequences(setup.examples)), default=1)
     return fit_problem(

@@ -15,6 +15,10 @@ What it counts, in bytes:
 - activations saved for the backward pass, per token and layer (below), or with gradient
   checkpointing one hidden state per layer plus one layer's activations being recomputed;
 - the loss: one chunk of logits (fp32 and compute dtype) and the hidden states' gradient;
+- on several devices (data-parallel, ``pipeline.distributed``), per device: the run is
+  planned per device, since every device holds the whole base, the adapter and
+  ``batch_size`` examples; the all-reduce adds one fp32 copy of the adapter's gradients
+  and NCCL's own buffers (COMMUNICATOR_BYTES);
 - the CUDA context and allocator slack: a fixed CONTEXT_BYTES and SLACK on top.
 
 A DPO run packs two sequences per example (the pair's answers, each after its prompt), so
@@ -39,6 +43,9 @@ SLACK = 1.10
 LOGITS_CHUNK_ELEMENTS = 2**26
 """Kept equal to tunery.pipeline.loss.LOGITS_CHUNK_ELEMENTS (a test checks), which needs torch."""
 NF4_BYTES_PER_WEIGHT = 0.5 + 4 / 64
+COMMUNICATOR_BYTES = int(0.5 * GIB)
+"""NCCL's buffers and streams for one communicator on a device: a few MiB per channel and
+peer, and its own context; rounded up."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,8 @@ class MemoryEstimate:
     activations: int
     loss: int
     total: int
+    all_reduce: int = 0
+    """On several devices: the all-reduce's gradient buffer and NCCL's own (in ``total``)."""
 
     def as_dict(self) -> dict[str, float]:
         return {name: round(value / GIB, 3) for name, value in vars(self).items()}
@@ -159,6 +168,7 @@ class TrainingPlan:
     quantize_base: str = "none"
     value_bytes: int = 2  # 2 for bf16/fp16 compute, 4 for fp32
     sequences_per_example: int = 1  # 2 for DPO: both answers of a pair
+    devices: int = 1  # data-parallel devices; the plan is per device
 
 
 def estimate_peak_memory(
@@ -179,13 +189,16 @@ def estimate_peak_memory(
     chunk = min(LOGITS_CHUNK_ELEMENTS, tokens_per_micro_batch * shape.vocab_size)
     hidden = tokens_per_micro_batch * shape.hidden_size * value_bytes
     loss = chunk * (4 + value_bytes) + 2 * hidden  # logits chunk; hidden states and gradient
-    tensors = weights + lora_state + activations + loss
+    all_reduce = 4 * plan.trainable_parameters if plan.devices > 1 else 0
+    tensors = weights + lora_state + activations + loss + all_reduce
+    communicator = COMMUNICATOR_BYTES if plan.devices > 1 else 0
     return MemoryEstimate(
         weights=weights,
         lora_state=lora_state,
         activations=activations,
         loss=loss,
-        total=int(tensors * SLACK) + CONTEXT_BYTES,
+        total=int(tensors * SLACK) + CONTEXT_BYTES + communicator,
+        all_reduce=all_reduce + communicator,
     )
 
 
@@ -259,8 +272,9 @@ def fit_problem(
     )
 
 
-def plan_for_recipe(recipe: RunRecipe, shape: ModelShape) -> TrainingPlan:
-    """The plan of ``recipe`` on a GPU (bf16/fp16 compute unless mixed_precision is 'no')."""
+def plan_for_recipe(recipe: RunRecipe, shape: ModelShape, *, devices: int = 1) -> TrainingPlan:
+    """The plan of ``recipe`` on each of ``devices`` GPUs (bf16/fp16 compute unless
+    mixed_precision is 'no')."""
     training = recipe.training
     return TrainingPlan(
         trainable_parameters=lora_parameters(shape, recipe.lora.rank, recipe.lora.target_modules),
@@ -269,6 +283,7 @@ def plan_for_recipe(recipe: RunRecipe, shape: ModelShape) -> TrainingPlan:
         quantize_base=recipe.lora.quantize_base,
         value_bytes=4 if training.mixed_precision == "no" else 2,
         sequences_per_example=2 if recipe.method.preference else 1,
+        devices=devices,
     )
 
 
@@ -279,14 +294,15 @@ def check_fits(
     *,
     longest_example: int | None = None,
     card_name: str = "the card",
+    devices: int = 1,
 ) -> MemoryEstimate:
-    """The estimate for ``recipe`` on a card of ``gpu_memory_gib``; ConfigError if it does not
-    fit (see ``fit_problem``). ``model_config``: the base model's config.json as a dict (its
-    context, ``max_position_embeddings``, 2048 when absent); ``longest_example``: the tokens
-    of the data's longest example (for DPO, of one answer after its prompt), when known, since a
-    micro-batch never holds longer ones."""
+    """The estimate for ``recipe`` on each card of ``gpu_memory_gib`` (``devices`` of them,
+    data-parallel); ConfigError if it does not fit (see ``fit_problem``). ``model_config``:
+    the base model's config.json as a dict (its context, ``max_position_embeddings``, 2048
+    when absent); ``longest_example``: the tokens of the data's longest example (for DPO, of
+    one answer after its prompt), when known, since a micro-batch never holds longer ones."""
     shape = ModelShape.from_config(model_config)
-    plan = plan_for_recipe(recipe, shape)
+    plan = plan_for_recipe(recipe, shape, devices=devices)
     context = model_config.get("max_position_embeddings") or 2048
     asked = recipe.training.max_seq_length
     length = min(asked, context) if asked else context

@@ -17,6 +17,11 @@ are any, the prior: ``6 * parameters * tokens`` FLOPs over the tier's assumed tr
 TFLOPS (``TierSettings.assumed_tflops``; evaluations cost a third of that per token, being
 forward passes). Each submitted run records its estimate (``Run.estimate``); once it
 completes, its training seconds are the measurement.
+
+**Several devices.** A tier that trains a run on N devices (``TierSettings.devices``) plans
+N * ``batch_size`` examples per micro-batch, so fewer steps. Only runs measured on as many
+devices count as measurements; the prior is one device's times N times
+DATA_PARALLEL_EFFICIENCY.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from tunery.catalog.models import find as catalog_find
 from tunery.db import Run
 from tunery.errors import ConfigError
 from tunery.lifecycle import RunStatus
-from tunery.pipeline.budget import plan_budget
+from tunery.pipeline.budget import effective_batch, plan_budget
 from tunery.pipeline.config import RunRecipe
 from tunery.pipeline.holdout import plan_holdout
 from tunery.pipeline.memory import GIB, MemoryEstimate
@@ -46,11 +51,18 @@ FLOPS_PER_PARAMETER_TOKEN = 6
 gradients are skipped but gradient checkpointing's recomputation takes their place."""
 EVAL_COST_SHARE = 1 / 3
 """An evaluation token costs a forward pass: a third of a training token."""
+DATA_PARALLEL_EFFICIENCY = 0.85
+"""The share of N× one device's throughput a run on N devices of one node is assumed to
+reach until one was measured: each step waits for its slowest device and for an all-reduce
+of the adapter's gradients. On two CPU cores with gloo tunery measured 1.7-1.9× for 2
+processes (bench/data_parallel.py, bench/README.md); NCCL over NVLink costs less."""
 
 
-def measured_throughput(session: Session, tier: str, base_model: str) -> tuple[float | None, int]:
+def measured_throughput(
+    session: Session, tier: str, base_model: str, *, devices: int = 1
+) -> tuple[float | None, int]:
     """Estimated tokens per training second of the latest completed runs of ``base_model``
-    on ``tier`` (median), and how many runs that is."""
+    on ``tier`` with ``devices`` devices (median), and how many runs that is."""
     runs = session.scalars(
         select(Run)
         .where(
@@ -63,8 +75,10 @@ def measured_throughput(session: Session, tier: str, base_model: str) -> tuple[f
     )
     rates = []
     for run in runs:
-        rate = measured_rate(run.estimate or {}, run.metrics or {})
-        if rate is not None and run.config.get("base_model") == base_model:
+        planned = run.estimate or {}
+        rate = measured_rate(planned, run.metrics or {})
+        same = run.config.get("base_model") == base_model
+        if rate is not None and same and planned.get("devices", 1) == devices:
             rates.append(rate)
         if len(rates) == MEASURED_RUNS:
             break
@@ -106,7 +120,8 @@ def compute_estimate(
     )
     all_tokens = sum(min(tokens, limit or tokens) for tokens in data.row_tokens)
     tokens_per_epoch = round(all_tokens * holdout.training / data.rows) if data.rows else 0
-    budget = plan_budget(max(holdout.training, 1), recipe.training)
+    devices = tier.devices
+    budget = plan_budget(max(holdout.training, 1), recipe.training, devices=devices)
     tokens = round(tokens_per_epoch / budget.steps_per_epoch * budget.total_steps)
     if validation.rows:
         validation_examples = validation.rows
@@ -121,6 +136,12 @@ def compute_estimate(
     if rate is None and catalog is not None and tier.assumed_tflops:
         flops = tier.assumed_tflops * 1e12
         rate, source = flops / (FLOPS_PER_PARAMETER_TOKEN * catalog.parameters), "prior"
+        if devices > 1:
+            rate *= devices * DATA_PARALLEL_EFFICIENCY
+            notes.append(
+                f"time assumed for {devices} devices at {DATA_PARALLEL_EFFICIENCY:.0%} of "
+                f"{devices}x one device's throughput, until a run on them is measured"
+            )
     if rate is None:
         notes.append(
             "no time estimate: the model's size is unknown and no run of it on this tier "
@@ -144,6 +165,8 @@ def compute_estimate(
         tokens=tokens,
         total_steps=budget.total_steps,
         epochs=budget.epochs,
+        devices=devices,
+        effective_batch=effective_batch(recipe.training, devices),
         seconds=round(seconds, 1) if seconds is not None else None,
         tokens_per_second=round(rate, 1) if rate else None,
         throughput_source=source,

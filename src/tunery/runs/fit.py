@@ -61,7 +61,7 @@ def _local_config(path: Path) -> dict[str, Any] | None:
 
 
 def peak_memory(recipe: RunRecipe, tier: TierSettings, data: DataShape) -> MemoryEstimate | None:
-    """The run's planned peak memory on ``tier``'s card; None when it is not checked.
+    """The run's planned peak memory on each of ``tier``'s cards; None when it is not checked.
 
     Raises ConfigError naming the setting to change when it does not fit.
     """
@@ -76,6 +76,7 @@ def peak_memory(recipe: RunRecipe, tier: TierSettings, data: DataShape) -> Memor
             card,
             longest_example=data.longest_row_tokens or None,
             card_name=f"the {tier.name}",
+            devices=tier.devices,
         )
     except ValueError:
         return None  # a local config.json without the usual size fields: the worker checks

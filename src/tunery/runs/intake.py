@@ -155,7 +155,9 @@ def check_submission(
             problems += [FieldProblem(p.field, f"{p.message}{hint}") for p in error.problems]
     if problems or recipe is None or tier is None or shapes is None:
         raise ConfigError(problems)
-    rate, measured = estimate.measured_throughput(session, tier.id, recipe.base_model)
+    rate, measured = estimate.measured_throughput(
+        session, tier.id, recipe.base_model, devices=tier.devices
+    )
     return Submission(
         recipe=recipe,
         tier=tier,

@@ -291,6 +291,8 @@ def tiers_view(plane: ControlPlane) -> list[TierPublic]:
                 name=tier.name,
                 credits_per_minute=tier.credits_per_minute,
                 gpu_memory_gib=tier.memory_gib,
+                gpus=tier.gpus_per_attempt,
+                devices=tier.devices,
                 nodes_total=capacity.total,
                 nodes_free=capacity.free,
             )

@@ -126,6 +126,10 @@ class RunEstimate(BaseModel):
     """Estimated tokens the whole run processes."""
     total_steps: int
     epochs: int
+    devices: int = 1
+    """The devices (GPUs, or CPU processes) the tier trains a run on, data-parallel."""
+    effective_batch: int | None = None
+    """Examples per optimizer step: ``batch_size`` (per device) * devices * accumulation."""
     seconds: float | None
     """Estimated training seconds on the tier; None when neither a measurement nor a prior
     exists (an unknown model on a tier without ``tflops``)."""
@@ -234,6 +238,11 @@ class TierPublic(BaseModel):
     credits_per_minute: float
     gpu_memory_gib: float | None = None
     """The card memory runs on this tier are planned against; None: not checked (cpu)."""
+    gpus: int = 0
+    """GPUs a run on this tier trains on (0: it trains on CPUs)."""
+    devices: int = 1
+    """Data-parallel processes a run trains on: one per GPU, or the tier's CPU processes;
+    ``training.batch_size`` is per device."""
     nodes_total: int
     nodes_free: int
 

@@ -6,7 +6,8 @@
 
 import { ApiError, api } from "./api.js";
 import { $, h } from "./dom.js";
-import { formatCredits, formatDuration } from "./format.js";
+import { state } from "./state.js";
+import { formatCredits, formatDuration, formatEffectiveBatch } from "./format.js";
 
 const DEBOUNCE_MS = 400;
 let timer = null;
@@ -33,7 +34,7 @@ async function estimate(body) {
   const ticket = ++asked;
   try {
     const answer = await api("/runs/estimate", { method: "POST", json: body });
-    if (ticket === asked) box.replaceChildren(...describe(answer));
+    if (ticket === asked) box.replaceChildren(...describe(answer, body));
   } catch (error) {
     if (ticket !== asked) return;
     const problems = error instanceof ApiError ? error.problems : [];
@@ -49,7 +50,7 @@ async function estimate(body) {
   }
 }
 
-function describe(estimate) {
+function describe(estimate, body) {
   const source = estimate.throughput_source === "measured"
     ? `measured on ${estimate.measured_runs} earlier run(s) of this model on this tier`
     : "assumed from the tier's compute (no run of this model measured here yet)";
@@ -60,6 +61,9 @@ function describe(estimate) {
       `${estimate.examples.toLocaleString()} training examples of ${estimate.rows.toLocaleString()} rows`
       + ` (${estimate.validation_examples.toLocaleString()} for validation) · `
       + `~${estimate.tokens.toLocaleString()} tokens · ${estimate.total_steps.toLocaleString()} steps`),
+    h("p", { dataset: { estimate: "batch" } }, `Effective batch: ${formatEffectiveBatch(
+      body.training.batch_size, estimate.devices, body.training.gradient_accumulation_steps,
+      state.tiers.find((tier) => tier.id === estimate.tier)?.gpus)}.`),
     h("p", { dataset: { estimate: "time" } }, `Training time ${time} on ${estimate.tier} (${source}).`),
   ];
   if (estimate.credits !== null) {

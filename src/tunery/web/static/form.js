@@ -4,7 +4,7 @@
 import { ApiError, api } from "./api.js";
 import { $, h, reportError } from "./dom.js";
 import { setUpEstimate } from "./estimate.js";
-import { formatBytes } from "./format.js";
+import { formatBytes, formatEffectiveBatch } from "./format.js";
 import { clearProblems, showProblems } from "./problems.js";
 import { receiveRun, state } from "./state.js";
 
@@ -21,6 +21,8 @@ export function setUpForm() {
     event.preventDefault();
     submit();
   });
+  $("#run-form").addEventListener("input", showEffectiveBatch);
+  $("#run-form").addEventListener("change", showEffectiveBatch);
   reestimate = setUpEstimate(payload);
 }
 
@@ -116,9 +118,23 @@ export function renderTiers() {
       h("strong", {}, tier.name), " ",
       h("span", { class: "muted" },
         `${tier.credits_per_minute > 0 ? `${tier.credits_per_minute} credits/min` : "free"} · `
+        + (tier.devices > 1 ? `${tier.devices} ${tier.gpus ? "GPUs" : "processes"} · ` : "")
         + (tier.gpu_memory_gib ? `${tier.gpu_memory_gib} GiB · ` : "")
         + `${tier.nodes_free} of ${tier.nodes_total} nodes free`)),
   )));
+  showEffectiveBatch();
+}
+
+/** Batch size is per device: say what one optimizer step trains on the chosen tier. */
+function showEffectiveBatch() {
+  const tier = state.tiers.find((entry) => entry.id === $("#f-tiers input:checked")?.value);
+  const batch = Number($("#f-batch").value);
+  const accumulation = Number($("#f-accum").value);
+  const valid = Number.isInteger(batch) && batch >= 1 && Number.isInteger(accumulation)
+    && accumulation >= 1;
+  $("#f-effective-batch").textContent = valid
+    ? `Effective batch: ${formatEffectiveBatch(batch, tier?.devices ?? 1, accumulation, tier?.gpus)}`
+    : "";
 }
 
 /** Upload the chosen file; the server checks every row and names the bad ones. */

@@ -29,3 +29,14 @@ export const formatTime = (iso) => (iso ? new Date(iso).toLocaleString() : "–"
 
 /** "1 minute", "3 minutes". */
 export const plural = (count, noun) => `${count} ${noun}${count === 1 ? "" : "s"}`;
+
+/** The effective batch: "16 examples per step (4 per device × 2 GPUs × 2 accumulated)";
+ * ``gpus`` says whether the tier's devices are GPUs or CPU processes. */
+export function formatEffectiveBatch(batch, devices, accumulation, gpus) {
+  const parts = [`${batch} per device`];
+  if (devices > 1) parts.push(`${devices} ${gpus ? "GPUs" : "processes"}`);
+  if (accumulation > 1) parts.push(`${accumulation} accumulated`);
+  const examples = batch * devices * accumulation;
+  return `${plural(examples, "example")} per step`
+    + (parts.length > 1 ? ` (${parts.join(" × ")})` : "");
+}

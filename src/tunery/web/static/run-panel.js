@@ -6,7 +6,7 @@ import { api, saveBlob } from "./api.js";
 import { chatBox } from "./chat.js";
 import { confirmAction, h, reportError } from "./dom.js";
 import { rerun } from "./form.js";
-import { formatCredits, formatDuration, plural } from "./format.js";
+import { formatCredits, formatDuration, formatEffectiveBatch, plural } from "./format.js";
 import { downloadArtifact } from "./hub.js";
 import { LossChart } from "./loss-chart.js";
 import { sampleCards } from "./samples.js";
@@ -274,12 +274,22 @@ function configView(run) {
     h("div", { class: "config-grid" },
       h("section", {}, h("h4", {}, "Run"), list([
         ["Base model", config.base_model], ["GPU tier", run.tier],
+        ["Effective batch", effectiveBatch(run)],
         ["GGUF export", config.export.gguf ? config.export.quantization : "off"],
         ["Datasets", names.join(", ")]])),
       h("section", {}, h("h4", {}, "Training"), list(Object.entries(config.training))),
       h("section", {}, h("h4", {}, "LoRA"), list([
         ["rank", config.lora.rank], ["alpha", config.lora.alpha], ["dropout", config.lora.dropout],
         ["target modules", Array.isArray(targets) ? targets.join(", ") : targets]]))));
+}
+
+/** What one optimizer step of the run trains, on the devices its tier gave it. */
+function effectiveBatch(run) {
+  const tier = state.tiers.find((entry) => entry.id === run.tier);
+  const devices = run.estimate?.devices ?? tier?.devices ?? 1;
+  const training = run.config.training;
+  return formatEffectiveBatch(
+    training.batch_size, devices, training.gradient_accumulation_steps, tier?.gpus);
 }
 
 async function cancelRun(id) {
