@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tunery.backends.local import group_members
 
 TUNERY = [sys.executable, "-m", "tunery.cli"]
 
@@ -102,3 +105,44 @@ def test_ctrl_c_stops_after_the_step_and_saves_nothing(data_dir, demo_dataset, t
     assert "cancelled" in stderr and "no adapter was saved" in stderr
     assert not (tmp_path / "out" / "cli-run-lora.zip").exists()
     assert not (tmp_path / "out" / "adapter").exists()
+
+
+@pytest.mark.parametrize("processes", ["0", "65", "two"])
+def test_processes_out_of_range_are_named(data_dir, demo_dataset, tmp_path, processes):
+    recipe = write_recipe(tmp_path / "recipe.yaml", demo_dataset)
+    result = run(["train", str(recipe), "--processes", processes], data_dir)
+    assert result.returncode == 2
+    assert "--processes" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_train_on_two_processes_and_ctrl_c_leaves_none(data_dir, demo_dataset, tmp_path):
+    recipe = write_recipe(tmp_path / "recipe.yaml", demo_dataset, batch_size=4)
+    out = tmp_path / "out"
+    result = run(["train", str(recipe), "--out", str(out), "--processes", "2"], data_dir)
+    assert result.returncode == 0, result.stderr
+    assert "trained 6 steps" in result.stdout
+    assert "training on 2 processes of this node, batch 4 per process" in result.stderr
+    batch = json.loads((out / "run.json").read_text())["batch"]
+    assert (batch["processes"], batch["effective"]) == (2, 8)
+
+    # Ctrl-C in a terminal reaches the whole process group: the ranks leave it to tunery.
+    long = write_recipe(tmp_path / "long.yaml", demo_dataset, batch_size=4, max_steps=5000)
+    process = subprocess.Popen(
+        [*TUNERY, "train", str(long), "--out", str(tmp_path / "long"), "--processes", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TUNERY_DATA_DIR": str(data_dir)},
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (tmp_path / "long" / "checkpoints").exists():
+        time.sleep(0.2)  # the first checkpoint (step 50) proves training is under way
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "cancelled" in stderr
+    assert not (tmp_path / "long" / "adapter").exists()
+    assert group_members(process.pid) == []

@@ -220,3 +220,14 @@ def test_cancel_stops_every_rank_and_leaves_no_process(data_dir, make_recipe, tm
         )
     assert rank_pids() == []
     assert not (tmp_path / "out" / "adapter").exists()
+
+
+@pytest.mark.slow
+def test_finish_now_ends_training_on_every_rank_and_rank_0_saves(data_dir, make_recipe, tmp_path):
+    recipe = recipe_for(make_recipe, 4, max_steps=400)
+    reporter = RecordingReporter(finish_after_step=2)
+    result = run_recipe_on_ranks(recipe, tmp_path / "out", reporter, processes=2)
+    assert 2 <= reporter.steps[-1].step < 400
+    assert any(line.startswith("finishing now at step") for line in reporter.logs)
+    assert result.completed and result.lora_bundle.is_file()
+    assert rank_pids() == []
