@@ -132,7 +132,7 @@ def demo_recipe(dataset: Path, **overrides: Any) -> RunRecipe:
     return parse_recipe(payload)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_recipe(demo_dataset: Path) -> Callable[..., RunRecipe]:
     """``make_recipe(**overrides)``: the demo recipe with overrides (see ``demo_recipe``)."""
     return lambda **overrides: demo_recipe(overrides.pop("dataset", demo_dataset), **overrides)

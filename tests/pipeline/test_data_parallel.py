@@ -89,17 +89,15 @@ def assert_same_adapter(first: dict[str, torch.Tensor], second: dict[str, torch.
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory, demo_model_dir, demo_dataset):
+def two_ranks(tmp_path_factory, demo_model_dir, make_recipe):
     """10 steps on 2 processes of batch 4, uninterrupted, with its reporter and output."""
-    from conftest import demo_recipe
-
     root = tmp_path_factory.mktemp("two-ranks")
     (root / "data" / "models").mkdir(parents=True)
     (root / "data" / "models" / "demo-tiny").symlink_to(demo_model_dir)
     reporter = RecordingReporter()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TUNERY_DATA_DIR", str(root / "data"))
-        recipe = demo_recipe(demo_dataset, training=training(4))
+        recipe = recipe_for(make_recipe, 4)
         result = run_recipe_on_ranks(recipe, root / "out", reporter, processes=2, threads=2)
     return reporter, result
 

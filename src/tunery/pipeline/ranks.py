@@ -26,7 +26,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -202,7 +202,7 @@ class _Supervisor:
 
     def __init__(
         self,
-        ranks: list[BaseProcess],
+        ranks: Sequence[BaseProcess],
         pipes: list[Connection],
         reporter: Reporter,
         on_checkpoint: Callable[[Path], None] | None,
@@ -220,7 +220,8 @@ class _Supervisor:
         while True:
             requests[_STOP] = int(self._reporter.should_stop())
             requests[_FINISH] = int(self._reporter.should_finish())
-            waiting = [*self._pipes.values(), *(rank.sentinel for rank in self._ranks)]
+            waiting: list[Connection | int] = [*self._pipes.values()]
+            waiting += [rank.sentinel for rank in self._ranks]
             multiprocessing.connection.wait(waiting, timeout=POLL_SECONDS)
             # Exit codes first: whatever a rank said before it exited is heard after.
             exits = [rank.exitcode for rank in self._ranks]
