@@ -66,15 +66,6 @@ def recipe_for(make_recipe, batch_size: int, **more: int):
     return make_recipe(training=training(batch_size, **more))
 
 
-@pytest.fixture
-def one_thread():
-    """This process trains with one thread, as each of two ranks on two cores does."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def adapter(out: Path) -> dict[str, torch.Tensor]:
     return load_file(out / "adapter" / "adapter_model.safetensors")
 
@@ -229,3 +220,31 @@ def test_finish_now_ends_training_on_every_rank_and_rank_0_saves(data_dir, make_
     assert any(line.startswith("finishing now at step") for line in reporter.logs)
     assert result.completed and result.lora_bundle.is_file()
     assert rank_pids() == []
+
+
+@pytest.mark.slow
+def test_dpo_on_two_processes_trains_as_on_one_with_twice_the_batch(
+    data_dir, make_recipe, tmp_path, one_thread
+):
+    from tunery.catalog.preference_data import write_preference_dataset
+
+    preferences = write_preference_dataset(tmp_path / "prefs.jsonl", count=60)
+
+    def dpo(batch_size: int):
+        return make_recipe(
+            dataset=preferences,
+            method={"type": "dpo", "beta": 0.3},
+            training={**training(batch_size, max_steps=6), "learning_rate": 5e-4},
+        )
+
+    shared, alone = RecordingReporter(), RecordingReporter()
+    run_recipe_on_ranks(dpo(2), tmp_path / "two", shared, processes=2)
+    run_recipe_on_ranks(dpo(4), tmp_path / "one", alone, processes=1)
+    # Each rank averages over its own pairs; weighted by them, the step is the mean of all.
+    # Rewards are differences of log-probabilities summed over whole answers (in float32,
+    # packed two pairs or four at a time): they agree to about 1e-5.
+    for two, one in zip(shared.steps, alone.steps, strict=True):
+        assert two.loss == pytest.approx(one.loss, rel=1e-5)
+        assert two.rewards_chosen == pytest.approx(one.rewards_chosen, abs=1e-4)
+        assert two.reward_margin == pytest.approx(one.reward_margin, abs=1e-4)
+    assert_same_adapter(adapter(tmp_path / "two"), adapter(tmp_path / "one"))

@@ -5,11 +5,13 @@ Every rank holds a replica of the base model and the adapter. A step, on every r
 1. The step's global micro-batches are the same everywhere (an epoch's order depends on the
    seed alone, ``pipeline.budget``). Each is split by tokens, not rows, into disjoint shares
    (``split_by_tokens``), so no rank waits on a longer one; rank r trains on share r.
-2. Forward and backward on the share, the loss divided by the share's own trained tokens.
+2. Forward and backward on the share, the loss normalised over the share itself (per
+   trained token for supervised fine-tuning, per pair for DPO).
 3. One all-reduce sums the gradients, each rank's weighted by its share of the step's trained
-   tokens: the gradient of the whole step's loss, exactly what one device computes with the
-   whole batch. A second, tiny one carries the step's loss, its real tokens and rank 0's
-   cancel and finish requests, so every rank stops at the same step.
+   tokens (or pairs): the gradient of the whole step's loss, exactly what one device computes
+   with the whole batch. A second, tiny one carries the step's loss, its real tokens, the
+   objective's metrics (DPO's rewards) and rank 0's cancel and finish requests, so every rank
+   stops at the same step.
 
 Why not ``DistributedDataParallel``: the loss runs the decoder and the output head as separate
 calls (``pipeline.loss``), around the wrapper's forward that DDP's bucket reducer hooks; and
@@ -38,7 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tunery.errors import TuneryError
-from tunery.pipeline.chat import Example
+from tunery.pipeline.chat import Example, PairExample
 from tunery.pipeline.config import TrainingConfig
 from tunery.pipeline.reporting import EvalMetrics, Reporter, StepMetrics
 
@@ -76,25 +78,27 @@ class World:
         return self.rank == 0
 
 
-def split_by_tokens(batch: list[Example], parts: int) -> list[list[Example]]:
+Item = Example | PairExample
+"""What a micro-batch holds: examples, or preference pairs (both answers of each)."""
+
+
+def split_by_tokens(batch: list[Item], parts: int) -> list[list[Item]]:
     """``batch`` in ``parts`` disjoint shares of nearly equal tokens.
 
-    Longest example first, each to the share with the fewest tokens so far (ties to the
-    lower share); each share keeps the batch's order. A function of the batch alone, so
-    every rank computes the same split.
+    Longest item first, each to the share with the fewest tokens so far (ties to the lower
+    share); each share keeps the batch's order. A function of the batch alone, so every rank
+    computes the same split.
     """
     tokens = [0] * parts
     members: list[list[int]] = [[] for _ in range(parts)]
-    for index in sorted(range(len(batch)), key=lambda i: (-len(batch[i].input_ids), i)):
+    for index in sorted(range(len(batch)), key=lambda i: (-batch[i].tokens, i)):
         lightest = min(range(parts), key=lambda part: (tokens[part], part))
         members[lightest].append(index)
-        tokens[lightest] += len(batch[index].input_ids)
+        tokens[lightest] += batch[index].tokens
     return [[batch[index] for index in sorted(share)] for share in members]
 
 
-def rank_share(
-    micro_batches: list[list[Example]], world: World, batch_size: int
-) -> list[list[Example]]:
+def rank_share(micro_batches: list[list[Item]], world: World, batch_size: int) -> list[list[Item]]:
     """The micro-batches rank ``world.rank`` trains on in a step of ``micro_batches``.
 
     Each global micro-batch is split by tokens into ``max(world.size, ⌈len / batch_size⌉)``
@@ -102,7 +106,7 @@ def rank_share(
     the run has the devices it was planned for, more (each about ``batch_size`` examples)
     when it resumed on fewer. Empty parts (a short last micro-batch) are left out.
     """
-    shares: list[list[Example]] = []
+    shares: list[list[Item]] = []
     for batch in micro_batches:
         parts = max(world.size, math.ceil(len(batch) / batch_size))
         if parts == 1:
@@ -113,8 +117,13 @@ def rank_share(
     return shares
 
 
-def trained_tokens(micro_batches: list[list[Example]]) -> int:
-    return sum(example.trained_tokens for batch in micro_batches for example in batch)
+def loss_units(micro_batches: list[list[Item]]) -> int:
+    """What a step's loss is averaged over: trained tokens of examples, or pairs (DPO)."""
+    return sum(
+        1 if isinstance(item, PairExample) else item.trained_tokens
+        for batch in micro_batches
+        for item in batch
+    )
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -218,8 +227,8 @@ class DataParallel:
         self._scatter(parameters, flat, grads=False)
 
     def share(
-        self, step: int, micro_batches: list[list[Example]], *, batch_size: int, seed: int
-    ) -> list[list[Example]]:
+        self, step: int, micro_batches: list[list[Item]], *, batch_size: int, seed: int
+    ) -> list[list[Item]]:
         """This rank's micro-batches of 0-based step ``step`` (``rank_share``); seeds the
         step's random draws per rank."""
         shares = rank_share(micro_batches, self.world, batch_size)
@@ -227,17 +236,22 @@ class DataParallel:
             import torch
 
             torch.manual_seed(step_seed(seed, step, self.world.rank))
-            total = trained_tokens(micro_batches)
-            self._weight = trained_tokens(shares) / total if total else 0.0
+            total = loss_units(micro_batches)
+            self._weight = loss_units(shares) / total if total else 0.0
         return shares
 
     def all_reduce(
-        self, parameters: list[torch.nn.Parameter], loss: float, real_tokens: int
-    ) -> tuple[float, int]:
+        self,
+        parameters: list[torch.nn.Parameter],
+        loss: float,
+        real_tokens: int,
+        metrics: dict[str, float],
+    ) -> tuple[float, int, dict[str, float]]:
         """Sum the ranks' weighted gradients into every rank's ``.grad``; returns the step's
-        loss and real tokens over all ranks, and agrees on rank 0's cancel and finish."""
+        loss, real tokens and objective ``metrics`` (means, like the loss) over all ranks, and
+        agrees on rank 0's cancel and finish. Every rank must name the same metrics."""
         if self.world.size == 1:
-            return loss, real_tokens
+            return loss, real_tokens, metrics
         import torch
         import torch.distributed as dist
 
@@ -248,18 +262,24 @@ class DataParallel:
         dist.all_reduce(flat)
         events = self._events
         asked = (events.should_stop(), events.should_finish()) if events else (False, False)
+        names = sorted(metrics)
         numbers = torch.tensor(
-            [loss * self._weight, float(real_tokens), *map(float, asked)],
+            [
+                loss * self._weight,
+                float(real_tokens),
+                *map(float, asked),
+                *(metrics[name] * self._weight for name in names),
+            ],
             dtype=torch.float64,
             device=self.device,
         )
         dist.all_reduce(numbers)
         self._scatter(parameters, flat, grads=True)
-        step_loss, tokens, stop, finish = numbers.tolist()
+        step_loss, tokens, stop, finish, *means = numbers.tolist()
         self.all_reduce_seconds.append(time.perf_counter() - started)
         self.stop_agreed = self.stop_agreed or stop > 0
         self.finish_agreed = self.finish_agreed or finish > 0
-        return step_loss, round(tokens)
+        return step_loss, round(tokens), dict(zip(names, means, strict=True))
 
     def agree(self, decision: bool) -> bool:
         """Rank 0's ``decision``, on every rank (early stopping, say, where ranks' own

@@ -91,6 +91,7 @@ class RankJob:
     validation_paths: list[Path] | None = None
     checkpoint_dir: Path | None = None
     base_cache_dir: Path | None = None
+    init_adapter_dir: Path | None = None
     keeps_checkpoints: bool = False
     """The caller takes each complete checkpoint (``on_checkpoint``)."""
     parent_pid: int = field(default_factory=os.getpid)
@@ -108,6 +109,7 @@ def run_recipe_on_ranks(
     checkpoint_dir: Path | None = None,
     base_cache_dir: Path | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
+    init_adapter_dir: Path | None = None,
 ) -> RunResult:
     """``run_recipe`` on ``processes`` data-parallel processes of this node (one process:
     in this one). ``threads``: torch threads for all ranks together (None: the CPUs).
@@ -131,6 +133,7 @@ def run_recipe_on_ranks(
             checkpoint_dir=checkpoint_dir,
             base_cache_dir=base_cache_dir,
             on_checkpoint=on_checkpoint,
+            init_adapter_dir=init_adapter_dir,
         )
         assert result is not None  # a process alone is rank 0
         return result
@@ -160,6 +163,7 @@ def run_recipe_on_ranks(
         validation_paths=validation_paths,
         checkpoint_dir=checkpoint_dir,
         base_cache_dir=base_cache_dir,
+        init_adapter_dir=init_adapter_dir,
         keeps_checkpoints=on_checkpoint is not None,
     )
     context = torch.multiprocessing.get_context("spawn")
@@ -399,6 +403,7 @@ def rank_main(rank: int, job: RankJob, pipe: Connection, requests: Any) -> None:
             checkpoint_dir=job.checkpoint_dir,
             base_cache_dir=job.base_cache_dir,
             on_checkpoint=link.keep_checkpoint if link and job.keeps_checkpoints else None,
+            init_adapter_dir=job.init_adapter_dir,
             data_parallel=parallel,
         )
         outcome = ("result", result) if result is not None else ("done", None)
