@@ -9,20 +9,21 @@ says why.
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from collections.abc import Iterator
+import subprocess
+import sys
+import textwrap
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
-import ray
 from control_harness import Client, payload, wait_until
-from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from ray_cluster import RayCluster
 
-from tunery.backends.ray import NAME_PREFIX, show_group_gpus
+from tunery.backends.ray import NAME_PREFIX
 
 pytestmark = pytest.mark.ray
 REPLACEMENT_IP = "127.0.0.6"
@@ -32,30 +33,43 @@ def pair_nodes(cluster: RayCluster) -> set[str]:
     return {node.ip for node in cluster.nodes if "tier:pair" in node.resources}
 
 
-@pytest.fixture
-def driver(ray_cluster: RayCluster) -> Iterator[None]:
-    """This test process as a client of the cluster (its own namespace)."""
-    saved = dict(os.environ)
-    os.environ.update(ray_cluster.env)
-    ray.init(address=ray_cluster.address, namespace="tests", log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        os.environ.clear()
-        os.environ.update(saved)
+def in_driver(cluster: RayCluster, script: str) -> Any:
+    """Run ``script`` in a Python process connected to the cluster (as ``ray``) and return
+    the JSON it prints last. A process of its own: Ray reads its authentication mode once,
+    when a process imports it, and this one may have imported Ray before the cluster's
+    token existed."""
+    connect = (
+        "import json, ray\n"
+        f"ray.init(address={cluster.address!r}, namespace='tests', log_to_driver=False)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", connect + textwrap.dedent(script)],
+        env={**os.environ, **cluster.env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def groups_of_run(tier: str) -> list[dict]:
-    return [
-        group
-        for group in placement_group_table().values()
-        if group["name"].startswith(f"{NAME_PREFIX}{tier}:") and group["state"] == "CREATED"
-    ]
+def groups_of_run(cluster: RayCluster, tier: str) -> list[dict[str, Any]]:
+    prefix = f"{NAME_PREFIX}{tier}:"
+    return in_driver(
+        cluster,
+        f"""
+        from ray.util.placement_group import placement_group_table
+        groups = placement_group_table().values()
+        print(json.dumps([
+            group for group in groups
+            if group["name"].startswith({prefix!r}) and group["state"] == "CREATED"
+        ]))
+        """,
+    )
 
 
 def test_a_two_process_run_is_packed_on_one_node_and_a_lost_node_resumes_it_elsewhere(
-    ray_client: Client, ray_cluster: RayCluster, demo_dataset: Path, driver: None
+    ray_client: Client, ray_cluster: RayCluster, demo_dataset: Path
 ) -> None:
     body = payload(ray_client.dataset(demo_dataset), "ray-pair", gpu_tier="pair")
     body["training"].update(max_steps=40, checkpoint_every_steps=4)
@@ -63,7 +77,7 @@ def test_a_two_process_run_is_packed_on_one_node_and_a_lost_node_resumes_it_else
     training = ray_client.wait_step(run["id"], 9, timeout=300)
     lost = training["node"]
     assert lost in pair_nodes(ray_cluster)
-    (group,) = groups_of_run("pair")
+    (group,) = groups_of_run(ray_cluster, "pair")
     assert group["strategy"] == "STRICT_PACK"
     assert [bundle["tier:pair"] for bundle in group["bundles"].values()] == [0.5, 0.5]
     assert len(set(group["bundles_to_node_id"].values())) == 1
@@ -87,24 +101,30 @@ def test_a_two_process_run_is_packed_on_one_node_and_a_lost_node_resumes_it_else
         ray_cluster.add_node(replace(gone, ip=REPLACEMENT_IP))
 
 
-@ray.remote(num_cpus=0)
-def visible_gpus_in_the_group() -> str:
-    show_group_gpus()
-    return os.environ["CUDA_VISIBLE_DEVICES"]
+def test_the_worker_sees_the_gpus_its_bundles_hold(ray_cluster: RayCluster) -> None:
+    visible = in_driver(
+        ray_cluster,
+        """
+        import os
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+        from tunery.backends.ray import show_group_gpus
 
+        @ray.remote(num_cpus=0)
+        def visible_gpus_in_the_group():
+            show_group_gpus()
+            return os.environ["CUDA_VISIBLE_DEVICES"]
 
-def test_the_worker_sees_the_gpus_its_bundles_hold(driver: None) -> None:
-    group = placement_group([{"GPU": 1.0, "tier:duo": 0.5}] * 2, strategy="STRICT_PACK")
-    try:
-        ray.get(group.ready(), timeout=60)
-        visible = ray.get(
-            visible_gpus_in_the_group.options(
-                scheduling_strategy=PlacementGroupSchedulingStrategy(group, 0)
-            ).remote(),
-            timeout=120,
-        )
-    finally:
-        remove_placement_group(group)
+        group = placement_group([{"GPU": 1.0, "tier:duo": 0.5}] * 2, strategy="STRICT_PACK")
+        try:
+            ray.get(group.ready(), timeout=60)
+            in_group = PlacementGroupSchedulingStrategy(group, 0)
+            task = visible_gpus_in_the_group.options(scheduling_strategy=in_group).remote()
+            print(json.dumps(ray.get(task, timeout=120)))
+        finally:
+            remove_placement_group(group)
+        """,
+    )
     assert sorted(visible.split(",")) == ["0", "1"]
 
 

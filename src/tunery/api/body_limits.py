@@ -232,7 +232,7 @@ def json_problem(body: bytes) -> str | None:
 
 async def read_all(receive: Receive) -> bytes:
     """The whole body (``receive`` enforces the cap); what arrived if the client left."""
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         message = await receive()
         if message["type"] != "http.request":

@@ -17,12 +17,11 @@ from typing import TypeVar
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel
 
 from tunery.lifecycle import TERMINAL
 from tunery.runs import history, queries
 from tunery.runs.plane import ControlPlane
-from tunery.wire.events import ReadyEvent, SnapshotEvent
+from tunery.wire.events import ReadyEvent, SnapshotEvent, StoredEvent
 
 Answer = TypeVar("Answer")
 KEEPALIVE_SECONDS = 15.0
@@ -101,7 +100,7 @@ class SharedReads:
             return answer
 
 
-def sse(payload: BaseModel, event_id: int | None = None) -> str:
+def sse(payload: StoredEvent | ReadyEvent | SnapshotEvent, event_id: int | None = None) -> str:
     """One Server-Sent Event; the payload's ``kind`` names it."""
     head = f"id: {event_id}\n" if event_id is not None else ""
     kind = payload.kind

@@ -137,7 +137,8 @@ class RayBackend:
         self._gpus = dict(gpus)
         self._devices = dict(devices or {})
         self._accelerators = dict(accelerators or {})
-        self._actor_class = ray.remote(
+        # Ray's type hints list only task options for ray.remote; actors take lifetime too.
+        self._actor_class = ray.remote(  # type: ignore[call-overload]
             num_cpus=0, max_restarts=0, max_task_retries=0, lifetime="detached"
         )(RayWorker)
         self._groups: list[dict[str, Any]] = []

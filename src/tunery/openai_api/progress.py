@@ -70,7 +70,7 @@ def _event(row: RunEvent) -> JobEvent:
     return JobEvent(
         id=f"{mapping.EVENT_PREFIX}{row.id}",
         created_at=int(row.created_at),
-        level=mapping.event_level(row.kind, row.data),  # type: ignore[arg-type]
+        level=mapping.event_level(row.kind, row.data),
         message=mapping.event_message(row.kind, row.data),
         data=data,
         type="metrics" if metrics else "message",

@@ -192,7 +192,7 @@ def render_with_spans(
     """
     markers = [f"\ue000{index}\ue001" for index in range(len(messages))]
     try:
-        rendered = tokenizer.apply_chat_template(
+        rendered: str = tokenizer.apply_chat_template(  # type: ignore[assignment]
             [
                 {"role": m.role, "content": marker}
                 for m, marker in zip(messages, markers, strict=True)

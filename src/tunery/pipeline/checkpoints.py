@@ -26,7 +26,7 @@ CHECKPOINTS_KEPT = 2
 def _rng_state() -> dict[str, Any]:
     import torch
 
-    state = {"torch": torch.random.get_rng_state()}
+    state: dict[str, Any] = {"torch": torch.random.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

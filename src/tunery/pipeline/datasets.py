@@ -296,6 +296,7 @@ def _trainable(value: str, where: str) -> str:
 def _to_row(raw: dict[str, Any], row_format: str, file: str, line: int) -> Row:
     if row_format == "text":
         return Row(file, line, text=_text(raw["text"], "'text'"))
+    messages: tuple[Message, ...]
     if row_format == "prompt_completion":
         messages = (
             Message("user", _text(raw["prompt"], "'prompt'")),

@@ -236,7 +236,7 @@ def find_end_of_turn(tokenizer: PreTrainedTokenizerBase) -> str:
     """The special token the chat template writes right after an assistant message."""
     marker = "\x1fTUNERY_END_PROBE\x1f"
     try:
-        rendered = tokenizer.apply_chat_template(
+        rendered: str = tokenizer.apply_chat_template(  # type: ignore[assignment]
             [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
             tokenize=False,
         )
@@ -340,7 +340,8 @@ def load_model(
             f"cannot load a causal language model from {model_dir}: {error}",
             hint="tunery fine-tunes decoder-only models that AutoModelForCausalLM loads",
         ) from None
-    return model if quantize_base == "nf4" else model.to(device)
+    # transformers types PreTrainedModel.to by its decorator's signature, not Module.to's.
+    return model if quantize_base == "nf4" else model.to(device)  # type: ignore[arg-type]
 
 
 def max_context(model: PreTrainedModel) -> int:

@@ -70,7 +70,7 @@ def attach_lora(
         model.config.use_cache = False
     config = LoraConfig(
         r=settings.rank,
-        lora_alpha=settings.alpha,
+        lora_alpha=settings.alpha,  # type: ignore[arg-type]  # PEFT scales by alpha/r: a float
         lora_dropout=settings.dropout,
         target_modules=targets,
         bias="none",

@@ -41,7 +41,7 @@ def save_adapter(
     """
     model.peft_config["default"].base_model_name_or_path = base_model
     # Embeddings are never resized (see load_tokenizer), so only LoRA weights are saved.
-    model.save_pretrained(adapter_dir, save_embedding_layers=False)
+    model.save_pretrained(str(adapter_dir), save_embedding_layers=False)
     tokenizer.save_pretrained(adapter_dir)
     # Older tokenizers keep the template inside tokenizer_config.json only; the bundle
     # always carries it as its own file.

@@ -19,9 +19,9 @@ import hashlib
 import secrets
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, Update, select, update
 from sqlalchemy.orm import Session
 
 from tunery.backends.base import Handle
@@ -88,13 +88,14 @@ def move(
     illegal = [source for source in sources if not can_move(source, to)]
     if illegal:
         raise ValueError(f"{', '.join(sorted(illegal))} → {to} is not a legal move")
-    result = session.execute(
+    moved = _rows_changed(
+        session,
         update(Run)
         .where(Run.id == run_id, Run.status.in_([source.value for source in sources]))
         .values(status=to.value, phase=phase.value, **fields)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
-    if result.rowcount != 1:
+    if moved != 1:
         actual = session.scalar(select(Run.status).where(Run.id == run_id))
         raise TransitionConflict(run_id, sources, actual)
     data: dict[str, Any] = {"status": to.value, "phase": phase.value}
@@ -232,12 +233,18 @@ def end_attempt(session: Session, attempt: Attempt, at: float, reason: str) -> b
     A guarded update, so of two actors ending the same attempt (a report and the reaper, a
     cancel and a failed start) exactly one gets True.
     """
-    result = session.execute(
+    ended = _rows_changed(
+        session,
         update(Attempt)
         .where(Attempt.id == attempt.id, Attempt.active.is_(True))
-        .values(active=False, ended_at=at, end_reason=reason)
+        .values(active=False, ended_at=at, end_reason=reason),
     )
-    return result.rowcount == 1
+    return ended == 1
+
+
+def _rows_changed(session: Session, statement: Update) -> int:
+    """How many rows a guarded UPDATE changed (0 when its guard no longer held)."""
+    return cast(CursorResult[Any], session.execute(statement)).rowcount
 
 
 def renew_lease(attempt: Attempt, until: float) -> None:

@@ -122,7 +122,9 @@ class _LogProbs:
         import numpy as np
 
         values = self._current
-        best = np.argpartition(-values, self._top)[: self._top] if self._top else []
+        best: list[int] = (
+            np.argpartition(-values, self._top)[: self._top].tolist() if self._top else []
+        )
         ranked = sorted(best, key=lambda index: -values[index])
         text, raw = self._describe(token)
         return {
@@ -186,8 +188,10 @@ class Engine:
 
         use_tools = request["tools"] and request["tool_choice"] != "none"
         try:
+            # The API checked both against OpenAI's shapes, which llama-cpp types as TypedDicts.
             rendered = self._formatter(
-                messages=request["messages"], tools=request["tools"] if use_tools else None
+                messages=request["messages"],  # type: ignore[arg-type]
+                tools=request["tools"] if use_tools else None,  # type: ignore[arg-type]
             )
         except (TemplateError, ValueError, TypeError, KeyError) as error:
             raise RequestRefused(

@@ -22,6 +22,7 @@ import secrets
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +221,7 @@ class HostPool:
                 self._measured.setdefault(model.key, needed)
                 loading = asyncio.create_task(HostProcess.start(model, self.settings))
                 self._loading[model.key] = loading
-                loading.add_done_callback(lambda task, key=model.key: self._loaded(key, task))
+                loading.add_done_callback(partial(self._loaded, model.key))
             # Shielded: a caller that leaves does not abort a load others will use.
             await asyncio.shield(loading)
 

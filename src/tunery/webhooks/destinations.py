@@ -72,7 +72,7 @@ def _numeric_addresses(host: str) -> set[str] | None:
         found = socket.getaddrinfo(host, None, flags=socket.AI_NUMERICHOST)
     except (socket.gaierror, UnicodeError):
         return None
-    return {entry[4][0] for entry in found}
+    return {str(entry[4][0]) for entry in found}
 
 
 def registration_problem(url: str, *, allow_private: bool) -> str | None:
@@ -159,7 +159,7 @@ def pinned(url: str, *, allow_private: bool) -> Destination:
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as error:
         raise RefusedDestination(f"cannot resolve {host}: {error}") from None
-    addresses = [entry[4][0] for entry in found]
+    addresses = [str(entry[4][0]) for entry in found]
     if not allow_private and not all(_is_public(address) for address in addresses):
         raise RefusedDestination(
             f"{host} resolves to a loopback, private or link-local address; {_only_public()}"

@@ -116,7 +116,7 @@ class HttpReporter:
         return False
 
     def _drain(self) -> list[str]:
-        batch = []
+        batch: list[str] = []
         while True:
             try:
                 event = self._queue.get_nowait()

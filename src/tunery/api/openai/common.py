@@ -78,7 +78,7 @@ def http_refusal(request: Request, error: HTTPException) -> JSONResponse:
         )
         return _answer(refused)
     message = error.detail.get("message") if isinstance(error.detail, dict) else error.detail
-    return _answer(OpenAIError(error.status_code, str(message), headers=error.headers))
+    return _answer(OpenAIError(error.status_code, str(message), headers=dict(error.headers or {})))
 
 
 def invalid_request(error: RequestValidationError) -> JSONResponse:
