@@ -411,10 +411,10 @@ def _message(message: Any, where: str) -> dict[str, Any]:
             )
         kept["tool_calls"] = _calls(calls, f"{where}.tool_calls")
     content = message.get("content")
-    if content is None and calls is not None:
-        kept["content"] = None
-    else:
-        kept["content"] = _text(content, f"{where}.content")
+    # A call's message may have no content; templates concatenate it, so it is "" then.
+    kept["content"] = (
+        "" if content is None and calls is not None else _text(content, f"{where}.content")
+    )
     if role == "tool":
         call_id = message.get("tool_call_id")
         if not isinstance(call_id, str) or not call_id:

@@ -9,9 +9,9 @@ template the run trained with), tokenised as llama.cpp does. Tokens come from
   (JSON, or the schema's), so the answer parses;
 - ``tools``: the template sees them; ``tool_choice`` naming a function constrains the
   answer to that function's parameters schema, ``required`` to a call of one of the
-  tools, ``auto`` lets the model answer freely and reads a call (``<tool_call>{…}
-  </tool_call>`` or a bare ``{"name", "arguments"}`` object naming a tool) as
-  ``tool_calls``;
+  tools, ``auto`` lets the model answer freely and reads an answer made only of calls
+  (``<tool_call>{…}</tool_call>`` blocks, or one bare ``{"name", "arguments"}`` object,
+  naming tools it was given) as ``tool_calls``;
 - ``logprobs`` / ``top_logprobs``: the model's log probabilities at each generated position,
   before penalties, bias and grammar;
 - ``logit_bias``, ``presence_penalty``, ``frequency_penalty``, ``seed``, ``stop``, ``n``;
@@ -556,6 +556,8 @@ def _tool_calls(answer: _Answer, request: GenerationRequest) -> list[dict[str, A
     else:
         text = answer.text.strip()
         tagged = TOOL_CALL_TAG.findall(text)
+        if tagged and TOOL_CALL_TAG.sub("", text).strip():
+            return []  # calls and words together: the answer is read as the words it is
         bodies = tagged if tagged else [text] if text.startswith("{") else []
         found = []
         for body in bodies:
