@@ -102,6 +102,10 @@ class Run(Base):
     """The estimate at submission (``wire.rest.RunEstimate``), kept to compare with the run."""
     evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     """The latest evaluation, the best one, and whether early stopping ended the run."""
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list, server_default="[]")
+    """The owner's labels, editable at any time (``tunery.runs.annotations``)."""
+    note: Mapped[str] = mapped_column(String, default="", server_default="")
+    """The owner's free-text note, editable at any time."""
     __table_args__ = (UniqueConstraint("account_id", "idempotency_key"),)
 
 
@@ -205,7 +209,8 @@ class WebhookDelivery(Base):
     """The Standard Webhooks message id (``webhook-id``), the same on every retry."""
     endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id"), index=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
-    source_event_id: Mapped[int] = mapped_column(Integer, index=True)
+    source_event_id: Mapped[int | None] = mapped_column(Integer, index=True, nullable=True)
+    """The run event announced; None for a test event the account asked for."""
     event_type: Mapped[str] = mapped_column(String)
     payload: Mapped[str] = mapped_column(String)
     status: Mapped[str] = mapped_column(String, index=True)  # pending | delivered | failed

@@ -67,6 +67,20 @@ def summary(problems: list, total: int | None = None) -> str:
     return f"{shown} (and {more} more)" if more > 0 else shown
 
 
+PLAIN_WORDING = {
+    "extra_forbidden": "unknown field",
+    "float_parsing": "give a number, such as 0.0002 or 2e-4",
+    "float_type": "give a number, such as 0.0002 or 2e-4",
+    "int_parsing": "give a whole number, such as 8",
+    "int_type": "give a whole number, such as 8",
+    "int_from_float": "give a whole number, such as 8",
+    "bool_parsing": "give true or false",
+    "bool_type": "give true or false",
+}
+"""What a user reads instead of pydantic's wording ("Input should be a valid number, unable
+to parse string as a number") for the errors a form or a recipe file meets most."""
+
+
 def problems_from(error: ValidationError, *, whole: str = "recipe") -> list[FieldProblem]:
     """pydantic's errors as (dotted field, message) pairs a user can act on, the first
     ``MAX_PROBLEMS`` of them (``error.error_count()`` counts them all).
@@ -76,11 +90,21 @@ def problems_from(error: ValidationError, *, whole: str = "recipe") -> list[Fiel
     problems = []
     for item in error.errors(include_url=False, include_input=False)[:MAX_PROBLEMS]:
         field = ".".join(str(part) for part in item["loc"]) or whole
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown field"
+        message = PLAIN_WORDING.get(item["type"]) or item["msg"].removeprefix("Value error, ")
         problems.append(FieldProblem(field, message))
     return problems
+
+
+class UnacceptedWarnings(ConfigError):
+    """A submission whose settings are far outside what usually works, not yet accepted:
+    ``problems`` lists each one with its usual range."""
+
+    code = "warnings_not_accepted"
+
+    def __init__(self, problems: list[FieldProblem], *, hint: str = "") -> None:
+        super().__init__(problems, hint=hint)
+        self.message = f"settings far outside what usually works: {summary(problems)}"
+        self.args = (self.message,)
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,23 @@ class EventKind(StrEnum):
     """A line of the run's log."""
     SAMPLES = "samples"
     """The finished adapter's answers to the sample prompts."""
+    ANNOTATIONS = "annotations"
+    """The owner changed the run's tags or note."""
+    HUB = "hub"
+    """The run's Hub entry was deleted."""
 
 
-LOG_KINDS = frozenset({EventKind.STATUS, EventKind.PHASE, EventKind.LOG})
-"""The kinds that are lines of the run's log (``GET /runs/{id}/logs``)."""
+LOG_KINDS = frozenset(
+    {
+        EventKind.STATUS,
+        EventKind.PHASE,
+        EventKind.LOG,
+        EventKind.METRICS,
+        EventKind.EVALUATION,
+        EventKind.HUB,
+    }
+)
+"""The kinds that are lines of the run's log (``GET /runs/{id}/logs``): its lifecycle, its
+log lines and every step and evaluation."""
 STEP_KINDS = frozenset({EventKind.METRICS, EventKind.EVALUATION})
 """The kinds that carry a step's numbers."""

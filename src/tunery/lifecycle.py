@@ -19,8 +19,12 @@ A terminal state has no outgoing move. A cancelled run never moves to ``retrying
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Literal
+
+from tunery.phases import Phase
 
 
 class RunStatus(StrEnum):
@@ -61,17 +65,45 @@ def can_move(current: RunStatus, target: RunStatus) -> bool:
     return target in TRANSITIONS[current]
 
 
+Outcome = Literal["succeeded", "failed", "cancelled"]
+
+SHOWS_ERROR = frozenset({RunStatus.RETRYING, RunStatus.FAILED})
+"""States in which a run carries the error of its last attempt."""
+OUTCOMES: dict[RunStatus, Outcome] = {
+    RunStatus.COMPLETED: "succeeded",
+    RunStatus.FAILED: "failed",
+    RunStatus.CANCELLED: "cancelled",
+}
+"""What each terminal state means for the run's owner."""
+
+
 @dataclass(frozen=True)
 class StatusDisplay:
-    """How every face shows a status: a label and an icon name (the face draws the icon)."""
+    """How every face shows a status: a label and an icon name (the face draws the icon).
+
+    ``phase_labels`` replace the label while the run is in one of those phases;
+    ``label_without_gpu`` replaces it on tiers whose nodes have no GPU.
+    """
 
     label: str
     icon: str
+    phase_labels: Mapping[Phase, str] = field(default_factory=dict)
+    label_without_gpu: str | None = None
 
 
 STATUS_DISPLAY: dict[RunStatus, StatusDisplay] = {
     RunStatus.QUEUED: StatusDisplay("Queued", "clock"),
-    RunStatus.WAITING_FOR_GPU: StatusDisplay("Waiting for GPU", "spinner"),
+    RunStatus.WAITING_FOR_GPU: StatusDisplay(
+        "Waiting for GPU",
+        "spinner",
+        # Once a node is placed the worker loads and prepares: nothing waits for a GPU then.
+        phase_labels={
+            Phase.LOADING_MODEL: "Loading model",
+            Phase.PREPARING_DATA: "Preparing data",
+            Phase.ATTACHING_LORA: "Attaching LoRA",
+        },
+        label_without_gpu="Waiting for a node",
+    ),
     RunStatus.TRAINING: StatusDisplay("Training", "spinner"),
     RunStatus.RETRYING: StatusDisplay("Retrying", "refresh"),
     RunStatus.COMPLETED: StatusDisplay("Completed", "check"),
@@ -79,3 +111,13 @@ STATUS_DISPLAY: dict[RunStatus, StatusDisplay] = {
     RunStatus.CANCELLED: StatusDisplay("Cancelled", "square"),
 }
 """In lifecycle order (the order of ``RunStatus``); ``GET /api/v1/meta`` serves it."""
+
+
+def status_label(status: RunStatus, phase: str | None = None, *, gpu: bool = True) -> str:
+    """The pill's label of a run in ``status`` and ``phase`` on a tier with or without GPUs."""
+    display = STATUS_DISPLAY[status]
+    if phase is not None and phase in display.phase_labels:
+        return display.phase_labels[Phase(phase)]
+    if not gpu and display.label_without_gpu is not None:
+        return display.label_without_gpu
+    return display.label

@@ -120,7 +120,7 @@ def seed_demo(plane: ControlPlane) -> str | None:
     """
     from tunery.catalog.demo_data import write_demo_dataset
     from tunery.runs.datasets import store_dataset
-    from tunery.runs.intake import submit_run
+    from tunery.runs.intake import estimate_submission, submit_run
 
     with plane.sessions() as session:
         admin = session.scalar(select(Account).where(Account.is_admin.is_(True)))
@@ -143,10 +143,8 @@ def seed_demo(plane: ControlPlane) -> str | None:
                 ).id
     if has_runs:
         return None
-    run = submit_run(
-        plane,
-        account_id=admin.id,
-        payload=demo_payload(dataset_id, plane.workers.default_tier),
-        idempotency_key="demo-run",
-    )
+    payload = demo_payload(dataset_id, plane.workers.default_tier)
+    # The tier benchmarks the demo model first, so even the first run's estimate is measured.
+    estimate_submission(plane, account_id=admin.id, payload=payload, calibrate_now=True)
+    run = submit_run(plane, account_id=admin.id, payload=payload, idempotency_key="demo-run")
     return run.id

@@ -33,6 +33,7 @@ serving:                     # chat with fine-tuned models (/v1/chat/completions
   idle_seconds: 300          # a model unused this long is unloaded
   max_concurrent_per_account: 4   # chat requests in flight per account; more answer 429
   queue_per_model: 32        # requests waiting for one model (round robin across accounts)
+calibrate_estimates: true    # measure model shapes on local tiers for the estimate's prior
 storage:                     # where Hub artifacts live; default: kind local (DATA_DIR/hub)
   kind: s3                   # local | s3 (any S3-compatible store; pip install 'tunery[s3]')
   bucket: tunery-hub         # required for s3; must already exist
@@ -348,6 +349,12 @@ class Settings(BaseSettings):
     )
     serving: ServingSettings = Field(
         default_factory=ServingSettings, description="chat with fine-tuned models"
+    )
+    calibrate_estimates: bool = Field(
+        True,
+        description="measure each model shape on each local tier with a micro-benchmark (a "
+        "few seconds, once, while the tier's nodes are free) as the estimate's prior, instead "
+        "of the tier's assumed TFLOPS",
     )
     webhooks_to_private_addresses: bool = Field(
         False,

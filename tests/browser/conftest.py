@@ -24,7 +24,7 @@ expect.set_options(timeout=15_000)
 
 # Runs in the page before the studio's own scripts.
 RECORDER = """
-window.__seen = { pills: [], steps: [] };
+window.__seen = { pills: [], labels: [], steps: [] };
 new MutationObserver((mutations) => {
   for (const mutation of mutations) {
     for (const node of mutation.addedNodes) {
@@ -33,6 +33,7 @@ new MutationObserver((mutations) => {
       for (const pill of pills) {
         const row = pill.closest("[data-run-id]");
         window.__seen.pills.push([row ? row.dataset.runId : null, pill.dataset.status]);
+        window.__seen.labels.push([row ? row.dataset.runId : null, pill.textContent]);
       }
     }
     const stat = mutation.target.closest && mutation.target.closest('[data-stat="step"]');

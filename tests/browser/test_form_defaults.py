@@ -68,6 +68,8 @@ def form_value(field: dict[str, Any]) -> Any:
         return field["options"][0]  # no option is marked selected: the first one is
     if field.get("type") == "checkbox":
         return "checked" in field
+    if "data-list" in field:  # comma-separated, read as a list
+        return [item.strip() for item in (field.get("value") or "").split(",") if item.strip()]
     text = field.get("value") or ""
     if text == "":
         return None

@@ -97,7 +97,7 @@ def test_a_run_from_the_form_to_its_downloads(studio_server, open_studio, tmp_pa
     run_id = submit(page)
 
     header = page.locator(f"#run-{run_id} .run-header")
-    pill = header.locator(".pill")
+    pill = page.locator(f"#run-{run_id} .pill")
     expect(header).to_contain_text("#1 in queue")
     expect(pill).to_have_attribute("data-status", "completed", timeout=300_000)
     assert pills_seen(page, run_id) == ["queued", "waiting_for_gpu", "training", "completed"]
@@ -166,7 +166,7 @@ def test_a_run_from_the_form_to_its_downloads(studio_server, open_studio, tmp_pa
     expect(page.locator(f"#run-{run_id}")).to_have_count(0)
     # The deleted run held the newest events; the next run's still reach the page.
     after = client.submit_ok(payload(blocker["config"]["dataset_ids"][0], "after-delete"))
-    expect(page.locator(f"#run-{after['id']} .run-header .pill")).to_have_attribute(
+    expect(page.locator(f"#run-{after['id']} .pill")).to_have_attribute(
         "data-status", "completed", timeout=120_000
     )
     page.get_by_role("link", name="Hub").click()
@@ -191,7 +191,7 @@ def test_cancel_through_the_dialog_bills_whole_minutes(studio_server, open_studi
     expect(page.locator("#connection")).to_have_text(re.compile("Live"))
     # Submitted from outside the page: the Runs tab shows it without a reload.
     run = client.submit_ok(payload(dataset, "long-run", training={"max_steps": 5000}))
-    pill = page.locator(f"#run-{run['id']} .run-header .pill")
+    pill = page.locator(f"#run-{run['id']} .pill")
     expect(pill).to_have_attribute("data-status", "training", timeout=120_000)
     pill.click()
     panel = page.locator(f"#panel-{run['id']}")
@@ -311,8 +311,9 @@ def test_the_keyboard_reaches_everything(studio_server, open_studio) -> None:
     page = open_studio(studio_server)
     header = page.locator(f"#run-{run['id']} .run-header")
     expect(header).to_have_attribute("aria-expanded", "false")
-    # Tab from the top of the page until the run's header has focus, then open it.
-    for _ in range(12):
+    # Tab from the top of the page (past the search, filters and column chooser) until the
+    # run's header has focus, then open it.
+    for _ in range(30):
         page.keyboard.press("Tab")
         if page.evaluate("document.activeElement.classList.contains('run-header')"):
             break
@@ -336,7 +337,7 @@ def test_it_reconnects_after_a_server_restart(studio_server, open_studio) -> Non
     client = Client(studio_server)
     dataset = client.dataset(EXAMPLES / "demo-dataset.jsonl")
     run = client.submit_ok(payload(dataset, "after-restart"))
-    pill = page.locator(f"#run-{run['id']} .run-header .pill")
+    pill = page.locator(f"#run-{run['id']} .pill")
     expect(pill).to_have_attribute("data-status", "completed", timeout=180_000)
 
 
@@ -378,7 +379,7 @@ def test_queue_position_retry_and_failure_show_in_the_runs_tab(start_studio, ope
     expect(queued.locator(".pill")).to_have_text("Cancelled")
 
     # A worker killed mid-training: Retrying (amber), then it resumes and completes.
-    first_pill = page.locator(f"#run-{first['id']} .run-header .pill")
+    first_pill = page.locator(f"#run-{first['id']} .pill")
     client.wait_step(first["id"], 3)
     os.killpg(studio_server.worker_pid(first["id"]), signal.SIGKILL)
     expect(first_pill).to_have_attribute("data-status", "retrying", timeout=60_000)
@@ -395,7 +396,7 @@ def test_queue_position_retry_and_failure_show_in_the_runs_tab(start_studio, ope
     (broken / "config.json").write_text('{"model_type": "llama"}')
     missing = client.submit_ok(payload(dataset, "missing-model", base_model=str(broken)))
     page.goto(f"{studio_server.url}/#/runs/{missing['id']}")
-    failed_pill = page.locator(f"#run-{missing['id']} .run-header .pill")
+    failed_pill = page.locator(f"#run-{missing['id']} .pill")
     expect(failed_pill).to_have_attribute("data-status", "failed", timeout=120_000)
     error = page.locator(f"#panel-{missing['id']} .run-error")
     expect(error).to_contain_text("Failed:")

@@ -13,8 +13,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from control_harness import Client, Server, prepare_root, running_server, server_env
+from control_harness import (
+    Client,
+    Server,
+    in_process_app,
+    prepare_root,
+    running_server,
+    server_env,
+)
+from plane_studio import Studio
+
+from tunery.settings import NodeSettings, Settings
 
 
 @pytest.fixture
@@ -60,3 +71,47 @@ def client_for() -> Iterator[Callable[..., Client]]:
     yield make
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def studio(data_dir: Path) -> Iterator[Studio]:
+    """The app in process on the in-memory backend with one CPU node (the scheduler off)."""
+    settings = Settings.load(data_dir)
+    settings.nodes = [NodeSettings(name="n0", tier="cpu")]
+    with in_process_app(settings) as (http, token):
+        yield Studio(http, http.app.state.plane, token)
+
+
+@pytest.fixture
+def dataset_id(studio: Studio, demo_dataset: Path) -> str:
+    return studio.dataset(demo_dataset)
+
+
+@pytest.fixture
+def cli(studio: Studio, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``cli(*args)``: a ``tunery`` command whose client talks to the studio in process."""
+    from click.testing import CliRunner
+
+    from tunery.cli.client import Client
+    from tunery.cli.main import cli as tunery
+
+    token = studio.auth["Authorization"].removeprefix("Bearer ")
+
+    def relay(request: httpx.Request) -> httpx.Response:
+        answer = studio.http.request(
+            request.method, str(request.url), content=request.read(), headers=request.headers
+        )
+        return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
+
+    def in_process(**_: Any) -> Client:
+        return Client("http://testserver", token, transport=httpx.MockTransport(relay))
+
+    monkeypatch.setattr(Client, "from_env", staticmethod(in_process))
+
+    def run(*args: str) -> Any:
+        result = CliRunner().invoke(tunery, list(args))
+        if result.exception and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return result
+
+    return run

@@ -253,6 +253,9 @@ def write_settings(root: Path, **overrides: Any) -> None:
         "lease_seconds": 15,
         "retry_backoff_seconds": 1,
         "cancel_grace_seconds": 2,
+        # The estimate's benchmark of each model shape is a busy minute of CPU: the tests
+        # that check it turn it on.
+        "calibrate_estimates": False,
         **overrides,
     }
     (root / "tunery.yaml").write_text(yaml.safe_dump(settings))

@@ -44,10 +44,22 @@ def test_meta_lists_the_vocabularies_without_a_token(api) -> None:
         "id": "training",
         "label": "Training",
         "icon": "spinner",
+        "phase_labels": {},
+        "label_without_gpu": None,
         "terminal": False,
         "active": True,
+        "cancellable": True,
         "finishable": True,
+        "shows_error": False,
+        "outcome": None,
     }
+    # What the server allows is what the studio offers: Finish now while training or
+    # retrying, Cancel until a run is finished.
+    assert [s["id"] for s in meta["statuses"] if s["finishable"]] == ["training", "retrying"]
+    assert all(s["cancellable"] != s["terminal"] for s in meta["statuses"])
+    waiting = next(s for s in meta["statuses"] if s["id"] == "waiting_for_gpu")
+    assert waiting["phase_labels"]["loading_model"] == "Loading model"
+    assert waiting["label_without_gpu"] == "Waiting for a node"
     assert {s["id"] for s in meta["statuses"] if s["terminal"]} == {
         "completed",
         "failed",
@@ -97,5 +109,11 @@ def test_log_events_carry_the_line_the_log_shows() -> None:
     payload = history.event_payload(status, with_run_id=True)
     assert payload.line == "1970-01-01T00:00:00Z status: failed (done) — boom"
     assert (payload.run_id, payload.kind, payload.id) == ("run_1", "status", 7)
-    metrics = RunEvent(id=8, run_id="run_1", kind="metrics", data={"step": 2}, created_at=0.0)
-    assert not hasattr(history.event_payload(metrics), "line")
+    # Each step is a line of the log too (the download has the training lines); samples
+    # and annotations are not.
+    metrics = RunEvent(
+        id=8, run_id="run_1", kind="metrics", data={"step": 2, "loss": 1.5}, created_at=0.0
+    )
+    assert history.event_payload(metrics).line == "1970-01-01T00:00:00Z step 2 · loss 1.5000"
+    samples = RunEvent(id=9, run_id="run_1", kind="samples", data={"samples": []}, created_at=0.0)
+    assert not hasattr(history.event_payload(samples), "line")

@@ -10,6 +10,7 @@ terminal printed with what ``/v1/chat/completions`` answers for the same convers
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import subprocess
@@ -35,6 +36,8 @@ from control_harness import (
     server_env,
     wait_until,
 )
+
+from tunery.webhooks.signing import signed_headers
 
 TUNERY = [sys.executable, "-m", "tunery.cli"]
 URL_ERROR = "error: invalid configuration: url: give an http:// or https:// URL with a host"
@@ -84,10 +87,12 @@ class Receiver:
 
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
-        bodies = self.bodies
+        self.headers: list[dict[str, str]] = []
+        bodies, headers = self.bodies, self.headers
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
+                headers.append(dict(self.headers))
                 bodies.append(self.rfile.read(int(self.headers["content-length"])))
                 self.send_response(204)
                 self.end_headers()
@@ -252,6 +257,44 @@ def test_webhooks_deliveries_show_each_endpoints_last_answer(
     assert re.search(
         rf"fine_tuning\.job\.cancelled\s+{run['id']}\s+pending\s+\d+\s+ConnectError", refused
     )
+    api.close()
+
+
+def test_a_test_event_is_signed_delivered_and_logged(
+    shared_server: Server, account: str, receiver: Receiver
+) -> None:
+    as_account = {"TUNERY_TOKEN": account}
+    added = tunery(shared_server, "webhooks", "add", receiver.url, **as_account)
+    secret = added.stdout.strip()
+    api = Client(shared_server, account)
+    endpoint = api.http.get("/webhooks").json()[0]["id"]
+    sent = tunery(shared_server, "webhooks", "test", endpoint, **as_account)
+    assert sent.returncode == 0, sent.stderr
+    delivery_id = sent.stdout.strip()
+    # A second test while the first is pending is refused, not queued again.
+    again = api.http.post(f"/webhooks/{endpoint}/test")
+    assert again.status_code in (202, 409), again.text
+
+    def delivered() -> dict[str, Any] | None:
+        rows = api.http.get("/webhooks/deliveries").json()
+        done = [r for r in rows if r["id"] == delivery_id and r["status"] == "delivered"]
+        return done[0] if done else None
+
+    row = wait_until(delivered, timeout=60, what="the test event's delivery")
+    assert row["event_type"] == "tunery.webhook.test" and row["job_id"] is None
+    body = json.loads(receiver.bodies[0])
+    assert body["type"] == "tunery.webhook.test" and body["data"] == {"endpoint_id": endpoint}
+    headers = receiver.headers[0]
+    expected = signed_headers(
+        secret,
+        headers["webhook-id"],
+        int(headers["webhook-timestamp"]),
+        receiver.bodies[0].decode(),
+    )
+    assert headers["webhook-signature"] == expected["webhook-signature"]
+    shown = tunery(shared_server, "webhooks", "deliveries", **as_account).stdout
+    assert re.search(r"tunery\.webhook\.test\s+—\s+delivered\s+1\s+204", shown), shown
+    assert api.http.post("/webhooks/whep_nope/test").status_code == 404
     api.close()
 
 

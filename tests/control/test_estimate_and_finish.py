@@ -9,63 +9,19 @@ a run's payload can be read back and submitted again.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from control_harness import in_process_app, payload
-from fastapi.testclient import TestClient
-from sqlalchemy import select
+from control_harness import payload
+from plane_studio import Studio
 
 from tunery.backends.fake import FakeBackend
 from tunery.db import Run
 from tunery.lifecycle import RunStatus
 from tunery.phases import Phase
 from tunery.runs import store
-from tunery.runs.plane import ControlPlane
 from tunery.scheduler.scheduler import tick
-from tunery.settings import NodeSettings, Settings
-
-API = "/api/v1"
-
-
-class Studio:
-    def __init__(self, http: TestClient, plane: ControlPlane, token: str) -> None:
-        self.http, self.plane = http, plane
-        self.auth = {"Authorization": f"Bearer {token}"}
-
-    def post(self, path: str, body: Any = None) -> Any:
-        return self.http.post(f"{API}{path}", json=body, headers=self.auth)
-
-    def get(self, path: str) -> Any:
-        return self.http.get(f"{API}{path}", headers=self.auth)
-
-    def dataset(self, path: Path) -> str:
-        with path.open("rb") as file:
-            response = self.http.post(
-                f"{API}/datasets", files={"file": (path.name, file)}, headers=self.auth
-            )
-        assert response.status_code == 201, response.text
-        return response.json()["id"]
-
-    def runs_in_database(self) -> list[Run]:
-        with self.plane.sessions() as session:
-            return list(session.scalars(select(Run)))
-
-
-@pytest.fixture
-def studio(data_dir: Path) -> Iterator[Studio]:
-    settings = Settings.load(data_dir)
-    settings.nodes = [NodeSettings(name="n0", tier="cpu")]
-    with in_process_app(settings) as (http, token):
-        yield Studio(http, http.app.state.plane, token)
-
-
-@pytest.fixture
-def dataset_id(studio: Studio, demo_dataset: Path) -> str:
-    return studio.dataset(demo_dataset)
 
 
 def problem_fields(response: Any) -> set[str]:
@@ -176,10 +132,59 @@ def test_a_submitted_run_keeps_its_estimate_and_a_completed_one_is_measured(
     with_validation = studio.post("/runs/estimate", {**body, "validation": {"split": 0.1}})
     # 40 rows at a third of the cost, beside 6 steps of 4 rows: about 1.55 times.
     assert with_validation.json()["seconds"] == pytest.approx(3.0 * (1 + 40 / 3 / 24), rel=0.1)
-    other_tier_model = studio.post(
-        "/runs/estimate", {**body, "base_model": "Qwen/Qwen2.5-0.5B-Instruct"}
+    # Another model on the tier: the demo's measurement scaled by the models' sizes.
+    other = studio.post("/runs/estimate", {**body, "base_model": "Qwen/Qwen2.5-0.5B-Instruct"})
+    scaled = other.json()
+    assert scaled["throughput_source"] == "measured"
+    sizes = scaled["parameters"] / recorded["parameters"]
+    assert scaled["tokens_per_second"] == pytest.approx(recorded["tokens"] / 3.0 / sizes, rel=1e-2)
+
+
+def test_the_estimate_counts_every_billed_part_a_completed_run_timed(
+    studio: Studio, dataset_id: str
+) -> None:
+    body = payload(dataset_id, validation={"split": 0.1}, export={"gguf": True})
+    first = studio.post("/runs", body).json()
+    recorded = first["estimate"]
+    timings = {
+        "loading_model": 5.0,
+        "training": 4.0,
+        "evaluations": 1.0,
+        "saving": 0.5,
+        "exporting": 12.0,
+        "sampling": 2.0,
+        "uploading": 0.25,
+    }
+    with studio.plane.sessions.begin() as session:
+        run = session.get(Run, first["id"])
+        run.status = "completed"
+        run.finished_at = run.created_at + 60
+        run.metrics = {"step": 6, "total_steps": 6, "training_seconds": 2.5}
+        run.summary = {
+            "timings": timings,
+            "startup_seconds": 9.0,
+            "artifacts": {"lora": "a.zip", "gguf": "b.zip"},
+        }
+    again = studio.post("/runs/estimate", body).json()
+    assert again["throughput_source"] == "measured"
+    # The steps' wall time without the evaluations, per token; each other part as timed.
+    assert again["phases"] == pytest.approx(
+        {
+            "training": 3.0,
+            "evaluations": 1.0,
+            "saving": 0.5,
+            "exporting": 12.0,
+            "sampling": 2.0,
+            "uploading": 0.25,
+        },
+        abs=0.11,
     )
-    assert other_tier_model.json()["throughput_source"] == "prior"
+    assert again["seconds"] == pytest.approx(sum(again["phases"].values()), abs=0.3)
+    assert again["startup_seconds"] == 9.0
+    # Without an export, its time is not counted.
+    no_export = studio.post("/runs/estimate", {**body, "export": {"gguf": False}}).json()
+    assert "exporting" not in no_export["phases"]
+    assert recorded["sample_tokens"] == 3 * 8  # the tuned answers come from the GGUF export
 
 
 def test_finish_now_is_a_flag_on_a_training_run(studio: Studio, dataset_id: str) -> None:
@@ -201,7 +206,7 @@ def test_finish_now_is_a_flag_on_a_training_run(studio: Studio, dataset_id: str)
     assert answer.status_code == 200, answer.text
     assert answer.json()["finish_requested"] is True
     assert studio.post(f"/runs/{run_id}/finish").status_code == 200  # idempotent
-    log = studio.http.get(f"{API}/runs/{run_id}/logs", headers=studio.auth).text
+    log = studio.get(f"/runs/{run_id}/logs").text
     assert log.count("finish now requested") == 1
     assert studio.post(f"/runs/{run_id}/cancel").status_code == 200
     assert studio.post(f"/runs/{run_id}/finish").status_code == 409
@@ -245,36 +250,6 @@ def test_the_metrics_api_carries_eval_loss_at_its_step(studio: Studio, dataset_i
 
 
 # The CLI over the same in-process server ---------------------------------------------
-
-
-@pytest.fixture
-def cli(studio: Studio, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """``cli(*args)``: a ``tunery`` command whose client talks to the studio in process."""
-    from click.testing import CliRunner
-
-    from tunery.cli.client import Client
-    from tunery.cli.main import cli as tunery
-
-    token = studio.auth["Authorization"].removeprefix("Bearer ")
-
-    def relay(request: httpx.Request) -> httpx.Response:
-        answer = studio.http.request(
-            request.method, str(request.url), content=request.read(), headers=request.headers
-        )
-        return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
-
-    def in_process(**_: Any) -> Client:
-        return Client("http://testserver", token, transport=httpx.MockTransport(relay))
-
-    monkeypatch.setattr(Client, "from_env", staticmethod(in_process))
-
-    def run(*args: str) -> Any:
-        result = CliRunner().invoke(tunery, list(args))
-        if result.exception and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        return result
-
-    return run
 
 
 def test_cli_submit_estimate_prints_the_estimate_and_submits_nothing(

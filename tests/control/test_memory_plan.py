@@ -185,8 +185,19 @@ def test_a_local_model_is_planned_from_its_config_json(studio: Studio, tmp_path:
 
 
 def test_a_model_of_unknown_size_is_left_to_its_worker_and_the_estimate_says_so(
-    studio: Studio, tmp_path: Path
+    studio: Studio, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import huggingface_hub.constants as hub
+
+    # In the server's Hugging Face cache (so it can be had), outside the catalog and the
+    # models directory (so its size is unknown to the server).
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "models--some-org--some-model"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
     dataset_id = studio.upload(long_rows(tmp_path, 400))
     body = on_t4(dataset_id, "some-org/some-model")
     estimate = studio.post("/runs/estimate", body)

@@ -171,3 +171,36 @@ def test_the_data_dir_and_its_secrets_are_owner_only(tmp_path: Path) -> None:
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
     for name in ("tunery.db", "admin-token", "secret-key"):
         assert stat.S_IMODE((root / name).stat().st_mode) == 0o600, name
+
+
+def test_a_diverged_result_fails_the_run_and_delivers_its_kept_lora(studio: Studio) -> None:
+    run_id, launch = studio.placed_run(studio.dataset(ROWS * 4), "diverged")
+    assert studio.upload(launch, "lora", b"PK\x03\x04 the kept adapter").status_code == 204
+    error = {
+        "code": "diverged",
+        "message": "training diverged: the loss rose from 2.2600 to 8.4200 (smoothed)",
+        "hint": "likely cause: training.learning_rate 1 is above 0.01",
+    }
+    kept = {"step": 12, "loss": 2.1, "eval_loss": None}
+    result = {
+        "kind": "result",
+        "data": {"status": "failed", "error": error, "kept": kept, "metrics": {"step": 40}},
+    }
+    for report in ({"kind": "phase", "data": {"phase": "training"}}, result):
+        response = studio.http.post(
+            f"/internal/attempts/{launch.attempt_id}/events",
+            content=json.dumps({"events": [report]}),
+            headers={"X-Attempt-Token": launch.token, "Content-Type": "application/json"},
+        )
+        assert response.status_code == 200, response.text
+    run = studio.http.get(f"/api/v1/runs/{run_id}", headers=studio.auth).json()
+    assert run["status"] == "failed" and run["error"] == error
+    assert run["kept"] == kept
+    assert run["hub_entry_id"] is not None and run["artifacts"]["lora"] == "diverged-lora.zip"
+    assert run["refunded"] is False
+    assert run["refund_note"].startswith("Not refunded: the run's loss diverged")
+    assert "best step's LoRA was delivered" in run["refund_note"]
+    url = studio.http.post(
+        f"/api/v1/hub/{run['hub_entry_id']}/artifacts/lora/url", headers=studio.auth
+    )
+    assert url.status_code == 200, url.text

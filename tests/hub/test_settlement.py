@@ -40,7 +40,7 @@ def training_run(
     *,
     base_model: str = "tunery/demo-tiny",
     tier: str = "cpu",
-    trained_seconds: float = 150.0,
+    trained_seconds: float | None = 150.0,
     grant: float = 0,
 ) -> None:
     with plane.sessions.begin() as session:
@@ -55,7 +55,7 @@ def training_run(
                 phase="training",
                 tier=tier,
                 config={"base_model": base_model},
-                created_at=now() - trained_seconds - 10,
+                created_at=now() - (trained_seconds or 0) - 10,
                 attempt=1,
                 metrics={},
                 samples=[],
@@ -70,7 +70,7 @@ def training_run(
                 node="n0",
                 token_hash=store.token_digest("t"),
                 lease_expires_at=now() + 60,
-                training_started_at=now() - trained_seconds,
+                training_started_at=None if trained_seconds is None else now() - trained_seconds,
             )
         )
 
@@ -172,3 +172,24 @@ def test_metrics_show_what_cancelling_now_would_bill(plane):
     training_run(plane, "r1", trained_seconds=150.0, grant=10)
     metrics = queries.view_run(plane, "acc_1", "r1").metrics
     assert (round(metrics.credits, 1), metrics.cancel_credits) == (2.5, 2.0)
+
+
+def test_a_diverged_run_is_billed_like_every_failure_its_owner_caused(plane):
+    # On a verified model, where a failure of the system is refunded: the divergence is the
+    # recipe's doing, so the training time is billed, and the note says why.
+    training_run(plane, "r1", grant=10)
+    diverged = {"code": billing.DIVERGED_CODE, "message": "training diverged", "hint": ""}
+    finish(plane, "r1", RunStatus.FAILED, diverged)
+    assert ledger(plane) == [("grant", 10.0), ("charge", -2.5)]
+    refunded, note = refund(plane, "r1")
+    assert refunded is False and note.startswith("Not refunded: the run's loss diverged")
+    assert any("diverged" in rule for rule in billing.REFUND_RULES)
+
+
+def test_a_run_that_never_trained_is_not_said_to_be_unrefunded(plane):
+    training_run(plane, "r1", base_model="someone/made-up-model", trained_seconds=None, grant=10)
+    finish(plane, "r1", RunStatus.FAILED, FAILURE)
+    assert ledger(plane) == [("grant", 10.0)]
+    refunded, note = refund(plane, "r1")
+    assert refunded is None
+    assert note == "Nothing billed: the run ended before its first gradient step."

@@ -13,6 +13,7 @@ from tunery.errors import FieldProblem
 from tunery.openai_api import mapping
 from tunery.openai_api.objects import OpenAIError
 from tunery.webhooks.signing import new_secret, secret_key, signed_headers
+from tunery.wire import model_names
 
 
 def test_hyperparameters_map_onto_the_recipe():
@@ -71,9 +72,9 @@ def test_statuses_and_model_names():
         "running",
         "succeeded",
     ]
-    name = mapping.fine_tuned_model_name("org/model", "acc_1", "bot", "run_1")
+    name = model_names.fine_tuned_model_name("org/model", "acc_1", "bot", "run_1")
     assert name == "ft:org/model:acc_1:bot:run_1"
-    assert mapping.run_id_of_model(name) == mapping.run_id_of_model("run_1") == "run_1"
+    assert model_names.run_id_of_model(name) == model_names.run_id_of_model("run_1") == "run_1"
 
 
 def test_metadata_filters_and_checks():

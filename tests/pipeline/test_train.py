@@ -15,13 +15,14 @@ from tunery.pipeline.budget import plan_budget
 from tunery.pipeline.chat import Example
 from tunery.pipeline.checkpoints import complete_checkpoints
 from tunery.pipeline.data import prepare_data
+from tunery.pipeline.divergence import TrainingDiverged
 from tunery.pipeline.load import Precision, load_model, load_tokenizer
 from tunery.pipeline.lora import attach_lora
 from tunery.pipeline.packing import batch_loss_sum, pack
 from tunery.pipeline.recipe import run_recipe
 from tunery.pipeline.reporting import RecordingReporter
 from tunery.pipeline.save import LORA_BUNDLE_FILES, save_adapter, write_lora_bundle
-from tunery.pipeline.train import TrainingDiverged, train
+from tunery.pipeline.train import train
 from tunery.pipeline.train_setup import TrainSetup
 
 CPU = torch.device("cpu")
@@ -336,8 +337,9 @@ def test_non_finite_loss_fails_at_once_as_a_user_error(
     )
     with pytest.raises(TrainingDiverged) as caught:
         train(setup, reporter)
-    assert not caught.value.transient
+    assert caught.value.code == "diverged" and not caught.value.transient
     assert "step 1" in caught.value.message
+    assert caught.value.kept_weights is None  # no healthy step to keep
     assert "learning_rate" in caught.value.hint and "lora.alpha" in caught.value.hint
     assert reporter.steps == []  # no NaN ever reaches a report
     assert complete_checkpoints(tmp_path / "ckpt") == []

@@ -21,7 +21,7 @@ def test_the_watcher_logs_each_evaluation(capsys) -> None:
     assert "step 20: eval loss 1.2346 · token accuracy 50.0% · best 1.2000 at step 10" in shown
 
 
-def test_show_tells_the_early_stop_and_the_estimate_beside_the_actual_time() -> None:
+def test_show_tells_the_early_stop_and_the_estimate_beside_what_it_took() -> None:
     run = {
         "status": "completed",
         "metrics": {"training_seconds": 75.0},
@@ -34,11 +34,29 @@ def test_show_tells_the_early_stop_and_the_estimate_beside_the_actual_time() -> 
             "stopped_at_step": 40,
         },
         "estimate": {"seconds": 90.0},
+        "estimate_check": {
+            "estimated_seconds": 90.0,
+            "actual_seconds": 99.0,
+            "seconds_ratio": 1.1,
+            "estimated_credits": 1.5,
+            "actual_credits": 1.65,
+            "credits_ratio": 1.1,
+            "estimated_startup_seconds": 20.0,
+            "actual_startup_seconds": 30.0,
+            "startup_ratio": 1.5,
+            "source": "calibrated",
+            "phases": {},
+        },
     }
     lines = dict(evaluation_lines(run))
     assert lines["eval"].startswith("step 40: eval loss 1.4000")
     assert "early at step 40" in lines["stopped"] and "step 20 (the best)" in lines["stopped"]
-    assert lines["estimate"] == "1:30 estimated, 1:15 trained"
+    assert lines["billed"] == "1:30 estimated, 1:39 actual (1.10×)"
+    assert lines["credits"] == "1.50 estimated, 1.65 actual (1.10×)"
+    assert lines["startup"] == "0:20 estimated, 0:30 actual (1.50×)"
+    assert lines["estimate"] == "was from the tier's benchmark of the model's shape"
+    unfinished = dict(evaluation_lines({**run, "status": "training", "estimate_check": None}))
+    assert unfinished["estimate"] == "1:30 billed, estimated"
 
 
 def test_samples_show_tuned_base_and_reference_and_flag_empty_replies(capsys) -> None:

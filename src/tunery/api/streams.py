@@ -18,6 +18,7 @@ from typing import TypeVar
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 
+from tunery.event_kinds import EventKind
 from tunery.lifecycle import TERMINAL
 from tunery.runs import history, queries
 from tunery.runs.plane import ControlPlane
@@ -171,10 +172,14 @@ async def account_stream(
     """Every run's events of the account after ``start``; without ``resumed`` a ``ready``
     event first carries ``start``. Never ends by itself."""
 
-    def read(after: int) -> list[tuple[int, str]]:
+    def read(after: int) -> list[tuple[int, str, str]]:
         with plane.sessions() as session:
             return [
-                (event.id, sse(history.event_payload(event, with_run_id=True), event.id))
+                (
+                    event.id,
+                    event.kind,
+                    sse(history.event_payload(event, with_run_id=True), event.id),
+                )
                 for event in history.account_events_after(session, account_id, after)
             ]
 
@@ -187,23 +192,31 @@ async def account_stream(
         yield sse(ReadyEvent(cursor=start), start)
     next_snapshot = 0.0
     active = False
+    # A status change moves the balance and the free nodes: the next snapshot says so, so a
+    # page learns them without asking.
+    status_changed = False
     while True:
         seen = broadcast.generation
         batch = await run_in_threadpool(
             shared.get, seen, ("account", account_id, after), partial(read, after)
         )
-        for event_id, text in batch:
+        for event_id, kind, text in batch:
             after = event_id
+            status_changed = status_changed or kind == EventKind.STATUS
             yield text
         if batch:
             continue
-        # The live numbers cost a few queries: at most once a period.
-        if loop.time() >= next_snapshot:
-            runs = await run_in_threadpool(queries.snapshots, plane, account_id)
+        # The live numbers cost a few queries: at most once a period, or after a status
+        # change.
+        if status_changed or loop.time() >= next_snapshot:
+            numbers = await run_in_threadpool(
+                partial(queries.snapshot, plane, account_id, with_tiers=status_changed)
+            )
             next_snapshot = loop.time() + SNAPSHOT_SECONDS
-            active = bool(runs)
-            if runs:
-                yield sse(SnapshotEvent(runs=runs))
+            active = bool(numbers.runs)
+            if active or status_changed:
+                yield sse(numbers)
+            status_changed = False
         if await request.is_disconnected():
             return
         timeout = max(0.05, next_snapshot - loop.time()) if active else KEEPALIVE_SECONDS

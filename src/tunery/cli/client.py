@@ -297,6 +297,20 @@ class Client:
     def estimate_run(self, payload: dict[str, Any]) -> dict[str, Any]:
         return self.json("POST", "/api/v1/runs/estimate", json=payload, retry=True)
 
+    def annotate_run(
+        self, run_id: str, *, tags: list[str] | None = None, note: str | None = None
+    ) -> dict[str, Any]:
+        body = {key: value for key, value in (("tags", tags), ("note", note)) if value is not None}
+        return self.json("PATCH", f"/api/v1/runs/{_segment(run_id)}", json=body, retry=True)
+
+    def run_metrics(self, run_id: str, export_format: str) -> str:
+        """The run's per-step metrics and evaluations as ``csv`` or ``jsonl`` text."""
+        path = f"/api/v1/runs/{_segment(run_id)}/metrics"
+        return self.request("GET", path, params={"format": export_format}, retry=True).text
+
+    def run_logs(self, run_id: str) -> str:
+        return self.request("GET", f"/api/v1/runs/{_segment(run_id)}/logs", retry=True).text
+
     def get_run_recipe(self, run_id: str) -> dict[str, Any]:
         return self.json("GET", f"/api/v1/runs/{_segment(run_id)}/recipe", retry=True)
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from tunery.errors import ConfigError, DatasetError, TuneryError
-from tunery.lifecycle import STATUS_DISPLAY, TERMINAL, RunStatus
+from tunery.lifecycle import STATUS_DISPLAY, RunStatus, status_label
 from tunery.pipeline.reporting import current_epoch
 
 if TYPE_CHECKING:
@@ -47,15 +47,16 @@ STATUS_COLORS: dict[RunStatus, str | int] = {
 }
 
 
-def pill(status: str) -> str:
-    """The status as the Run panel's coloured pill, e.g. ``✓ Completed``."""
+def pill(status: str, phase: str | None = None) -> str:
+    """The status as the Run panel's coloured pill, e.g. ``✓ Completed``; with the run's
+    ``phase``, ``◌ Loading model`` rather than ``◌ Waiting for GPU`` once a node loads it."""
     try:
         known = RunStatus(status)
     except ValueError:
         return click.style(f"? {status}", bold=True)
-    display = STATUS_DISPLAY[known]
-    glyph = ICON_GLYPHS.get(display.icon, "?")
-    return click.style(f"{glyph} {display.label}", fg=STATUS_COLORS[known], bold=True)
+    glyph = ICON_GLYPHS.get(STATUS_DISPLAY[known].icon, "?")
+    label = status_label(known, phase)
+    return click.style(f"{glyph} {label}", fg=STATUS_COLORS[known], bold=True)
 
 
 # Numbers -------------------------------------------------------------------------------
@@ -183,21 +184,34 @@ def artifact_files(run: Mapping[str, Any]) -> list[str]:
     return [name for name in (artifacts.get("lora"), artifacts.get("gguf")) if name]
 
 
+ESTIMATE_SOURCES = {
+    "measured": "measured on earlier runs on this tier",
+    "calibrated": "from the tier's benchmark of the model's shape",
+    "prior": "assumed from the tier's FLOPs (nothing measured yet)",
+}
+
+
 def print_estimate(estimate: dict[str, Any]) -> None:
     """The estimate on stdout, one fact a line."""
     seconds = estimate.get("seconds")
-    source = {
-        "measured": f"measured on {estimate.get('measured_runs')} earlier run(s) of this model",
-        "prior": "assumed from the tier's FLOPs (no run of this model measured yet)",
-    }.get(estimate.get("throughput_source") or "", "unknown")
+    source = ESTIMATE_SOURCES.get(estimate.get("throughput_source") or "", "unknown")
+    phases = estimate.get("phases") or {}
+    parts = ", ".join(f"{phase} {format_duration(value)}" for phase, value in phases.items())
     lines = [
         f"examples    {estimate['examples']} of {estimate['rows']} rows "
         f"({estimate['validation_examples']} for validation)",
         f"tokens      ~{estimate['tokens']:,} ({estimate['tokens_per_epoch']:,} per epoch)",
         f"steps       {estimate['total_steps']} ({estimate['epochs']} epoch(s))",
-        f"time        ~{format_duration(seconds) if seconds is not None else 'unknown'} "
+        f"billed      ~{format_duration(seconds) if seconds is not None else 'unknown'} "
         f"on {estimate['tier']} ({source})",
     ]
+    if parts:
+        lines.append(f"            {parts}")
+    if estimate.get("startup_seconds") is not None:
+        lines.append(
+            f"startup     ~{format_duration(estimate['startup_seconds'])} to the first step "
+            "(not billed)"
+        )
     if estimate.get("credits") is not None:
         covered = "covered" if estimate.get("covered") else "NOT covered"
         lines.append(
@@ -210,6 +224,10 @@ def print_estimate(estimate: dict[str, Any]) -> None:
             f"{estimate['gpu_memory_gib']:g} GiB"
         )
     lines += [f"note        {note}" for note in estimate.get("notes") or []]
+    lines += [
+        f"warning     {warning['field']}: {warning['message']}"
+        for warning in estimate.get("warnings") or []
+    ]
     click.echo("\n".join(lines))
 
 
@@ -228,12 +246,56 @@ def evaluation_lines(run: dict[str, Any]) -> list[tuple[str, str]]:
             )
         )
     estimate = run.get("estimate") or {}
-    if estimate.get("seconds") is not None:
-        actual = (run.get("metrics") or {}).get("training_seconds")
-        text = f"{format_duration(estimate['seconds'])} estimated"
-        if run["status"] in TERMINAL and actual:
-            text += f", {format_duration(actual)} trained"
-        lines.append(("estimate", text))
+    check = run.get("estimate_check")
+    if check:
+        lines += estimate_check_lines(check)
+    elif estimate.get("seconds") is not None:
+        lines.append(("estimate", f"{format_duration(estimate['seconds'])} billed, estimated"))
+    return lines
+
+
+def estimate_check_lines(check: dict[str, Any]) -> list[tuple[str, str]]:
+    """A completed run's estimate beside what it took (``RunPublic.estimate_check``)."""
+
+    def pair(estimated: float | None, actual: float | None, ratio: float | None, fmt: Any) -> str:
+        text = f"{fmt(estimated) if estimated is not None else 'unknown'} estimated, "
+        text += f"{fmt(actual) if actual is not None else 'unknown'} actual"
+        return f"{text} ({ratio:.2f}×)" if ratio is not None else text
+
+    lines = [
+        (
+            "billed",
+            pair(
+                check["estimated_seconds"],
+                check["actual_seconds"],
+                check["seconds_ratio"],
+                format_duration,
+            ),
+        ),
+        (
+            "credits",
+            pair(
+                check["estimated_credits"],
+                check["actual_credits"],
+                check["credits_ratio"],
+                lambda value: f"{value:.2f}",
+            ),
+        ),
+    ]
+    if check.get("actual_startup_seconds") is not None:
+        lines.append(
+            (
+                "startup",
+                pair(
+                    check["estimated_startup_seconds"],
+                    check["actual_startup_seconds"],
+                    check["startup_ratio"],
+                    format_duration,
+                ),
+            )
+        )
+    source = ESTIMATE_SOURCES.get(check.get("source") or "", "unknown")
+    lines.append(("estimate", f"was {source}"))
     return lines
 
 

@@ -1,4 +1,5 @@
-"""``tunery runs``: estimate, submit, list, show, watch, finish and cancel runs on a server."""
+"""``tunery runs``: estimate, submit, list, show, watch, finish and cancel runs on a server;
+tag and annotate them; export their metrics and logs."""
 
 from __future__ import annotations
 
@@ -63,7 +64,14 @@ def runs_group() -> None:
     is_flag=True,
     help="Print what the run would train, how long and what it would cost; submit nothing.",
 )
-def runs_submit(recipe_path: Path, idempotency_key: str | None, estimate_only: bool) -> None:
+@click.option(
+    "--accept-warnings",
+    is_flag=True,
+    help="Submit even with settings far outside what usually works (the server names them).",
+)
+def runs_submit(
+    recipe_path: Path, idempotency_key: str | None, estimate_only: bool, accept_warnings: bool
+) -> None:
     """Upload the recipe's local datasets and queue the run; prints its id.
 
     With --estimate the datasets are uploaded (a later submit reuses them) and the
@@ -84,6 +92,8 @@ def runs_submit(recipe_path: Path, idempotency_key: str | None, estimate_only: b
     payload = dict(yaml.safe_load(recipe_path.read_text(encoding="utf-8")))
     payload.pop("datasets", None)
     payload["base_model"] = recipe.base_model
+    if accept_warnings:
+        payload["accept_warnings"] = True
     key = idempotency_key or f"cli-{uuid.uuid4().hex}"
     with connected() as client:
         local = [Path(path) for path in recipe.datasets]
@@ -145,7 +155,8 @@ def upload_recipe_datasets(client: Client, paths: list[Path]) -> list[str]:
 
 
 @runs_group.command("list")
-def runs_list() -> None:
+@click.option("--tag", default=None, help="Only the runs with this tag.")
+def runs_list(tag: str | None) -> None:
     """This account's runs, newest first."""
     with connected() as client:
         runs = client.list_runs()
@@ -154,6 +165,8 @@ def runs_list() -> None:
         return
     rows = []
     for run in runs:
+        if tag is not None and tag not in (run.get("tags") or []):
+            continue
         metrics = run.get("metrics") or {}
         position = run.get("queue_position")
         rows.append(
@@ -164,10 +177,11 @@ def runs_list() -> None:
                 run.get("phase") or "",
                 f"{metrics.get('progress') or 0:.0f}%",
                 f"#{position}" if position else "—",
+                ", ".join(run.get("tags") or []) or "—",
                 format_time(run.get("created_at")),
             ]
         )
-    print_table(["ID", "NAME", "STATUS", "PHASE", "PROGRESS", "QUEUE", "CREATED"], rows)
+    print_table(["ID", "NAME", "STATUS", "PHASE", "PROGRESS", "QUEUE", "TAGS", "CREATED"], rows)
 
 
 @runs_group.command("show")
@@ -207,7 +221,7 @@ def describe_run(run: dict[str, Any]) -> list[tuple[str, str]]:
     """The Run panel as label/value lines."""
     metrics = run.get("metrics") or {}
     status = run["status"]
-    state = f"{pill(status)} · {(run.get('phase') or '').replace('_', ' ')}"
+    state = f"{pill(status, run.get('phase'))} · {(run.get('phase') or '').replace('_', ' ')}"
     if run.get("queue_position"):
         state += f" · position {run['queue_position']} in the {run.get('tier')} queue"
     if run.get("cancel_requested") and status != RunStatus.CANCELLED:
@@ -228,6 +242,12 @@ def describe_run(run: dict[str, Any]) -> list[tuple[str, str]]:
     if metrics.get("loss") is not None:
         lines.append(("loss", f"{metrics['loss']:.4f}"))
     lines += evaluation_lines(run)
+    if kept := run.get("kept"):
+        numbers = [f"loss {kept['loss']:.4f}"] if kept.get("loss") is not None else []
+        if kept.get("eval_loss") is not None:
+            numbers.append(f"eval loss {kept['eval_loss']:.4f}")
+        detail = f" ({', '.join(numbers)})" if numbers else ""
+        lines.append(("kept", f"the adapter of step {kept['step']}{detail}"))
     if status == RunStatus.TRAINING:
         lines.append(("ETA", format_duration(metrics.get("eta_seconds"))))
     if metrics.get("duration_seconds") is not None:
@@ -248,8 +268,66 @@ def describe_run(run: dict[str, Any]) -> list[tuple[str, str]]:
     if files := artifact_files(run):
         lines.append(("artifacts", ", ".join(files)))
     if run.get("hub_entry_id"):
-        lines.append(("hub entry", run["hub_entry_id"]))
+        deleted = " (deleted from the Hub)" if run.get("hub_entry_deleted") else ""
+        lines.append(("hub entry", run["hub_entry_id"] + deleted))
+    if run.get("openai_model"):
+        lines.append(("model id", run["openai_model"]))
+    if run.get("tags"):
+        lines.append(("tags", ", ".join(run["tags"])))
+    if run.get("note"):
+        lines.append(("note", run["note"]))
     return lines
+
+
+@runs_group.command("metrics")
+@click.argument("run_id", metavar="ID")
+@click.option(
+    "--format",
+    "export_format",
+    type=click.Choice(["csv", "jsonl"]),
+    default="csv",
+    show_default=True,
+    help="CSV with a header line, or one JSON object per line.",
+)
+def runs_metrics(run_id: str, export_format: str) -> None:
+    """Print the run's per-step metrics and evaluations (step, loss, learning rate, grad
+    norm, tokens/s, eval loss and accuracy) to stdout."""
+    with connected() as client:
+        click.echo(client.run_metrics(run_id, export_format), nl=False)
+
+
+@runs_group.command("logs")
+@click.argument("run_id", metavar="ID")
+def runs_logs(run_id: str) -> None:
+    """Print the run's log: status changes, phases, log lines, every step and evaluation."""
+    with connected() as client:
+        click.echo(client.run_logs(run_id), nl=False)
+
+
+# Annotating --------------------------------------------------------------------------------
+
+
+@runs_group.command("tag")
+@click.argument("run_id", metavar="ID")
+@click.argument("tags", nargs=-1)
+@click.option("--remove", "removed", multiple=True, help="A tag to take off (repeatable).")
+def runs_tag(run_id: str, tags: tuple[str, ...], removed: tuple[str, ...]) -> None:
+    """Add TAGS to a run (and take off each --remove); prints the run's tags."""
+    with connected() as client:
+        current = client.get_run(run_id).get("tags") or []
+        wanted = [tag for tag in [*current, *tags] if tag not in removed]
+        run = client.annotate_run(run_id, tags=wanted)
+    click.echo(", ".join(run["tags"]) or "(no tags)")
+
+
+@runs_group.command("note")
+@click.argument("run_id", metavar="ID")
+@click.argument("text")
+def runs_note(run_id: str, text: str) -> None:
+    """Set the run's note to TEXT ("" removes it)."""
+    with connected() as client:
+        run = client.annotate_run(run_id, note=text)
+    click.echo(run["note"] or "(no note)")
 
 
 # Finishing and cancelling ----------------------------------------------------------------

@@ -49,6 +49,16 @@ def webhooks_delete(endpoint_id: str) -> None:
     click.echo(f"deleted {endpoint_id}", err=True)
 
 
+@webhooks_group.command("test")
+@click.argument("endpoint_id", metavar="ID")
+def webhooks_test(endpoint_id: str) -> None:
+    """Send the endpoint a signed test event; `tunery webhooks deliveries` shows its answer."""
+    with connected() as client:
+        delivery = client.json("POST", f"/api/v1/webhooks/{endpoint_id}/test")
+    click.echo(f"queued test event {delivery['id']} for {endpoint_id}", err=True)
+    click.echo(delivery["id"])
+
+
 @webhooks_group.command("deliveries")
 def webhooks_deliveries() -> None:
     """The newest deliveries: status, attempts and each endpoint's last answer."""
@@ -58,7 +68,7 @@ def webhooks_deliveries() -> None:
         [
             d["id"],
             d["event_type"],
-            d["job_id"],
+            d["job_id"] or "—",
             d["status"],
             str(d["attempts"]),
             d["last_error"] or str(d["last_status_code"] or ""),

@@ -36,6 +36,7 @@ from tunery.openai_api.objects import (
 from tunery.pipeline.config import MAX_SEED, RUN_NAME_PATTERN
 from tunery.runs import intake, queries, settle
 from tunery.runs.plane import Conflict, ControlPlane, NotFound
+from tunery.wire import model_names
 
 CREATE_FIELDS = frozenset(
     {
@@ -186,7 +187,7 @@ def job_object(run: Run, extra: FineTuningJob | None, position: int | None, at: 
         id=run.id,
         created_at=int(run.created_at),
         error=JobError(code=error["code"], message=error["message"]) if error else None,
-        fine_tuned_model=mapping.fine_tuned_model_name(
+        fine_tuned_model=model_names.fine_tuned_model_name(
             config["base_model"], run.account_id, run.name, run.id
         )
         if completed

@@ -22,6 +22,7 @@ from tunery.openai_api.jobs import owned_run
 from tunery.openai_api.objects import Checkpoint, JobEvent, OpenAIError, page_of
 from tunery.runs import history
 from tunery.runs.plane import ControlPlane
+from tunery.wire import model_names
 
 CURSOR_NUMBER = re.compile(r"[0-9]{1,18}")
 """An event id or step in a cursor: ASCII digits (``str.isdigit`` also takes ``²``, which
@@ -94,7 +95,7 @@ def list_checkpoints(
     every = mapping.stored_training(run.config).checkpoint_every_steps
     completed = run.status == RunStatus.COMPLETED
     kept = mapping.checkpoint_steps([by_step[s].data for s in steps], every, completed)
-    model = mapping.fine_tuned_model_name(
+    model = model_names.fine_tuned_model_name(
         run.config["base_model"], run.account_id, run.name, run.id
     )
     newest_first = sorted(kept, reverse=True)

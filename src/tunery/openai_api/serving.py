@@ -21,10 +21,10 @@ from sqlalchemy import or_, select
 from tunery.db import HubEntry, Run
 from tunery.hub.storage import PresignedUrl
 from tunery.lifecycle import RunStatus
-from tunery.openai_api.mapping import fine_tuned_model_name, run_id_of_model
 from tunery.openai_api.objects import Model, OpenAIError
 from tunery.runs import hub
 from tunery.runs.plane import ControlPlane
+from tunery.wire.model_names import fine_tuned_model_name, run_id_of_model
 
 _STOP_LINE = re.compile(r'^PARAMETER stop "(.*)"\s*$')
 

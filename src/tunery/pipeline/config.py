@@ -8,11 +8,13 @@ problem with its dotted field path.
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -269,11 +271,53 @@ class MethodSettings(_Strict):
         return self.beta if self.beta is not None else DEFAULT_DPO_BETA
 
 
+MAX_TAGS = 20
+MAX_TAG_CHARS = 32
+TAG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+-]*")
+MAX_NOTE_CHARS = 4000
+TAG_RULE = (
+    f"a tag is 1 to {MAX_TAG_CHARS} letters, digits or . _ : / + -, starting with a letter "
+    "or a digit"
+)
+
+
+def check_tags(tags: list[str]) -> list[str]:
+    """The tags without repeats, in their order; ValueError naming the first bad one."""
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"a run has at most {MAX_TAGS} tags; {len(tags)} given")
+    for tag in tags:
+        if len(tag) > MAX_TAG_CHARS or not TAG_PATTERN.fullmatch(tag):
+            raise ValueError(f"{tag[:40]!r}: {TAG_RULE}")
+    return list(dict.fromkeys(tags))
+
+
+def check_note(note: str) -> str:
+    """The note, trimmed; ValueError when too long or holding control characters."""
+    if len(note) > MAX_NOTE_CHARS:
+        raise ValueError(f"a note has at most {MAX_NOTE_CHARS} characters; {len(note)} given")
+    if any(unicodedata.category(char) == "Cc" and char not in "\n\t" for char in note):
+        raise ValueError("a note holds text, new lines and tabs only (no control characters)")
+    return note.strip()
+
+
+RUN_NAME_RULE = (
+    "use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or a digit (it "
+    "names the run's files)"
+)
+
+
+def _run_name(name: str) -> str:
+    if not re.fullmatch(RUN_NAME_PATTERN, name):
+        raise ValueError(RUN_NAME_RULE)
+    return name
+
+
 class RunRecipe(_Strict):
     """A run as submitted: model, data (uploaded ids or local files), hyperparameters, export."""
 
-    name: Annotated[str, Field(pattern=RUN_NAME_PATTERN)] = Field(
-        description="Run name; also names the artifact files."
+    name: Annotated[str, AfterValidator(_run_name)] = Field(
+        description="Run name; also names the artifact files.",
+        json_schema_extra={"pattern": RUN_NAME_PATTERN},
     )
     base_model: str = Field(
         min_length=1,
@@ -303,6 +347,27 @@ class RunRecipe(_Strict):
         "DPO): its id (run_...) on a server; for tunery train, the run's output or adapter "
         "directory. It must use the same base_model and LoRA rank, alpha and target modules.",
     )
+    tags: list[str] = Field(
+        default_factory=list,
+        description="Labels to find the run by (also editable later: PATCH /runs/{id}).",
+    )
+    note: str = Field("", description="A free-text note on the run (also editable later).")
+    accept_warnings: StrictBool = Field(
+        False,
+        description="Submit even with settings far outside what usually works (a learning "
+        "rate above 1e-2, an adapter that is a large share of the model, a batch larger than "
+        "the data): a server refuses such a submission until this is true.",
+    )
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, tags: list[str]) -> list[str]:
+        return check_tags(tags)
+
+    @field_validator("note")
+    @classmethod
+    def _note(cls, note: str) -> str:
+        return check_note(note)
 
     @model_validator(mode="after")
     def _has_data(self) -> RunRecipe:

@@ -343,13 +343,16 @@ def evaluate_or_finish(
 
 def keep_best_adapter(
     plan: EvaluationPlan, model: Any, *, last_step: int, device: torch.device, reporter: Reporter
-) -> None:
-    """With early stopping on, end with the best evaluation's adapter rather than the last."""
+) -> int | None:
+    """With early stopping on, end with the best evaluation's adapter rather than the last;
+    returns the step it was restored from (None: the model keeps its last weights)."""
     best = plan.early_stopping.best_step
     if plan.best_adapter_dir is None or best is None or best == last_step:
-        return
-    if restore_best_adapter(model, plan.best_adapter_dir, step=best, device=device):
-        reporter.log(
-            f"kept the adapter of step {best}, the best evaluation "
-            f"(eval loss {plan.early_stopping.best_loss:.4f})"
-        )
+        return None
+    if not restore_best_adapter(model, plan.best_adapter_dir, step=best, device=device):
+        return None
+    reporter.log(
+        f"kept the adapter of step {best}, the best evaluation "
+        f"(eval loss {plan.early_stopping.best_loss:.4f})"
+    )
+    return best

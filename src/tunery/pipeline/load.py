@@ -46,6 +46,10 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
+HUB_CHECK_SECONDS = 10.0
+"""How long a submission waits for the Hub to say whether a model exists."""
+
+
 @dataclass(frozen=True)
 class ModelReference:
     """Where a base model comes from; ``name`` is what artifacts record as the base."""
@@ -139,6 +143,50 @@ def resolve_model_dir(reference: ModelReference) -> Path:
         ensure_built(entry, directory)
         return directory
     return _download(reference)
+
+
+def hub_model_problem(reference: ModelReference) -> str | None:
+    """Why this machine could not download a Hub model, asked before a run queues; None when
+    the model is in the Hugging Face cache or the Hub has it (one metadata request, or none
+    offline). A run on a model that does not exist then never waits in the queue, retries,
+    and fails after it."""
+    from huggingface_hub import model_info, try_to_load_from_cache
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    assert reference.repo_id is not None
+    cached = try_to_load_from_cache(
+        reference.repo_id, "config.json", revision=reference.revision or "main"
+    )
+    if isinstance(cached, str):
+        return None
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        return (
+            f"{reference.repo_id} is not in the server's Hugging Face cache, and the server is "
+            "offline (HF_HUB_OFFLINE): put the model in the models directory, or download it "
+            "once with network access"
+        )
+    try:
+        model_info(reference.repo_id, revision=reference.revision, timeout=HUB_CHECK_SECONDS)
+    except GatedRepoError:
+        return f"{reference.repo_id} is gated: accept its license on the Hub and set HF_TOKEN"
+    except RevisionNotFoundError:
+        return f"{reference.repo_id} has no revision {reference.revision!r}"
+    except RepositoryNotFoundError:
+        return (
+            f"{reference.repo_id} does not exist on the Hugging Face Hub (or is private: set "
+            "HF_TOKEN on the server)"
+        )
+    except Exception as failure:  # any transport failure: the Hub cannot be asked from here
+        return (
+            f"{reference.repo_id} is not in the server's Hugging Face cache, and the server "
+            f"cannot reach the Hub to get it ({type(failure).__name__}): put the model in "
+            "the models directory, or give the server network access"
+        )
+    return None
 
 
 def _download(reference: ModelReference) -> Path:

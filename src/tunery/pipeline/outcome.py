@@ -54,15 +54,19 @@ def run_summary(
     adapter: AdapterSummary,
     final_metrics: dict[str, Any],
     evaluation: dict[str, Any] | None,
+    kept: dict[str, Any] | None,
     samples: list[dict[str, Any]],
     lora_bundle: Path,
     gguf: ExportResult | None,
     objective: dict[str, Any] | None = None,
+    timings: dict[str, float] | None = None,
+    estimate: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The content of ``run.json``: configuration snapshot, data, kernels, batch (per device,
     devices, effective), the objective (``objective_summary``), adapter, final metrics,
-    evaluation, samples and artifacts;
-    ``status`` is failed when ``error`` is set."""
+    evaluation, the kept step (``kept_step_summary``), samples, artifacts, the seconds each
+    phase took (``pipeline.timings``) and the estimate they are checked against; ``status``
+    is failed when ``error`` is set."""
     return {
         "name": recipe.name,
         "status": "completed" if error is None else "failed",
@@ -86,9 +90,12 @@ def run_summary(
         },
         "metrics": final_metrics,
         "evaluation": evaluation,
+        "kept": kept,
         "samples": samples,
         "artifacts": {"lora": lora_bundle.name, "gguf": gguf.bundle.name if gguf else None},
         "export": {"gguf": recipe.export.gguf, "checks": gguf.checks if gguf else None},
+        "timings": timings,
+        "estimate": estimate,
     }
 
 
@@ -115,6 +122,19 @@ def objective_summary(recipe: RunRecipe, data_summary: dict[str, Any]) -> dict[s
             "validation_pairs": data_summary.get("validation_examples"),
         },
     }
+
+
+def kept_step_summary(
+    history: list[dict[str, Any]], step: int | None, evaluated: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The step whose adapter the run delivers, when it is not the last step trained (early
+    stopping kept the best evaluation's, the divergence guard the best before the rise):
+    its step, its training loss and, when it was evaluated, its eval loss."""
+    if step is None:
+        return None
+    row = next((row for row in history if row.get("step") == step), {})
+    best = evaluated if evaluated is not None and evaluated.get("best_step") == step else {}
+    return {"step": step, "loss": row.get("loss"), "eval_loss": best.get("best_eval_loss")}
 
 
 def after_save_failure(failure: Exception, stage: str) -> TuneryError:

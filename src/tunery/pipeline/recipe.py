@@ -32,10 +32,12 @@ from tunery.pipeline.load import ModelReference, parse_model_reference
 from tunery.pipeline.outcome import (
     RunResult,
     after_save_failure,
+    kept_step_summary,
     objective_summary,
     run_summary,
 )
 from tunery.pipeline.reporting import Reporter
+from tunery.pipeline.timings import PhaseTimer
 
 
 def recipe_fingerprint(recipe: RunRecipe, dataset_paths: list[Path]) -> str:
@@ -122,6 +124,7 @@ def run_recipe(
     on_checkpoint: Callable[[Path], None] | None = None,
     init_adapter_dir: Path | None = None,
     data_parallel: DataParallel | None = None,
+    estimate: dict[str, Any] | None = None,
 ) -> RunResult | None:
     """Run the whole pipeline; raises a TuneryError subclass on failure or cancel.
 
@@ -131,7 +134,9 @@ def run_recipe(
     Checkpoints go to ``checkpoint_dir`` (default ``out_dir/checkpoints``): a worker keeps
     them where every node of its tier reaches them, or hands each complete one to
     ``on_checkpoint`` to keep it elsewhere, so another node resumes the run. The base
-    model's sample answers are cached in ``base_cache_dir`` (None: not cached).
+    model's sample answers are cached in ``base_cache_dir`` (None: not cached). ``estimate``:
+    what the run was estimated to take (a server's ``RunEstimate``), kept in ``run.json``
+    beside the ``timings`` each phase took.
 
     ``data_parallel``: this process is one rank of a data-parallel run
     (``pipeline.ranks`` starts them). Every rank trains; rank 0 alone goes on to save,
@@ -142,6 +147,11 @@ def run_recipe(
     from tunery.pipeline.chat import Encoder
     from tunery.pipeline.checkpoints import complete_checkpoints
     from tunery.pipeline.data import prepare_data
+    from tunery.pipeline.divergence import (
+        TrainingDiverged,
+        divergence_hint,
+        restore_kept_adapter,
+    )
     from tunery.pipeline.early_stopping import EarlyStopping, best_adapter_dir
     from tunery.pipeline.evaluation import (
         EvaluationPlan,
@@ -165,7 +175,7 @@ def run_recipe(
     from tunery.pipeline.samples import add_base_answers, generate_samples
     from tunery.pipeline.save import model_card, save_adapter, write_lora_bundle
     from tunery.pipeline.train import train
-    from tunery.pipeline.train_setup import TrainSetup
+    from tunery.pipeline.train_setup import TrainerState, TrainSetup
 
     paths = dataset_paths if dataset_paths is not None else [Path(p) for p in recipe.datasets]
     if validation_paths is None:
@@ -177,6 +187,7 @@ def run_recipe(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # Setup: model, data, adapter.
+    reporter = timer = PhaseTimer(reporter)
     reporter.phase(Phase.LOADING_MODEL)
     model_dir = resolve_model_dir(reference)
     tokenizer, chat_format, notes = load_tokenizer(model_dir)
@@ -273,30 +284,40 @@ def run_recipe(
         if data.validation
         else None
     )
-    state = train(
-        TrainSetup(
-            model=peft_model,
-            examples=data.examples,
-            config=config,
-            precision=precision,
-            device=device,
-            pad_id=tokenizer.pad_token_id,
-            checkpoint_dir=checkpoint_dir,
-            fingerprint=fingerprint,
-            kernels=kernels,
-            evaluation=evaluation,
-            on_checkpoint=on_checkpoint,
-            preference=preference,
-            data_parallel=data_parallel,
-        ),
-        reporter,
+    setup = TrainSetup(
+        model=peft_model,
+        examples=data.examples,
+        config=config,
+        precision=precision,
+        device=device,
+        pad_id=tokenizer.pad_token_id,
+        checkpoint_dir=checkpoint_dir,
+        fingerprint=fingerprint,
+        kernels=kernels,
+        evaluation=evaluation,
+        on_checkpoint=on_checkpoint,
+        preference=preference,
+        data_parallel=data_parallel,
     )
+    diverged: TrainingDiverged | None = None
+    try:
+        state = train(setup, reporter)
+    except TrainingDiverged as failure:
+        share = adapter.trainable_parameters / max(1, adapter.total_parameters)
+        failure.hint = divergence_hint(recipe, trainable_share=share)
+        if failure.kept_weights is None or not is_main:
+            raise
+        # The run fails, but delivers the best adapter it reached before the loss blew up.
+        diverged = failure
+        state = TrainerState(step=failure.step - 1, history=failure.history)
+        restore_kept_adapter(peft_model, failure, reporter)
     if not is_main:
         return None
     final_metrics = state.history[-1] if state.history else {}
     evaluated = None
-    if evaluation is not None:
-        keep_best_adapter(
+    kept_step = diverged.kept_step if diverged is not None else None
+    if evaluation is not None and diverged is None:
+        kept_step = keep_best_adapter(
             evaluation, peft_model, last_step=state.step, device=device, reporter=reporter
         )
         evaluated = evaluation_summary(
@@ -330,9 +351,11 @@ def run_recipe(
     # Export and samples. The LoRA bundle is complete: from here on a failure of any kind
     # costs the GGUF or the samples, never the LoRA the run delivers.
     gguf: ExportResult | None = None
-    error: dict[str, str] | None = None
+    # A diverged run delivers its kept LoRA and samples from it, but no GGUF: exporting a
+    # model the user will retrain anyway would only add to its bill.
+    error: dict[str, str] | None = diverged.as_dict() if diverged is not None else None
     samples: list[dict[str, Any]] = []
-    if recipe.export.gguf:
+    if recipe.export.gguf and diverged is None:
         reporter.phase(Phase.EXPORTING)
         try:
             gguf = export_gguf(
@@ -407,10 +430,13 @@ def run_recipe(
         adapter=adapter,
         final_metrics=final_metrics,
         evaluation=evaluated,
+        kept=kept_step_summary(state.history, kept_step, evaluated),
         samples=samples,
         lora_bundle=lora_bundle,
         gguf=gguf,
         objective=objective_summary(recipe, data.summary()),
+        timings=timer.timings(),
+        estimate=estimate,
     )
     (out_dir / "run.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     for checkpoint in complete_checkpoints(checkpoint_dir):

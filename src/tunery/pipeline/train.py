@@ -14,7 +14,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from tunery.errors import RunCancelled, TuneryError
+from tunery.errors import RunCancelled
 from tunery.pipeline.budget import plan_budget, step_micro_batches
 from tunery.pipeline.card_fit import out_of_memory_fails, refuse_what_cannot_fit
 from tunery.pipeline.chat import Example, sequences
@@ -24,18 +24,13 @@ from tunery.pipeline.checkpoints import (
     saved_micro_batch_examples,
 )
 from tunery.pipeline.distributed import DataParallel
+from tunery.pipeline.divergence import DivergenceGuard
 from tunery.pipeline.packing import batch_loss_sum, pack
 from tunery.pipeline.reporting import EtaEstimator, Reporter, StepMetrics
 from tunery.pipeline.train_setup import TrainerState, TrainSetup
 
 if TYPE_CHECKING:
     from tunery.pipeline.kernels import Kernels
-
-
-class TrainingDiverged(TuneryError):
-    """The loss became NaN or infinite. A user error: the same recipe diverges again."""
-
-    code = "training_diverged"
 
 
 def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
@@ -45,7 +40,8 @@ def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
     attention choice holds for the loop only. Evaluates as ``setup.evaluation`` plans and
     stops early when it says so; stops after the current step when
     ``reporter.should_finish()`` turns true. Raises RunCancelled (between steps) when
-    ``reporter.should_stop()`` turns true, TrainingDiverged on a non-finite loss and
+    ``reporter.should_stop()`` turns true, TrainingDiverged when the loss diverges
+    (``tunery.pipeline.divergence``: the exception carries the best step's adapter) and
     TrainingOutOfMemory before the first step when the run cannot fit its card, or when the
     GPU runs out of memory anyway (``tunery.pipeline.card_fit``).
     """
@@ -87,6 +83,7 @@ def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
         setup.evaluation.resume(state.early_stopping)
     parallel.start(trainable)
     eta = EtaEstimator()
+    guard = DivergenceGuard.watching(budget.total_steps, state.history)
     model.train()
     with attention_in_use(model, kernels.attention), out_of_memory_fails(setup):
         if setup.preference is not None and setup.preference.reference is None:
@@ -104,8 +101,7 @@ def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
             loss_total, real_tokens, objective_metrics = parallel.all_reduce(
                 trainable, *_objective_step(setup, kernels, micro_batches, scaler)
             )
-            if not math.isfinite(loss_total):
-                raise _diverged(loss_total, state.step + 1)
+            guard.observe(state.step + 1, loss_total, model, done_steps=state.step)
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm).item()
             learning_rate = scheduler.get_last_lr()[0]
@@ -212,12 +208,3 @@ def _accumulate_gradients(
         real_tokens += packed.real_tokens
     # One device sync per step, not per micro-batch.
     return torch.stack(losses).sum().item(), real_tokens
-
-
-def _diverged(loss: float, step: int) -> TrainingDiverged:
-    # Checked before the optimizer step, so no NaN reaches the weights or a checkpoint.
-    return TrainingDiverged(
-        f"training diverged: the loss became {loss} at step {step}",
-        hint="lower training.learning_rate or lora.alpha, or clip harder with a lower "
-        "training.max_grad_norm",
-    )

@@ -9,6 +9,7 @@ owns its run (cancelled, or declared lost and replaced) are refused with StaleAt
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from tunery.errors import TuneryError
 from tunery.event_kinds import EventKind
 from tunery.lifecycle import TERMINAL, RunStatus
 from tunery.phases import Phase
-from tunery.runs import history, hub, store
+from tunery.runs import billing, estimate, history, hub, store
 from tunery.runs.plane import ControlPlane, NotFound, StaleAttempt
 from tunery.runs.queries import live_metrics_of
 from tunery.runs.settle import finish
@@ -97,6 +98,7 @@ def attempt_spec(plane: ControlPlane, *, attempt_id: str, token: str) -> Attempt
             heartbeat_seconds=plane.settings.heartbeat_seconds,
             threads=node.threads if node is not None else None,
             devices=tier.devices if tier is not None else 1,
+            estimate=run.estimate,
         )
 
 
@@ -184,6 +186,9 @@ def _on_result(
 ) -> None:
     store.end_attempt(session, attempt, at, "finished")
     summary = result.model_dump(mode="json", exclude_unset=True)
+    if attempt.training_started_at is not None:
+        # What the estimate's startup is checked against: placed to first step, not billed.
+        summary["startup_seconds"] = round(attempt.training_started_at - attempt.started_at, 3)
     # The worker's own file names are ignored: what counts is what it uploaded.
     summary["artifacts"] = hub.received_bundles(plane, run)
     error = summary.get("error")
@@ -209,7 +214,38 @@ def _on_result(
         metrics={**run.metrics, **(result.metrics or {})},
         error=error,
     )
+    _keep_run_json(plane, session, run, summary, completed=target == RunStatus.COMPLETED, at=at)
     plane.wake_scheduler.set()
+
+
+def _keep_run_json(
+    plane: ControlPlane,
+    session: Session,
+    run: Run,
+    summary: dict[str, Any],
+    *,
+    completed: bool,
+    at: float,
+) -> None:
+    """The run's ``run.json`` in its folder on the server: the worker's summary, with the
+    estimate it was submitted with set beside the billed time and credits when it completed."""
+    attempts = session.scalars(select(Attempt).where(Attempt.run_id == run.id)).all()
+    seconds = billing.billable_seconds(attempts, at)
+    tier = plane.settings.tier(run.tier)
+    credits = billing.credits_for(
+        seconds, tier.credits_per_minute if tier else 0.0, whole_minutes=False
+    )
+    check = (
+        estimate.check(run.estimate, summary, seconds, credits).model_dump()
+        if completed and run.estimate
+        else None
+    )
+    path = plane.runs_dir / run.id / "run.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(".run.json.partial")
+    body = {**summary, "estimate": run.estimate, "estimate_check": check}
+    partial.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    partial.replace(path)
 
 
 def _hub_failure(failure: TuneryError | OSError) -> dict[str, Any]:

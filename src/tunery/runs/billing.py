@@ -22,11 +22,24 @@ from tunery.db import Attempt, LedgerEntry
 from tunery.lifecycle import TERMINAL, RunStatus
 
 OUT_OF_CREDITS_CODE = "out_of_credits"
+DIVERGED_CODE = "diverged"
+"""The divergence guard's code (``tunery.pipeline.divergence``)."""
+CAUSED_BY_THE_RUN = {
+    OUT_OF_CREDITS_CODE: "the run stopped because the account ran out of credits",
+    DIVERGED_CODE: "the run's loss diverged, which its own settings cause (the same recipe "
+    "diverges again)",
+}
+"""Failures the run's owner caused, by error code: billed and never refunded."""
 REFUND_RULES = (
+    "Nothing is billed before a run's first gradient step: queueing, waiting for a node, "
+    "loading and retry back-off are free.",
     "A completed run is billed for its exact training time.",
     "A cancelled run is billed for whole minutes of training, rounded down.",
-    "A failed run on a verified catalog model is refunded, unless the account ran out of credits "
-    "or its LoRA was delivered.",
+    "A failed run on a verified catalog model is refunded, unless its owner caused the "
+    "failure (the account ran out of credits, or the loss diverged) or its LoRA was delivered.",
+    "A run whose loss diverged fails with the code diverged: it is billed for its training "
+    "time and not refunded, and the adapter of its best step before the loss rose is delivered "
+    "to the Hub.",
     "A run whose LoRA reached the Hub is billed even if a later step (the GGUF export) failed: "
     "the training was delivered, and the export can be rerun without retraining.",
     "A failed run on a custom model is billed and not refunded.",
@@ -37,28 +50,41 @@ REFUND_RULES = (
 @dataclass(frozen=True)
 class Refund:
     refunded: bool | None
-    """None while the run is not finished."""
+    """None while the run is not finished, and for a run that was billed nothing."""
     note: str
     """One sentence saying whether and why."""
 
 
 def refund_decision(
-    status: str, base_model: str, error: dict[str, Any] | None, *, delivered: bool = False
+    status: str,
+    base_model: str,
+    error: dict[str, Any] | None,
+    *,
+    delivered: bool = False,
+    billed_seconds: float | None = None,
 ) -> Refund:
     """Whether a run in ``status`` is refunded, and why (the rule of ``REFUND_RULES``).
 
-    ``delivered``: the run's LoRA reached the Hub (it has an entry).
+    ``delivered``: the run's LoRA reached the Hub (it has an entry). ``billed_seconds``: its
+    billable training time (0: it never reached a gradient step, so there is nothing to
+    refund); None when unknown.
     """
     if status not in TERMINAL:
         return Refund(
             None,
             "Not finished: if it fails on a verified catalog model before its LoRA reaches "
-            "the Hub, its training time is refunded, unless the account runs out of credits.",
+            "the Hub, its training time is refunded, unless its owner caused the failure.",
         )
     if status == RunStatus.COMPLETED:
         return Refund(False, "Completed: billed for its exact training time.")
+    if billed_seconds is not None and billed_seconds <= 0:
+        return Refund(None, "Nothing billed: the run ended before its first gradient step.")
     if status == RunStatus.CANCELLED:
         return Refund(False, "Cancelled: billed for whole minutes of training, not refunded.")
+    caused = CAUSED_BY_THE_RUN.get((error or {}).get("code", ""))
+    if caused is not None:
+        kept = " Its best step's LoRA was delivered to the Hub." if delivered else ""
+        return Refund(False, f"Not refunded: {caused}.{kept}")
     if delivered:
         return Refund(
             False,
@@ -68,10 +94,6 @@ def refund_decision(
     entry = catalog_find(base_model)
     if entry is None or not entry.verified:
         return Refund(False, "Not refunded: runs on custom models are not refunded.")
-    if (error or {}).get("code") == OUT_OF_CREDITS_CODE:
-        return Refund(
-            False, "Not refunded: the run stopped because the account ran out of credits."
-        )
     return Refund(True, "Refunded: the run failed on a verified catalog model.")
 
 

@@ -1,32 +1,44 @@
 """Cost before play: what a submission would train, how long and at what price.
 
 Pure arithmetic on a checked submission (``runs.intake`` checks, plans memory and calls
-``compute_estimate`` once per submission or estimate request); the only query is the
-throughput runs of the same model on the same tier measured.
+``compute_estimate`` once per submission or estimate request), from what the tier measured.
+
+**What is estimated is what is billed.** Billing runs from a run's first gradient step to
+its end (``runs.billing``), so the estimate adds up every part of that: the gradient steps
+(with their checkpoints), the evaluations, saving the adapter, the GGUF export, the sample
+answers and the bundles' upload (``BILLED_PHASES``). It says apart how long a node takes to
+reach the first step (``startup_seconds``: loading, data, LoRA), which is not billed.
 
 **Tokens.** The control plane loads no tokenizer: each row's tokens are estimated from its
 characters (``runs.data_shape``), cut at ``max_seq_length`` (else the catalog model's
-context). Steps are exact:
-the rows held out for samples and validation are counted as ``pipeline.holdout`` holds them
-out, and the budget is the training loop's own ``plan_budget``.
+context). Steps are exact: the rows held out for samples and validation are counted as
+``pipeline.holdout`` holds them out, and the budget is the training loop's ``plan_budget``.
 
-**Throughput.** Measured on the latest completed runs of the same base model on the same
-tier (the median of up to MEASURED_RUNS), in this module's own token unit, so the
-characters-per-token approximation cancels out for a model that was measured. Until there
-are any, the prior: ``6 * parameters * tokens`` FLOPs over the tier's assumed training
-TFLOPS (``TierSettings.assumed_tflops``; evaluations cost a third of that per token, being
-forward passes). Each submitted run records its estimate (``Run.estimate``); once it
-completes, its training seconds are the measurement.
+**Costs**, for each part, from the best of:
+
+1. ``measured``: the latest completed runs of the same model on the same tier (medians of
+   their ``run.json`` timings per unit: per estimated token of training and evaluation, per
+   generated token of sampling, seconds for the rest), in this module's own token unit, so
+   the characters-per-token approximation cancels out; runs of another model on the tier
+   when none of this one completed, scaled by the models' parameter counts;
+2. ``calibrated``: the tier's micro-benchmark of the model's shape (``runs.calibration``);
+3. ``prior``: for the gradient steps and evaluations only, ``6 * parameters * tokens``
+   FLOPs over the tier's assumed training TFLOPS; the other parts are then left out, and a
+   note says so.
+
+Each submitted run records its estimate (``Run.estimate``); once it completes, ``check``
+sets it beside what happened (``RunPublic.estimate_check``).
 
 **Several devices.** A tier that trains a run on N devices (``TierSettings.devices``) plans
 N * ``batch_size`` examples per micro-batch, so fewer steps. Only runs measured on as many
-devices count as measurements; the prior is one device's times N times
-DATA_PARALLEL_EFFICIENCY.
+devices count as measurements; the benchmark (one process) and the prior train at one
+device's rate times N times DATA_PARALLEL_EFFICIENCY.
 """
 
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
@@ -36,14 +48,16 @@ from tunery.catalog.models import find as catalog_find
 from tunery.db import Run
 from tunery.errors import ConfigError
 from tunery.lifecycle import RunStatus
+from tunery.phases import Phase
 from tunery.pipeline.budget import effective_batch, plan_budget
 from tunery.pipeline.config import RunRecipe
 from tunery.pipeline.holdout import plan_holdout
 from tunery.pipeline.memory import GIB, MemoryEstimate
-from tunery.runs import billing
+from tunery.pipeline.timings import EVALUATIONS
+from tunery.runs import billing, fit
 from tunery.runs.data_shape import DataShape
 from tunery.tiers import TierSettings
-from tunery.wire.rest import RunEstimate
+from tunery.wire.rest import EstimateCheck, PhaseCheck, RunEstimate
 
 MEASURED_RUNS = 10
 FLOPS_PER_PARAMETER_TOKEN = 6
@@ -57,12 +71,49 @@ reach until one was measured: each step waits for its slowest device and for an 
 of the adapter's gradients. On two CPU cores with gloo tunery measured 1.7-1.9× for 2
 processes (bench/data_parallel.py, bench/README.md); NCCL over NVLink costs less."""
 
+TRAINING, SAVING, EXPORTING, SAMPLING, UPLOADING = (
+    Phase.TRAINING.value,
+    Phase.SAVING.value,
+    Phase.EXPORTING.value,
+    Phase.SAMPLING.value,
+    "uploading",
+)
+BILLED_PHASES = (TRAINING, EVALUATIONS, SAVING, EXPORTING, SAMPLING, UPLOADING)
+"""The billed parts of a run, as ``run.json``'s ``timings`` names them (the worker adds
+``uploading``); ``training`` is the gradient steps and checkpoints, without evaluations."""
+STARTUP = "startup"
+"""A node's time from starting the run to its first gradient step (not billed)."""
+SAVE_PASSES = 2
+"""Saving writes the adapter's weights, then reads them into its ZIP."""
+EXPORT_PASSES = 5
+"""The GGUF export goes over the model's weights about five times: the merge reads and
+writes them, the converter and the quantizer each read and write a copy, the check reads
+the result."""
+QUANTIZED_SHARE = 4.5 / 32
+"""Bytes of a Q4_K_M GGUF per byte of fp32 weights (4.5 bits a weight): what the upload
+of a GGUF bundle moves."""
 
-def measured_throughput(
-    session: Session, tier: str, base_model: str, *, devices: int = 1
-) -> tuple[float | None, int]:
-    """Estimated tokens per training second of the latest completed runs of ``base_model``
-    on ``tier`` with ``devices`` devices (median), and how many runs that is."""
+
+@dataclass(frozen=True)
+class Measured:
+    """Per-unit costs earlier completed runs on a tier measured (medians), already scaled
+    to the model of the run being estimated."""
+
+    runs: int
+    same_model: bool
+    train_seconds_per_token: float
+    eval_seconds_per_token: float | None = None
+    sample_seconds_per_token: float | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Seconds of saving, exporting, uploading, and the startup."""
+
+
+def measured_basis(
+    session: Session, tier: str, base_model: str, parameters: int | None, *, devices: int = 1
+) -> Measured | None:
+    """What the latest completed runs on ``tier`` with ``devices`` devices measured: of
+    ``base_model`` when there are any, else of other models scaled by parameters (when both
+    sizes are known)."""
     runs = session.scalars(
         select(Run)
         .where(
@@ -73,26 +124,72 @@ def measured_throughput(
         .order_by(Run.finished_at.desc())
         .limit(20 * MEASURED_RUNS)
     )
-    rates = []
+    same: list[dict[str, Any]] = []
+    other: list[dict[str, Any]] = []
     for run in runs:
-        planned = run.estimate or {}
-        rate = measured_rate(planned, run.metrics or {})
-        same = run.config.get("base_model") == base_model
-        if rate is not None and same and planned.get("devices", 1) == devices:
-            rates.append(rate)
-        if len(rates) == MEASURED_RUNS:
-            break
-    return (statistics.median(rates) if rates else None), len(rates)
-
-
-def measured_rate(estimate: dict[str, Any], metrics: dict[str, Any]) -> float | None:
-    """A completed run's throughput in estimated tokens per training second, from the
-    estimate it was submitted with and its last step's metrics."""
-    seconds, steps = metrics.get("training_seconds"), metrics.get("step")
-    planned, tokens = estimate.get("total_steps"), estimate.get("tokens")
-    if not (seconds and steps and planned and tokens):
+        if (run.estimate or {}).get("devices", 1) != devices:
+            continue
+        if run.config.get("base_model") == base_model:
+            if len(same) < MEASURED_RUNS and (costs := run_costs(run, 1.0)) is not None:
+                same.append(costs)
+        elif parameters and (run.estimate or {}).get("parameters") and len(other) < MEASURED_RUNS:
+            scale = parameters / run.estimate["parameters"]
+            if (costs := run_costs(run, scale)) is not None:
+                other.append(costs)
+    chosen = same or other
+    if not chosen:
         return None
-    return tokens * steps / planned / seconds
+
+    def median(key: str) -> float | None:
+        values = [costs[key] for costs in chosen if costs.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    seconds = {
+        key: value
+        for key in (SAVING, EXPORTING, UPLOADING, STARTUP)
+        if (value := median(key)) is not None
+    }
+    train = median("train_seconds_per_token")
+    assert train is not None  # every run's costs have it
+    return Measured(
+        runs=len(chosen),
+        same_model=bool(same),
+        train_seconds_per_token=train,
+        eval_seconds_per_token=median("eval_seconds_per_token"),
+        sample_seconds_per_token=median("sample_seconds_per_token"),
+        seconds=seconds,
+    )
+
+
+def run_costs(run: Run, scale: float) -> dict[str, float] | None:
+    """A completed run's costs per unit (times ``scale``), from the estimate it was
+    submitted with, its last step and its ``run.json`` timings; None when it measured none."""
+    estimate, metrics = run.estimate or {}, run.metrics or {}
+    summary = run.summary or {}
+    timings = summary.get("timings") or {}
+    steps, planned = metrics.get("step"), estimate.get("total_steps")
+    tokens = estimate.get("tokens")
+    if not (steps and planned and tokens):
+        return None
+    done = steps / planned
+    evaluated = timings.get(EVALUATIONS) or 0.0
+    # Runs from before timings were recorded have their steps' own seconds only.
+    wall = (timings.get(TRAINING) or 0.0) - evaluated or metrics.get("training_seconds")
+    if not wall:
+        return None
+    costs = {"train_seconds_per_token": scale * wall / (tokens * done)}
+    if evaluated and estimate.get("evaluation_tokens"):
+        costs["eval_seconds_per_token"] = scale * evaluated / (estimate["evaluation_tokens"] * done)
+    if timings.get(SAMPLING) and estimate.get("sample_tokens"):
+        costs["sample_seconds_per_token"] = scale * timings[SAMPLING] / estimate["sample_tokens"]
+    for key in (SAVING, UPLOADING):
+        if timings.get(key):
+            costs[key] = scale * timings[key]
+    if timings.get(EXPORTING) and (summary.get("artifacts") or {}).get("gguf"):
+        costs[EXPORTING] = scale * timings[EXPORTING]
+    if summary.get("startup_seconds"):
+        costs[STARTUP] = scale * summary["startup_seconds"]
+    return costs
 
 
 def compute_estimate(
@@ -101,16 +198,19 @@ def compute_estimate(
     data: DataShape,
     validation: DataShape,
     *,
-    rate: float | None,
-    measured: int,
+    measured: Measured | None,
+    calibration: dict[str, Any] | None,
     balance: float,
     memory: MemoryEstimate | None = None,
 ) -> RunEstimate:
-    """The estimate from counted rows and a throughput (None: the tier's prior).
+    """The estimate from counted rows and what the tier measured (``measured`` runs, else
+    its ``calibration`` of the model's shape, else its assumed TFLOPS).
 
     ``memory``: the run's planned peak on the tier's card (``fit.peak_memory``), None where
     it is not planned."""
     catalog = catalog_find(recipe.base_model)
+    shape = fit.model_shape(recipe.base_model)
+    parameters = catalog.parameters if catalog else (shape.parameters if shape else None)
     limit = recipe.training.max_seq_length or (catalog.context_length if catalog else None)
     holdout = plan_holdout(
         data.rows,
@@ -129,48 +229,74 @@ def compute_estimate(
     else:
         validation_examples = holdout.validation
         validation_tokens = round(all_tokens * holdout.validation / data.rows) if data.rows else 0
-    eval_tokens = validation_tokens * _evaluations(recipe, budget.total_steps, validation_examples)
+    evaluation_tokens = validation_tokens * _evaluations(
+        recipe, budget.total_steps, validation_examples
+    )
+    # The tuned model answers each sample prompt (from its GGUF during the export when
+    # there is one), and so does the base model, beside it.
+    generated = (len(recipe.samples.prompts) or holdout.samples) * recipe.samples.max_new_tokens
+    sample_tokens = generated if recipe.export.gguf else 2 * generated
     notes = _problems_notes(recipe, holdout.training)
-    price = tier.credits_per_minute
-    source = "measured" if rate is not None else None
-    if rate is None and catalog is not None and tier.assumed_tflops:
-        flops = tier.assumed_tflops * 1e12
-        rate, source = flops / (FLOPS_PER_PARAMETER_TOKEN * catalog.parameters), "prior"
-        if devices > 1:
-            rate *= devices * DATA_PARALLEL_EFFICIENCY
-            notes.append(
-                f"time assumed for {devices} devices at {DATA_PARALLEL_EFFICIENCY:.0%} of "
-                f"{devices}x one device's throughput, until a run on them is measured"
-            )
-    if rate is None:
+
+    train, source = _train_seconds_per_token(measured, calibration, tier, parameters)
+    if train is not None and source != "measured" and devices > 1:
+        train /= devices * DATA_PARALLEL_EFFICIENCY
+        notes.append(
+            f"time assumed for {devices} devices at {DATA_PARALLEL_EFFICIENCY:.0%} of "
+            f"{devices}x one device's throughput, until a run on them is measured"
+        )
+    phases: dict[str, float] = {}
+    if train is not None:
+        phases[TRAINING] = tokens * train
+        eval_cost = _first(
+            measured.eval_seconds_per_token if measured else None,
+            calibration.get("eval_seconds_per_token") if calibration else None,
+        )
+        phases[EVALUATIONS] = evaluation_tokens * (eval_cost or train * EVAL_COST_SHARE)
+    else:
         notes.append(
             "no time estimate: the model's size is unknown and no run of it on this tier "
             "was measured yet"
+        )
+    others = _other_phases(recipe, measured, calibration, parameters, sample_tokens, generated)
+    phases.update({key: value for key, value in others.items() if key != STARTUP})
+    missing = [key for key in (SAVING, SAMPLING, UPLOADING) if key not in phases]
+    if recipe.export.gguf and EXPORTING not in phases:
+        missing.insert(1, EXPORTING)
+    if train is not None and missing:
+        notes.append(
+            f"not counted yet: {', '.join(missing)} (no run of this model measured them on "
+            "this tier, and no benchmark of its shape either)"
         )
     if memory is None and tier.memory_gib is not None:
         notes.append(
             "no memory plan: the server does not know this model's size; its worker checks "
             "that the run fits the card before training"
         )
-    seconds = (tokens + eval_tokens * EVAL_COST_SHARE) / rate if rate else None
+    seconds = sum(phases.values()) if train is not None else None
+    price = tier.credits_per_minute
     credits = billing.credits_for(seconds, price, whole_minutes=False) if seconds else None
     return RunEstimate(
         tier=tier.id,
         base_model=recipe.base_model,
-        parameters=catalog.parameters if catalog else None,
+        parameters=parameters,
         rows=data.rows,
         examples=holdout.training,
         validation_examples=validation_examples,
         tokens_per_epoch=tokens_per_epoch,
         tokens=tokens,
+        evaluation_tokens=evaluation_tokens,
+        sample_tokens=sample_tokens,
         total_steps=budget.total_steps,
         epochs=budget.epochs,
         devices=devices,
         effective_batch=effective_batch(recipe.training, devices),
         seconds=round(seconds, 1) if seconds is not None else None,
-        tokens_per_second=round(rate, 1) if rate else None,
+        phases={key: round(value, 1) for key, value in phases.items()},
+        startup_seconds=round(others[STARTUP], 1) if STARTUP in others else None,
+        tokens_per_second=round(1 / train, 1) if train else None,
         throughput_source=source,
-        measured_runs=measured,
+        measured_runs=measured.runs if measured else 0,
         credits=credits,
         credits_per_minute=price,
         balance=round(balance, 4),
@@ -178,6 +304,92 @@ def compute_estimate(
         peak_memory_gib=round(memory.total / GIB, 1) if memory else None,
         gpu_memory_gib=tier.memory_gib,
         notes=notes,
+    )
+
+
+def _first(*values: float | None) -> float | None:
+    return next((value for value in values if value is not None), None)
+
+
+def _train_seconds_per_token(
+    measured: Measured | None,
+    calibration: dict[str, Any] | None,
+    tier: TierSettings,
+    parameters: int | None,
+) -> tuple[float | None, str | None]:
+    if measured is not None:
+        return measured.train_seconds_per_token, "measured"
+    if calibration is not None:
+        return calibration["train_seconds_per_token"], "calibrated"
+    if parameters and tier.assumed_tflops:
+        flops = tier.assumed_tflops * 1e12
+        return FLOPS_PER_PARAMETER_TOKEN * parameters / flops, "prior"
+    return None, None
+
+
+def _other_phases(
+    recipe: RunRecipe,
+    measured: Measured | None,
+    calibration: dict[str, Any] | None,
+    parameters: int | None,
+    sample_tokens: int,
+    generated: int,
+) -> dict[str, float]:
+    """Saving, exporting, sampling, uploading and the startup: measured, else from the
+    benchmark's rates (``calibration``), else left out."""
+    known = dict(measured.seconds) if measured else {}
+    if measured is not None and measured.sample_seconds_per_token is not None:
+        known[SAMPLING] = measured.sample_seconds_per_token * sample_tokens
+    if calibration is not None and parameters:
+        io = calibration["weights_seconds_per_parameter"]
+        decode = calibration["decode_seconds_per_token"]
+        trainable = fit.adapter_parameters(recipe) or 0
+        benchmarked = {
+            SAVING: io * trainable * SAVE_PASSES,
+            EXPORTING: io * parameters * EXPORT_PASSES + decode * generated,
+            SAMPLING: decode * sample_tokens,
+            UPLOADING: io * parameters * QUANTIZED_SHARE if recipe.export.gguf else 0.0,
+            STARTUP: calibration["import_seconds"] + io * parameters,
+        }
+        known = {**benchmarked, **known}
+    if not recipe.export.gguf:
+        known.pop(EXPORTING, None)
+    return known
+
+
+def check(
+    estimate: dict[str, Any], summary: dict[str, Any], billed_seconds: float, credits: float
+) -> EstimateCheck:
+    """A completed run's estimate beside what happened: billed time and credits, the
+    startup, and each billed part (``run.json``'s timings)."""
+    timings = summary.get("timings") or {}
+
+    def ratio(actual: float | None, estimated: float | None) -> float | None:
+        return round(actual / estimated, 3) if actual is not None and estimated else None
+
+    phases = {}
+    for key in BILLED_PHASES:
+        estimated = (estimate.get("phases") or {}).get(key)
+        actual = timings.get(key)
+        if key == TRAINING and actual is not None:
+            actual -= timings.get(EVALUATIONS) or 0.0
+        if estimated is not None or actual is not None:
+            phases[key] = PhaseCheck(
+                estimated=estimated, actual=round(actual, 1) if actual is not None else None
+            )
+    startup = summary.get("startup_seconds")
+    return EstimateCheck(
+        estimated_seconds=estimate.get("seconds"),
+        actual_seconds=round(billed_seconds, 1),
+        seconds_ratio=ratio(billed_seconds, estimate.get("seconds")),
+        estimated_credits=estimate.get("credits"),
+        actual_credits=round(credits, 4),
+        credits_ratio=ratio(credits, estimate.get("credits")),
+        estimated_startup_seconds=estimate.get("startup_seconds"),
+        actual_startup_seconds=round(startup, 1) if startup is not None else None,
+        startup_ratio=ratio(startup, estimate.get("startup_seconds")),
+        source=estimate.get("throughput_source"),
+        phases=phases,
     )
 
 

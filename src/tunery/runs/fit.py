@@ -23,7 +23,7 @@ from tunery.catalog.models import find as catalog_find
 from tunery.errors import ConfigError
 from tunery.pipeline.config import RunRecipe
 from tunery.pipeline.load import parse_model_reference
-from tunery.pipeline.memory import MemoryEstimate, check_fits
+from tunery.pipeline.memory import MemoryEstimate, ModelShape, check_fits, lora_parameters
 from tunery.runs.data_shape import DataShape
 from tunery.tiers import TierSettings
 
@@ -58,6 +58,35 @@ def _local_config(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return config if isinstance(config, dict) else None
+
+
+def model_shape(base_model: str) -> ModelShape | None:
+    """``base_model``'s shape, when the server knows it (the catalog, or a local config)."""
+    config = model_config(base_model)
+    if config is None:
+        return None
+    try:
+        return ModelShape.from_config(config)
+    except ValueError:
+        return None  # an odd config: its worker reports what it makes of it
+
+
+def adapter_parameters(recipe: RunRecipe) -> int | None:
+    """The adapter's trainable parameters, when the server knows the model's shape."""
+    shape = model_shape(recipe.base_model)
+    if shape is None:
+        return None
+    return lora_parameters(shape, recipe.lora.rank, recipe.lora.target_modules)
+
+
+def adapter_share(recipe: RunRecipe) -> float | None:
+    """The adapter's trainable parameters as a share of the base model's, when the server
+    knows the model's shape."""
+    shape = model_shape(recipe.base_model)
+    trainable = adapter_parameters(recipe)
+    if shape is None or trainable is None or not shape.parameters:
+        return None
+    return trainable / shape.parameters
 
 
 def peak_memory(recipe: RunRecipe, tier: TierSettings, data: DataShape) -> MemoryEstimate | None:

@@ -7,6 +7,9 @@ of a log line is written, for ``GET /runs/{id}/logs`` and the ``line`` of stream
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -34,9 +37,45 @@ def log_line(kind: str, data: dict[str, Any], at: float) -> str | None:
             text += f" — {data['error'].get('message')}"
     elif kind == EventKind.PHASE:
         text = f"phase: {data['phase']}"
+    elif kind == EventKind.METRICS:
+        text = _step_line(data)
+    elif kind == EventKind.EVALUATION:
+        text = _evaluation_line(data)
+    elif kind == EventKind.HUB:
+        text = f"Hub entry {data['hub_entry_id']} deleted: its bundles are gone"
     else:
         return None
     return f"{iso(at)} {text}"
+
+
+def _number(value: Any, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _step_line(data: dict[str, Any]) -> str:
+    """``step 12/144 · loss 2.1034 · lr 2.00e-04 · grad norm 0.8312 · 5,120 tok/s``."""
+    total = f"/{data['total_steps']}" if data.get("total_steps") else ""
+    parts = [f"step {data.get('step')}{total}", f"loss {_number(data.get('loss'))}"]
+    if data.get("learning_rate") is not None:
+        parts.append(f"lr {data['learning_rate']:.2e}")
+    if data.get("grad_norm") is not None:
+        parts.append(f"grad norm {data['grad_norm']:.4f}")
+    if data.get("tokens_per_second") is not None:
+        parts.append(f"{data['tokens_per_second']:,.0f} tok/s")
+    if data.get("replayed"):
+        parts.append("(from the checkpoint's history)")
+    return " · ".join(parts)
+
+
+def _evaluation_line(data: dict[str, Any]) -> str:
+    """``eval after step 40: loss 1.9021 · accuracy 0.5120 · best 1.8800 (step 32)``."""
+    text = (
+        f"eval after step {data.get('step')}: loss {_number(data.get('eval_loss'))} · "
+        f"accuracy {_number(data.get('eval_accuracy'))}"
+    )
+    if data.get("best_eval_loss") is not None:
+        text += f" · best {data['best_eval_loss']:.4f} (step {data.get('best_step')})"
+    return text
 
 
 def event_payload(event: RunEvent, *, with_run_id: bool = False) -> StoredEvent:
@@ -128,8 +167,38 @@ def step_rows(session: Session, run_id: str) -> list[dict[str, Any]]:
     ]
 
 
+EXPORT_COLUMNS = (
+    "step",
+    "epoch",
+    "loss",
+    "learning_rate",
+    "grad_norm",
+    "tokens_per_second",
+    "trained_tokens",
+    "training_seconds",
+    "eval_loss",
+    "eval_accuracy",
+)
+"""The columns of a metrics export: what the worker measured at each step, and the
+evaluation after it (empty where there was none)."""
+EXPORT_FORMATS = ("csv", "jsonl")
+
+
+def export_metrics(rows: list[dict[str, Any]], export_format: str) -> str:
+    """Step rows (``step_rows``) as CSV with a header line, or as JSON Lines: one object per
+    step with every column of ``EXPORT_COLUMNS`` (null where not measured)."""
+    picked = [{column: row.get(column) for column in EXPORT_COLUMNS} for row in rows]
+    if export_format == "jsonl":
+        return "".join(json.dumps(row) + "\n" for row in picked)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(picked)
+    return buffer.getvalue()
+
+
 def log_text(session: Session, run_id: str) -> str:
-    """The run's log: one line per status change, phase and log message."""
+    """The run's log: one line per status change, phase, log message, step and evaluation."""
     rows = session.scalars(
         select(RunEvent)
         .where(RunEvent.run_id == run_id, RunEvent.kind.in_(LOG_KINDS))

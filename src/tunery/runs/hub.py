@@ -14,7 +14,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tunery.db import HubEntry, Run, new_id, now
+from tunery.event_kinds import EventKind
 from tunery.hub.storage import ARTIFACTS
+from tunery.runs import store
 from tunery.runs.leftovers import remove_served_copy
 from tunery.runs.plane import ControlPlane, NotFound
 from tunery.wire.rest import HubEntryPublic
@@ -114,13 +116,29 @@ def find_entry(plane: ControlPlane, account_id: str, entry_id: str) -> HubEntry:
 
 
 def delete_entry(plane: ControlPlane, *, account_id: str, entry_id: str) -> None:
-    """Delete the entry's record, then its stored artifacts and its copy served for chat."""
+    """Delete the entry's record, then its stored artifacts and its copy served for chat; the
+    run it came from (if its record is kept) gets a ``hub`` event, so open pages stop
+    offering its bundles."""
     with plane.sessions.begin() as session:
         entry = session.scalar(
             select(HubEntry).where(HubEntry.id == entry_id, HubEntry.account_id == account_id)
         )
         if entry is None:
             raise NotFound(f"no Hub entry {entry_id!r}")
+        if session.get(Run, entry.run_id) is not None:
+            store.append_event(
+                session, entry.run_id, EventKind.HUB, {"hub_entry_id": entry_id, "deleted": True}
+            )
         session.delete(entry)
     plane.storage.delete(entry_id)
     remove_served_copy(plane, entry_id)
+    plane.changed()
+
+
+def deleted_entries(session: Session, runs: list[Run]) -> set[str]:
+    """The Hub entry ids of ``runs`` that no longer exist (deleted from the Hub)."""
+    wanted = {run.hub_entry_id for run in runs if run.hub_entry_id is not None}
+    if not wanted:
+        return set()
+    present = set(session.scalars(select(HubEntry.id).where(HubEntry.id.in_(wanted))))
+    return wanted - present

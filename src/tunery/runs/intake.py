@@ -5,10 +5,11 @@ Every caller that makes a run goes through here — ``POST /api/v1/runs``, ``POS
 answer to "where is a submission validated": ``check_submission``. It parses the payload
 once and reports every problem at once (ConfigError, HTTP 422): the recipe's schema, then
 the checks against this server (datasets the account owns, attestations, a tier the backend
-serves, a base model the server may load, credits for the first minute, validation data,
-the memory plan against the tier's card). A field whose schema is wrong is not checked
-again. What passes comes back with its tier, its memory plan and its estimate, each
-computed once.
+serves, a base model the server may load — a Hugging Face model it has or can download —,
+credits for the first minute, validation data, the memory plan against the tier's card),
+then the settings far outside what usually works, which the user accepts or not. A field
+whose schema is wrong is not checked again. What passes comes back with its tier, its memory
+plan and its estimate, each computed once.
 
 ``submit_run`` creates the run, its estimate and (for ``/v1``) its job row in **one
 transaction** holding the database's write lock (``ControlPlane.exclusive``): a dataset
@@ -36,8 +37,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tunery.db import Dataset, FineTuningJob, Run
-from tunery.errors import ConfigError, FieldProblem, TuneryError
+from tunery.catalog.models import find as catalog_find
+from tunery.db import Dataset, FineTuningJob, Run, now
+from tunery.errors import ConfigError, FieldProblem, TuneryError, UnacceptedWarnings
+from tunery.event_kinds import EventKind
 from tunery.lifecycle import RunStatus
 from tunery.pipeline.config import (
     AUTO_VALIDATION_RULE,
@@ -45,15 +48,22 @@ from tunery.pipeline.config import (
     RunRecipe,
     parse_recipe,
 )
+from tunery.pipeline.divergence import unusual_settings
 from tunery.pipeline.holdout import plan_holdout
-from tunery.pipeline.load import parse_model_reference
+from tunery.pipeline.load import hub_model_problem, parse_model_reference
 from tunery.pipeline.memory import MemoryEstimate
-from tunery.runs import billing, estimate, fit, store
+from tunery.runs import billing, calibration, estimate, fit, store
 from tunery.runs.data_shape import DataShape, stored_shape
 from tunery.runs.plane import ControlPlane, TooManyQueued
 from tunery.tiers import TierSettings
-from tunery.wire.rest import RunEstimate
+from tunery.wire.rest import Problem, RunEstimate
 
+HUB_CHECK_TTL_SECONDS = 300.0
+"""How long an answer about a Hub model is reused: the live estimate asks on every edit."""
+WARNINGS_HINT = (
+    'if you mean it, submit again with accept_warnings: true (the studio\'s "Start anyway", '
+    "tunery runs submit --accept-warnings)"
+)
 LOCAL_MODELS_ONLY = (
     "local base models must be in the server's models directory (setting local_models_dir); "
     "ask the server's admin to put the model there, or name a Hugging Face id"
@@ -106,11 +116,22 @@ def check_submission(
     *,
     purpose: Purpose = Purpose.SUBMIT,
     shapes: DataShapes | None = None,
+    hub_problem: str | None = None,
+    accept_warnings: bool = False,
+    calibrate_now: bool = False,
 ) -> Submission:
     """Every reason the payload is blocked, at once (ConfigError); else the submission.
 
     ``shapes``: the datasets' shapes when the caller read them already (``read_shapes``,
-    outside a write lock); else they are read here.
+    outside a write lock); else they are read here. ``hub_problem``: why the server could
+    not download the Hub model the payload names (``hub_check``, asked outside the lock).
+    ``calibrate_now``: a tier that has not benchmarked the model's shape does it now, before
+    answering (outside any write lock only), instead of in the background.
+
+    A submission whose settings are far outside what usually works (the estimate's
+    ``warnings``) is refused with UnacceptedWarnings unless the payload says
+    ``accept_warnings`` or the caller does (``accept_warnings``: the OpenAI API, which has
+    no way to ask).
     """
     problems: list[FieldProblem] = []
     recipe: RunRecipe | None = None
@@ -138,6 +159,8 @@ def check_submission(
     if "base_model" not in broken and isinstance(base_model, str):
         model_problems, local_model = _base_model(plane, base_model)
         problems += model_problems
+        if not model_problems and local_model is None and hub_problem is not None:
+            problems.append(FieldProblem("base_model", hub_problem))
     if purpose is Purpose.SUBMIT and tier is not None:
         problems += _credit_problems(session, account_id, tier)
     if recipe is not None:
@@ -155,23 +178,53 @@ def check_submission(
             problems += [FieldProblem(p.field, f"{p.message}{hint}") for p in error.problems]
     if problems or recipe is None or tier is None or shapes is None:
         raise ConfigError(problems)
-    rate, measured = estimate.measured_throughput(
-        session, tier.id, recipe.base_model, devices=tier.devices
-    )
-    return Submission(
-        recipe=recipe,
-        tier=tier,
-        estimate=estimate.compute_estimate(
-            recipe,
-            tier,
-            shapes.training,
-            shapes.validation,
-            rate=rate,
-            measured=measured,
-            balance=billing.balance(session, account_id),
-            memory=memory,
+    estimated = estimate.compute_estimate(
+        recipe,
+        tier,
+        shapes.training,
+        shapes.validation,
+        measured=estimate.measured_basis(
+            session, tier.id, recipe.base_model, _parameters(recipe), devices=tier.devices
         ),
+        calibration=_calibration(plane, recipe, tier, shapes.training, now=calibrate_now),
+        balance=billing.balance(session, account_id),
+        memory=memory,
     )
+    warnings = unusual_settings(
+        recipe, trainable_share=fit.adapter_share(recipe), training_examples=estimated.examples
+    )
+    estimated.warnings = [Problem(field=w.field, message=w.message) for w in warnings]
+    accepted = recipe.accept_warnings or accept_warnings
+    if purpose is Purpose.SUBMIT and warnings and not accepted:
+        raise UnacceptedWarnings(warnings, hint=WARNINGS_HINT)
+    return Submission(recipe=recipe, tier=tier, estimate=estimated)
+
+
+def _parameters(recipe: RunRecipe) -> int | None:
+    catalog = catalog_find(recipe.base_model)
+    shape = fit.model_shape(recipe.base_model)
+    return catalog.parameters if catalog else (shape.parameters if shape else None)
+
+
+def _calibration(
+    plane: ControlPlane, recipe: RunRecipe, tier: TierSettings, data: DataShape, *, now: bool
+) -> dict[str, Any] | None:
+    """The tier's benchmark of the model's shape; when it has none yet and can measure one,
+    it measures (``now``: before answering; else in the background, the estimate falling back
+    on the tier's assumed TFLOPS meanwhile)."""
+    if not calibration.measurable(plane, tier):
+        return None
+    catalog = catalog_find(recipe.base_model)
+    limit = recipe.training.max_seq_length or (catalog.context_length if catalog else None)
+    request = calibration.request_for(recipe, data, limit)
+    if request is None:
+        return None
+    measured = calibration.cached(plane, tier, request)
+    if measured is None and now:
+        return calibration.measure(plane, tier, request)
+    if measured is None:
+        calibration.start(plane, tier, request)
+    return measured
 
 
 def submit_run(
@@ -192,6 +245,7 @@ def submit_run(
     idempotency_key = idempotency_key or None  # an empty header names no key
     digest = payload_hash({"payload": payload, "job": job.__dict__ if job else None})
     shapes = read_shapes(plane, account_id, payload)
+    hub_problem = hub_check(plane, payload)
     with plane.exclusive() as session:
         if idempotency_key:
             existing = session.scalar(
@@ -202,7 +256,15 @@ def submit_run(
             if existing is not None:
                 _same_payload(existing, digest)
                 return existing
-        submission = check_submission(plane, session, account_id, payload, shapes=shapes)
+        submission = check_submission(
+            plane,
+            session,
+            account_id,
+            payload,
+            shapes=shapes,
+            hub_problem=hub_problem,
+            accept_warnings=job is not None,
+        )
         _within_queue_cap(plane, session, account_id)
         run = store.create_run(
             session,
@@ -214,6 +276,14 @@ def submit_run(
             idempotency_key=idempotency_key,
             payload_hash=digest if idempotency_key else None,
         )
+        run.tags, run.note = submission.recipe.tags, submission.recipe.note
+        for warning in submission.estimate.warnings:
+            store.append_event(
+                session,
+                run.id,
+                EventKind.LOG,
+                {"message": f"submitted despite a warning: {warning.field}: {warning.message}"},
+            )
         if job is not None:
             session.add(
                 FineTuningJob(
@@ -228,15 +298,50 @@ def submit_run(
     return run
 
 
-def estimate_submission(plane: ControlPlane, *, account_id: str, payload: Any) -> RunEstimate:
+def estimate_submission(
+    plane: ControlPlane, *, account_id: str, payload: Any, calibrate_now: bool = False
+) -> RunEstimate:
     """What the payload would train, how long and at what price; creates nothing.
 
-    ConfigError with every problem, as a submission (attestations and balance aside)."""
+    ConfigError with every problem, as a submission (attestations and balance aside).
+    ``calibrate_now``: see ``check_submission``."""
     shapes = read_shapes(plane, account_id, payload)
+    hub_problem = hub_check(plane, payload)
     with plane.sessions() as session:
         return check_submission(
-            plane, session, account_id, payload, purpose=Purpose.ESTIMATE, shapes=shapes
+            plane,
+            session,
+            account_id,
+            payload,
+            purpose=Purpose.ESTIMATE,
+            shapes=shapes,
+            hub_problem=hub_problem,
+            calibrate_now=calibrate_now,
         ).estimate
+
+
+def hub_check(plane: ControlPlane, payload: Any) -> str | None:
+    """Why the Hugging Face model outside the catalog the payload names could not be
+    downloaded (None: it can, or the payload names no such model): asked before any lock is
+    taken, since it may ask the Hub, and remembered for a few minutes."""
+    base_model = payload.get("base_model") if isinstance(payload, dict) else None
+    if not isinstance(base_model, str):
+        return None
+    try:
+        reference = parse_model_reference(base_model.strip(), relative_dirs=False)
+    except ConfigError:
+        return None  # the checks say why
+    # Catalog ids are real models by construction; a custom id may be made up.
+    if reference.kind != "hub" or catalog_find(reference.name) is not None:
+        return None
+    if _has_config(Path(plane.settings.models_dir) / base_model):
+        return None
+    key = (reference.name, reference.revision)
+    asked = plane.hub_checks.get(key)
+    if asked is None or now() - asked[0] > HUB_CHECK_TTL_SECONDS:
+        asked = (now(), hub_model_problem(reference))
+        plane.hub_checks[key] = asked
+    return asked[1]
 
 
 def read_shapes(plane: ControlPlane, account_id: str, payload: Any) -> DataShapes | None:

@@ -69,6 +69,9 @@ class ControlPlane:
         report in meanwhile."""
         self.last_sweep_at = 0.0
         """When expired run folders were last looked for (``tunery.runs.retention``)."""
+        self.hub_checks: dict[tuple[str, str | None], tuple[float, str | None]] = {}
+        """Recent answers to "can this Hub model be downloaded?" (``runs.intake``), by
+        repository and revision: when asked, and the problem (None: it can)."""
 
     @classmethod
     def open(

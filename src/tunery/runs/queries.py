@@ -15,11 +15,12 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from tunery.db import Attempt, LedgerEntry, Run, RunEvent, now
-from tunery.lifecycle import TERMINAL, RunStatus
+from tunery.lifecycle import SHOWS_ERROR, TERMINAL, RunStatus
 from tunery.pipeline.reporting import current_epoch
-from tunery.runs import billing, queue, store
+from tunery.runs import billing, estimate, hub, queue, store
 from tunery.runs.plane import ControlPlane, NotFound
-from tunery.wire.events import RunSnapshot
+from tunery.wire.events import RunSnapshot, SnapshotEvent, TierSnapshot
+from tunery.wire.model_names import fine_tuned_model_name
 from tunery.wire.rest import CreditsPublic, LedgerEntryPublic, RunMetrics, RunPublic, TierPublic
 from tunery.wire.timefmt import iso
 
@@ -41,6 +42,12 @@ def get_run(session: Session, account_id: str, run_id: str) -> Run:
     if run is None:
         raise NotFound(f"no run {run_id!r}")
     return run
+
+
+def run_name(plane: ControlPlane, account_id: str, run_id: str) -> str:
+    """The account's run's name (letters, digits, ``.``, ``_``, ``-``); raises NotFound."""
+    with plane.sessions() as session:
+        return get_run(session, account_id, run_id).name
 
 
 def require_run(plane: ControlPlane, account_id: str, run_id: str) -> None:
@@ -143,6 +150,7 @@ def _run_views(
     )
     attempts = attempts_by_run(session, [run.id for run in runs])
     standing = queue_standing(plane, session, runs)
+    gone = hub.deleted_entries(session, runs)
     return [
         run_view(
             plane,
@@ -151,6 +159,7 @@ def _run_views(
             standing.places.get(run.id),
             last_event.get(run.id),
             queue_reason=standing.reasons.get(run.id),
+            hub_entry_deleted=run.hub_entry_id in gone,
         )
         for run in runs
     ]
@@ -164,18 +173,26 @@ def run_view(
     last_event_id: int | None,
     *,
     queue_reason: str | None = None,
+    hub_entry_deleted: bool = False,
 ) -> RunPublic:
     """A run as the API shows it, from rows already read.
 
     Its ``waiting_reason`` is why the cluster has not placed it (``waiting_for_gpu``), else
     ``queue_reason``: why the queue does not start it yet (``queue_standing``'s reason).
     """
+    attempts = list(attempts)
+    artifacts = (run.summary or {}).get("artifacts") or {}
+    base_model = run.config.get("base_model", "")
+    metrics = live_metrics(plane, run, attempts)
     refund = billing.refund_decision(
         run.status,
-        run.config.get("base_model", ""),
+        base_model,
         run.error,
         delivered=run.hub_entry_id is not None,
+        # Exact, as settlement had it: the displayed seconds are rounded.
+        billed_seconds=billing.billable_seconds(attempts, run.finished_at or now()),
     )
+    completed = run.status == RunStatus.COMPLETED and run.estimate is not None
     current = max(attempts, key=lambda attempt: attempt.number, default=None)
     placing = current is not None and current.active and run.status == RunStatus.WAITING_FOR_GPU
     waiting_reason = current.waiting_reason if placing and current is not None else queue_reason
@@ -189,8 +206,8 @@ def run_view(
         started_at=iso(run.started_at),
         finished_at=iso(run.finished_at),
         config=run.config,
-        metrics=RunMetrics.model_validate(live_metrics(plane, run, attempts)),
-        error=run.error if run.status in (RunStatus.FAILED, RunStatus.RETRYING) else None,
+        metrics=RunMetrics.model_validate(metrics),
+        error=run.error if run.status in SHOWS_ERROR else None,
         attempt=run.attempt,
         node=(current.node or None) if current is not None else None,
         waiting_reason=waiting_reason,
@@ -199,9 +216,23 @@ def run_view(
         finish_requested=run.finish_requested,
         evaluation=(run.summary or {}).get("evaluation") or run.evaluation,
         estimate=run.estimate,
+        estimate_check=estimate.check(
+            run.estimate, run.summary or {}, metrics["billable_seconds"], metrics["credits"]
+        )
+        if completed
+        else None,
+        kept=(run.summary or {}).get("kept"),
         samples=run.samples or [],
-        artifacts=(run.summary or {}).get("artifacts"),
+        artifacts=artifacts or None,
         hub_entry_id=run.hub_entry_id,
+        hub_entry_deleted=hub_entry_deleted,
+        openai_model=(
+            fine_tuned_model_name(base_model, run.account_id, run.name, run.id)
+            if artifacts.get("gguf") and not hub_entry_deleted
+            else None
+        ),
+        tags=run.tags or [],
+        note=run.note or "",
         last_event_id=last_event_id,
         refunded=refund.refunded,
         refund_note=refund.note,
@@ -211,12 +242,15 @@ def run_view(
 def run_payload(plane: ControlPlane, account_id: str, run_id: str) -> dict[str, Any]:
     """The submission payload of the account's run, for a rerun; raises NotFound.
 
-    The recipe as it was submitted (normalised), with the attestations unset: a rerun is
-    a new submission, attested anew.
+    The recipe as it was submitted (normalised), with the run's tags and note as they are
+    now, and the attestations and an accepted warning unset: a rerun is a new submission,
+    attested and accepted anew.
     """
     with plane.sessions() as session:
-        config = dict(get_run(session, account_id, run_id).config)
+        run = get_run(session, account_id, run_id)
+        config = {**run.config, "tags": list(run.tags or []), "note": run.note or ""}
     config.pop("attestations", None)
+    config.pop("accept_warnings", None)
     return config
 
 
@@ -235,8 +269,10 @@ def list_runs(plane: ControlPlane, account_id: str) -> list[RunPublic]:
         return _run_views(plane, session, Run.account_id == account_id)
 
 
-def snapshots(plane: ControlPlane, account_id: str) -> list[RunSnapshot]:
-    """Live numbers (duration, credits, queue position) of the account's unfinished runs."""
+def snapshot(plane: ControlPlane, account_id: str, *, with_tiers: bool) -> SnapshotEvent:
+    """Live numbers of the account: each unfinished run's (duration, credits, queue
+    position), the balance and, ``with_tiers``, each tier's free nodes (which asks the
+    backend)."""
     with plane.sessions() as session:
         views = _run_views(
             plane,
@@ -244,17 +280,27 @@ def snapshots(plane: ControlPlane, account_id: str) -> list[RunSnapshot]:
             Run.account_id == account_id,
             Run.status.not_in([status.value for status in TERMINAL]),
         )
-    return [
-        RunSnapshot(
-            id=view.id,
-            status=view.status,
-            phase=view.phase,
-            metrics=view.metrics,
-            queue_position=view.queue_position,
-            waiting_reason=view.waiting_reason,
-        )
-        for view in views
-    ]
+        balance = billing.balance(session, account_id)
+    return SnapshotEvent(
+        runs=[
+            RunSnapshot(
+                id=view.id,
+                status=view.status,
+                phase=view.phase,
+                metrics=view.metrics,
+                queue_position=view.queue_position,
+                waiting_reason=view.waiting_reason,
+            )
+            for view in views
+        ],
+        balance=balance,
+        tiers=[
+            TierSnapshot(id=tier.id, nodes_free=tier.nodes_free, nodes_total=tier.nodes_total)
+            for tier in tiers_view(plane)
+        ]
+        if with_tiers
+        else None,
+    )
 
 
 def credits_view(plane: ControlPlane, account_id: str) -> CreditsPublic:

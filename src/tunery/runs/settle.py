@@ -89,18 +89,20 @@ def finish(
         **fields,
     )
     attempts = session.scalars(select(Attempt).where(Attempt.run_id == run.id)).all()
+    seconds = billing.billable_seconds(attempts, at)
     refund = billing.refund_decision(
         to,
         run.config.get("base_model", ""),
         fields.get("error"),
         delivered=fields.get("hub_entry_id") is not None,
+        billed_seconds=seconds,
     )
     tier = plane.settings.tier(run.tier)
     billing.settle(
         session,
         account_id=run.account_id,
         run_id=run.id,
-        seconds=billing.billable_seconds(attempts, at),
+        seconds=seconds,
         credits_per_minute=tier.credits_per_minute if tier else 0.0,
         cancelled=to == RunStatus.CANCELLED,
         refund=refund.refunded is True,

@@ -3,8 +3,9 @@
 A run's stream (``GET /runs/{id}/events``) and an account's stream (``GET /events``) carry
 the stored events of its runs, each once and in id order, as ``id: N`` / ``event: KIND`` /
 ``data: JSON``. The payload repeats ``id`` and ``kind``, adds ``at`` (ISO time) and, on the
-account stream, ``run_id``. Events that belong in the run's log (status, phase, log) carry
-``line``: the exact text ``GET /runs/{id}/logs`` shows for them.
+account stream, ``run_id``. Events that belong in the run's log (status, phase, log, each
+step's metrics, evaluations, a deleted Hub entry) carry ``line``: the exact text
+``GET /runs/{id}/logs`` shows for them.
 
 Two kinds are not stored and have no id: ``ready`` (the account stream's starting cursor)
 and ``snapshot`` (live numbers of the account's unfinished runs, every few seconds).
@@ -63,12 +64,14 @@ class MetricsEvent(_Stored, RunMetrics):
     model_config = ConfigDict(extra="allow")
     kind: Literal[EventKind.METRICS] = EventKind.METRICS
     replayed: bool | None = None
+    line: str | None = None
 
 
 class EvaluationEvent(_Stored, RunEvaluation):
     """An evaluation on the validation data finished (after step ``step``)."""
 
     kind: Literal[EventKind.EVALUATION] = EventKind.EVALUATION
+    line: str | None = None
 
 
 class SamplesEvent(_Stored):
@@ -78,8 +81,33 @@ class SamplesEvent(_Stored):
     samples: list[SampleData]
 
 
+class AnnotationsEvent(_Stored):
+    """The owner changed the run's tags or note (``PATCH /runs/{id}``)."""
+
+    kind: Literal[EventKind.ANNOTATIONS] = EventKind.ANNOTATIONS
+    tags: list[str]
+    note: str
+
+
+class HubEvent(_Stored):
+    """The run's Hub entry was deleted: its bundles can no longer be downloaded or chatted
+    with."""
+
+    kind: Literal[EventKind.HUB] = EventKind.HUB
+    hub_entry_id: str
+    deleted: bool
+    line: str
+
+
 StoredEvent = Annotated[
-    StatusEvent | PhaseEvent | LogEvent | MetricsEvent | EvaluationEvent | SamplesEvent,
+    StatusEvent
+    | PhaseEvent
+    | LogEvent
+    | MetricsEvent
+    | EvaluationEvent
+    | SamplesEvent
+    | AnnotationsEvent
+    | HubEvent,
     Field(discriminator="kind"),
 ]
 
@@ -89,6 +117,12 @@ class ReadyEvent(BaseModel):
 
     kind: Literal["ready"] = "ready"
     cursor: int
+
+
+class TierSnapshot(BaseModel):
+    id: str
+    nodes_free: int
+    nodes_total: int
 
 
 class RunSnapshot(BaseModel):
@@ -101,5 +135,12 @@ class RunSnapshot(BaseModel):
 
 
 class SnapshotEvent(BaseModel):
+    """Live numbers: each unfinished run's, the balance and each tier's free nodes. Sent every
+    few seconds while a run is unfinished, and soon after every status change (a finished
+    run's bill and freed node included), so a page needs no request to follow them."""
+
     kind: Literal["snapshot"] = "snapshot"
     runs: list[RunSnapshot]
+    balance: float
+    tiers: list[TierSnapshot] | None = None
+    """Sent after a status change (nodes are taken and freed only then); None otherwise."""

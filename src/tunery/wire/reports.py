@@ -257,6 +257,8 @@ class AttemptSpec(BaseModel):
     heartbeat_seconds: float
     threads: int | None = None
     devices: int = Field(1, ge=1, le=MAX_DEVICES_PER_ATTEMPT)
+    estimate: dict[str, Any] | None = None
+    """The run's estimate (``wire.rest.RunEstimate``), for its ``run.json``."""
 
 
 def encode(report: AnyReport) -> str:

@@ -91,6 +91,16 @@ class RunOutcome(RunEvaluation):
     """"Finish now" ended training before its budget."""
 
 
+class KeptStep(BaseModel):
+    """The step whose adapter a run delivers when it is not the last step trained."""
+
+    step: int
+    loss: Finite = None
+    """The training loss reported at that step."""
+    eval_loss: Finite = None
+    """Its eval loss, when that step was evaluated."""
+
+
 class StepRow(RunMetrics):
     """One row of ``GET /runs/{id}/metrics``: a step as it was reported, with the
     evaluation after it when there was one (``eval_loss``, ``eval_accuracy``)."""
@@ -107,15 +117,17 @@ class RunEstimate(BaseModel):
     """What a submission would train and cost, before anything is created.
 
     Tokens are estimated from characters (``tunery.runs.estimate``), steps are exact for
-    data whose rows all keep a trained token; seconds are the tokens over the tier's
-    throughput, measured on earlier completed runs of the same model on the tier
-    (``throughput_source`` ``measured``) or the tier's FLOPs-based prior (``prior``).
+    data whose rows all keep a trained token. Seconds are what is billed: the gradient steps,
+    evaluations, saving, the GGUF export, the samples and the upload (``phases``), each from
+    earlier completed runs on the tier (``throughput_source`` ``measured``), else the tier's
+    benchmark of the model's shape (``calibrated``), else for the steps alone the tier's
+    FLOPs-based prior (``prior``).
     """
 
     tier: str
     base_model: str
     parameters: int | None
-    """The base model's size, when the catalog knows it."""
+    """The base model's size, when the server knows it."""
     rows: int
     examples: int
     """Training examples: the rows left after sample prompts and the validation split."""
@@ -123,7 +135,11 @@ class RunEstimate(BaseModel):
     tokens_per_epoch: int
     """Estimated tokens of the training examples after templating (and truncation)."""
     tokens: int
-    """Estimated tokens the whole run processes."""
+    """Estimated tokens the whole run trains on."""
+    evaluation_tokens: int = 0
+    """Estimated tokens all its evaluations read."""
+    sample_tokens: int = 0
+    """Tokens its sample answers generate after training (the GGUF's are the export's)."""
     total_steps: int
     epochs: int
     devices: int = 1
@@ -131,12 +147,19 @@ class RunEstimate(BaseModel):
     effective_batch: int | None = None
     """Examples per optimizer step: ``batch_size`` (per device) * devices * accumulation."""
     seconds: float | None
-    """Estimated training seconds on the tier; None when neither a measurement nor a prior
-    exists (an unknown model on a tier without ``tflops``)."""
+    """Estimated billed seconds on the tier (the sum of ``phases``); None when neither a
+    measurement nor a prior exists (an unknown model on a tier without ``tflops``)."""
+    phases: dict[str, float] = {}
+    """Estimated seconds of each billed part: ``training`` (steps and checkpoints),
+    ``evaluations``, ``saving``, ``exporting``, ``sampling``, ``uploading``; a part nothing
+    measured yet is missing (a note says so)."""
+    startup_seconds: float | None = None
+    """Estimated seconds from a node starting the run to its first gradient step (loading
+    the model, preparing the data): not billed."""
     tokens_per_second: float | None
-    throughput_source: Literal["measured", "prior"] | None
+    throughput_source: Literal["measured", "calibrated", "prior"] | None
     measured_runs: int
-    """Completed runs of this model on this tier the throughput was measured on."""
+    """Completed runs on this tier the costs were measured on."""
     credits: float | None
     credits_per_minute: float
     balance: float
@@ -148,6 +171,34 @@ class RunEstimate(BaseModel):
     gpu_memory_gib: float | None = None
     """The tier's card memory the plan was checked against."""
     notes: list[str]
+    warnings: list[Problem] = []
+    """Settings far outside what usually works, each with its usual range: a submission is
+    refused (``warnings_not_accepted``) until it says ``accept_warnings``."""
+
+
+class PhaseCheck(BaseModel):
+    estimated: float | None
+    actual: float | None
+
+
+class EstimateCheck(BaseModel):
+    """A completed run's estimate beside what happened (``runs.estimate.check``); ratios are
+    actual over estimated."""
+
+    estimated_seconds: float | None
+    actual_seconds: float
+    """The billed seconds."""
+    seconds_ratio: float | None
+    estimated_credits: float | None
+    actual_credits: float
+    credits_ratio: float | None
+    estimated_startup_seconds: float | None
+    actual_startup_seconds: float | None
+    startup_ratio: float | None
+    source: str | None
+    """What the estimate stood on: ``measured``, ``calibrated`` or ``prior``."""
+    phases: dict[str, PhaseCheck]
+    """Each billed part, estimated and as ``run.json``'s timings measured it."""
 
 
 class RunPublic(BaseModel):
@@ -177,9 +228,23 @@ class RunPublic(BaseModel):
     """The latest and best evaluation; None for a run without validation data (so far)."""
     estimate: RunEstimate | None = None
     """The estimate the run was submitted with, to compare with ``metrics``."""
+    estimate_check: EstimateCheck | None = None
+    """Once completed: the estimate beside the time and credits it took."""
+    kept: KeptStep | None = None
+    """The step whose adapter the run delivers, when early stopping kept its best evaluation's
+    or the divergence guard the best step before the loss rose; None: the last step's."""
     samples: list[SampleData]
     artifacts: dict[str, str | None] | None
     hub_entry_id: str | None
+    hub_entry_deleted: bool = False
+    """The run's Hub entry was deleted since: its bundles are gone."""
+    openai_model: str | None = None
+    """The model id ``/v1/chat/completions`` and ``/v1/models`` know the run's GGUF by; None
+    until the run delivered one."""
+    tags: list[str] = []
+    """The owner's labels (``PATCH /runs/{id}``)."""
+    note: str = ""
+    """The owner's free-text note."""
     last_event_id: int | None
     """Events up to this id are reflected here; a stream follower applies only newer ones."""
     refunded: bool | None
@@ -263,11 +328,21 @@ class StatusInfo(BaseModel):
     id: RunStatus
     label: str
     icon: str
+    phase_labels: dict[Phase, str] = {}
+    """Labels that replace ``label`` while the run is in one of these phases."""
+    label_without_gpu: str | None = None
+    """The label on a tier whose nodes have no GPU (``TierPublic.gpus`` 0), if it differs."""
     terminal: bool
     active: bool
     """A node is held (an attempt runs)."""
+    cancellable: bool
+    """``POST /runs/{id}/cancel`` stops a run in this state."""
     finishable: bool
-    """"Finish now" is accepted (a non-terminal status is always cancellable)."""
+    """``POST /runs/{id}/finish`` (Finish now) is accepted in this state."""
+    shows_error: bool
+    """The run object carries its last attempt's ``error``."""
+    outcome: Literal["succeeded", "failed", "cancelled"] | None
+    """What a terminal state means for the owner; None while the run is not finished."""
 
 
 class PhaseInfo(BaseModel):
@@ -281,6 +356,7 @@ class Meta(BaseModel):
     statuses: list[StatusInfo]
     phases: list[PhaseInfo]
     event_kinds: list[str]
+    """Every ``event:`` name the event streams send (``tunery.wire.events``)."""
     refund_rules: list[str]
 
 

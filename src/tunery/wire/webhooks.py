@@ -21,6 +21,9 @@ EVENT_TYPES: dict[RunStatus, str] = {
     RunStatus.CANCELLED: "fine_tuning.job.cancelled",
 }
 """The event each terminal status announces."""
+TEST_EVENT_TYPE = "tunery.webhook.test"
+"""A test event an account sends to one of its endpoints on request
+(``POST /api/v1/webhooks/{id}/test``); its ``data`` is ``{"endpoint_id": ID}``."""
 
 
 class DeliveryStatus(StrEnum):
@@ -40,7 +43,7 @@ class WebhookEvent(BaseModel):
     created_at: int
     type: str
     data: dict[str, str]
-    """``{"id": JOB_ID}``: the run that ended."""
+    """``{"id": JOB_ID}``: the run that ended (a test event: ``{"endpoint_id": ID}``)."""
 
 
 class EndpointCreate(BaseModel):
@@ -65,7 +68,8 @@ class EndpointPublic(BaseModel):
 class DeliveryPublic(BaseModel):
     id: str
     endpoint_id: str
-    job_id: str
+    job_id: str | None
+    """The job (run) announced; None for a test event."""
     event_type: str
     status: DeliveryStatus
     attempts: int

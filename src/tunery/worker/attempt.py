@@ -16,6 +16,7 @@ the local pool, a shared path for a cluster), else through the server
 from __future__ import annotations
 
 import tempfile
+import time
 import traceback
 from functools import partial
 from pathlib import Path
@@ -119,10 +120,14 @@ def run_attempt(
                 checkpoint_dir=checkpoint_dir,
                 base_cache_dir=base_cache_dir,
                 on_checkpoint=keep_checkpoint,
+                estimate=spec.estimate,
             )
+            uploading = time.monotonic()
             upload_bundle(client, attempt_id, "lora", result.lora_bundle)
             if result.gguf_bundle is not None:
                 upload_bundle(client, attempt_id, "gguf", result.gguf_bundle)
+            # Billed too (the attempt ends with its result): timed like the pipeline's phases.
+            result.summary["timings"]["uploading"] = round(time.monotonic() - uploading, 3)
             final = ResultReport(data=ResultData.model_validate(result.summary))
         except (RunCancelled, Fenced):
             return 0  # the control plane already moved the run; nothing more to say

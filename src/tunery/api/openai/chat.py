@@ -22,16 +22,11 @@ from tunery.api.deps import PlaneDep, bearer_account
 from tunery.api.openai.common import OpenAIAccount, json_body
 from tunery.api.openapi import open_body
 from tunery.db import Account
-from tunery.openai_api import chat, mapping, serving
-from tunery.openai_api.objects import (
-    Model,
-    ModelDeleted,
-    ModelList,
-    OpenAIError,
-    auth_error,
-)
+from tunery.openai_api import chat, serving
+from tunery.openai_api.objects import Model, ModelDeleted, ModelList, OpenAIError, auth_error
 from tunery.serving.admission import Busy
 from tunery.serving.pool import ServedModel, Serving, ServingFailed
+from tunery.wire import model_names
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 CHAT_PATH = "/v1/chat/completions"
@@ -46,7 +41,7 @@ def list_models(plane: PlaneDep, account: OpenAIAccount) -> ModelList:
 @router.get("/models/{model:path}", response_model=Model)
 def retrieve_model(plane: PlaneDep, account: OpenAIAccount, model: str) -> Model:
     for served in serving.served_models(plane, account.id):
-        if model in (served.id, mapping.run_id_of_model(served.id)):
+        if model in (served.id, model_names.run_id_of_model(served.id)):
             return served
     raise OpenAIError(404, f"The model {model!r} does not exist", param="model")
 

@@ -6,7 +6,14 @@ from fastapi import APIRouter
 
 from tunery.api.deps import AccountDep, PlaneDep
 from tunery.catalog.models import listed
-from tunery.lifecycle import ACTIVE, FINISHABLE, STATUS_DISPLAY, TERMINAL
+from tunery.lifecycle import (
+    ACTIVE,
+    FINISHABLE,
+    OUTCOMES,
+    SHOWS_ERROR,
+    STATUS_DISPLAY,
+    TERMINAL,
+)
 from tunery.phases import PHASE_DESCRIPTIONS
 from tunery.runs import queries
 from tunery.runs.billing import REFUND_RULES
@@ -24,17 +31,23 @@ async def healthz() -> Health:
 
 @router.get("/api/v1/meta", response_model=Meta, tags=["meta"])
 def meta() -> Meta:
-    """Statuses (in lifecycle order, with labels and icons), phases, event kinds and the
-    refund rules: what the CLI and the studio show, from one place. No token needed."""
+    """Statuses (in lifecycle order, with labels, icons and what each allows), phases, event
+    kinds and the refund rules: what the CLI and the studio show, from one place. No token
+    needed."""
     return Meta(
         statuses=[
             StatusInfo(
                 id=status,
                 label=display.label,
                 icon=display.icon,
+                phase_labels=dict(display.phase_labels),
+                label_without_gpu=display.label_without_gpu,
                 terminal=status in TERMINAL,
                 active=status in ACTIVE,
+                cancellable=status not in TERMINAL,
                 finishable=status in FINISHABLE,
+                shows_error=status in SHOWS_ERROR,
+                outcome=OUTCOMES.get(status),
             )
             for status, display in STATUS_DISPLAY.items()
         ],

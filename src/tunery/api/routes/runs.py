@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Header, Request
+from fastapi import APIRouter, Body, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 from tunery.api.deps import AccountDep, PlaneDep
 from tunery.api.streams import (
@@ -16,7 +16,7 @@ from tunery.api.streams import (
     cursor,
     run_stream,
 )
-from tunery.runs import finish, history, intake, queries, settle
+from tunery.runs import annotations, finish, history, intake, queries, settle
 from tunery.wire.rest import RunEstimate, RunPublic, StepRow
 
 router = APIRouter(tags=["runs"])
@@ -90,23 +90,72 @@ def run_recipe(plane: PlaneDep, account: AccountDep, run_id: str) -> dict[str, A
     return queries.run_payload(plane, account.id, run_id)
 
 
+ANNOTATIONS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": annotations.AnnotationsUpdate.model_json_schema()}
+        },
+    }
+}
+
+
+@router.patch("/runs/{run_id}", response_model=RunPublic, openapi_extra=ANNOTATIONS_BODY)
+def annotate_run(
+    plane: PlaneDep,
+    account: AccountDep,
+    run_id: str,
+    payload: Annotated[Any, Body(include_in_schema=False)],
+) -> RunPublic:
+    """Set the run's ``tags`` and ``note`` (any state); a field left out is kept. 422 names
+    every bad tag or note."""
+    update = annotations.parse_update(payload)
+    annotations.annotate_run(plane, account_id=account.id, run_id=run_id, update=update)
+    return queries.view_run(plane, account.id, run_id)
+
+
 @router.delete("/runs/{run_id}", status_code=204)
 def delete_run(plane: PlaneDep, account: AccountDep, run_id: str) -> None:
     """Delete a finished run's record and history (never its Hub entry)."""
     settle.delete_run(plane, account_id=account.id, run_id=run_id)
 
 
+EXPORT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
+
+
 @router.get(
-    "/runs/{run_id}/metrics", response_model=list[StepRow], response_model_exclude_unset=True
+    "/runs/{run_id}/metrics",
+    response_model=list[StepRow],
+    response_model_exclude_unset=True,
+    responses={200: {"content": {media: {} for media in EXPORT_TYPES.values()}}},
 )
-def metrics(plane: PlaneDep, account: AccountDep, run_id: str) -> list[dict[str, Any]]:
-    """One row per optimizer step (the newest report of a step that was trained twice)."""
-    return history.run_steps(plane, account.id, run_id)
+def metrics(
+    plane: PlaneDep,
+    account: AccountDep,
+    run_id: str,
+    export_format: Annotated[
+        Literal["json", "csv", "jsonl"],
+        Query(alias="format", description="json (default), or an export: csv or jsonl"),
+    ] = "json",
+) -> Any:
+    """One row per optimizer step (the newest report of a step that was trained twice), with
+    the evaluation after it. ``format=csv`` or ``jsonl`` exports the per-step metrics and
+    evaluations as a file to download."""
+    rows = history.run_steps(plane, account.id, run_id)
+    if export_format == "json":
+        return rows
+    name = queries.run_name(plane, account.id, run_id)
+    return Response(
+        history.export_metrics(rows, export_format),
+        media_type=EXPORT_TYPES[export_format],
+        headers={"Content-Disposition": f'attachment; filename="{name}-metrics.{export_format}"'},
+    )
 
 
 @router.get("/runs/{run_id}/logs", response_class=PlainTextResponse)
 def logs(plane: PlaneDep, account: AccountDep, run_id: str) -> str:
-    """The run's history as plain text, one line per status change, phase and log line."""
+    """The run's history as plain text: one line per status change, phase, log line, step
+    (loss, learning rate, grad norm, tokens/s) and evaluation."""
     return history.run_log(plane, account.id, run_id)
 
 

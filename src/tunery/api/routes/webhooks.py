@@ -37,6 +37,13 @@ def delete_endpoint(plane: PlaneDep, account: AccountDep, endpoint_id: str) -> N
     endpoints.delete_endpoint(plane, account_id=account.id, endpoint_id=endpoint_id)
 
 
+@router.post("/{endpoint_id}/test", status_code=202, response_model=DeliveryPublic)
+def send_test_event(plane: PlaneDep, account: AccountDep, endpoint_id: str) -> DeliveryPublic:
+    """Send the endpoint a signed ``tunery.webhook.test`` event (queued now, delivered and
+    retried like job events, listed in the deliveries); 409 while an earlier one is pending."""
+    return endpoints.send_test_event(plane, account_id=account.id, endpoint_id=endpoint_id)
+
+
 @router.get("/deliveries", response_model=list[DeliveryPublic])
 def deliveries(plane: PlaneDep, account: AccountDep) -> list[DeliveryPublic]:
     """The newest 100 deliveries: status, attempts and the endpoint's last answer."""

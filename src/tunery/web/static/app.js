@@ -46,15 +46,16 @@ Object.assign(hooks, {
   loaded: () => {
     renderForm();
     renderBalance();
-    render();
+    render({ refresh: false });
   },
-  accountChanged: () => {
+  // The balance and free nodes (every snapshot), or the ledger (the Credits tab).
+  numbersChanged: () => {
     renderBalance();
     renderTiers();
-    if (route().view === "hub") renderHub();
-    // A deleted Hub entry changes what a run's download buttons say.
-    if (route().view === "runs") renderRuns();
     if (route().view === "credits") renderCredits();
+  },
+  hubChanged: () => {
+    if (route().view === "hub") renderHub();
   },
   runsChanged: renderRuns,
   runChanged: (run) => {

@@ -1,10 +1,9 @@
 // The balance in the top bar, and the Credits tab: the billing rules and the ledger.
 
-import { $, h } from "./dom.js";
+import { $, fill, h } from "./dom.js";
 import { formatCredits, formatTime } from "./format.js";
 import { state } from "./state.js";
 import { isTerminal, refundRules } from "./vocabulary.js";
-import { renderWebhooks } from "./webhooks.js";
 
 /**
  * The balance as it will be once the unfinished runs settle: the ledger's balance less the
@@ -25,9 +24,8 @@ export function renderBalance() {
 export function renderCredits() {
   if (!state.credits) return;
   $("#credits-balance").textContent = formatCredits(state.credits.balance);
-  $("#billing-rules").replaceChildren(...refundRules().map((rule) => h("li", {}, rule)));
-  $("#ledger-rows").replaceChildren(...[...state.credits.ledger].reverse().map(ledgerRow));
-  renderWebhooks();
+  fill($("#billing-rules"), refundRules().map((rule) => h("li", {}, rule)));
+  fill($("#ledger-rows"), [...state.credits.ledger].reverse().map(ledgerRow));
 }
 
 function ledgerRow(row) {

@@ -7,6 +7,10 @@ import { ApiError, UnreachableError } from "./api.js";
 
 export const $ = (selector) => document.querySelector(selector);
 
+/** The children worth drawing: none of null, undefined or false (which would read "null"). */
+const drawable = (children) => children.flat(Infinity)
+  .filter((child) => child !== null && child !== undefined && child !== false);
+
 /** Create an element: h("p", {class: "x", onclick}, "text", child, …). */
 export function h(tag, attributes = {}, ...children) {
   const element = document.createElement(tag);
@@ -16,8 +20,44 @@ export function h(tag, attributes = {}, ...children) {
     else if (name === "dataset") Object.assign(element.dataset, value);
     else element.setAttribute(name, value === true ? "" : value);
   }
-  element.append(...children.flat(Infinity).filter((child) => child !== null && child !== undefined));
+  element.append(...drawable(children));
   return element;
+}
+
+/** Replace an element's children; null, undefined and false children are left out. */
+export function fill(element, ...children) {
+  element.replaceChildren(...drawable(children));
+  return element;
+}
+
+/** Put `text` on the clipboard; resolves true when it got there. */
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+    return true;
+  } catch {
+    // Outside a secure context (a LAN address over http) there is no clipboard API: copy
+    // from a selected field instead.
+    const field = h("textarea", { "aria-hidden": "true", class: "offscreen" });
+    field.value = text;
+    document.body.append(field);
+    field.select();
+    const copied = document.execCommand("copy");
+    field.remove();
+    return copied;
+  }
+}
+
+/** A button that copies `text` (a run id, a model id, a secret) and says it did. */
+export function copyButton(text, what) {
+  const button = h("button", { type: "button", class: "copy", "aria-label": `Copy ${what}`,
+    dataset: { copy: text } }, "Copy");
+  button.addEventListener("click", async () => {
+    const copied = await copyText(text);
+    button.textContent = copied ? "Copied" : "Copy failed";
+    setTimeout(() => { button.textContent = "Copy"; }, 2000);
+  });
+  return button;
 }
 
 export function showBanner(message, kind = "error") {
@@ -46,12 +86,16 @@ export function reportError(error, where = "") {
   }
 }
 
-/** Ask before something irreversible; resolves true only when the user confirms. */
-export function confirmAction({ title, body, confirm, keep = "Keep" }) {
+/**
+ * Ask before acting; resolves true only when the user confirms. `tone` "danger" (red) is
+ * for what destroys or stops for good, "primary" for what only ends something early.
+ */
+export function confirmAction({ title, body, confirm, keep = "Keep", tone = "danger" }) {
   const dialog = $("#confirm-dialog");
   $("#confirm-title").textContent = title;
   $("#confirm-body").textContent = body;
   $("#confirm-go").textContent = confirm;
+  $("#confirm-go").className = tone;
   $("#confirm-keep").textContent = keep;
   const opener = document.activeElement;
   dialog.returnValue = "";

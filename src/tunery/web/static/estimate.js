@@ -5,7 +5,7 @@
 // an older version of the form is dropped, so the box always describes what is on screen.
 
 import { ApiError, api } from "./api.js";
-import { $, h } from "./dom.js";
+import { $, fill, h } from "./dom.js";
 import { state } from "./state.js";
 import { formatCredits, formatDuration, formatEffectiveBatch } from "./format.js";
 
@@ -27,22 +27,22 @@ export function setUpEstimate(payload) {
 async function estimate(body) {
   const box = $("#f-estimate");
   if (!body.base_model || !body.dataset_ids.length) {
-    box.replaceChildren(h("p", { class: "muted" },
+    fill(box, h("p", { class: "muted" },
       "The estimate appears once a model and a dataset are chosen."));
     return;
   }
   const ticket = ++asked;
   try {
     const answer = await api("/runs/estimate", { method: "POST", json: body });
-    if (ticket === asked) box.replaceChildren(...describe(answer, body));
+    if (ticket === asked) fill(box, ...describe(answer, body));
   } catch (error) {
     if (ticket !== asked) return;
     const problems = error instanceof ApiError ? error.problems : [];
     if (!problems.length) {
-      box.replaceChildren(h("p", { class: "muted" }, "The estimate is unavailable right now."));
+      fill(box, h("p", { class: "muted" }, "The estimate is unavailable right now."));
       return;
     }
-    box.replaceChildren(
+    fill(box, 
       h("p", { class: "muted" }, "No estimate until these are fixed:"),
       h("ul", { dataset: { estimate: "problems" } },
         ...problems.map((p) => h("li", {}, p.field ? `${p.field}: ${p.message}` : p.message))),
@@ -50,11 +50,23 @@ async function estimate(body) {
   }
 }
 
+/** How a phase of the run reads ("export"), in the order they run. */
+export const PHASE_NAMES = {
+  training: "training", evaluations: "evaluations", saving: "saving", exporting: "GGUF export",
+  sampling: "samples", uploading: "upload",
+};
+
+/** What an estimate stands on (`throughput_source`), in words. */
+export const SOURCE_WORDS = {
+  measured: "measured on earlier runs on this tier",
+  calibrated: "from this tier's benchmark of the model's shape",
+  prior: "assumed from the tier's compute (nothing measured here yet)",
+};
+
 function describe(estimate, body) {
-  const source = estimate.throughput_source === "measured"
-    ? `measured on ${estimate.measured_runs} earlier run(s) of this model on this tier`
-    : "assumed from the tier's compute (no run of this model measured here yet)";
   const time = estimate.seconds === null ? "unknown" : `about ${formatDuration(estimate.seconds)}`;
+  const parts = Object.entries(estimate.phases)
+    .map(([phase, seconds]) => `${PHASE_NAMES[phase] ?? phase} ${formatDuration(seconds)}`);
   const lines = [
     h("h3", {}, "Estimate"),
     h("p", { dataset: { estimate: "data" } },
@@ -64,8 +76,15 @@ function describe(estimate, body) {
     h("p", { dataset: { estimate: "batch" } }, `Effective batch: ${formatEffectiveBatch(
       body.training.batch_size, estimate.devices, body.training.gradient_accumulation_steps,
       state.tiers.find((tier) => tier.id === estimate.tier)?.gpus)}.`),
-    h("p", { dataset: { estimate: "time" } }, `Training time ${time} on ${estimate.tier} (${source}).`),
+    h("p", { dataset: { estimate: "time" } }, `Billed time ${time} on ${estimate.tier}`
+      + `${parts.length ? ` (${parts.join(", ")})` : ""}, `
+      + `${SOURCE_WORDS[estimate.throughput_source] ?? "unknown"}.`),
   ];
+  if (estimate.startup_seconds !== null) {
+    lines.push(h("p", { dataset: { estimate: "startup" }, class: "muted" },
+      `About ${formatDuration(estimate.startup_seconds)} from a free node to the first step `
+      + "(loading the model and the data), not billed."));
+  }
   if (estimate.credits !== null) {
     lines.push(h("p", {
       dataset: { estimate: "credits" },
@@ -79,5 +98,10 @@ function describe(estimate, body) {
       + `${estimate.gpu_memory_gib} GiB.`));
   }
   for (const note of estimate.notes) lines.push(h("p", { class: "muted" }, note));
+  if (estimate.warnings.length) {
+    lines.push(h("div", { class: "warning-text", dataset: { estimate: "warnings" } },
+      h("p", {}, "Far outside what usually works (you will be asked to confirm):"),
+      h("ul", {}, estimate.warnings.map((w) => h("li", {}, `${w.field}: ${w.message}`)))));
+  }
   return lines;
 }

@@ -2,10 +2,10 @@
 // run, and the form prefilled from an earlier run (Rerun with changes).
 
 import { ApiError, api } from "./api.js";
-import { $, h, reportError } from "./dom.js";
+import { $, fill, h, reportError } from "./dom.js";
 import { setUpEstimate } from "./estimate.js";
 import { formatBytes, formatEffectiveBatch } from "./format.js";
-import { clearProblems, showProblems } from "./problems.js";
+import { WARNINGS_CODE, clearProblems, showProblems, showWarnings } from "./problems.js";
 import { receiveRun, state } from "./state.js";
 
 // One key per composed run: pressing play again after a lost answer returns the same run.
@@ -30,7 +30,7 @@ export function setUpForm() {
 export function renderForm() {
   const select = $("#f-model");
   const chosen = select.value;
-  select.replaceChildren(
+  fill(select,
     ...state.models.map((model) => h("option", { value: model.id }, modelLabel(model))),
     h("option", { value: "__custom__" }, "Custom model (Hugging Face id, URL or path)…"),
   );
@@ -65,15 +65,33 @@ function describeModel() {
       : "";
 }
 
-/** A catalog model brings its own LoRA defaults. */
+const targetsText = (targets) => (Array.isArray(targets) ? targets.join(", ") : targets);
+
+/**
+ * A catalog model brings its own LoRA defaults; the note under the LoRA settings says what
+ * they changed, so a choice of model never rewrites a setting silently.
+ */
 function chooseModel() {
   describeModel();
-  const defaults = selectedModel()?.lora_defaults;
-  if (!defaults) return;
-  $("#f-rank").value = defaults.rank;
-  $("#f-alpha").value = defaults.alpha;
-  const targets = defaults.target_modules;
-  $("#f-targets").value = Array.isArray(targets) ? targets.join(", ") : targets;
+  const model = selectedModel();
+  const defaults = model?.lora_defaults;
+  const note = $("#f-lora-note");
+  if (!defaults) {
+    note.textContent = "";
+    return;
+  }
+  const fields = [["#f-rank", "rank", defaults.rank], ["#f-alpha", "alpha", defaults.alpha],
+    ["#f-targets", "target modules", targetsText(defaults.target_modules)]];
+  const changed = [];
+  for (const [selector, label, value] of fields) {
+    const before = $(selector).value;
+    if (String(before) !== String(value)) changed.push(`${label} ${before} → ${value}`);
+    $(selector).value = value;
+  }
+  note.textContent = changed.length
+    ? `${model.id}'s LoRA defaults applied: ${changed.join("; ")}. Change them here if you `
+      + "want others."
+    : "";
 }
 
 function renderDatasets(select = []) {
@@ -81,15 +99,15 @@ function renderDatasets(select = []) {
     .map((box) => box.value).concat(select));
   const validation = $("#f-val-dataset");
   const held = validation.value;
-  validation.replaceChildren(h("option", { value: "" }, "none: hold out a split"),
+  fill(validation, h("option", { value: "" }, "none: hold out a split"),
     ...state.datasets.map((dataset) => h("option", { value: dataset.id }, dataset.name)));
   validation.value = state.datasets.some((dataset) => dataset.id === held) ? held : "";
   const list = $("#f-datasets");
   if (!state.datasets.length) {
-    list.replaceChildren(h("p", { class: "muted" }, "No datasets yet: upload one below."));
+    fill(list, h("p", { class: "muted" }, "No datasets yet: upload one below."));
     return;
   }
-  list.replaceChildren(...state.datasets.map((dataset) => h("div", { class: "field check" },
+  fill(list, ...state.datasets.map((dataset) => h("div", { class: "field check" },
     h("input", {
       type: "checkbox", id: `ds-${dataset.id}`, value: dataset.id,
       checked: checked.has(dataset.id),
@@ -109,7 +127,7 @@ export function renderTiers() {
   const chosen = list.querySelector("input:checked")?.value;
   const usable = state.tiers.filter((tier) => tier.nodes_total > 0);
   const selected = chosen || usable[0]?.id || state.tiers[0]?.id;
-  list.replaceChildren(...state.tiers.map((tier) => h("div", { class: "field check tier" },
+  fill(list, ...state.tiers.map((tier) => h("div", { class: "field check tier" },
     h("input", {
       type: "radio", name: "tier", id: `tier-${tier.id}`, value: tier.id,
       checked: tier.id === selected,
@@ -142,20 +160,20 @@ async function upload(input) {
   const file = input.files[0];
   if (!file) return;
   const result = $("#upload-result");
-  result.replaceChildren(h("span", { class: "muted" }, `Checking ${file.name}…`));
+  fill(result, h("span", { class: "muted" }, `Checking ${file.name}…`));
   const form = new FormData();
   form.append("file", file);
   try {
     const dataset = await api("/datasets", { method: "POST", form });
     state.datasets.unshift(dataset);
     renderDatasets([dataset.id]);
-    result.replaceChildren(h("span", { class: "ok-text" },
+    fill(result, h("span", { class: "ok-text" },
       `✓ ${dataset.name}: ${dataset.rows.toLocaleString()} rows in ${dataset.format} format.`));
   } catch (error) {
-    if (error instanceof ApiError) result.replaceChildren(uploadProblems(file, error));
+    if (error instanceof ApiError) fill(result, uploadProblems(file, error));
     else {
       reportError(error, "Upload");
-      result.replaceChildren();
+      fill(result);
     }
   } finally {
     input.value = "";
@@ -218,30 +236,41 @@ function payload() {
       dropout: numeric("#f-dropout"),
       target_modules: targets === "all-linear" || targets === ""
         ? "all-linear" : targets.split(",").map((name) => name.trim()).filter(Boolean),
+      quantize_base: $("#f-quantize").value,
     },
     gpu_tier: $("#f-tiers input:checked")?.value ?? null,
+    tags: $("#f-tags").value.split(",").map((tag) => tag.trim()).filter(Boolean),
+    note: $("#f-note").value,
     export: { gguf: $("#f-gguf").checked, quantization: "Q4_K_M" },
     attestations: { dataset_rights: $("#f-rights").checked, model_license: $("#f-license").checked },
   };
 }
 
-async function submit() {
+/**
+ * Submit the form; `acceptWarnings` after the user read the server's warnings about
+ * settings far outside what usually works and chose to start anyway.
+ */
+async function submit({ acceptWarnings = false } = {}) {
   clearProblems();
   const button = $("#f-submit");
   button.disabled = true;
   try {
     submissionKey ??= newKey();
     const run = receiveRun(await api("/runs", {
-      method: "POST", json: payload(), headers: { "Idempotency-Key": submissionKey },
+      method: "POST", json: { ...payload(), accept_warnings: acceptWarnings },
+      headers: { "Idempotency-Key": submissionKey },
     }));
     submissionKey = null;
     $("#f-name").value = "";
+    $("#f-note").value = "";
     renderForm();
     location.hash = `#/runs/${run.id}`;
   } catch (error) {
     if (error instanceof ApiError && error.status === 422) {
       submissionKey = null;  // nothing was created; the corrected form is a new run
-      showProblems(error);
+      if (error.code === WARNINGS_CODE) {
+        showWarnings(error, () => submit({ acceptWarnings: true }));
+      } else showProblems(error);
     } else reportError(error, "Submitting the run");
   } finally {
     button.disabled = false;
@@ -271,6 +300,8 @@ function fillForm(recipe) {
   set("#f-model-custom", known ? "" : recipe.base_model);
   describeModel();
   set("#f-name", `${recipe.name}-rerun`.slice(0, 64));
+  set("#f-tags", (recipe.tags || []).join(", "));
+  set("#f-note", recipe.note);
   for (const box of document.querySelectorAll("#f-datasets input")) {
     box.checked = recipe.dataset_ids.includes(box.value);
   }
@@ -288,8 +319,9 @@ function fillForm(recipe) {
     "#f-min-delta": recipe.early_stopping?.min_delta ?? 0,
   };
   for (const [selector, value] of Object.entries(fields)) set(selector, value);
-  const targets = recipe.lora.target_modules;
-  set("#f-targets", Array.isArray(targets) ? targets.join(", ") : targets);
+  set("#f-targets", targetsText(recipe.lora.target_modules));
+  set("#f-quantize", recipe.lora.quantize_base ?? "none");
+  $("#f-lora-note").textContent = "";
   $("#f-checkpointing").checked = training.gradient_checkpointing;
   $("#f-gguf").checked = recipe.export.gguf;
   const tier = document.getElementById(`tier-${recipe.gpu_tier}`);

@@ -1,7 +1,7 @@
 // The Hub tab: completed runs' LoRA and GGUF bundles, downloaded through signed links.
 
 import { api, followLink } from "./api.js";
-import { $, confirmAction, h, reportError } from "./dom.js";
+import { $, confirmAction, fill, h, reportError } from "./dom.js";
 import { formatBytes, formatTime } from "./format.js";
 import { state } from "./state.js";
 
@@ -22,7 +22,7 @@ export async function downloadArtifact(entryId, kind, note) {
 
 export function renderHub() {
   $("#hub-empty").hidden = state.hub.length > 0;
-  $("#hub-list").replaceChildren(...state.hub.map(hubEntry));
+  fill($("#hub-list"), state.hub.map(hubEntry));
 }
 
 function hubEntry(entry) {

@@ -1,9 +1,14 @@
-// A rejected submission's problems, each shown at its field and counted in a summary.
+// A rejected submission's problems, each shown at its field and counted in a summary; and
+// the warnings about settings far outside what usually works, which the user may accept.
 
-import { $, h } from "./dom.js";
+import { $, fill, h } from "./dom.js";
 import { plural } from "./format.js";
 
+/** The error code of a submission refused until its warnings are accepted. */
+export const WARNINGS_CODE = "warnings_not_accepted";
+
 export function clearProblems() {
+  for (const node of document.querySelectorAll("#run-form .field-warning")) node.remove();
   for (const node of document.querySelectorAll("#run-form .field-error")) {
     // Fixed slots (data-error-for) stay in the page; messages added at a field go.
     if (node.dataset.errorFor) node.hidden = true;
@@ -50,13 +55,17 @@ function placeProblem(problem) {
   return true;
 }
 
-/** Mark every problem of a 422 answer; those without a field are listed in the summary. */
+/**
+ * Mark every problem of a 422 answer; those without a field are listed in the summary.
+ * The keyboard goes to the first field to fix (or to the summary when no field has one),
+ * so a refused submission never leaves the focus on a disabled button.
+ */
 export function showProblems(error) {
   const unplaced = error.problems.filter((problem) => !placeProblem(problem));
   const listed = error.problems.length ? unplaced : [{ field: "", message: error.message }];
   const count = error.problems.length || 1;
   const summary = $("#submit-problems");
-  summary.replaceChildren(
+  fill(summary,
     h("p", {}, h("strong", {}, "The run was not started. "),
       `${plural(count, "problem")} to fix${unplaced.length ? ":" : ", marked below."}`),
     listed.length ? h("ul", {}, listed.map((problem) => h("li", {},
@@ -64,4 +73,34 @@ export function showProblems(error) {
   );
   summary.hidden = false;
   summary.scrollIntoView({ block: "nearest" });
+  const first = document.querySelector("#run-form [aria-invalid='true']");
+  if (first) first.focus();
+  else {
+    summary.tabIndex = -1;
+    summary.focus();
+  }
+}
+
+/**
+ * The settings a submission was refused for until accepted: each at its field, and in the
+ * summary with "Start anyway" (which calls `startAnyway`) and the way back to the form.
+ */
+export function showWarnings(error, startAnyway) {
+  for (const warning of error.problems) {
+    fieldElement(warning.field)?.append(h("p", { class: "field-warning warning-text",
+      dataset: { field: warning.field } }, `${warning.field}: ${warning.message}`));
+  }
+  const summary = $("#submit-problems");
+  const start = h("button", { type: "button", class: "primary", onclick: startAnyway },
+    "Start anyway");
+  fill(summary,
+    h("p", {}, h("strong", {}, "Not started yet: "),
+      `${plural(error.problems.length, "setting")} far outside what usually works for LoRA.`),
+    h("ul", {}, error.problems.map((warning) => h("li", {},
+      `${warning.field}: ${warning.message}`))),
+    h("div", { class: "actions" }, start,
+      h("span", { class: "muted" }, "or change them below and start again.")));
+  summary.hidden = false;
+  summary.scrollIntoView({ block: "nearest" });
+  start.focus();
 }

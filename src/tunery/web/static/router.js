@@ -2,11 +2,14 @@
 
 import { session } from "./api.js";
 import { $ } from "./dom.js";
+import { showCompare } from "./compare.js";
 import { renderCredits } from "./credits.js";
 import { renderHub } from "./hub.js";
 import { expandedRunId, showRuns } from "./runs.js";
+import { refreshCredits, refreshHub, state } from "./state.js";
+import { renderWebhooks } from "./webhooks.js";
 
-const VIEWS = ["new", "runs", "hub", "credits"];
+const VIEWS = ["new", "runs", "compare", "hub", "credits", "webhooks"];
 
 /** The tab and run id the address names; an unknown tab is Runs. */
 export function route() {
@@ -27,18 +30,29 @@ export function show(view) {
 
 let shown = null;
 
-/** Draw the view the address names; without a token, the sign-in view. */
-export function render() {
+/**
+ * Draw the view the address names; without a token, the sign-in view. Lists that change
+ * without an event of their own (the Hub's entries, the ledger, the webhooks) are fetched
+ * when their tab opens.
+ */
+export function render({ refresh = true } = {}) {
   if (!session.token) {
     show("signin");
     return;
   }
   const { view, id } = route();
+  const opened = refresh && view !== shown;
   show(view);
   shown = view;
   if (view === "runs") showRuns(id);
-  else if (view === "hub") renderHub();
-  else if (view === "credits") renderCredits();
+  else if (view === "compare" && state.loaded) showCompare(id);
+  else if (view === "hub") {
+    renderHub();
+    if (opened) refreshHub();
+  } else if (view === "credits") {
+    renderCredits();
+    if (opened) refreshCredits();
+  } else if (view === "webhooks") renderWebhooks();
 }
 
 /** Redraw on every address change, and put the keyboard where the user expects it. */

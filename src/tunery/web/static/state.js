@@ -1,13 +1,15 @@
 // The page's copy of the account, and how the event stream updates it.
 //
-// Lists come from the REST API; the account-wide stream then keeps them current. A run
+// Lists come from the REST API once; the account-wide stream then keeps them current. A run
 // object carries `last_event_id`, so an event the page already reflects is never applied
-// twice and a late API answer never overwrites a newer state. This module draws nothing:
-// the views register what to redraw in `hooks`.
+// twice and a late API answer never overwrites a newer state. Events carry what the page
+// needs: a status change costs one request (the finished run's object, for its bill,
+// samples and bundles) or none, and the balance and free nodes come with the stream's
+// snapshots. This module draws nothing: the views register what to redraw in `hooks`.
 
 import { ApiError, api } from "./api.js";
 import { reportError } from "./dom.js";
-import { loadVocabulary } from "./vocabulary.js";
+import { isTerminal, loadVocabulary } from "./vocabulary.js";
 
 export const state = {
   runs: new Map(),
@@ -26,7 +28,8 @@ export const state = {
 /** What to redraw; app.js fills these in. */
 export const hooks = {
   loaded: () => {},
-  accountChanged: () => {},
+  numbersChanged: () => {},
+  hubChanged: () => {},
   runsChanged: () => {},
   runChanged: (_run) => {},
   point: (_run, _metrics) => {},
@@ -51,7 +54,7 @@ async function loadAll() {
   state.loaded = false;
   const [runs, datasets, models, tiers, hub, credits] = await Promise.all([
     api("/runs"), api("/datasets"), api("/models"), api("/tiers"), api("/hub"), api("/credits"),
-    loadVocabulary(),
+    loadVocabulary([READY, SNAPSHOT, ...Object.keys(HANDLERS)]),
   ]);
   const listed = new Set(runs.map((run) => run.id));
   for (const id of [...state.runs.keys()]) if (!listed.has(id)) state.runs.delete(id);
@@ -83,14 +86,23 @@ export async function refreshRun(id) {
   }
 }
 
-/** Reload what is not an event: Hub entries, balance and tiers. */
-export async function refreshAccount() {
+/** Reload the balance and the ledger (the Credits tab shows the ledger). */
+export async function refreshCredits() {
   try {
-    const [hub, credits, tiers] = await Promise.all([api("/hub"), api("/credits"), api("/tiers")]);
-    Object.assign(state, { hub, credits, tiers });
-    hooks.accountChanged();
+    state.credits = await api("/credits");
+    hooks.numbersChanged();
   } catch (error) {
-    reportError(error);
+    reportError(error, "Loading the credits");
+  }
+}
+
+/** Reload the Hub's entries (shown on the Hub tab; completed runs add to them). */
+export async function refreshHub() {
+  try {
+    state.hub = await api("/hub");
+    hooks.hubChanged();
+  } catch (error) {
+    reportError(error, "Loading the Hub");
   }
 }
 
@@ -102,14 +114,17 @@ export function forgetRun(id) {
 
 /** One event of the account stream (`onEvent` of AccountStream). */
 export function receiveEvent(kind, data) {
-  if (kind === "ready") loadUntilDone();
+  if (kind === READY) loadUntilDone();
   else if (!state.loaded) state.backlog.push([kind, data]);
-  else if (kind === "snapshot") applySnapshot(data);
+  else if (kind === SNAPSHOT) applySnapshot(data);
   else if (state.runs.has(data.run_id)) applyEvent(state.runs.get(data.run_id), kind, data);
   else holdForRun(kind, data);
 }
 
-/** The live numbers of the active runs, computed by the server every few seconds. */
+/**
+ * The live numbers the server computed: each active run's, the balance, and (after a status
+ * change) each tier's free nodes.
+ */
 function applySnapshot(snapshot) {
   for (const live of snapshot.runs) {
     const run = state.runs.get(live.id);
@@ -121,6 +136,12 @@ function applySnapshot(snapshot) {
     // A state the events have not told us about: fetch the run rather than guess.
     if (live.status !== run.status) refreshRun(run.id);
   }
+  if (state.credits) state.credits = { ...state.credits, balance: snapshot.balance };
+  for (const live of snapshot.tiers ?? []) {
+    const tier = state.tiers.find((each) => each.id === live.id);
+    if (tier) Object.assign(tier, { nodes_free: live.nodes_free, nodes_total: live.nodes_total });
+  }
+  hooks.numbersChanged();
 }
 
 /**
@@ -135,6 +156,64 @@ function holdForRun(kind, data) {
   state.pending.get(data.run_id).push([kind, data]);
 }
 
+/** The event's own fields, without the envelope every stored event has. */
+function body(data) {
+  const { id: _id, kind: _kind, at: _at, run_id: _run, line: _line, ...fields } = data;
+  return fields;
+}
+
+const READY = "ready";
+const SNAPSHOT = "snapshot";
+/** What each stored event kind does to the page's copy of its run. */
+const HANDLERS = {
+  status(run, data) {
+    run.status = data.status;
+    run.phase = data.phase;
+    if (data.error) run.error = data.error;
+    // Why a run waits is the snapshot's to say, and only while it waits.
+    run.waiting_reason = null;
+    hooks.runChanged(run);
+    // A finished run's object holds what no event carries (its bill and refund, samples,
+    // bundles and Hub entry): one request. A run still on its way needs none.
+    if (isTerminal(run.status)) refreshRun(run.id);
+  },
+  phase(run, data) {
+    run.phase = data.phase;
+    hooks.runChanged(run);
+  },
+  metrics(run, data) {
+    const metrics = body(data);
+    // A replayed step fills the curve's history; the header keeps the newest step.
+    if (!metrics.replayed) run.metrics = { ...run.metrics, ...metrics };
+    hooks.runChanged(run);
+    hooks.point(run, metrics);
+  },
+  evaluation(run, data) {
+    const evaluation = body(data);
+    run.evaluation = { ...run.evaluation, ...evaluation };
+    hooks.runChanged(run);
+    hooks.evaluation(run, evaluation);
+  },
+  samples(run, data) {
+    run.samples = data.samples;
+    hooks.runChanged(run);
+  },
+  annotations(run, data) {
+    Object.assign(run, { tags: data.tags, note: data.note });
+    hooks.runChanged(run);
+  },
+  hub(run, data) {
+    if (data.deleted && run.hub_entry_id === data.hub_entry_id) {
+      run.hub_entry_deleted = true;
+      run.openai_model = null;
+      state.hub = state.hub.filter((entry) => entry.id !== data.hub_entry_id);
+    }
+    hooks.runChanged(run);
+    hooks.hubChanged();
+  },
+  log() {},
+};
+
 function applyEvent(run, kind, data) {
   // The log is not part of the run object, so a run object that already reflects this
   // event (the answer to a cancel, say) has not shown its line. The stream sends each
@@ -142,36 +221,7 @@ function applyEvent(run, kind, data) {
   if (data.line) hooks.logLine(run, data.line);
   if (run.last_event_id !== null && data.id <= run.last_event_id) return;
   run.last_event_id = data.id;
-  if (kind === "status") {
-    run.status = data.status;
-    run.phase = data.phase;
-    if (data.error) run.error = data.error;
-    hooks.runChanged(run);
-    // The run object holds what the event does not (refund, artifacts, Hub entry).
-    refreshRun(run.id);
-    refreshAccount();
-  } else if (kind === "phase") {
-    run.phase = data.phase;
-    hooks.runChanged(run);
-  } else if (kind === "metrics") {
-    applyMetrics(run, data);
-  } else if (kind === "evaluation") {
-    const { id: _id, kind: _kind, at: _at, run_id: _run, ...evaluation } = data;
-    run.evaluation = { ...run.evaluation, ...evaluation };
-    hooks.runChanged(run);
-    hooks.evaluation(run, evaluation);
-  } else if (kind === "samples") {
-    run.samples = data.samples;
-    hooks.runChanged(run);
-  }
-}
-
-function applyMetrics(run, data) {
-  const { id: _id, kind: _kind, at: _at, run_id: _run, ...metrics } = data;
-  // A replayed step fills the curve's history; the header keeps the newest step.
-  if (!metrics.replayed) run.metrics = { ...run.metrics, ...metrics };
-  hooks.runChanged(run);
-  hooks.point(run, metrics);
+  HANDLERS[kind]?.(run, data);
 }
 
 /**
