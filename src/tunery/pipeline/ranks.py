@@ -92,6 +92,7 @@ class RankJob:
     checkpoint_dir: Path | None = None
     base_cache_dir: Path | None = None
     init_adapter_dir: Path | None = None
+    estimate: dict[str, Any] | None = None
     keeps_checkpoints: bool = False
     """The caller takes each complete checkpoint (``on_checkpoint``)."""
     parent_pid: int = field(default_factory=os.getpid)
@@ -110,6 +111,7 @@ def run_recipe_on_ranks(
     base_cache_dir: Path | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
     init_adapter_dir: Path | None = None,
+    estimate: dict[str, Any] | None = None,
 ) -> RunResult:
     """``run_recipe`` on ``processes`` data-parallel processes of this node (one process:
     in this one). ``threads``: torch threads for all ranks together (None: the CPUs).
@@ -134,6 +136,7 @@ def run_recipe_on_ranks(
             base_cache_dir=base_cache_dir,
             on_checkpoint=on_checkpoint,
             init_adapter_dir=init_adapter_dir,
+            estimate=estimate,
         )
         assert result is not None  # a process alone is rank 0
         return result
@@ -164,6 +167,7 @@ def run_recipe_on_ranks(
         checkpoint_dir=checkpoint_dir,
         base_cache_dir=base_cache_dir,
         init_adapter_dir=init_adapter_dir,
+        estimate=estimate,
         keeps_checkpoints=on_checkpoint is not None,
     )
     context = torch.multiprocessing.get_context("spawn")
@@ -404,6 +408,7 @@ def rank_main(rank: int, job: RankJob, pipe: Connection, requests: Any) -> None:
             base_cache_dir=job.base_cache_dir,
             on_checkpoint=link.keep_checkpoint if link and job.keeps_checkpoints else None,
             init_adapter_dir=job.init_adapter_dir,
+            estimate=job.estimate,
             data_parallel=parallel,
         )
         outcome = ("result", result) if result is not None else ("done", None)

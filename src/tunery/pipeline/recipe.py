@@ -305,7 +305,7 @@ def run_recipe(
     except TrainingDiverged as failure:
         share = adapter.trainable_parameters / max(1, adapter.total_parameters)
         failure.hint = divergence_hint(recipe, trainable_share=share)
-        if failure.kept_weights is None or not is_main:
+        if failure.kept_weights is None:
             raise
         # The run fails, but delivers the best adapter it reached before the loss blew up.
         diverged = failure
