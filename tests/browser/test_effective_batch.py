@@ -32,6 +32,6 @@ def test_the_effective_batch_follows_the_form_and_stays_with_the_run(
     run_id = submit(page)
     panel = page.locator(f"#panel-{run_id}")
     panel.get_by_text("Configuration").click()
-    expect(panel.locator("dl.config")).to_contain_text(EFFECTIVE)
+    expect(panel.locator("dl.config", has_text="Effective batch")).to_contain_text(EFFECTIVE)
     assert page.errors == []  # type: ignore[attr-defined]
     Client(server).cancel_ok(run_id)
