@@ -320,6 +320,7 @@ def test_a_run_built_to_diverge_fails_and_its_kept_lora_downloads(
                 "warmup_ratio": 0.1,
             },
             lora={"rank": 256, "alpha": 512},
+            accept_warnings=True,
         )
     )
     page = open_studio(server)
@@ -370,7 +371,7 @@ def test_rough_edges_of_the_form(studio_server, open_studio) -> None:
     # Refused fields read in plain words, and the keyboard goes to the first one to fix
     # rather than being lost on the button.
     page.get_by_label("Name", exact=True).fill("bad name!")
-    page.get_by_label("Learning rate").fill("fast")
+    page.get_by_label("Learning rate", exact=True).fill("fast")
     page.get_by_role("button", name="Start run").click()
     problems = page.locator("#submit-problems")
     expect(problems).to_contain_text("The run was not started")
@@ -385,7 +386,7 @@ def test_rough_edges_of_the_form(studio_server, open_studio) -> None:
     # The memory planner's advice can be followed from the form: nf4 reaches the server,
     # which refuses a 4-bit base on a tier without a GPU, at that field.
     page.get_by_label("Name", exact=True).fill("four-bit")
-    page.get_by_label("Learning rate").fill("2e-4")
+    page.get_by_label("Learning rate", exact=True).fill("2e-4")
     page.locator("#f-datasets input").first.check()
     page.get_by_label("I hold the rights").check()
     page.get_by_label("I accept the base model's license").check()
@@ -489,7 +490,7 @@ def test_far_out_settings_are_warned_and_a_made_up_model_is_refused(
     page.locator("#f-datasets input").first.check()
     page.get_by_label("I hold the rights").check()
     page.get_by_label("I accept the base model's license").check()
-    page.get_by_label("Learning rate").fill("1")
+    page.get_by_label("Learning rate", exact=True).fill("1")
     page.get_by_label("Max steps").fill("3")
     # The live estimate says it before anything is submitted.
     warned = page.locator('#f-estimate [data-estimate="warnings"]')
@@ -514,7 +515,7 @@ def test_far_out_settings_are_warned_and_a_made_up_model_is_refused(
     page.get_by_role("link", name="New run").click()
     page.locator("#f-model").select_option("__custom__")
     page.get_by_label("Custom base model").fill("made-up/no-such-model")
-    page.get_by_label("Learning rate").fill("2e-4")
+    page.get_by_label("Learning rate", exact=True).fill("2e-4")
     page.get_by_label("I hold the rights").check()
     page.get_by_label("I accept the base model's license").check()
     page.get_by_role("button", name="Start run").click()

@@ -59,6 +59,15 @@ def test_a_sustained_rise_fails_with_the_best_step_kept() -> None:
     assert [row["step"] for row in diverged.history] == list(range(1, diverged.step))
 
 
+def test_a_loss_that_only_rises_still_keeps_the_first_trained_adapter() -> None:
+    model = tiny_lora()
+    guard = DivergenceGuard.watching(100, [])
+    with pytest.raises(TrainingDiverged) as caught:
+        feed(guard, model, [2.0 + step for step in range(40)])
+    # Step 1 scored the untouched adapter (the base model); step 2 the first trained one.
+    assert caught.value.kept_step == 1 and caught.value.kept_weights is not None
+
+
 def test_a_spike_that_recovers_and_a_noisy_plateau_do_not_stop_a_run() -> None:
     model = tiny_lora()
     guard = DivergenceGuard.watching(1000, [])

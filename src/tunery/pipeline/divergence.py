@@ -142,11 +142,12 @@ class DivergenceGuard:
                 )
             return
         self.above_since = None
-        if self.best_loss is None or self.smoothed < self.best_loss:
+        # The best among trained adapters: the untouched one (no step done) is the base model,
+        # and a run whose loss only ever rose still delivers the first step's.
+        if done_steps > 0 and (self.best_loss is None or self.smoothed < self.best_loss):
             self.best_loss = self.smoothed
             gap = max(1, self.total_steps // KEPT_COPIES)
-            fresh = self.kept_step is None or done_steps - self.kept_step >= gap
-            if done_steps > 0 and fresh:
+            if self.kept_step is None or done_steps - self.kept_step >= gap:
                 self._keep(model, done_steps, self.smoothed)
 
     def _smooth(self, step: int, loss: float) -> None:
