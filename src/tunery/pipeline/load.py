@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from tunery.catalog.builds import default_model_dir, ensure_built
+from tunery.catalog.builds import built_model_dir
 from tunery.catalog.models import find_build
 from tunery.errors import ConfigError, ModelLoadError, TransientError
 from tunery.pipeline.config import MAX_BASE_MODEL_CHARS
@@ -139,9 +139,7 @@ def resolve_model_dir(reference: ModelReference) -> Path:
     if reference.kind == "demo":
         entry = find_build(reference.name)
         assert entry is not None, f"{reference.name} is not built by tunery"
-        directory = default_model_dir(entry)
-        ensure_built(entry, directory)
-        return directory
+        return built_model_dir(entry)
     return _download(reference)
 
 
