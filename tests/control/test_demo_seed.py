@@ -1,4 +1,5 @@
-"""``tunery serve --demo``: the admin account gets the demo dataset and the demo run, once."""
+"""``tunery serve --demo [--demo-model M]``: the admin account gets the demo dataset and the
+demo run on each demo model, once."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import yaml
 from sqlalchemy import select
 
 from tunery.backends.fake import FakeBackend
+from tunery.cli.local import BUILT_MODELS
 from tunery.db import Dataset, Run
 from tunery.runs.plane import ControlPlane
-from tunery.server import DEMO_DATASET_NAME, ensure_admin, seed_demo
+from tunery.server import DEMO_DATASET_NAME, DEMO_RUNS, ensure_admin, seed_demo
 from tunery.settings import Settings
 
-RECIPE = Path(__file__).resolve().parents[2] / "examples" / "demo-recipe.yaml"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+RECIPE = EXAMPLES / "demo-recipe.yaml"
 
 
 def test_the_demo_is_seeded_once_and_matches_the_example_recipe(tmp_path: Path) -> None:
@@ -44,3 +47,30 @@ def test_the_demo_is_seeded_once_and_matches_the_example_recipe(tmp_path: Path) 
         for key, value in recipe[section].items():
             assert config[section][key] == value, f"{section}.{key}"
     assert (config["name"], config["base_model"]) == (recipe["name"], recipe["base_model"])
+
+
+def test_the_real_models_demo_run_is_added_once_and_matches_its_example(tmp_path: Path) -> None:
+    assert set(DEMO_RUNS) == set(BUILT_MODELS)  # --demo-model offers every demo model
+    settings = Settings.load(tmp_path)
+    ensure_admin(settings)
+    plane = ControlPlane.open(settings, backend=FakeBackend.for_settings(settings))
+    try:
+        tiny = seed_demo(plane)
+        real = seed_demo(plane, "smollm2-135m-instruct")
+        assert tiny is not None and real is not None and real != tiny
+        assert seed_demo(plane, "smollm2-135m-instruct") is None  # a restart adds nothing
+        with plane.sessions() as session:
+            run = session.get(Run, real)
+            assert run is not None
+            config, estimate = run.config, run.estimate
+    finally:
+        plane.close()
+    recipe = yaml.safe_load((EXAMPLES / "demo-real-recipe.yaml").read_text())
+    for section in ("training", "lora", "export", "attestations"):
+        for key, value in recipe[section].items():
+            if key not in ("lr_scheduler", "seed"):  # the defaults, written out in the file
+                assert config[section][key] == value, f"{section}.{key}"
+    assert (config["name"], config["base_model"]) == (recipe["name"], recipe["base_model"])
+    # One epoch of the demo data (less the sample and validation rows) in batches of 8.
+    assert estimate is not None and estimate["parameters"] == 134_515_008
+    assert estimate["epochs"] == 1 and estimate["total_steps"] == 48

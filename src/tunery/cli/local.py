@@ -34,6 +34,8 @@ from tunery.tiers import MAX_DEVICES_PER_ATTEMPT
 if TYPE_CHECKING:
     from tunery.pipeline.outcome import RunResult
 
+BUILT_MODELS = [entry.build.folder for entry in catalog() if entry.build is not None]
+"""The catalog models tunery builds itself, by folder: what --model and --demo-model take."""
 BASE_ANSWERS_CACHE = "cache/base-responses"
 """Under the data dir: the base model's sample answers, per base model and prompt set."""
 
@@ -76,7 +78,7 @@ class TerminalReporter:
 @click.option(
     "--model",
     "folder",
-    type=click.Choice([entry.build.folder for entry in catalog() if entry.build is not None]),
+    type=click.Choice(BUILT_MODELS),
     default="demo-tiny",
     show_default=True,
     help="demo-tiny: the 4-layer demo model, trained here. smollm2-135m-instruct: "
@@ -251,7 +253,16 @@ def gguf_toolchain(sdist: Path | None) -> None:
     help="Give the admin account the demo dataset and a first demo run, and print a "
     "sign-in link for the studio.",
 )
-def serve(host: str, port: int, data_dir: Path | None, demo: bool) -> None:
+@click.option(
+    "--demo-model",
+    type=click.Choice(BUILT_MODELS),
+    default="demo-tiny",
+    show_default=True,
+    help="With --demo: the model of the demo run. smollm2-135m-instruct is the real "
+    "SmolLM2-135M-Instruct (one epoch, about 5 minutes on 2 cores); build it first with "
+    "tunery demo-model --model smollm2-135m-instruct.",
+)
+def serve(host: str, port: int, data_dir: Path | None, demo: bool, demo_model: str) -> None:
     """Run the control plane, scheduler, local node pool and the web studio at /."""
     import uvicorn
 
@@ -294,7 +305,7 @@ def serve(host: str, port: int, data_dir: Path | None, demo: bool) -> None:
     click.echo(f"tunery serving {studio} · data {root} · {where}", err=True)
     if demo:
         try:
-            run_id = seed_demo(app.state.plane)
+            run_id = seed_demo(app.state.plane, demo_model)
         except TuneryError as error:
             fail_with(error)
         if run_id:
