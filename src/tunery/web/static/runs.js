@@ -107,14 +107,16 @@ function nameParts(run) {
     run.note ? h("span", { class: "run-note muted" }, run.note) : null];
 }
 
+/** Open the run's panel, or close it if it is the one open. */
+function toggleRun(run) {
+  location.hash = expanded === run.id ? "#/runs" : `#/runs/${run.id}`;
+}
+
 function nameCell(run) {
   return h("td", { class: "run-name-cell" },
     h("button", {
       class: "run-header", "aria-expanded": String(expanded === run.id),
-      "aria-controls": `panel-${run.id}`,
-      onclick: () => {
-        location.hash = expanded === run.id ? "#/runs" : `#/runs/${run.id}`;
-      },
+      "aria-controls": `panel-${run.id}`, onclick: () => toggleRun(run),
     }, nameParts(run)));
 }
 
@@ -130,6 +132,8 @@ function rowCells(run) {
   const cells = shownColumns().map((column) => h("td", { dataset: { column: column.id } },
     column.cell(run)));
   const [status, ...rest] = view.columns.includes("status") ? cells : [null, ...cells];
+  // The status pill opens the run too, as the row's name does (keyboards use the name).
+  status?.addEventListener("click", () => toggleRun(run));
   return [h("td", { class: "pick" }, box), status, nameCell(run), ...rest];
 }
 
