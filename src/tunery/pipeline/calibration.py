@@ -4,12 +4,12 @@ Before any run of a model was measured on a tier, its estimate needs to know how
 tier trains that shape. Peak FLOPs are a poor guess (a CPU, or a small model that cannot
 fill a GPU, reaches a small and unpredictable share of them), so the tier measures instead:
 a few optimizer steps of the recipe's adapter on a randomly initialised model of the same
-width, with one decoder layer and with three, through the training loop every run uses
-(same packing, attention, loss and precision). The difference between the two is two
-layers' cost; the rest (embeddings, output head, optimizer, loop) is the base; the full
-model is the base plus a layer's cost times its depth. The same two models time
-an evaluation pass (forward only), token-by-token generation (the samples), and writing
-and reading their weights (loading the model, saving the adapter, the GGUF export).
+width, with one decoder layer and with two, through the training loop every run uses
+(same packing, attention, loss and precision). The difference between the two is a layer's
+cost; the rest (embeddings, output head, optimizer, loop) is the base; the full model is
+the base plus a layer's cost times its depth. The same two models time an evaluation pass
+(forward only), token-by-token generation (the samples), and writing and reading their
+weights (loading the model, saving the adapter, the GGUF export).
 
 ``calibrate`` is run in a process of its own on a node of the tier (``tunery.worker.calibrate``)
 and its answer cached by the control plane (``tunery.runs.calibration``).
@@ -17,7 +17,6 @@ and its answer cached by the control plane (``tunery.runs.calibration``).
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -26,20 +25,15 @@ from typing import Any
 from tunery.pipeline.config import RunRecipe
 from tunery.pipeline.memory import ModelShape
 
-METHOD = 2
-"""The benchmark's method: a measurement cached by an earlier one is measured again."""
-DEPTHS = (1, 3)
-"""Decoder layers of the two benchmark models: their difference is two layers' cost."""
+DEPTHS = (1, 2)
+"""Decoder layers of the two benchmark models: their difference is one layer's cost."""
 MEASURED_STEPS = 3
 WARM_UP_STEPS = 1
 """Optimizer steps timed per model, after steps that are run but not counted (the first
-step pays one-off costs: allocation, kernel choice); their median counts."""
+step pays one-off costs: allocation, kernel choice)."""
 DECODE_TOKENS = (4, 20)
 """Tokens generated in two passes: their difference is the per-token cost, the prompt's
 forward pass cancelling out."""
-REPEATS = 2
-"""Evaluations and generations timed per model, the fastest counting: the first pays the
-one-off costs, and on a shared machine other work only ever slows one down."""
 
 
 def calibrate(shape_config: dict[str, Any], recipe: RunRecipe, *, example_tokens: int) -> dict:
@@ -51,17 +45,11 @@ def calibrate(shape_config: dict[str, Any], recipe: RunRecipe, *, example_tokens
     shape = ModelShape.from_config(shape_config)
     measured = [_measure(shape, depth, recipe, example_tokens) for depth in DEPTHS]
     result: dict[str, Any] = {"layers": shape.layers, "example_tokens": example_tokens}
-    shallow, deep = DEPTHS
     for key in ("train_seconds_per_token", "eval_seconds_per_token", "decode_seconds_per_token"):
-        low, high = (sample[key] for sample in measured)
-        per_layer = (high - low) / (deep - shallow)
-        base = low - per_layer * shallow
-        if per_layer <= 0 or base < 0:
-            # A busy machine made the deeper model look no slower: scale the deeper one by
-            # the layers' share of the work instead (embeddings and head aside).
-            result[key] = high * shape.layers / deep
-        else:
-            result[key] = base + per_layer * shape.layers
+        one, two = (sample[key] for sample in measured)
+        # A noisy machine can make two layers look cheaper than one: never below zero.
+        per_layer = max(two - one, 0.0)
+        result[key] = max(one - per_layer, 0.0) + per_layer * shape.layers
     result["weights_seconds_per_parameter"] = min(
         sample["weights_seconds_per_parameter"] for sample in measured
     )
@@ -111,26 +99,18 @@ def _measure(shape: ModelShape, depth: int, recipe: RunRecipe, example_tokens: i
         )
         kernels = default_kernels(setup)
         train(setup, reporter)
-        train_seconds = statistics.median(
-            1 / step.tokens_per_second for step in reporter.steps[WARM_UP_STEPS:]
-        )
+        timed = reporter.steps[WARM_UP_STEPS:]
+        train_seconds = sum(1 / step.tokens_per_second for step in timed) / len(timed)
         with attention_in_use(peft_model, kernels.attention):
-            evaluations = [
-                evaluate(
-                    peft_model,
-                    examples[:per_step],
-                    pad_id=0,
-                    device=device,
-                    autocast=precision.autocast,
-                    attention=kernels.attention,
-                )
-                for _ in range(REPEATS)
-            ]
-        eval_seconds = min(e.seconds / max(1, e.tokens) for e in evaluations)
-        decode = min(
-            _decode_seconds_per_token(peft_model, examples[0].input_ids[:16], device)
-            for _ in range(REPEATS)
-        )
+            evaluation = evaluate(
+                peft_model,
+                examples[:per_step],
+                pad_id=0,
+                device=device,
+                autocast=precision.autocast,
+                attention=kernels.attention,
+            )
+        decode = _decode_seconds_per_token(peft_model, examples[0].input_ids[:16], device)
         weights = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
         started = time.perf_counter()
         save_file(weights, Path(scratch) / "weights.safetensors")
@@ -139,7 +119,7 @@ def _measure(shape: ModelShape, depth: int, recipe: RunRecipe, example_tokens: i
     parameters = sum(value.numel() for value in weights.values())
     return {
         "train_seconds_per_token": train_seconds,
-        "eval_seconds_per_token": eval_seconds,
+        "eval_seconds_per_token": evaluation.seconds / max(1, evaluation.tokens),
         "decode_seconds_per_token": decode,
         "weights_seconds_per_parameter": io_seconds / parameters,
     }

@@ -22,7 +22,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from tunery.pipeline.calibration import METHOD
 from tunery.pipeline.config import RunRecipe
 from tunery.pipeline.memory import ModelShape
 from tunery.runs import fit, store
@@ -83,7 +82,7 @@ def request_for(recipe: RunRecipe, data: DataShape, limit: int | None) -> dict[s
 
 
 def _path(plane: ControlPlane, tier: TierSettings, request: dict[str, Any]) -> Path:
-    key = json.dumps({"tier": tier.id, "method": METHOD, **request}, sort_keys=True)
+    key = json.dumps({"tier": tier.id, **request}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:32]
     return plane.settings.data_dir / "calibrations" / f"{digest}.json"
 
