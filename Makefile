@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --quiet --no-deps \
 		-w build/install/wheels $(LLAMA_SDIST) > build/install/llama-cpp.log 2>&1 & compile=$$!; \
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -c $(CONSTRAINTS) \
-		$${PIP_FIND_LINKS:+--find-links $$PIP_FIND_LINKS} -e '.[test,bench,ray,convert]' \
+		$${PIP_FIND_LINKS:+--find-links $$PIP_FIND_LINKS} -e '.[test,bench,ray,convert,wandb]' \
 		|| { kill $$compile; exit 1; }; \
 	wait $$compile || { tail -n 40 build/install/llama-cpp.log; exit 1; }
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -c $(CONSTRAINTS) \

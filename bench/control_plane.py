@@ -143,6 +143,9 @@ class FirstStep:
     def should_finish(self):
         return False
 
+    def should_pause(self):
+        return False
+
 
 reporter = FirstStep()
 with tempfile.TemporaryDirectory() as checkpoints:

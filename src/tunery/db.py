@@ -97,6 +97,7 @@ class Run(Base):
     idempotency_payload_hash: Mapped[str | None] = mapped_column(String, nullable=True)
     """SHA-256 of the payload the key was first used with; a different payload is refused."""
     finish_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     """"Finish now": training stops at the next step, then the run saves, exports, samples."""
     estimate: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     """The estimate at submission (``wire.rest.RunEstimate``), kept to compare with the run."""

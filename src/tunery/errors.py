@@ -161,6 +161,16 @@ class TransientError(TuneryError):
     transient = True
 
 
+class RunPaused(TuneryError):
+    """Training stopped at its owner's request after saving the checkpoint at ``step``."""
+
+    code = "paused"
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"paused after step {step}, its checkpoint saved")
+        self.step = step
+
+
 class RunCancelled(TuneryError):
     """The run was asked to stop; nothing after the current step is produced."""
 

@@ -10,11 +10,16 @@ States (exact strings, as the API shows them):
 - ``retrying``: a transient failure (lost worker, lost node, download error) ended the last
   attempt; the run waits out its back-off, then goes back to a node and resumes from its
   newest complete checkpoint. Nothing charged while waiting.
+- ``paused``: stopped by its owner at a checkpoint (a training run saves one after its
+  current step; a queued or retrying run has nothing to save). It holds no node and
+  nothing is charged; resume queues it again and it continues from that checkpoint.
 - ``completed``: the adapter was saved (and the GGUF exported, if enabled). Terminal.
 - ``failed``: a user error, or transient failures beyond the retry budget. Terminal.
 - ``cancelled``: stopped by its owner; billed for whole minutes of training. Terminal.
 
-A terminal state has no outgoing move. A cancelled run never moves to ``retrying``.
+A terminal state has no outgoing move. A cancelled run never moves to ``retrying``. A
+training run (or one whose node is starting) is not moved to ``paused`` by the request: it
+carries ``pause_requested`` until its worker has saved and stopped.
 """
 
 from __future__ import annotations
@@ -32,22 +37,38 @@ class RunStatus(StrEnum):
     WAITING_FOR_GPU = "waiting_for_gpu"
     TRAINING = "training"
     RETRYING = "retrying"
+    PAUSED = "paused"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
 
 TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
-    RunStatus.QUEUED: frozenset({RunStatus.WAITING_FOR_GPU, RunStatus.FAILED, RunStatus.CANCELLED}),
+    RunStatus.QUEUED: frozenset(
+        {RunStatus.WAITING_FOR_GPU, RunStatus.PAUSED, RunStatus.FAILED, RunStatus.CANCELLED}
+    ),
     RunStatus.WAITING_FOR_GPU: frozenset(
-        {RunStatus.TRAINING, RunStatus.RETRYING, RunStatus.FAILED, RunStatus.CANCELLED}
+        {
+            RunStatus.TRAINING,
+            RunStatus.RETRYING,
+            RunStatus.PAUSED,
+            RunStatus.FAILED,
+            RunStatus.CANCELLED,
+        }
     ),
     RunStatus.TRAINING: frozenset(
-        {RunStatus.COMPLETED, RunStatus.RETRYING, RunStatus.FAILED, RunStatus.CANCELLED}
+        {
+            RunStatus.COMPLETED,
+            RunStatus.RETRYING,
+            RunStatus.PAUSED,
+            RunStatus.FAILED,
+            RunStatus.CANCELLED,
+        }
     ),
     RunStatus.RETRYING: frozenset(
-        {RunStatus.WAITING_FOR_GPU, RunStatus.FAILED, RunStatus.CANCELLED}
+        {RunStatus.WAITING_FOR_GPU, RunStatus.PAUSED, RunStatus.FAILED, RunStatus.CANCELLED}
     ),
+    RunStatus.PAUSED: frozenset({RunStatus.QUEUED, RunStatus.FAILED, RunStatus.CANCELLED}),
     RunStatus.COMPLETED: frozenset(),
     RunStatus.FAILED: frozenset(),
     RunStatus.CANCELLED: frozenset(),
@@ -59,6 +80,13 @@ ACTIVE = frozenset({RunStatus.WAITING_FOR_GPU, RunStatus.TRAINING})
 FINISHABLE = frozenset({RunStatus.TRAINING, RunStatus.RETRYING})
 """States in which "Finish now" is accepted: the run has trained (a retrying run finishes
 after the first step its next attempt trains)."""
+PAUSABLE = frozenset(
+    {RunStatus.QUEUED, RunStatus.WAITING_FOR_GPU, RunStatus.TRAINING, RunStatus.RETRYING}
+)
+"""States in which "Pause" is accepted: a run that holds no node moves to ``paused`` at once,
+one whose attempt runs when its worker has saved a checkpoint and stopped."""
+RESUMABLE = frozenset({RunStatus.PAUSED})
+"""States "Resume" moves out of (back to ``queued``)."""
 
 
 def can_move(current: RunStatus, target: RunStatus) -> bool:
@@ -106,6 +134,7 @@ STATUS_DISPLAY: dict[RunStatus, StatusDisplay] = {
     ),
     RunStatus.TRAINING: StatusDisplay("Training", "spinner"),
     RunStatus.RETRYING: StatusDisplay("Retrying", "refresh"),
+    RunStatus.PAUSED: StatusDisplay("Paused", "pause"),
     RunStatus.COMPLETED: StatusDisplay("Completed", "check"),
     RunStatus.FAILED: StatusDisplay("Failed", "cross"),
     RunStatus.CANCELLED: StatusDisplay("Cancelled", "square"),

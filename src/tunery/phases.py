@@ -23,6 +23,7 @@ class Phase(StrEnum):
     EXPORTING = "exporting"
     SAMPLING = "sampling"
     BACKOFF = "backoff"
+    PAUSED = "paused"
     DONE = "done"
     CANCELLED = "cancelled"
 
@@ -38,6 +39,7 @@ PHASE_DESCRIPTIONS: dict[Phase, str] = {
     Phase.EXPORTING: "exporting the GGUF",
     Phase.SAMPLING: "answering the sample prompts",
     Phase.BACKOFF: "waiting before the next attempt",
+    Phase.PAUSED: "paused by its owner; resume continues from its checkpoint",
     Phase.DONE: "finished",
     Phase.CANCELLED: "cancelled",
 }

@@ -28,6 +28,9 @@ dataset_quota_bytes: 21474836480  # datasets one account may keep (20 GiB); past
 failed_run_retention_hours: 168   # a failed or cancelled run's folder is removed after this
 local_models_dir: /srv/models     # local base models only from here; default DATA_DIR/models
 webhooks_to_private_addresses: false   # true lets webhooks reach loopback/private addresses
+wandb:                       # W&B for runs with integrations: [{type: wandb, ...}]
+  api_key: ...               # else the server's WANDB_API_KEY; mode offline needs none
+  mode: online               # online | offline (files in dir, synced with `wandb sync`)
 serving:                     # chat with fine-tuned models (/v1/chat/completions)
   memory_budget_mib: 4096    # loaded models together; idle ones are unloaded to make room
   idle_seconds: 300          # a model unused this long is unloaded
@@ -290,6 +293,41 @@ class ServingSettings(BaseModel):
         return self
 
 
+class WandbServerSettings(BaseModel):
+    """Weights & Biases for runs that ask for it (``integrations``): the key and mode their
+    workers log with. Unset fields fall back to the server's ``WANDB_API_KEY``,
+    ``WANDB_MODE`` and ``WANDB_BASE_URL``; without a key W&B is off, unless the mode is
+    ``offline`` (files only, synced later with ``wandb sync``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    api_key: SecretStr | None = Field(None, description="else WANDB_API_KEY of the server")
+    mode: Literal["online", "offline"] | None = Field(
+        None, description="online | offline; else WANDB_MODE of the server, else online"
+    )
+    base_url: str | None = Field(
+        None, description="a self-hosted W&B server; else WANDB_BASE_URL, else W&B's cloud"
+    )
+    dir: str | None = Field(
+        None,
+        description="where workers keep W&B's files (a path on the workers' nodes; offline "
+        "runs stay there to be synced); default a scratch directory per attempt",
+    )
+
+    def access(self) -> dict[str, str] | None:
+        """What a worker logs with (key, mode, URL, folder), or None when W&B is off."""
+        key = self.api_key.get_secret_value() if self.api_key else os.environ.get("WANDB_API_KEY")
+        mode = self.mode or os.environ.get("WANDB_MODE") or "online"
+        if mode not in ("online", "offline") or (mode == "online" and not key):
+            return None
+        found = {
+            "api_key": key,
+            "mode": mode,
+            "base_url": self.base_url or os.environ.get("WANDB_BASE_URL"),
+            "dir": self.dir,
+        }
+        return {name: value for name, value in found.items() if value}
+
+
 class Settings(BaseSettings):
     """The server's settings: ``TUNERY_<FIELD>`` variables over ``DATA_DIR/tunery.yaml``.
 
@@ -355,6 +393,10 @@ class Settings(BaseSettings):
         description="measure each model shape on each local tier with a micro-benchmark (a "
         "few seconds, once, while the tier's nodes are free) as the estimate's prior, instead "
         "of the tier's assumed TFLOPS",
+    )
+    wandb: WandbServerSettings = Field(
+        default_factory=WandbServerSettings,
+        description="Weights & Biases for runs that ask for it (integrations)",
     )
     webhooks_to_private_addresses: bool = Field(
         False,

@@ -164,3 +164,26 @@ def test_finish_now_sits_beside_cancel_while_training(studio_server, open_studio
     expect(panel.get_by_role("button", name="Finish now")).to_have_count(0)
     assert client.run(run["id"])["finish_requested"] is True
     client.cancel_ok(run["id"])
+
+
+def test_pause_and_resume_from_the_run_panel(studio_server, open_studio) -> None:
+    client = Client(studio_server)
+    dataset_id = client.dataset(EXAMPLES / "demo-dataset.jsonl")
+    run = client.submit_ok(payload(dataset_id, "pausable", training={"max_steps": 400}))
+    client.wait_status(run["id"], "training", timeout=120)
+    page = open_studio(studio_server)
+    page.goto(f"{studio_server.url}/#/runs/{run['id']}")
+    panel = page.locator(f"#panel-{run['id']}")
+    panel.get_by_role("button", name="Pause").click()
+    outcome = panel.locator('[data-note="outcome"]')
+    expect(outcome).to_contain_text(re.compile("Pausing|Paused"))
+    client.wait_status(run["id"], "paused", timeout=120)
+    pill = page.locator(f"#run-{run['id']} .run-header .pill")
+    expect(pill).to_have_attribute("data-status", "paused")
+    expect(pill).to_contain_text("Paused")
+    expect(outcome).to_contain_text("Paused: its checkpoint is saved")
+    expect(panel.get_by_role("button", name="Pause")).to_have_count(0)
+    panel.get_by_role("button", name="Resume").click()
+    client.wait_status(run["id"], {"queued", "waiting_for_gpu", "training"}, timeout=60)
+    expect(panel.get_by_role("button", name="Resume")).to_have_count(0)
+    client.cancel_ok(run["id"])

@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from control_harness import (
     Client,
     Server,
     in_process_app,
+    in_process_cli,
     prepare_root,
     running_server,
     server_env,
@@ -90,28 +90,6 @@ def dataset_id(studio: Studio, demo_dataset: Path) -> str:
 @pytest.fixture
 def cli(studio: Studio, monkeypatch: pytest.MonkeyPatch) -> Any:
     """``cli(*args)``: a ``tunery`` command whose client talks to the studio in process."""
-    from click.testing import CliRunner
-
-    from tunery.cli.client import Client
-    from tunery.cli.main import cli as tunery
-
-    token = studio.auth["Authorization"].removeprefix("Bearer ")
-
-    def relay(request: httpx.Request) -> httpx.Response:
-        answer = studio.http.request(
-            request.method, str(request.url), content=request.read(), headers=request.headers
-        )
-        return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
-
-    def in_process(**_: Any) -> Client:
-        return Client("http://testserver", token, transport=httpx.MockTransport(relay))
-
-    monkeypatch.setattr(Client, "from_env", staticmethod(in_process))
-
-    def run(*args: str) -> Any:
-        result = CliRunner().invoke(tunery, list(args))
-        if result.exception and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        return result
-
-    return run
+    return in_process_cli(
+        studio.http, studio.auth["Authorization"].removeprefix("Bearer "), monkeypatch
+    )

@@ -269,7 +269,8 @@ def prepare_root(root: Path, demo_model_dir: Path, **settings: Any) -> Path:
 
 
 def server_env(root: Path | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNERY_")}
+    # W&B only where a test sets it up: a developer's own key must not reach a test server.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNERY_", "WANDB_"))}
     if root is not None:
         env["TUNERY_DATA_DIR"] = str(root)
     env["PYTHONUNBUFFERED"] = "1"
@@ -588,3 +589,32 @@ def in_process_app(settings: Settings) -> Iterator[tuple[TestClient, str]]:
     )
     with TestClient(app) as http:
         yield http, token
+
+
+def in_process_cli(
+    http: TestClient, token: str, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., Any]:
+    """``run(*args)``: a ``tunery`` command whose client talks to ``http`` in process."""
+    from click.testing import CliRunner
+
+    from tunery.cli.client import Client as CliClient
+    from tunery.cli.main import cli as tunery
+
+    def relay(request: httpx.Request) -> httpx.Response:
+        answer = http.request(
+            request.method, str(request.url), content=request.read(), headers=request.headers
+        )
+        return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
+
+    def in_process(**_: Any) -> CliClient:
+        return CliClient("http://testserver", token, transport=httpx.MockTransport(relay))
+
+    monkeypatch.setattr(CliClient, "from_env", staticmethod(in_process))
+
+    def run(*args: str) -> Any:
+        result = CliRunner().invoke(tunery, list(args))
+        if result.exception and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return result
+
+    return run

@@ -52,6 +52,8 @@ def test_meta_lists_the_vocabularies_without_a_token(api) -> None:
         "finishable": True,
         "shows_error": False,
         "outcome": None,
+        "pausable": True,
+        "resumable": False,
     }
     # What the server allows is what the studio offers: Finish now while training or
     # retrying, Cancel until a run is finished.

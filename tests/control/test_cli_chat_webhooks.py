@@ -41,7 +41,10 @@ from tunery.webhooks.signing import signed_headers
 
 TUNERY = [sys.executable, "-m", "tunery.cli"]
 URL_ERROR = "error: invalid configuration: url: give an http:// or https:// URL with a host"
-EVENTS = "fine_tuning.job.cancelled, fine_tuning.job.failed, fine_tuning.job.succeeded"
+EVENTS = (
+    "fine_tuning.job.cancelled, fine_tuning.job.failed, fine_tuning.job.paused, "
+    "fine_tuning.job.resumed, fine_tuning.job.succeeded"
+)
 
 
 def tunery(

@@ -342,9 +342,9 @@ def test_a_worker_gets_validation_data_reports_evaluations_and_hears_finish(
             "seconds": 0.1,
         },
     }
-    assert post(step, evaluation) == {"cancel": False, "finish": False}
+    assert post(step, evaluation) == {"cancel": False, "finish": False, "pause": False}
     run = studio.get(f"/runs/{run_id}").json()
     assert run["evaluation"]["eval_loss"] == 1.25 and run["evaluation"]["best_step"] == 2
     assert studio.get(f"/runs/{run_id}/metrics").json()[-1]["eval_loss"] == 1.25
     assert studio.post(f"/runs/{run_id}/finish").status_code == 200
-    assert post() == {"cancel": False, "finish": True}
+    assert post() == {"cancel": False, "finish": True, "pause": False}

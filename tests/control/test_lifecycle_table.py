@@ -17,10 +17,13 @@ from tunery.runs import store
 S = RunStatus
 # The table as the contract and the spec page describe it, written out independently.
 EXPECTED: dict[RunStatus, set[RunStatus]] = {
-    S.QUEUED: {S.WAITING_FOR_GPU, S.FAILED, S.CANCELLED},
-    S.WAITING_FOR_GPU: {S.TRAINING, S.RETRYING, S.FAILED, S.CANCELLED},
-    S.TRAINING: {S.COMPLETED, S.RETRYING, S.FAILED, S.CANCELLED},
-    S.RETRYING: {S.WAITING_FOR_GPU, S.FAILED, S.CANCELLED},
+    S.QUEUED: {S.WAITING_FOR_GPU, S.PAUSED, S.FAILED, S.CANCELLED},
+    # A starting attempt lost while a pause was asked is paused, not retried.
+    S.WAITING_FOR_GPU: {S.TRAINING, S.RETRYING, S.PAUSED, S.FAILED, S.CANCELLED},
+    S.TRAINING: {S.COMPLETED, S.RETRYING, S.PAUSED, S.FAILED, S.CANCELLED},
+    S.RETRYING: {S.WAITING_FOR_GPU, S.PAUSED, S.FAILED, S.CANCELLED},
+    # Paused by its owner; resume queues it again.
+    S.PAUSED: {S.QUEUED, S.FAILED, S.CANCELLED},
     S.COMPLETED: set(),
     S.FAILED: set(),
     S.CANCELLED: set(),
@@ -36,6 +39,7 @@ def test_state_names_are_the_contract_strings() -> None:
         "waiting_for_gpu",
         "training",
         "retrying",
+        "paused",
         "completed",
         "failed",
         "cancelled",
@@ -56,9 +60,9 @@ def test_terminal_states_have_no_moves() -> None:
         assert not any(can_move(status, target) for target in RunStatus)
 
 
-def test_cancelled_never_retries_and_nothing_returns_to_queued() -> None:
+def test_cancelled_never_retries_and_only_a_resumed_run_returns_to_queued() -> None:
     assert not can_move(S.CANCELLED, S.RETRYING)
-    assert not any(can_move(status, S.QUEUED) for status in RunStatus)
+    assert [status for status in RunStatus if can_move(status, S.QUEUED)] == [S.PAUSED]
     assert not any(can_move(status, status) for status in RunStatus)
     # Every non-terminal state can be cancelled or failed.
     for status in set(RunStatus) - TERMINAL:
@@ -68,6 +72,7 @@ def test_cancelled_never_retries_and_nothing_returns_to_queued() -> None:
 
 def test_active_states_hold_a_node() -> None:
     assert {S.WAITING_FOR_GPU, S.TRAINING} == ACTIVE
+    assert S.PAUSED not in ACTIVE
 
 
 # The store ------------------------------------------------------------------------

@@ -30,6 +30,15 @@ def quick() -> dict[str, Any]:
     return QUICK
 
 
+@pytest.fixture(scope="session")
+def validation_rows(tmp_path_factory: pytest.TempPathFactory, demo_dataset: Path) -> Path:
+    """The first 40 demo rows: a validation file a job evaluates on quickly at every
+    checkpoint (the whole demo file takes minutes per evaluation on a loaded machine)."""
+    path = tmp_path_factory.mktemp("validation") / "validation.jsonl"
+    path.write_text("".join(demo_dataset.read_text().splitlines(keepends=True)[:40]))
+    return path
+
+
 @pytest.fixture(scope="module")
 def api_server(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> Iterator[Server]:
     # The webhook receiver listens on loopback, which the server refuses by default.

@@ -176,6 +176,8 @@ def test_another_accounts_job_is_404_and_cancel_is_idempotent(
         stranger.fine_tuning.jobs.cancel,
         stranger.fine_tuning.jobs.list_events,
         stranger.fine_tuning.jobs.checkpoints.list,
+        stranger.fine_tuning.jobs.pause,
+        stranger.fine_tuning.jobs.resume,
     ):
         with pytest.raises(openai.NotFoundError):
             call(job.id)
@@ -185,6 +187,16 @@ def test_another_accounts_job_is_404_and_cancel_is_idempotent(
     assert owner.fine_tuning.jobs.cancel(job.id).status == "cancelled"
     messages = [event.message for event in owner.fine_tuning.jobs.list_events(job.id)]
     assert messages[0].startswith("Job status: cancelled")
+    for call, why in (
+        (owner.fine_tuning.jobs.pause, "only an unfinished run pauses"),
+        (owner.fine_tuning.jobs.resume, "not paused"),
+    ):
+        with pytest.raises(openai.ConflictError) as refused:
+            call(job.id)
+        assert why in refused.value.message and "cancelled" in refused.value.message
+    with pytest.raises(openai.NotFoundError) as missing:
+        owner.fine_tuning.jobs.pause("ftjob-nope")
+    assert "ftjob-nope" in missing.value.message
 
 
 def test_unknown_routes_and_methods_answer_in_openais_shape(api_server, sdk):
@@ -258,3 +270,43 @@ def test_every_answer_has_a_request_id_that_the_server_log_names(api_server, sdk
     ]
     # Each line is written as its answer ends, a moment after the client has it.
     wait_until(lambda: all(line in api_server.log() for line in lines), timeout=10)
+
+
+def test_wandb_is_refused_clearly_where_the_server_has_none(api_server, sdk, training_file):
+    client = sdk(api_server)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.fine_tuning.jobs.create(
+            model="tunery/demo-tiny",
+            training_file=training_file,
+            integrations=[{"type": "wandb", "wandb": {"project": "support-bot"}}],
+        )
+    assert refused.value.param == "integrations.0.type"
+    assert "W&B is not configured on this server" in refused.value.message
+    with pytest.raises(openai.BadRequestError) as unknown:
+        client.fine_tuning.jobs.create(
+            model="tunery/demo-tiny",
+            training_file=training_file,
+            integrations=[{"type": "mlflow"}],  # type: ignore[list-item]
+        )
+    assert unknown.value.param.startswith("integrations.0")
+
+
+@pytest.mark.parametrize(
+    ("integrations", "param"),
+    [
+        ([{"type": "wandb", "wandb": {"project": "a/b"}}], "integrations.0.wandb.project"),
+        ([{"type": "wandb", "wandb": {"project": "x" * 129}}], "integrations.0.wandb.project"),
+        ([{"type": "wandb"}], "integrations.0.wandb"),
+        ([{"type": "wandb", "wandb": {"project": "p", "secret": 1}}], "integrations.0.wandb"),
+        ([{"type": "wandb", "wandb": {"project": "p", "tags": [""]}}], "integrations.0.wandb"),
+        ([{"type": "wandb", "wandb": {"project": "p", "tags": ["t"] * 51}}], "integrations.0"),
+        ([{"type": "wandb", "wandb": {"project": "p"}}] * 2, "integrations"),
+        ("wandb", "integrations"),
+    ],
+)
+def test_bad_integrations_name_their_field(api_server, sdk, training_file, integrations, param):
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk(api_server).fine_tuning.jobs.create(
+            model="tunery/demo-tiny", training_file=training_file, integrations=integrations
+        )
+    assert refused.value.param.startswith(param), refused.value.message

@@ -67,11 +67,12 @@ def test_recipe_problems_are_named_in_the_request_terms():
 
 
 def test_statuses_and_model_names():
-    assert [mapping.job_status(s) for s in ("waiting_for_gpu", "retrying", "completed")] == [
-        "queued",
-        "running",
-        "succeeded",
-    ]
+    assert [
+        mapping.job_status(s) for s in ("waiting_for_gpu", "retrying", "paused", "completed")
+    ] == ["queued", "running", "paused", "succeeded"]
+    # While its worker reads and checks the files, a job is validating them.
+    assert mapping.job_status("waiting_for_gpu", "preparing_data") == "validating_files"
+    assert mapping.job_status("waiting_for_gpu", "loading_model") == "queued"
     name = model_names.fine_tuned_model_name("org/model", "acc_1", "bot", "run_1")
     assert name == "ft:org/model:acc_1:bot:run_1"
     assert model_names.run_id_of_model(name) == model_names.run_id_of_model("run_1") == "run_1"
@@ -92,14 +93,19 @@ def test_checkpoints_and_the_results_csv():
     rows = [{"step": step, "loss": 1.0 / step} for step in range(1, 8)]
     assert mapping.checkpoint_steps(rows, 3, completed=True) == [3, 6, 7]
     assert mapping.checkpoint_steps(rows, 3, completed=False) == [3, 6]
-    evaluated = {**rows[1], "eval_loss": 0.25, "eval_accuracy": 0.75}
+    evaluated = {**rows[1], "accuracy": 0.5, "eval_loss": 0.25, "eval_accuracy": 0.75}
     lines = mapping.metrics_csv([rows[0], evaluated]).splitlines()
     assert lines == [
         "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy",
         "1,1,,,",
-        "2,0.5,,0.25,0.75",
+        "2,0.5,0.5,0.25,0.75",
     ]
-    assert mapping.checkpoint_metrics(evaluated).valid_loss == 0.25
+    numbers = mapping.checkpoint_metrics(evaluated)
+    assert (numbers.valid_loss, numbers.full_valid_loss) == (0.25, 0.25)
+    assert (numbers.train_mean_token_accuracy, numbers.full_valid_mean_token_accuracy) == (
+        0.5,
+        0.75,
+    )
     assert mapping.checkpoint_metrics(rows[0]).valid_loss is None
     evaluation = {"step": 2, "total_steps": 7, "eval_loss": 0.25, "eval_accuracy": 0.75}
     assert mapping.evaluation_data(evaluation) == {

@@ -9,51 +9,23 @@ from __future__ import annotations
 import csv
 import io
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from control_harness import wait_until
+from webhook_receiver import Receiver
 
 import openai
 
 pytestmark = pytest.mark.slow
 
 
-class Receiver:
-    """A local HTTP endpoint that records deliveries; it answers 500 to the first one."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                receiver.received.append((dict(self.headers.items()), body))
-                self.send_response(500 if len(receiver.received) == 1 else 204)
-                self.end_headers()
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def events(self, client: openai.OpenAI, secret: str) -> list[Any]:
-        return [
-            client.webhooks.unwrap(body, headers, secret=secret) for headers, body in self.received
-        ]
-
-
 @pytest.fixture(scope="module")
 def receiver(api_server) -> Iterator[tuple[Receiver, str]]:
-    receiver = Receiver()
+    receiver = Receiver(fail_first=True)
     response = httpx.post(
         f"{api_server.url}/api/v1/webhooks",
         json={"url": receiver.url},
@@ -70,7 +42,7 @@ def client(api_server) -> openai.OpenAI:
 
 
 @pytest.fixture(scope="module")
-def finished(client, receiver, quick, demo_dataset: Path) -> dict[str, Any]:
+def finished(client, receiver, quick, demo_dataset: Path, validation_rows: Path) -> dict[str, Any]:
     """A job created and followed to its end with nothing but the SDK (six steps, GGUF)."""
     with_gguf = {
         **quick,
@@ -78,7 +50,7 @@ def finished(client, receiver, quick, demo_dataset: Path) -> dict[str, Any]:
         "export": {"gguf": True},
     }
     training = client.files.create(file=demo_dataset.open("rb"), purpose="fine-tune")
-    validation = client.files.create(file=demo_dataset.open("rb"), purpose="fine-tune")
+    validation = client.files.create(file=validation_rows.open("rb"), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(
         model="tunery/demo-tiny",
         training_file=training.id,
@@ -116,6 +88,9 @@ def test_the_job_succeeds_with_openai_fields(finished):
     )
     assert ":support-bot:" in job.fine_tuned_model
     assert job.trained_tokens and job.trained_tokens > 0 and job.finished_at
+    # Six steps of four examples are less than one epoch of the demo data: one epoch, not
+    # the recipe's default of three.
+    assert job.hyperparameters.n_epochs == 1 and job.method.supervised.hyperparameters.n_epochs == 1
     assert job.training_file == finished["training_file"] and job.error is None
     assert job.tunery["status"] == "completed" and job.tunery["validation"] == "evaluated"
     # Recorded as a studio submission's is: later estimates measure their time on it.
@@ -129,8 +104,9 @@ def test_the_results_file_is_a_metrics_csv(client, finished):
     rows = list(csv.DictReader(io.StringIO(client.files.content(results).text)))
     assert [row["step"] for row in rows] == ["1", "2", "3", "4", "5", "6"]
     assert all(float(row["train_loss"]) > 0 for row in rows)
-    # The validation file is evaluated on after the last step (eval_every_steps 0).
-    assert [row["valid_loss"] != "" for row in rows] == [False] * 5 + [True]
+    assert all(0 <= float(row["train_accuracy"]) <= 1 for row in rows)
+    # A job with a validation file is evaluated at every checkpoint (every 2 steps here).
+    assert [row["valid_loss"] != "" for row in rows] == [False, True] * 3
     assert float(rows[-1]["valid_loss"]) > 0
     assert 0 <= float(rows[-1]["valid_mean_token_accuracy"]) <= 1
 
@@ -145,9 +121,11 @@ def test_events_are_newest_first_with_metrics_and_page(client, finished):
     training = [event for event in metrics if "train_loss" in event.data]
     assert [event.data["step"] for event in training] == [6, 5, 4, 3, 2, 1]
     assert training[0].message.startswith("Step 6/6: training loss=")
-    [validation] = [event for event in metrics if "valid_loss" in event.data]
-    assert validation.data["step"] == 6 and validation.data["valid_loss"] > 0
-    assert validation.message.startswith("Step 6/6: validation loss=")
+    assert all(0 <= event.data["train_mean_token_accuracy"] <= 1 for event in training)
+    validation = [event for event in metrics if "valid_loss" in event.data]
+    assert [event.data["step"] for event in validation] == [6, 4, 2]  # at every checkpoint
+    assert validation[0].data["valid_loss"] > 0
+    assert validation[0].message.startswith("Step 6/6: validation loss=")
     assert events[-1].message.startswith("Job status: queued")
     page = client.fine_tuning.jobs.list_events(job_id, limit=2)
     assert page.has_more and len(page.data) == 2
@@ -158,10 +136,13 @@ def test_checkpoints_carry_step_and_train_loss(client, finished):
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [c.step_number for c in checkpoints] == [6, 4, 2]
     assert all(c.metrics.train_loss > 0 for c in checkpoints)
-    # Evaluated after step 6 only: the earlier checkpoints have no validation numbers.
-    assert checkpoints[0].metrics.valid_loss > 0
-    assert 0 <= checkpoints[0].metrics.valid_mean_token_accuracy <= 1
-    assert [c.metrics.valid_loss for c in checkpoints[1:]] == [None, None]
+    assert all(0 <= c.metrics.train_mean_token_accuracy <= 1 for c in checkpoints)
+    # Evaluated at every checkpoint, on the whole validation file each time.
+    for checkpoint in checkpoints:
+        numbers = checkpoint.metrics
+        assert numbers.valid_loss > 0 and numbers.full_valid_loss == numbers.valid_loss
+        assert 0 <= numbers.full_valid_mean_token_accuracy <= 1
+        assert numbers.full_valid_mean_token_accuracy == numbers.valid_mean_token_accuracy
     assert checkpoints[0].fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-6"
     second = client.fine_tuning.jobs.checkpoints.list(job.id, limit=1, after=checkpoints[0].id)
     assert [c.step_number for c in second.data] == [4] and second.has_more

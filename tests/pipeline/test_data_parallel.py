@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tunery.errors import RunCancelled
+from tunery.errors import RunCancelled, RunPaused
 from tunery.pipeline.chat import IGNORE, Example
 from tunery.pipeline.checkpoints import complete_checkpoints
 from tunery.pipeline.distributed import World, rank_share, split_by_tokens
@@ -220,6 +220,27 @@ def test_finish_now_ends_training_on_every_rank_and_rank_0_saves(data_dir, make_
     assert any(line.startswith("finishing now at step") for line in reporter.logs)
     assert result.completed and result.lora_bundle.is_file()
     assert rank_pids() == []
+
+
+@pytest.mark.slow
+def test_a_pause_stops_every_rank_after_rank_0_saved_and_resumes_every_step_once(
+    two_ranks, data_dir, make_recipe, tmp_path
+):
+    straight, result = two_ranks
+    recipe = recipe_for(make_recipe, 4)
+    pausing = RecordingReporter(pause_after_step=3)
+    with pytest.raises(RunPaused) as paused:
+        run_recipe_on_ranks(recipe, tmp_path / "out", pausing, processes=2, threads=2)
+    step = paused.value.step
+    assert 3 <= step < STEPS and [s.step for s in pausing.steps] == list(range(1, step + 1))
+    assert complete_checkpoints(tmp_path / "out" / "checkpoints")[-1].name.endswith(f"-{step:08d}")
+    assert rank_pids() == []
+    resumed = RecordingReporter()
+    run_recipe_on_ranks(recipe, tmp_path / "out", resumed, processes=2, threads=2)
+    assert [s.step for s in resumed.steps] == list(range(step + 1, STEPS + 1))
+    losses = [s.loss for s in pausing.steps + resumed.steps]
+    assert losses == pytest.approx([s.loss for s in straight.steps], rel=1e-6)
+    assert_same_adapter(adapter(tmp_path / "out"), adapter(result.out_dir))
 
 
 @pytest.mark.slow

@@ -87,6 +87,27 @@ def test_packed_loss_equals_the_examples_alone_for_every_cpu_attention(demo, att
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
 
 
+def test_both_losses_count_the_same_exact_predictions(demo):
+    """The step's mean token accuracy: targets whose greedy prediction is right, counted from
+    the logits each loss computes anyway, equal to a count from the full logits."""
+    from tunery.pipeline.chat import IGNORE
+    from tunery.pipeline.packing import batch_loss_and_hits
+
+    model_dir, pad_id, batch = demo
+    model = adapted_model(model_dir).eval()
+    with torch.no_grad(), attention_in_use(model, "sdpa"):
+        packed = pack(batch, pad_id, CPU, "sdpa")
+        counts = {
+            kind: batch_loss_and_hits(model, packed, kind)[1].item()
+            for kind in ("logits", "chunked")
+        }
+        logits = model(**packed.forward_inputs(), use_cache=False).logits
+    trained = packed.targets != IGNORE
+    expected = (logits.argmax(dim=-1)[trained] == packed.targets[trained]).sum().item()
+    assert counts == {"logits": expected, "chunked": expected}
+    assert 0 < expected < trained.sum().item()
+
+
 def test_attention_kinds_give_the_same_loss_and_gradients(demo):
     model_dir, pad_id, batch = demo
     model = adapted_model(model_dir)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tunery.errors import ConfigError, RunCancelled
+from tunery.errors import ConfigError, RunCancelled, RunPaused
 from tunery.pipeline.budget import plan_budget
 from tunery.pipeline.chat import Example
 from tunery.pipeline.checkpoints import complete_checkpoints
@@ -242,6 +242,29 @@ def test_resume_continues_exactly_as_if_uninterrupted(data_dir, make_recipe, tmp
         for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     ]
     assert history == [s.loss for s in straight.steps]
+
+
+def test_a_paused_run_saves_its_checkpoint_and_resumes_every_step_once(
+    data_dir, make_recipe, tmp_path, one_thread
+):
+    # Checkpoints every 50 steps: the only one is the pause's own.
+    recipe = make_recipe(training={"max_steps": 5, "checkpoint_every_steps": 50})
+    straight = RecordingReporter()
+    run_recipe(recipe, tmp_path / "straight", straight)
+
+    pausing = RecordingReporter(pause_after_step=2)
+    with pytest.raises(RunPaused) as paused:
+        run_recipe(recipe, tmp_path / "paused", pausing)
+    assert paused.value.step == 2 and [s.step for s in pausing.steps] == [1, 2]
+    checkpoints = complete_checkpoints(tmp_path / "paused" / "checkpoints")
+    assert [path.name for path in checkpoints] == ["step-00000002"]
+    assert not (tmp_path / "paused" / "adapter").exists()
+
+    resumed = RecordingReporter()
+    run_recipe(recipe, tmp_path / "paused", resumed)
+    assert "resumed from the checkpoint at step 2" in resumed.logs
+    assert [s.step for s in resumed.steps] == [3, 4, 5]
+    assert [s.loss for s in pausing.steps + resumed.steps] == [s.loss for s in straight.steps]
 
 
 @pytest.mark.slow

@@ -294,6 +294,14 @@ class Client:
         # Finish now is idempotent on the server too.
         return self.json("POST", f"/api/v1/runs/{_segment(run_id)}/finish", retry=True)
 
+    def pause_run(self, run_id: str) -> dict[str, Any]:
+        # Pause is idempotent on the server.
+        return self.json("POST", f"/api/v1/runs/{_segment(run_id)}/pause", retry=True)
+
+    def resume_run(self, run_id: str) -> dict[str, Any]:
+        # Not idempotent (a second resume of a queued run is a 409): never retried.
+        return self.json("POST", f"/api/v1/runs/{_segment(run_id)}/resume")
+
     def estimate_run(self, payload: dict[str, Any]) -> dict[str, Any]:
         return self.json("POST", "/api/v1/runs/estimate", json=payload, retry=True)
 

@@ -6,6 +6,7 @@ The pipeline (torch) and the server are imported inside each command that needs 
 
 from __future__ import annotations
 
+import secrets
 import signal
 import sys
 from pathlib import Path
@@ -71,6 +72,10 @@ class TerminalReporter:
 
     def should_finish(self) -> bool:
         """Ctrl-C cancels a local run; "Finish now" is a server action."""
+        return False
+
+    def should_pause(self) -> bool:
+        """Pausing is a server action (a local run resumes by running it again)."""
         return False
 
 
@@ -143,6 +148,7 @@ def train(recipe_path: Path, out_dir: Path | None, processes: int) -> None:
     from tunery.environment import environment, resolve_data_dir
     from tunery.pipeline.config import load_recipe
     from tunery.pipeline.ranks import run_recipe_on_ranks
+    from tunery.pipeline.wandb_log import with_wandb
 
     # The run's own progress bar is the one to watch; the library's per-file bars are noise.
     transformers_logging.disable_progress_bar()
@@ -160,14 +166,22 @@ def train(recipe_path: Path, out_dir: Path | None, processes: int) -> None:
         recipe = load_recipe(recipe_path)
         target = out_dir or Path("runs") / recipe.name
         with StepProgress() as progress:
-            result = run_recipe_on_ranks(
-                recipe,
-                target,
-                TerminalReporter(stop, progress),
-                processes=processes,
-                threads=environment().torch_threads,
-                base_cache_dir=resolve_data_dir() / BASE_ANSWERS_CACHE,
-            )
+            reporter = TerminalReporter(stop, progress)
+            # W&B with this shell's own WANDB_API_KEY / WANDB_MODE, files in the output.
+            run_id = f"{recipe.name}-{secrets.token_hex(4)}"
+            logged = with_wandb(recipe, reporter, run_id=run_id, folder=target / "wandb")
+            try:
+                result = run_recipe_on_ranks(
+                    recipe,
+                    target,
+                    logged or reporter,
+                    processes=processes,
+                    threads=environment().torch_threads,
+                    base_cache_dir=resolve_data_dir() / BASE_ANSWERS_CACHE,
+                )
+            finally:
+                if logged is not None:
+                    logged.close()
     except RunCancelled as cancelled:
         click.echo(f"cancelled: {cancelled.message}; no adapter was saved", err=True)
         sys.exit(EXIT_CANCELLED)

@@ -35,12 +35,14 @@ ICON_GLYPHS = {
     "check": "✓",
     "cross": "✗",
     "square": "■",
+    "pause": "‖",
 }
 STATUS_COLORS: dict[RunStatus, str | int] = {
     RunStatus.QUEUED: "bright_black",
     RunStatus.WAITING_FOR_GPU: "magenta",
     RunStatus.TRAINING: "blue",
     RunStatus.RETRYING: "yellow",
+    RunStatus.PAUSED: "cyan",
     RunStatus.COMPLETED: "green",
     RunStatus.FAILED: "red",
     RunStatus.CANCELLED: 208,  # orange, which has no name among the 16 basic colours

@@ -1,5 +1,5 @@
-"""``tunery runs``: estimate, submit, list, show, watch, finish and cancel runs on a server;
-tag and annotate them; export their metrics and logs."""
+"""``tunery runs``: estimate, submit, list, show, watch, finish, pause, resume and cancel runs
+on a server; tag and annotate them; export their metrics and logs."""
 
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ CANCEL_PROMPT = (
 
 @click.group("runs")
 def runs_group() -> None:
-    """Runs on the server: submit, list, show, watch, finish, cancel (TUNERY_URL, TUNERY_TOKEN)."""
+    """Runs on the server: submit, list, show, watch, finish, pause, resume, cancel (TUNERY_URL,
+    TUNERY_TOKEN)."""
 
 
 # Submitting ----------------------------------------------------------------------------
@@ -228,6 +229,8 @@ def describe_run(run: dict[str, Any]) -> list[tuple[str, str]]:
         state += " · cancel requested"
     if run.get("finish_requested") and status not in TERMINAL:
         state += " · finishing after this step"
+    if run.get("pause_requested") and status not in TERMINAL:
+        state += " · pausing after this step"
     lines = [("status", state), ("tier", str(run.get("tier") or "—"))]
     if run.get("attempt", 1) > 1 or status == RunStatus.RETRYING:
         lines.append(("attempt", str(run.get("attempt"))))
@@ -346,6 +349,33 @@ def runs_finish(run_id: str) -> None:
         f"{pill(run['status'])} {run['name']} ({run['id']}): training stops after the "
         f"current step, then the adapter is saved, exported and sampled; follow it with: "
         f"tunery runs watch {run['id']}"
+    )
+
+
+@runs_group.command("pause")
+@click.argument("run_id", metavar="ID")
+def runs_pause(run_id: str) -> None:
+    """Pause: save a checkpoint after the current step, free the node, stop billing."""
+    with connected() as client:
+        run = client.pause_run(run_id)
+    if run["status"] == RunStatus.PAUSED:
+        done = "paused; resume it with"
+    else:
+        done = "pauses after the current step's checkpoint; resume it later with"
+    click.echo(
+        f"{pill(run['status'])} {run['name']} ({run['id']}): {done} tunery runs resume {run['id']}"
+    )
+
+
+@runs_group.command("resume")
+@click.argument("run_id", metavar="ID")
+def runs_resume(run_id: str) -> None:
+    """Queue a paused run again; it continues from its checkpoint."""
+    with connected() as client:
+        run = client.resume_run(run_id)
+    click.echo(
+        f"{pill(run['status'])} {run['name']} ({run['id']}): continues from its checkpoint; "
+        f"follow it with: tunery runs watch {run['id']}"
     )
 
 

@@ -9,6 +9,7 @@ estimated and billed like any other.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import secrets
 from collections.abc import Mapping
@@ -34,7 +35,7 @@ from tunery.openai_api.objects import (
     page_of,
 )
 from tunery.pipeline.config import MAX_SEED, RUN_NAME_PATTERN
-from tunery.runs import intake, queries, settle
+from tunery.runs import intake, pause, queries, settle
 from tunery.runs.plane import Conflict, ControlPlane, NotFound
 from tunery.wire import model_names
 
@@ -66,8 +67,6 @@ def create_job(
     unknown = sorted(set(body) - CREATE_FIELDS)
     if unknown:
         raise OpenAIError(400, f"unknown parameter {unknown[0]!r}", param=unknown[0])
-    if body.get("integrations"):
-        raise OpenAIError(400, "integrations are not supported", param="integrations")
     model = _required_text(body, "model")
     training_file = _required_text(body, "training_file")
     hyperparameters, where = mapping.hyperparameters_of(body)
@@ -90,6 +89,8 @@ def create_job(
             "attestations": {"dataset_rights": True, "model_license": True},
             # OpenAI reports valid_loss on the validation file: tunery evaluates on it.
             **({"validation": {"dataset_ids": [validation_file]}} if validation_file else {}),
+            # W&B: the same shape as the recipe's, checked by the intake.
+            **({"integrations": body["integrations"]} if body.get("integrations") else {}),
         },
         extra,
     )
@@ -98,6 +99,11 @@ def create_job(
         raise OpenAIError(400, "tunery.training must be an object", param="tunery.training")
     training = {**training, **overrides}
     training["seed"] = _seed(body.get("seed"), training.get("seed"), idempotency_key)
+    if validation_file is not None and "eval_every_steps" not in training:
+        # OpenAI evaluates along the way: at every checkpoint, so each has its numbers.
+        training["eval_every_steps"] = training.get(
+            "checkpoint_every_steps", mapping.DEFAULT_CHECKPOINT_EVERY
+        )
     payload["training"] = training
     try:
         run = intake.submit_run(
@@ -178,9 +184,9 @@ def owned_run(session: Session, account_id: str, job_id: str) -> Run:
 def job_object(run: Run, extra: FineTuningJob | None, position: int | None, at: float) -> JobObject:
     """A run as OpenAI's job object, from rows already read."""
     config = run.config
-    hyperparameters = mapping.resolved_hyperparameters(config)
-    completed = run.status == RunStatus.COMPLETED
     metrics = run.metrics or {}
+    hyperparameters = mapping.resolved_hyperparameters(config, epochs=_epochs(run, metrics))
+    completed = run.status == RunStatus.COMPLETED
     eta = metrics.get("eta_seconds")
     error = run.error if run.status == RunStatus.FAILED and run.error else None
     return JobObject(
@@ -198,7 +204,7 @@ def job_object(run: Run, extra: FineTuningJob | None, position: int | None, at: 
         organization_id=run.account_id,
         result_files=[mapping.results_file_id(run.id)] if completed else [],
         seed=mapping.stored_training(config).seed,
-        status=mapping.job_status(run.status),
+        status=mapping.job_status(run.status, run.phase),
         trained_tokens=metrics.get("trained_tokens") if run.status in TERMINAL else None,
         training_file=(config.get("dataset_ids") or [""])[0],
         validation_file=extra.validation_file if extra else None,
@@ -206,6 +212,7 @@ def job_object(run: Run, extra: FineTuningJob | None, position: int | None, at: 
         if run.status == RunStatus.TRAINING and isinstance(eta, int | float)
         else None,
         metadata=extra.job_metadata if extra else None,
+        integrations=config.get("integrations") or None,
         method=Method(supervised=SupervisedMethod(hyperparameters=hyperparameters)),
         user_provided_suffix=extra.suffix if extra else None,
         tunery=TuneryJobState(
@@ -218,6 +225,14 @@ def job_object(run: Run, extra: FineTuningJob | None, position: int | None, at: 
             estimate=run.estimate,
         ),
     )
+
+
+def _epochs(run: Run, metrics: dict[str, Any]) -> int | None:
+    """The epochs the run trained in once it ended (fewer when it finished or stopped
+    early), else those its step budget plans, measured or estimated."""
+    if run.status in TERMINAL and isinstance(metrics.get("epoch"), int | float):
+        return max(1, math.ceil(metrics["epoch"]))
+    return metrics.get("epochs") or (run.estimate or {}).get("epochs")
 
 
 def _objects(plane: ControlPlane, session: Session, runs: list[Run]) -> list[JobObject]:
@@ -274,6 +289,39 @@ def list_jobs(
                     break
         items = _objects(plane, session, picked[:limit])
     return page_of(items, has_more=len(picked) > limit)
+
+
+def pause_job(plane: ControlPlane, account_id: str, job_id: str) -> JobObject:
+    """Pause the job's run (``runs.pause``; idempotent); 409 once it ended."""
+    try:
+        pause.pause_run(plane, account_id=account_id, run_id=job_id)
+    except NotFound:
+        raise _no_such_job(job_id) from None
+    except Conflict as error:
+        raise OpenAIError(409, error.message, code="job_not_pausable") from None
+    return get_job(plane, account_id, job_id)
+
+
+def resume_job(plane: ControlPlane, account_id: str, job_id: str) -> JobObject:
+    """Resume the job's paused run (``runs.pause.resume_run``, through the intake); 409 when
+    it is not paused, 400 or 429 naming what the intake refuses (a training file deleted
+    meanwhile, the balance)."""
+    try:
+        pause.resume_run(plane, account_id=account_id, run_id=job_id)
+    except NotFound:
+        raise _no_such_job(job_id) from None
+    except Conflict as error:
+        raise OpenAIError(409, error.message, code="job_not_paused") from None
+    except ConfigError as error:
+        # Resumed through the intake: what would refuse the job now refuses its resume.
+        raise _refusal(error, "method.supervised.hyperparameters") from None
+    except TuneryError as error:
+        raise openai_error(error) from None
+    return get_job(plane, account_id, job_id)
+
+
+def _no_such_job(job_id: str) -> OpenAIError:
+    return OpenAIError(404, f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
 
 
 def cancel_job(plane: ControlPlane, account_id: str, job_id: str) -> JobObject:

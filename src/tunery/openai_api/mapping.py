@@ -7,8 +7,14 @@
 - The ``tunery`` extra object (``extra_body={"tunery": {...}}``) is merged into the recipe
   first, section by section (``lora``, ``training``, ``export``, ``gpu_tier``, ``samples``…);
   explicit OpenAI hyperparameters win over it.
-- Statuses: queued → ``queued``; waiting_for_gpu → ``queued`` (a node is being prepared);
-  training and retrying → ``running``; completed → ``succeeded``; failed, cancelled as such.
+- Statuses: queued → ``queued``; waiting_for_gpu → ``queued`` (a node is being prepared),
+  or ``validating_files`` while its worker reads and checks the files (phase
+  ``preparing_data``); training and retrying → ``running``; paused → ``paused``; completed →
+  ``succeeded``; failed, cancelled as such.
+- Numbers: ``n_epochs`` is the epochs the run trains (or trained) in, which a step budget
+  decides; each step's ``train_mean_token_accuracy``; checkpoints carry the validation
+  numbers of the evaluation at their step as ``valid_*`` and ``full_valid_*`` alike, since
+  tunery evaluates on the whole validation file every time.
 """
 
 from __future__ import annotations
@@ -29,9 +35,11 @@ from tunery.openai_api.objects import (
     finite_number,
     shown,
 )
+from tunery.phases import Phase
 from tunery.pipeline.config import TrainingConfig
 
 BASE_LEARNING_RATE: float = TrainingConfig.model_fields["learning_rate"].default
+DEFAULT_CHECKPOINT_EVERY: int = TrainingConfig.model_fields["checkpoint_every_steps"].default
 DEFAULT_JOB_NAME = "fine-tune"
 SUPPORTED_METHODS = ("supervised",)
 HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
@@ -45,6 +53,7 @@ STATUS_OF_RUN: dict[RunStatus, JobStatus] = {
     RunStatus.WAITING_FOR_GPU: "queued",
     RunStatus.TRAINING: "running",
     RunStatus.RETRYING: "running",
+    RunStatus.PAUSED: "paused",
     RunStatus.COMPLETED: "succeeded",
     RunStatus.FAILED: "failed",
     RunStatus.CANCELLED: "cancelled",
@@ -56,7 +65,9 @@ RECIPE_FIELD_PARAMS = {
 }
 
 
-def job_status(run_status: str) -> JobStatus:
+def job_status(run_status: str, phase: str | None = None) -> JobStatus:
+    if run_status == RunStatus.WAITING_FOR_GPU and phase == Phase.PREPARING_DATA:
+        return "validating_files"
     return STATUS_OF_RUN[RunStatus(run_status)]
 
 
@@ -176,6 +187,8 @@ def param_for(problem: FieldProblem, hyperparameters_at: str) -> str:
         return "validation_file"
     if field == "name":
         return "suffix"
+    if field.startswith("integrations"):
+        return field
     if field == "Idempotency-Key":
         return field
     return f"tunery.{field}"
@@ -189,11 +202,14 @@ def stored_training(config: Mapping[str, Any]) -> TrainingConfig:
     return TrainingConfig.model_validate(config.get("training") or {})
 
 
-def resolved_hyperparameters(config: Mapping[str, Any]) -> Hyperparameters:
-    """The values a run trains with, in OpenAI's terms (never ``auto``)."""
+def resolved_hyperparameters(
+    config: Mapping[str, Any], *, epochs: int | None = None
+) -> Hyperparameters:
+    """The values a run trains with, in OpenAI's terms (never ``auto``); ``epochs``: the
+    epochs it trains in when known (a step budget decides them, not ``training.epochs``)."""
     training = stored_training(config)
     return Hyperparameters(
-        n_epochs=training.epochs,
+        n_epochs=epochs or training.epochs,
         batch_size=training.batch_size,
         learning_rate_multiplier=round(training.learning_rate / BASE_LEARNING_RATE, 6),
     )
@@ -240,6 +256,7 @@ def metrics_data(data: Mapping[str, Any]) -> dict[str, Any]:
         "step": data.get("step"),
         "total_steps": data.get("total_steps"),
         "train_loss": data.get("loss"),
+        "train_mean_token_accuracy": data.get("accuracy"),
         "learning_rate": data.get("learning_rate"),
         "epoch": data.get("epoch"),
         "trained_tokens": data.get("trained_tokens"),
@@ -272,14 +289,18 @@ def checkpoint_metrics(row: Mapping[str, Any]) -> CheckpointMetrics:
     return CheckpointMetrics(
         step=row["step"],
         train_loss=row.get("loss"),
+        train_mean_token_accuracy=row.get("accuracy"),
         valid_loss=row.get("eval_loss"),
         valid_mean_token_accuracy=row.get("eval_accuracy"),
+        full_valid_loss=row.get("eval_loss"),
+        full_valid_mean_token_accuracy=row.get("eval_accuracy"),
     )
 
 
 def metrics_csv(rows: list[dict[str, Any]]) -> str:
     """The results file OpenAI attaches to a job: one line per step (``history.step_rows``),
-    validation columns on the steps evaluated after."""
+    ``train_accuracy`` its mean token accuracy, validation columns on the steps evaluated
+    after."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(
@@ -290,7 +311,7 @@ def metrics_csv(rows: list[dict[str, Any]]) -> str:
             [
                 row.get("step"),
                 _cell(row.get("loss")),
-                "",
+                _cell(row.get("accuracy")),
                 _cell(row.get("eval_loss")),
                 _cell(row.get("eval_accuracy")),
             ]

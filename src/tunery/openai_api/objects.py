@@ -19,7 +19,9 @@ from tunery.phases import Phase
 from tunery.wire.rest import RunEstimate
 
 Item = TypeVar("Item")
-JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+JobStatus = Literal[
+    "validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"
+]
 
 ERROR_TYPES = {
     400: "invalid_request_error",

@@ -312,6 +312,33 @@ def _run_name(name: str) -> str:
     return name
 
 
+W_AND_B_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$"
+
+
+class WandbSettings(_Strict):
+    """Where a run's metrics go in Weights & Biases (as OpenAI's ``wandb`` integration)."""
+
+    project: Annotated[str, Field(pattern=W_AND_B_NAME_PATTERN)] = Field(
+        description="The W&B project the run is logged to."
+    )
+    name: Annotated[str, Field(pattern=W_AND_B_NAME_PATTERN)] | None = Field(
+        None, description="The W&B run's display name; default the run id."
+    )
+    entity: Annotated[str, Field(pattern=W_AND_B_NAME_PATTERN)] | None = Field(
+        None, description="The team or user; default the key's own."
+    )
+    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=50, description="Tags for the W&B run."
+    )
+
+
+class Integration(_Strict):
+    """A service the run reports to while it trains."""
+
+    type: Literal["wandb"] = Field(description="wandb: Weights & Biases.")
+    wandb: WandbSettings
+
+
 class RunRecipe(_Strict):
     """A run as submitted: model, data (uploaded ids or local files), hyperparameters, export."""
 
@@ -368,6 +395,13 @@ class RunRecipe(_Strict):
     @classmethod
     def _note(cls, note: str) -> str:
         return check_note(note)
+
+    integrations: list[Integration] = Field(
+        default_factory=list,
+        max_length=1,
+        description="Where metrics go while training: Weights & Biases (the server's W&B "
+        "settings; docs/openai.md).",
+    )
 
     @model_validator(mode="after")
     def _has_data(self) -> RunRecipe:

@@ -10,8 +10,8 @@ Every rank holds a replica of the base model and the adapter. A step, on every r
 3. One all-reduce sums the gradients, each rank's weighted by its share of the step's trained
    tokens (or pairs): the gradient of the whole step's loss, exactly what one device computes
    with the whole batch. A second, tiny one carries the step's loss, its real tokens, the
-   objective's metrics (DPO's rewards) and rank 0's cancel and finish requests, so every rank
-   stops at the same step.
+   objective's metrics (DPO's rewards, SFT's mean token accuracy) and rank 0's cancel, finish
+   and pause requests, so every rank stops at the same step.
 
 Why not ``DistributedDataParallel``: the loss runs the decoder and the output head as separate
 calls (``pipeline.loss``), around the wrapper's forward that DDP's bucket reducer hooks; and
@@ -190,10 +190,10 @@ class DataParallel:
     """This process's part of a data-parallel run: its share of each step, the all-reduce,
     and the decisions every rank must take together.
 
-    ``requests`` is rank 0's view of cancel and finish (the caller's reporter); ``events``
-    where rank 0's reports go. ``reporter`` is what the pipeline on this rank reports to:
+    ``requests`` is rank 0's view of cancel, finish and pause (the caller's reporter);
+    ``events`` where rank 0's reports go. ``reporter`` is what the pipeline on this rank reports to:
     rank 0's events reach ``events``, other ranks' are dropped (rank 0 speaks for the run),
-    and on every rank cancel and finish are the requests agreed at the last step.
+    and on every rank cancel, finish and pause are the requests agreed at the last step.
     """
 
     def __init__(
@@ -204,6 +204,7 @@ class DataParallel:
         self._events = events if world.is_main else None
         self.stop_agreed = False
         self.finish_agreed = False
+        self.pause_agreed = False
         self._weight = 1.0
         self._flat: torch.Tensor | None = None
         self.all_reduce_seconds: list[float] = []
@@ -249,7 +250,7 @@ class DataParallel:
     ) -> tuple[float, int, dict[str, float]]:
         """Sum the ranks' weighted gradients into every rank's ``.grad``; returns the step's
         loss, real tokens and objective ``metrics`` (means, like the loss) over all ranks, and
-        agrees on rank 0's cancel and finish. Every rank must name the same metrics."""
+        agrees on rank 0's cancel, finish and pause. Every rank must name the same metrics."""
         if self.world.size == 1:
             return loss, real_tokens, metrics
         import torch
@@ -261,7 +262,11 @@ class DataParallel:
         flat.mul_(self._weight)
         dist.all_reduce(flat)
         events = self._events
-        asked = (events.should_stop(), events.should_finish()) if events else (False, False)
+        asked = (
+            (events.should_stop(), events.should_finish(), events.should_pause())
+            if events
+            else (False, False, False)
+        )
         names = sorted(metrics)
         numbers = torch.tensor(
             [
@@ -275,10 +280,11 @@ class DataParallel:
         )
         dist.all_reduce(numbers)
         self._scatter(parameters, flat, grads=True)
-        step_loss, tokens, stop, finish, *means = numbers.tolist()
+        step_loss, tokens, stop, finish, pause, *means = numbers.tolist()
         self.all_reduce_seconds.append(time.perf_counter() - started)
         self.stop_agreed = self.stop_agreed or stop > 0
         self.finish_agreed = self.finish_agreed or finish > 0
+        self.pause_agreed = self.pause_agreed or pause > 0
         return step_loss, round(tokens), dict(zip(names, means, strict=True))
 
     def agree(self, decision: bool) -> bool:
@@ -382,3 +388,6 @@ class RankReporter:
 
     def should_finish(self) -> bool:
         return self._parallel.finish_agreed
+
+    def should_pause(self) -> bool:
+        return self._parallel.pause_agreed

@@ -57,10 +57,16 @@ def choose_loss(model: Any, device: torch.device) -> tuple[LossKind, str]:
 
 
 def _chunked_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int, gradient: bool
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk: int,
+    gradient: bool,
+    hits: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Cross-entropy of each position of ``hidden @ weight.T`` against ``targets`` (float32 at
-    least), and, when ``gradient``, its gradient with respect to ``hidden``, chunk by chunk."""
+    least), and, when ``gradient``, its gradient with respect to ``hidden``, chunk by chunk;
+    ``hits``, when given, counts the targets that are the chunk's greedy prediction."""
     # Logits and the losses in at least float32, as the reference takes them.
     accumulate = torch.promote_types(hidden.dtype, torch.float32)
     losses = torch.empty(hidden.shape[0], dtype=accumulate, device=hidden.device)
@@ -71,6 +77,8 @@ def _chunked_cross_entropy(
         wanted = targets[rows].unsqueeze(1)
         normaliser = torch.logsumexp(logits, dim=-1, keepdim=True)
         losses[rows] = (normaliser - logits.gather(1, wanted)).squeeze(1)
+        if hits is not None:
+            hits += (logits.argmax(dim=-1) == targets[rows]).sum()
         if gradients is not None:
             # d(loss)/d(logits) = softmax - one_hot, computed in place over the chunk.
             probabilities = logits.sub_(normaliser).exp_()
@@ -89,15 +97,23 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     ``hidden``: [positions, hidden_size]; ``targets``: [positions], every one trained.
     The forward pass computes the gradient with respect to ``hidden`` chunk by chunk and
     keeps only that; the backward pass scales it. ``weight`` gets no gradient (it must be
-    frozen). Logits are taken in float32 for the softmax, as the reference does.
+    frozen). Logits are taken in float32 for the softmax, as the reference does. ``hits``,
+    when given, is a counter the forward pass adds the targets predicted exactly to (the
+    logits exist only here, one chunk at a time).
     """
 
     @staticmethod
     def forward(
-        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        chunk: int,
+        hits: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        ctx.counted = hits is not None
         losses, gradient = _chunked_cross_entropy(
-            hidden, weight, targets, chunk, ctx.needs_input_grad[0]
+            hidden, weight, targets, chunk, ctx.needs_input_grad[0], hits
         )
         ctx.save_for_backward(gradient)
         return losses.sum()
@@ -105,7 +121,8 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:
         (gradient,) = ctx.saved_tensors
-        return (gradient * grad_output).to(gradient.dtype), None, None, None
+        nothing = (None, None, None, None) if ctx.counted else (None, None, None)
+        return ((gradient * grad_output).to(gradient.dtype), *nothing)
 
 
 class ChunkedLinearTokenLosses(torch.autograd.Function):
@@ -137,18 +154,30 @@ def trained_loss_sum(
     ``forward_inputs``: the model-forward keywords (input ids, position ids, attention
     inputs); ``targets`` has the shape of the input ids.
     """
+    return trained_loss_and_hits(kind, model, forward_inputs, targets)[0]
+
+
+def trained_loss_and_hits(
+    kind: LossKind, model: Any, forward_inputs: dict[str, Any], targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``trained_loss_sum`` and how many trained targets the model predicts exactly
+    (greedy), counted from the logits the loss computes anyway; None with ``liger``, whose
+    fused loss never has them."""
     from tunery.pipeline.chat import IGNORE
 
     if kind == "logits":
         trained = (targets != IGNORE).any(dim=0).nonzero().squeeze(-1)
         output = model(**forward_inputs, logits_to_keep=trained, use_cache=False)
         logits = output.logits.float()
-        return torch.nn.functional.cross_entropy(
+        wanted = targets[:, trained]
+        loss = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]),
-            targets[:, trained].reshape(-1),
+            wanted.reshape(-1),
             ignore_index=IGNORE,
             reduction="sum",
         )
+        # IGNORE is never an argmax, so untrained positions never count.
+        return loss, (logits.detach().argmax(dim=-1) == wanted).sum()
     lm = causal_lm(model)
     hidden = lm.get_decoder()(**forward_inputs, use_cache=False).last_hidden_state
     selected = targets != IGNORE
@@ -157,8 +186,12 @@ def trained_loss_sum(
     if kind == "liger":
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
-        return LigerFusedLinearCrossEntropyLoss(reduction="sum")(weight, hidden, wanted)
-    return ChunkedLinearCrossEntropy.apply(hidden, weight, wanted, chunk_positions(weight.shape[0]))
+        return LigerFusedLinearCrossEntropyLoss(reduction="sum")(weight, hidden, wanted), None
+    hits = torch.zeros((), dtype=torch.long, device=hidden.device)
+    loss = ChunkedLinearCrossEntropy.apply(
+        hidden, weight, wanted, chunk_positions(weight.shape[0]), hits
+    )
+    return loss, hits
 
 
 def trained_token_losses(

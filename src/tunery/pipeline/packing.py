@@ -125,6 +125,14 @@ def batch_loss_sum(model: PeftModel, batch: PackedBatch, loss: LossKind = "logit
 
     The model must already use the attention ``batch`` was packed for (``attention_in_use``).
     """
-    from tunery.pipeline.loss import trained_loss_sum
+    return batch_loss_and_hits(model, batch, loss)[0]
 
-    return trained_loss_sum(loss, model, batch.forward_inputs(), batch.targets)
+
+def batch_loss_and_hits(
+    model: PeftModel, batch: PackedBatch, loss: LossKind = "logits"
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``batch_loss_sum`` and the trained targets predicted exactly (None where the loss
+    keeps no logits: ``loss.trained_loss_and_hits``)."""
+    from tunery.pipeline.loss import trained_loss_and_hits
+
+    return trained_loss_and_hits(loss, model, batch.forward_inputs(), batch.targets)

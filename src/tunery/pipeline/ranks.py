@@ -3,8 +3,8 @@
 ``run_recipe_on_ranks`` starts one process per rank (``torch.multiprocessing``, spawned, so
 no rank inherits the caller's threads or CUDA state) and hosts their rendezvous store on
 loopback. Each rank runs ``run_recipe`` with its part of the run (``pipeline.distributed``).
-Rank 0's reports reach the caller's reporter over its pipe, and the caller's cancel and
-finish requests reach rank 0 through shared memory, from where the step's all-reduce carries
+Rank 0's reports reach the caller's reporter over its pipe, and the caller's cancel, finish
+and pause requests reach rank 0 through shared memory, from where the step's all-reduce carries
 them to every rank. Each complete checkpoint goes to the caller's ``on_checkpoint`` before
 rank 0 trains on.
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunery.errors import RunCancelled, TransientError, TuneryError
+from tunery.errors import RunCancelled, RunPaused, TransientError, TuneryError
 from tunery.pipeline.config import RunRecipe
 from tunery.pipeline.distributed import COLLECTIVE_TIMEOUT_SECONDS
 from tunery.pipeline.reporting import EvalMetrics, Reporter, StepMetrics
@@ -45,11 +45,12 @@ if TYPE_CHECKING:
 
 STORE_HOST = "127.0.0.1"
 POLL_SECONDS = 0.1
-"""How often the caller looks at its ranks and its reporter's cancel and finish requests."""
+"""How often the caller looks at its ranks and its reporter's cancel, finish and pause
+requests."""
 LAST_WORDS_SECONDS = 1.0
 """How long the caller waits, once a rank ended badly, for what the others still say."""
 _PR_SET_PDEATHSIG = 1
-_STOP, _FINISH = 0, 1
+_STOP, _FINISH, _PAUSE = 0, 1, 2
 
 
 class RankLost(TransientError):
@@ -117,7 +118,8 @@ def run_recipe_on_ranks(
     in this one). ``threads``: torch threads for all ranks together (None: the CPUs).
 
     Returns rank 0's result; raises the first failing rank's error (``RankFailed``,
-    ``RunCancelled``, ``RankCrashed``) or ``RankLost``.
+    ``RunCancelled``, ``RankCrashed``) or ``RankLost``; ``RunPaused`` once every rank stopped
+    for a pause, rank 0 having saved the checkpoint of that step.
     """
     import torch
 
@@ -171,7 +173,7 @@ def run_recipe_on_ranks(
         keeps_checkpoints=on_checkpoint is not None,
     )
     context = torch.multiprocessing.get_context("spawn")
-    requests = context.RawArray("b", 2)  # no lock: a killed rank cannot leave one held
+    requests = context.RawArray("b", 3)  # no lock: a killed rank cannot leave one held
     pipes = [context.Pipe() for _ in range(processes)]
     ranks = [
         context.Process(
@@ -200,7 +202,8 @@ def run_recipe_on_ranks(
 @dataclass
 class _Outcome:
     kind: str
-    """result (rank 0's) | done (another rank's) | error | crash | peer_lost"""
+    """result (rank 0's) | done (another rank's) | paused (its step) | error | crash |
+    peer_lost"""
     detail: Any = None
 
 
@@ -228,6 +231,7 @@ class _Supervisor:
         while True:
             requests[_STOP] = int(self._reporter.should_stop())
             requests[_FINISH] = int(self._reporter.should_finish())
+            requests[_PAUSE] = int(self._reporter.should_pause())
             waiting: list[Connection | int] = [*self._pipes.values()]
             waiting += [rank.sentinel for rank in self._ranks]
             multiprocessing.connection.wait(waiting, timeout=POLL_SECONDS)
@@ -250,7 +254,7 @@ class _Supervisor:
     def _ended_badly(self, index: int, exitcode: int | None) -> bool:
         outcome = self._outcomes.get(index)
         if outcome is not None:
-            return outcome.kind not in ("result", "done")
+            return outcome.kind not in ("result", "done", "paused")
         return exitcode is not None  # exited without a word
 
     def _hear(self) -> None:
@@ -288,6 +292,8 @@ class _Supervisor:
             if outcome.kind == "crash":
                 raise RankCrashed(outcome.detail)
         main = self._outcomes.get(0)
+        if main is not None and main.kind == "paused":
+            raise RunPaused(main.detail)
         if len(self._outcomes) == len(self._ranks) and main is not None and main.kind == "result":
             result: RunResult = main.detail
             return result
@@ -349,6 +355,9 @@ class _ParentLink:
 
     def should_finish(self) -> bool:
         return bool(self._requests[_FINISH])
+
+    def should_pause(self) -> bool:
+        return bool(self._requests[_PAUSE])
 
     def keep_checkpoint(self, checkpoint: Path) -> None:
         """Hand a complete checkpoint to the caller; returns once it has it."""
@@ -412,6 +421,8 @@ def rank_main(rank: int, job: RankJob, pipe: Connection, requests: Any) -> None:
             data_parallel=parallel,
         )
         outcome = ("result", result) if result is not None else ("done", None)
+    except RunPaused as paused:
+        outcome = ("paused", paused.step)  # after rank 0 saved the checkpoint of that step
     except TuneryError as error:
         outcome = ("error", (error.as_dict(), error.transient))
     except Exception as error:
@@ -422,7 +433,7 @@ def rank_main(rank: int, job: RankJob, pipe: Connection, requests: Any) -> None:
             outcome = ("crash", f"rank {rank}: {type(error).__name__}: {error}")
     with contextlib.suppress(OSError):
         pipe.send(outcome)
-    finished = outcome[0] in ("result", "done")
+    finished = outcome[0] in ("result", "done", "paused")
     if finished:
         leave_world()
     sys.stdout.flush()

@@ -1,4 +1,4 @@
-"""How the pipeline talks to the world: events out, cancel and finish flags in.
+"""How the pipeline talks to the world: events out, cancel, finish and pause flags in.
 
 ``tunery train`` passes a terminal reporter, a worker passes one that posts to the control
 plane, tests pass ``RecordingReporter``. The pipeline never imports any of them.
@@ -41,6 +41,9 @@ class StepMetrics:
     trained_tokens: int
     training_seconds: float
     eta_seconds: float | None
+    accuracy: float | None = None
+    """Mean token accuracy: the share of the step's trained tokens the model predicted
+    exactly (greedy) before the update; None where the loss kernel keeps no logits."""
     # DPO runs only (``tunery.pipeline.preference``): means over the step's pairs.
     rewards_chosen: float | None = None
     """beta * (log p_policy - log p_reference) of the better answers."""
@@ -130,14 +133,19 @@ class Reporter(Protocol):
         """True once "Finish now" was requested: training ends after the current step and
         the run goes on to save, export and sample with what it learned."""
 
+    def should_pause(self) -> bool:
+        """True once a pause was requested: training saves a checkpoint after the current
+        step and stops (``RunPaused``); a later attempt resumes from that checkpoint."""
+
 
 @dataclass
 class RecordingReporter:
     """Keeps everything in memory; ``stop_after_step`` requests cancel after that step,
-    ``finish_after_step`` "Finish now"."""
+    ``finish_after_step`` "Finish now", ``pause_after_step`` a pause."""
 
     stop_after_step: int | None = None
     finish_after_step: int | None = None
+    pause_after_step: int | None = None
     phases: list[Phase] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)
     steps: list[StepMetrics] = field(default_factory=list)
@@ -164,6 +172,9 @@ class RecordingReporter:
 
     def should_finish(self) -> bool:
         return self._reached(self.finish_after_step)
+
+    def should_pause(self) -> bool:
+        return self._reached(self.pause_after_step)
 
     def _reached(self, step: int | None) -> bool:
         return step is not None and bool(self.steps) and self.steps[-1].step >= step

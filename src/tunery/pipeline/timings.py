@@ -54,6 +54,9 @@ class PhaseTimer:
     def should_finish(self) -> bool:
         return self._inner.should_finish()
 
+    def should_pause(self) -> bool:
+        return self._inner.should_pause()
+
     def timings(self) -> dict[str, float]:
         """Seconds per phase entered so far (the current one up to now), and the seconds of
         the evaluations (``EVALUATIONS``), which the training phase's include."""

@@ -14,7 +14,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from tunery.errors import RunCancelled
+from tunery.errors import RunCancelled, RunPaused
 from tunery.pipeline.budget import plan_budget, step_micro_batches
 from tunery.pipeline.card_fit import out_of_memory_fails, refuse_what_cannot_fit
 from tunery.pipeline.chat import Example, sequences
@@ -25,7 +25,7 @@ from tunery.pipeline.checkpoints import (
 )
 from tunery.pipeline.distributed import DataParallel
 from tunery.pipeline.divergence import DivergenceGuard
-from tunery.pipeline.packing import batch_loss_sum, pack
+from tunery.pipeline.packing import batch_loss_and_hits, pack
 from tunery.pipeline.reporting import EtaEstimator, Reporter, StepMetrics
 from tunery.pipeline.train_setup import TrainerState, TrainSetup
 
@@ -40,10 +40,12 @@ def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
     attention choice holds for the loop only. Evaluates as ``setup.evaluation`` plans and
     stops early when it says so; stops after the current step when
     ``reporter.should_finish()`` turns true. Raises RunCancelled (between steps) when
-    ``reporter.should_stop()`` turns true, TrainingDiverged when the loss diverges
-    (``tunery.pipeline.divergence``: the exception carries the best step's adapter) and
-    TrainingOutOfMemory before the first step when the run cannot fit its card, or when the
-    GPU runs out of memory anyway (``tunery.pipeline.card_fit``).
+    ``reporter.should_stop()`` turns true, RunPaused after the current step's checkpoint
+    when ``reporter.should_pause()`` does (a run resumed from it trains every step once),
+    TrainingDiverged when the loss diverges (``tunery.pipeline.divergence``: the exception
+    carries the best step's adapter) and TrainingOutOfMemory before the first step when the
+    run cannot fit its card, or when the GPU runs out of memory anyway
+    (``tunery.pipeline.card_fit``).
     """
     import torch
     from transformers import get_scheduler
@@ -135,12 +137,20 @@ def train(setup: TrainSetup, reporter: Reporter) -> TrainerState:
             # Evaluated before the checkpoint, so a resumed run never misses an evaluation.
             ends_here = parallel.agree(evaluate_or_finish(setup, kernels, state, budget, reporter))
             checkpoint_due = state.step % config.checkpoint_every_steps == 0
-            if checkpoint_due and state.step < budget.total_steps and parallel.world.is_main:
+            # A pause is agreed by every rank with the step's all-reduce, as Finish now is.
+            pausing = not ends_here and reporter.should_pause()
+            if (
+                (checkpoint_due or pausing)
+                and state.step < budget.total_steps
+                and parallel.world.is_main
+            ):
                 saved = save_checkpoint(setup, state, optimizer, scheduler, scaler)
                 if setup.on_checkpoint is not None:
                     setup.on_checkpoint(saved)
             if ends_here:
                 break
+            if pausing and state.step < budget.total_steps:
+                raise RunPaused(state.step)
     return state
 
 
@@ -170,7 +180,8 @@ def _objective_step(
     setup: TrainSetup, kernels: Kernels, micro_batches: list[list[Any]], scaler: Any
 ) -> tuple[float, int, dict[str, float]]:
     """One optimizer step's gradients by the run's objective: the step's loss, the real
-    tokens it processed, and the objective's own metrics (DPO's rewards; none for SFT).
+    tokens it processed, and the objective's own metrics (DPO's rewards; SFT's mean token
+    accuracy where the loss kernel keeps logits).
 
     A rank of a data-parallel run may get no examples (a short last micro-batch): it adds
     nothing, and names the same metrics as the others, for the all-reduce."""
@@ -181,30 +192,43 @@ def _objective_step(
             return 0.0, 0, PairScores(0.0, 0.0, 0.0, 0.0, 0.0, 0).step_metrics()
         return accumulate_preferences(setup, kernels, micro_batches, scaler)
     if not micro_batches:
-        return 0.0, 0, {}
-    return (*_accumulate_gradients(setup, kernels, micro_batches, scaler), {})
+        return 0.0, 0, {} if kernels.loss == "liger" else {"accuracy": 0.0}
+    loss, tokens, accuracy = _accumulate_gradients(setup, kernels, micro_batches, scaler)
+    return loss, tokens, {} if accuracy is None else {"accuracy": accuracy}
 
 
 def _accumulate_gradients(
     setup: TrainSetup, kernels: Kernels, micro_batches: list[list[Example]], scaler: Any
-) -> tuple[float, int]:
+) -> tuple[float, int, float | None]:
     """Forward and backward over one optimizer step's micro-batches.
 
     Returns the step's loss (per trained token of the whole step, so accumulation does not
-    change the objective) and the real tokens it processed.
+    change the objective), the real tokens it processed, and its mean token accuracy (the
+    share of trained tokens predicted exactly before the update; None where the loss keeps
+    no logits).
     """
     import torch
 
     autocast = setup.precision.autocast
     step_targets = sum(example.trained_tokens for batch in micro_batches for example in batch)
     losses = []
+    hits: list[torch.Tensor] = []
+    counted = True
     real_tokens = 0
     for micro_batch in micro_batches:
         packed = pack(micro_batch, setup.pad_id, setup.device, kernels.attention)
         with torch.autocast(setup.device.type, dtype=autocast, enabled=autocast is not None):
-            loss = batch_loss_sum(setup.model, packed, kernels.loss) / step_targets
+            loss, correct = batch_loss_and_hits(setup.model, packed, kernels.loss)
+            loss = loss / step_targets
         scaler.scale(loss).backward()
-        losses.append(loss.detach())
+        losses.append(loss.detach().float())
+        if correct is None:
+            counted = False
+        else:
+            hits.append(correct.float())
         real_tokens += packed.real_tokens
     # One device sync per step, not per micro-batch.
-    return torch.stack(losses).sum().item(), real_tokens
+    correct = torch.stack(hits).sum() if hits else torch.zeros((), device=setup.device)
+    loss_total, correct_total = torch.stack([torch.stack(losses).sum(), correct]).tolist()
+    accuracy = correct_total / step_targets if counted and step_targets else None
+    return loss_total, real_tokens, accuracy

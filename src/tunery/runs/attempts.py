@@ -3,8 +3,9 @@
 A worker knows only its attempt id and fencing token (stored hashed). It asks for its spec
 (``tunery.runs.transfers`` serves its datasets and takes its bundles), then posts
 batches of reports (``tunery.wire.reports``); each batch renews its lease and answers
-whether the owner asked to cancel or to finish now. Writes from an attempt that no longer
-owns its run (cancelled, or declared lost and replaced) are refused with StaleAttempt.
+whether the owner asked to cancel, to finish now or to pause (``runs.pause``). Writes from
+an attempt that no longer owns its run (cancelled, or declared lost and replaced) are
+refused with StaleAttempt.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tunery.db import Attempt, Dataset, Run, now
@@ -34,6 +35,7 @@ from tunery.wire.reports import (
     HistoryReport,
     LogReport,
     MetricsReport,
+    PausedReport,
     PhaseReport,
     ReportAck,
     ReportBatch,
@@ -99,6 +101,7 @@ def attempt_spec(plane: ControlPlane, *, attempt_id: str, token: str) -> Attempt
             threads=node.threads if node is not None else None,
             devices=tier.devices if tier is not None else 1,
             estimate=run.estimate,
+            wandb=plane.settings.wandb.access() if run.config.get("integrations") else None,
         )
 
 
@@ -114,7 +117,11 @@ def report(plane: ControlPlane, *, attempt_id: str, token: str, batch: ReportBat
         store.renew_lease(attempt, at + plane.settings.lease_seconds)
         for item in batch.events:
             _apply(plane, session, attempt, run, item, at)
-        answer = ReportAck(cancel=run.cancel_requested, finish=run.finish_requested)
+        answer = ReportAck(
+            cancel=run.cancel_requested,
+            finish=run.finish_requested,
+            pause=run.pause_requested,
+        )
     plane.notifier.notify()
     return answer
 
@@ -145,6 +152,8 @@ def _apply(
             )
         case ResultReport():
             _on_result(plane, session, attempt, run, item.data, at)
+        case PausedReport():
+            _on_paused(plane, session, attempt, run, item.data.step, at)
         case FailureReport():
             store.end_attempt(session, attempt, at, "failed")
             error = item.data.model_dump(include={"code", "message", "hint"})
@@ -248,6 +257,32 @@ def _keep_run_json(
     partial.replace(path)
 
 
+def _on_paused(
+    plane: ControlPlane, session: Session, attempt: Attempt, run: Run, step: int, at: float
+) -> None:
+    """The worker saved the checkpoint at ``step`` and stops: the attempt ends (its node is
+    free, its billed time stops) and the run is ``paused`` until resumed."""
+    store.end_attempt(session, attempt, at, store.PAUSED_END)
+    store.move(
+        session,
+        run.id,
+        expected=RunStatus(run.status),
+        to=RunStatus.PAUSED,
+        phase=Phase.PAUSED,
+        pause_requested=False,
+    )
+    store.append_event(
+        session,
+        run.id,
+        EventKind.LOG,
+        {
+            "message": f"paused after step {step}: its checkpoint is saved, its node is free "
+            "and nothing is charged until it resumes"
+        },
+    )
+    plane.wake_scheduler.set()
+
+
 def _hub_failure(failure: TuneryError | OSError) -> dict[str, Any]:
     reason = failure.message if isinstance(failure, TuneryError) else str(failure)
     hint = failure.hint if isinstance(failure, TuneryError) else ""
@@ -269,9 +304,29 @@ def retry_or_fail(
     transient: bool,
     at: float,
 ) -> None:
-    """After an attempt ended badly: back off and retry while the budget lasts, else fail."""
+    """After an attempt ended badly: back off and retry while the budget lasts, else fail.
+
+    The budget counts attempts that ended badly, not those a pause ended. A run whose pause
+    was asked is ``paused`` instead of retried: resuming it goes on from its newest
+    checkpoint as a retry would.
+    """
     current = RunStatus(run.status)
-    if transient and run.attempt < plane.settings.max_attempts:
+    spent = session.scalar(
+        select(func.count())
+        .select_from(Attempt)
+        .where(Attempt.run_id == run.id, Attempt.end_reason != store.PAUSED_END)
+    )
+    if transient and run.pause_requested:
+        store.move(
+            session,
+            run.id,
+            expected=current,
+            to=RunStatus.PAUSED,
+            phase=Phase.PAUSED,
+            pause_requested=False,
+            error=error,
+        )
+    elif transient and (spent or 0) < plane.settings.max_attempts:
         delay = plane.settings.retry_backoff_seconds * 2 ** (run.attempt - 1)
         store.move(
             session,
@@ -284,6 +339,6 @@ def retry_or_fail(
         )
     else:
         if transient:
-            error = {**error, "message": f"{error['message']} (after {run.attempt} attempts)"}
+            error = {**error, "message": f"{error['message']} (after {spent} attempts)"}
         finish(plane, session, run, to=RunStatus.FAILED, phase=Phase.DONE, at=at, error=error)
     plane.wake_scheduler.set()

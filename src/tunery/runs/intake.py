@@ -1,8 +1,9 @@
 """The one intake of a submission: where a run is validated, planned, estimated and created.
 
 Every caller that makes a run goes through here — ``POST /api/v1/runs``, ``POST
-/api/v1/runs/estimate``, ``/v1/fine_tuning/jobs`` and the demo seeding — so there is one
-answer to "where is a submission validated": ``check_submission``. It parses the payload
+/api/v1/runs/estimate``, ``/v1/fine_tuning/jobs`` and the demo seeding — and so does a
+paused run that resumes (``requeue_paused``), so there is one answer to "where is a
+submission validated": ``check_submission``. It parses the payload
 once and reports every problem at once (ConfigError, HTTP 422): the recipe's schema, then
 the checks against this server (datasets the account owns, attestations, a tier the backend
 serves, a base model the server may load — a Hugging Face model it has or can download —,
@@ -26,6 +27,7 @@ counts (``pipeline.card_fit``).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 from collections.abc import Callable
@@ -42,6 +44,7 @@ from tunery.db import Dataset, FineTuningJob, Run, now
 from tunery.errors import ConfigError, FieldProblem, TuneryError, UnacceptedWarnings
 from tunery.event_kinds import EventKind
 from tunery.lifecycle import RunStatus
+from tunery.phases import Phase
 from tunery.pipeline.config import (
     AUTO_VALIDATION_RULE,
     MAX_DATASETS_PER_RUN,
@@ -52,9 +55,9 @@ from tunery.pipeline.divergence import unusual_settings
 from tunery.pipeline.holdout import plan_holdout
 from tunery.pipeline.load import hub_model_problem, parse_model_reference
 from tunery.pipeline.memory import MemoryEstimate
-from tunery.runs import billing, calibration, estimate, fit, store
+from tunery.runs import billing, calibration, estimate, fit, queries, store
 from tunery.runs.data_shape import DataShape, stored_shape
-from tunery.runs.plane import ControlPlane, TooManyQueued
+from tunery.runs.plane import Conflict, ControlPlane, TooManyQueued
 from tunery.tiers import TierSettings
 from tunery.wire.rest import Problem, RunEstimate
 
@@ -165,6 +168,7 @@ def check_submission(
         problems += _credit_problems(session, account_id, tier)
     if recipe is not None:
         problems += _validation_data_problems(session, account_id, recipe)
+        problems += _integration_problems(plane, recipe)
         if local_model is not None:
             recipe = recipe.model_copy(update={"base_model": local_model})
     memory: MemoryEstimate | None = None
@@ -296,6 +300,51 @@ def submit_run(
             )
     plane.changed()
     return run
+
+
+def requeue_paused(plane: ControlPlane, *, account_id: str, run_id: str) -> None:
+    """Queue a paused run again, admitted as a submission is: its stored recipe checked
+    against this server once more (its datasets still kept, its tier served, its base model,
+    credits for the first minute, validation data, W&B, the memory plan) and the account's
+    queue cap, under the write lock; its next attempt resumes from its checkpoint.
+
+    Raises NotFound; Conflict when the run is not paused; ConfigError with every problem
+    (the run stays paused, nothing lost); TooManyQueued past the cap.
+    """
+    with plane.sessions() as session:
+        config = queries.get_run(session, account_id, run_id).config
+    shapes = read_shapes(plane, account_id, config)
+    hub_problem = hub_check(plane, config)
+    with plane.exclusive() as session:
+        run = queries.get_run(session, account_id, run_id)
+        if run.status != RunStatus.PAUSED:
+            raise Conflict(f"run {run_id} is {run.status}, not paused; nothing to resume")
+        # Unusual settings were warned about, and accepted, when the run was submitted.
+        check_submission(
+            plane,
+            session,
+            account_id,
+            run.config,
+            shapes=shapes,
+            hub_problem=hub_problem,
+            accept_warnings=True,
+        )
+        _within_queue_cap(plane, session, account_id)
+        store.move(
+            session,
+            run.id,
+            expected=RunStatus.PAUSED,
+            to=RunStatus.QUEUED,
+            phase=Phase.QUEUED,
+            pause_requested=False,
+        )
+        store.append_event(
+            session,
+            run.id,
+            EventKind.LOG,
+            {"message": "resumed: queued again; it continues from its checkpoint"},
+        )
+    plane.changed()
 
 
 def estimate_submission(
@@ -609,3 +658,26 @@ def _within_queue_cap(plane: ControlPlane, session: Session, account_id: str) ->
             f"the account already has {queued} queued runs, the most this server allows",
             hint="wait for some to start, or cancel some (setting max_queued_runs_per_account)",
         )
+
+
+def _integration_problems(plane: ControlPlane, recipe: RunRecipe) -> list[FieldProblem]:
+    """W&B only where the server has it configured (a key, or offline mode) and installed."""
+    if not recipe.integrations:
+        return []
+    if plane.settings.wandb.access() is None:
+        return [
+            FieldProblem(
+                "integrations.0.type",
+                "W&B is not configured on this server: its admin sets WANDB_API_KEY for the "
+                "server (or wandb.api_key in tunery.yaml), or wandb.mode: offline",
+            )
+        ]
+    if importlib.util.find_spec("wandb") is None:
+        return [
+            FieldProblem(
+                "integrations.0.type",
+                "W&B is configured but the wandb package is not installed on this server "
+                "(pip install 'tunery[wandb]')",
+            )
+        ]
+    return []

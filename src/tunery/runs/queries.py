@@ -214,6 +214,7 @@ def run_view(
         queue_position=queue_position,
         cancel_requested=run.cancel_requested,
         finish_requested=run.finish_requested,
+        pause_requested=run.pause_requested,
         evaluation=(run.summary or {}).get("evaluation") or run.evaluation,
         estimate=run.estimate,
         estimate_check=estimate.check(

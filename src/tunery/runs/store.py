@@ -31,6 +31,9 @@ from tunery.lifecycle import RunStatus, can_move
 from tunery.phases import Phase
 from tunery.runs.redact import redact_error
 
+PAUSED_END = "paused"
+"""The end reason of an attempt a pause ended (it does not count against retries)."""
+
 
 class TransitionConflict(Exception):
     """The run was not in any of the expected states."""

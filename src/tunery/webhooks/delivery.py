@@ -1,11 +1,12 @@
-"""Deliveries: recorded for every run that ends, and sent, each account on a lane of its own.
+"""Deliveries: recorded for every run that ends, pauses or resumes, and sent, each account
+on a lane of its own.
 
 ``Dispatcher`` runs one thread with an asyncio loop. After every commit (and each second) it
-records a pending delivery per subscribed endpoint for each newly terminal run, then hands
-each account's due deliveries to that account's lane: a task that sends them one after
-another. Lanes run side by side (at most ``MAX_IN_FLIGHT`` requests at once, taken in turn),
-so an account whose endpoint answers slowly, or never, holds its own lane and delays no
-other account's deliveries.
+records a pending delivery per subscribed endpoint for each run that ended, paused or
+resumed, then hands each account's due deliveries to that account's lane: a task that sends
+them one after another. Lanes run side by side (at most ``MAX_IN_FLIGHT`` requests at once,
+taken in turn), so an account whose endpoint answers slowly, or never, holds its own lane
+and delays no other account's deliveries.
 
 Every attempt has one deadline for all of it (``ATTEMPT_SECONDS``: resolving the host,
 connecting, sending and reading the answer's status line), and reads at most
@@ -31,10 +32,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tunery.db import Run, RunEvent, WebhookDelivery, WebhookEndpoint, new_id, now
+from tunery.event_kinds import EventKind
+from tunery.lifecycle import RunStatus
 from tunery.runs.plane import ControlPlane
 from tunery.webhooks import destinations
 from tunery.webhooks.signing import signed_headers
-from tunery.wire.webhooks import EVENT_TYPES, DeliveryStatus, WebhookEvent
+from tunery.wire.webhooks import EVENT_TYPES, RESUMED, DeliveryStatus, WebhookEvent
 
 logger = logging.getLogger(__name__)
 RETRY_DELAYS = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0)
@@ -46,6 +49,25 @@ ANSWER_BYTES = 512
 MAX_IN_FLIGHT = 32
 """Requests under way at once, over all accounts (each account has one at a time)."""
 DUE_PER_PASS = 1000
+
+
+def event_type(session: Session, event: RunEvent) -> str | None:
+    """The webhook event a status event announces, if any."""
+    status = event.data.get("status", "")
+    if status != RunStatus.QUEUED:
+        # RunStatus is a StrEnum: the stored string finds its member's entry.
+        return EVENT_TYPES.get(status)
+    # Only a run's first status is queued when it is created; queued again, it resumed.
+    earlier = session.scalar(
+        select(func.count())
+        .select_from(RunEvent)
+        .where(
+            RunEvent.run_id == event.run_id,
+            RunEvent.kind == EventKind.STATUS,
+            RunEvent.id < event.id,
+        )
+    )
+    return RESUMED if earlier else None
 
 
 @dataclass(frozen=True)
@@ -169,19 +191,19 @@ class Dispatcher:
     # Recording -----------------------------------------------------------------------
 
     def record_new(self) -> None:
-        """A pending delivery per subscribed endpoint for each terminal status event past
-        the watermark (endpoints see only events after they were registered)."""
+        """A pending delivery per subscribed endpoint for each status event that announces
+        something (``event_type``) past the watermark (endpoints see only events after they
+        were registered)."""
         with self.plane.sessions.begin() as session:
             rows = session.execute(
                 select(RunEvent, Run.account_id)
                 .join(Run, Run.id == RunEvent.run_id)
-                .where(RunEvent.id > self._watermark, RunEvent.kind == "status")
+                .where(RunEvent.id > self._watermark, RunEvent.kind == EventKind.STATUS)
                 .order_by(RunEvent.id)
             ).all()
             for event, account_id in rows:
                 self._watermark = max(self._watermark, event.id)
-                # RunStatus is a StrEnum: the stored string finds its member's entry.
-                kind = EVENT_TYPES.get(event.data.get("status", ""))
+                kind = event_type(session, event)
                 if kind is not None:
                     self._record(session, event, account_id, kind)
 

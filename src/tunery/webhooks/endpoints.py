@@ -16,7 +16,7 @@ from tunery.webhooks import destinations
 from tunery.webhooks.signing import new_secret, secret_key
 from tunery.wire.timefmt import iso
 from tunery.wire.webhooks import (
-    EVENT_TYPES,
+    ALL_EVENT_TYPES,
     TEST_EVENT_TYPE,
     DeliveryPublic,
     DeliveryStatus,
@@ -60,7 +60,7 @@ def add_endpoint(
         secret_key(secret)
     except ValueError as error:
         raise ConfigError.single("secret", str(error)) from None
-    known = sorted(EVENT_TYPES.values())
+    known = ALL_EVENT_TYPES
     types = event_types or known
     unknown = [kind for kind in types if kind not in known]
     if unknown:

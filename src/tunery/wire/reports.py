@@ -1,6 +1,6 @@
 """Worker → server reports: what a worker posts to ``/internal/attempts/{id}/events``.
 
-One model per ``kind`` (phase, metrics, log, history, result, failure), joined as a union
+One model per ``kind`` (phase, metrics, log, history, result, paused, failure), joined as a union
 discriminated on ``kind``. The worker's reporter builds them and the server parses them with
 the same classes, so the two sides cannot drift. A batch is ``{"events": [report, ...]}``;
 an empty batch is a heartbeat. Non-finite floats (NaN, ±inf) become ``null``: JSON has no
@@ -64,6 +64,7 @@ class StepData(BaseModel):
     epoch: Finite = None
     epochs: Count | None = None
     loss: Finite = None
+    accuracy: Finite = None
     learning_rate: Finite = None
     grad_norm: Finite = None
     tokens_per_second: Finite = None
@@ -142,6 +143,11 @@ class ResultData(BaseModel):
     metrics: dict[str, Any] | None = None
 
 
+class PausedData(BaseModel):
+    step: int = Field(ge=0)
+    """The step whose checkpoint was saved before the worker stopped."""
+
+
 class FailureData(ErrorData):
     message: WorkerText
     hint: WorkerText = ""
@@ -190,6 +196,13 @@ class ResultReport(BaseModel):
     data: ResultData
 
 
+class PausedReport(BaseModel):
+    """Training stopped at its owner's request, its checkpoint saved; the worker exits."""
+
+    kind: Literal["paused"] = "paused"
+    data: PausedData
+
+
 class FailureReport(BaseModel):
     """The recipe raised; ``transient`` failures are retried."""
 
@@ -204,11 +217,21 @@ AnyReport = (
     | LogReport
     | HistoryReport
     | ResultReport
+    | PausedReport
     | FailureReport
 )
 Report = Annotated[AnyReport, Field(discriminator="kind")]
 """One report; ``kind`` says which."""
-REPORT_KINDS = ("phase", "metrics", "evaluation", "log", "history", "result", "failure")
+REPORT_KINDS = (
+    "phase",
+    "metrics",
+    "evaluation",
+    "log",
+    "history",
+    "result",
+    "paused",
+    "failure",
+)
 
 
 class ReportBatch(BaseModel):
@@ -216,11 +239,13 @@ class ReportBatch(BaseModel):
 
 
 class ReportAck(BaseModel):
-    """The server's answer to a batch: whether the owner asked to cancel the run, or to
-    finish it now (stop training at the next step, then save, export and sample)."""
+    """The server's answer to a batch: whether the owner asked to cancel the run, to finish
+    it now (stop training at the next step, then save, export and sample), or to pause it
+    (save a checkpoint after the current step and stop)."""
 
     cancel: bool
     finish: bool = False
+    pause: bool = False
 
 
 class DatasetRef(BaseModel):
@@ -259,6 +284,9 @@ class AttemptSpec(BaseModel):
     devices: int = Field(1, ge=1, le=MAX_DEVICES_PER_ATTEMPT)
     estimate: dict[str, Any] | None = None
     """The run's estimate (``wire.rest.RunEstimate``), for its ``run.json``."""
+    wandb: dict[str, str] | None = None
+    """For a run with a W&B integration: the server's W&B key, mode, URL and folder
+    (``WandbServerSettings.access``), set in the worker's own environment, never argv."""
 
 
 def encode(report: AnyReport) -> str:

@@ -224,6 +224,8 @@ class RunPublic(BaseModel):
     cancel_requested: bool
     finish_requested: bool = False
     """"Finish now" was asked: training stops at the next step, then saves and exports."""
+    pause_requested: bool = False
+    """A pause was asked: training saves a checkpoint after its current step and stops."""
     evaluation: RunOutcome | None = None
     """The latest and best evaluation; None for a run without validation data (so far)."""
     estimate: RunEstimate | None = None
@@ -343,6 +345,10 @@ class StatusInfo(BaseModel):
     """The run object carries its last attempt's ``error``."""
     outcome: Literal["succeeded", "failed", "cancelled"] | None
     """What a terminal state means for the owner; None while the run is not finished."""
+    pausable: bool = False
+    """"Pause" is accepted."""
+    resumable: bool = False
+    """"Resume" is accepted."""
 
 
 class PhaseInfo(BaseModel):

@@ -19,8 +19,12 @@ EVENT_TYPES: dict[RunStatus, str] = {
     RunStatus.COMPLETED: "fine_tuning.job.succeeded",
     RunStatus.FAILED: "fine_tuning.job.failed",
     RunStatus.CANCELLED: "fine_tuning.job.cancelled",
+    RunStatus.PAUSED: "fine_tuning.job.paused",
 }
-"""The event each terminal status announces."""
+"""The event each status announces; a run ``queued`` again (resumed) announces ``RESUMED``."""
+RESUMED = "fine_tuning.job.resumed"
+ALL_EVENT_TYPES = sorted({*EVENT_TYPES.values(), RESUMED})
+"""The run events an endpoint may subscribe to."""
 TEST_EVENT_TYPE = "tunery.webhook.test"
 """A test event an account sends to one of its endpoints on request
 (``POST /api/v1/webhooks/{id}/test``); its ``data`` is ``{"endpoint_id": ID}``."""
@@ -52,7 +56,7 @@ class EndpointCreate(BaseModel):
     """Checked by the server (``webhooks.destinations``), every problem named."""
     secret: str | None = None
     """``whsec_<base64>``; one is generated when omitted."""
-    event_types: list[str] | None = Field(None, max_length=len(EVENT_TYPES))
+    event_types: list[str] | None = Field(None, max_length=len(ALL_EVENT_TYPES))
     """Default: every fine_tuning.job.* event."""
 
 

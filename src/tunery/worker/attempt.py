@@ -15,6 +15,7 @@ the local pool, a shared path for a cluster), else through the server
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 import traceback
@@ -24,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from tunery.environment import environment
-from tunery.errors import RunCancelled, TuneryError
+from tunery.errors import RunCancelled, RunPaused, TuneryError
 from tunery.phases import Phase
 from tunery.pipeline.card_fit import TrainingOutOfMemory
 from tunery.wire.reports import (
@@ -33,6 +34,8 @@ from tunery.wire.reports import (
     AnyReport,
     FailureData,
     FailureReport,
+    PausedData,
+    PausedReport,
     ResultData,
     ResultReport,
 )
@@ -90,6 +93,7 @@ def run_attempt(
     # After the first heartbeat: importing torch takes seconds.
     from tunery.pipeline.config import parse_recipe
     from tunery.pipeline.ranks import run_recipe_on_ranks
+    from tunery.pipeline.wandb_log import with_wandb
 
     final: AnyReport
     with tempfile.TemporaryDirectory(prefix=f"tunery-{attempt_id}-") as scratch:
@@ -109,19 +113,32 @@ def run_attempt(
                 checkpoint_dir = checkpoint_root / spec.run_id / "checkpoints"
                 base_cache_dir = checkpoint_root / BASE_ANSWERS_CACHE
                 keep_checkpoint = None
-            result = run_recipe_on_ranks(
-                parse_recipe(spec.recipe),
-                Path(scratch) / "out",
-                reporter,
-                processes=spec.devices,
-                threads=spec.threads or environment().torch_threads,
-                dataset_paths=paths,
-                validation_paths=held_out,
-                checkpoint_dir=checkpoint_dir,
-                base_cache_dir=base_cache_dir,
-                on_checkpoint=keep_checkpoint,
-                estimate=spec.estimate,
-            )
+            recipe = parse_recipe(spec.recipe)
+            logged = None
+            if spec.wandb:
+                # The server's W&B access, for this process only (never its command line).
+                os.environ.update(
+                    {f"WANDB_{key.upper()}": value for key, value in spec.wandb.items()}
+                )
+                folder = Path(spec.wandb.get("dir") or Path(scratch) / "wandb")
+                logged = with_wandb(recipe, reporter, run_id=spec.run_id, folder=folder)
+            try:
+                result = run_recipe_on_ranks(
+                    recipe,
+                    Path(scratch) / "out",
+                    logged or reporter,
+                    processes=spec.devices,
+                    threads=spec.threads or environment().torch_threads,
+                    dataset_paths=paths,
+                    validation_paths=held_out,
+                    checkpoint_dir=checkpoint_dir,
+                    base_cache_dir=base_cache_dir,
+                    on_checkpoint=keep_checkpoint,
+                    estimate=spec.estimate,
+                )
+            finally:
+                if logged is not None:
+                    logged.close()
             uploading = time.monotonic()
             upload_bundle(client, attempt_id, "lora", result.lora_bundle)
             if result.gguf_bundle is not None:
@@ -131,6 +148,8 @@ def run_attempt(
             final = ResultReport(data=ResultData.model_validate(result.summary))
         except (RunCancelled, Fenced):
             return 0  # the control plane already moved the run; nothing more to say
+        except RunPaused as paused:
+            final = PausedReport(data=PausedData(step=paused.step))
         except TuneryError as error:
             final = FailureReport(data=FailureData(**error.as_dict(), transient=error.transient))
         except Exception as error:

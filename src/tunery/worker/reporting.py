@@ -1,4 +1,5 @@
-"""The worker's reporter: reports to the control plane over HTTP, cancel and finish back.
+"""The worker's reporter: reports to the control plane over HTTP; cancel, finish and pause
+back.
 
 Training never waits on the network: each report (``tunery.wire.reports``) is encoded to
 JSON in the caller's thread and queued; a background thread sends them in batches (an
@@ -61,6 +62,7 @@ class HttpReporter:
         self._lock = threading.Lock()
         self._stop_requested = threading.Event()
         self._finish_requested = threading.Event()
+        self._pause_requested = threading.Event()
         self._closed = threading.Event()
         self.fenced = False
         # Events taken off the queue but not yet delivered; finish() sends them first.
@@ -99,6 +101,9 @@ class HttpReporter:
 
     def should_finish(self) -> bool:
         return self._finish_requested.is_set()
+
+    def should_pause(self) -> bool:
+        return self._pause_requested.is_set()
 
     # Delivery ----------------------------------------------------------------------
 
@@ -199,4 +204,6 @@ class HttpReporter:
             self._stop_requested.set()
         if answer.get("finish"):
             self._finish_requested.set()
+        if answer.get("pause"):
+            self._pause_requested.set()
         return True

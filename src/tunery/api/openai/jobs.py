@@ -1,4 +1,5 @@
-"""``/v1/fine_tuning/jobs``: create, list, retrieve, cancel, events, checkpoints."""
+"""``/v1/fine_tuning/jobs``: create, list, retrieve, cancel, pause, resume, events,
+checkpoints."""
 
 from __future__ import annotations
 
@@ -66,6 +67,19 @@ def retrieve_job(plane: PlaneDep, account: OpenAIAccount, job_id: str) -> FineTu
 @router.post("/{job_id}/cancel", response_model=FineTuningJob)
 def cancel_job(plane: PlaneDep, account: OpenAIAccount, job_id: str) -> FineTuningJob:
     return jobs.cancel_job(plane, account.id, job_id)
+
+
+@router.post("/{job_id}/pause", response_model=FineTuningJob)
+def pause_job(plane: PlaneDep, account: OpenAIAccount, job_id: str) -> FineTuningJob:
+    """Pause: the run saves a checkpoint after its current step, frees its node and stops
+    billing; ``paused`` once it did."""
+    return jobs.pause_job(plane, account.id, job_id)
+
+
+@router.post("/{job_id}/resume", response_model=FineTuningJob)
+def resume_job(plane: PlaneDep, account: OpenAIAccount, job_id: str) -> FineTuningJob:
+    """Queue a paused job again; it continues from its checkpoint."""
+    return jobs.resume_job(plane, account.id, job_id)
 
 
 @router.get("/{job_id}/events", response_model=Page[JobEvent])

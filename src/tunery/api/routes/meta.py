@@ -10,6 +10,8 @@ from tunery.lifecycle import (
     ACTIVE,
     FINISHABLE,
     OUTCOMES,
+    PAUSABLE,
+    RESUMABLE,
     SHOWS_ERROR,
     STATUS_DISPLAY,
     TERMINAL,
@@ -48,6 +50,8 @@ def meta() -> Meta:
                 finishable=status in FINISHABLE,
                 shows_error=status in SHOWS_ERROR,
                 outcome=OUTCOMES.get(status),
+                pausable=status in PAUSABLE,
+                resumable=status in RESUMABLE,
             )
             for status, display in STATUS_DISPLAY.items()
         ],

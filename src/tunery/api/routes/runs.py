@@ -1,4 +1,5 @@
-"""Runs: submit, list, inspect, cancel, delete, their history and live event streams."""
+"""Runs: submit, list, inspect, cancel, pause, resume, delete, their history and live event
+streams."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from tunery.api.streams import (
     cursor,
     run_stream,
 )
-from tunery.runs import annotations, finish, history, intake, queries, settle
+from tunery.runs import annotations, finish, history, intake, pause, queries, settle
 from tunery.wire.rest import RunEstimate, RunPublic, StepRow
 
 router = APIRouter(tags=["runs"])
@@ -73,6 +74,22 @@ def get_run(plane: PlaneDep, account: AccountDep, run_id: str) -> RunPublic:
 def cancel_run(plane: PlaneDep, account: AccountDep, run_id: str) -> RunPublic:
     """Cancel; idempotent; 409 once the run completed or failed."""
     settle.cancel_run(plane, account_id=account.id, run_id=run_id)
+    return queries.view_run(plane, account.id, run_id)
+
+
+@router.post("/runs/{run_id}/pause", response_model=RunPublic)
+def pause_run(plane: PlaneDep, account: AccountDep, run_id: str) -> RunPublic:
+    """Pause: at once for a run that holds no node, else after the current step's checkpoint
+    (``pause_requested``); idempotent. 409 once the run is finished."""
+    pause.pause_run(plane, account_id=account.id, run_id=run_id)
+    return queries.view_run(plane, account.id, run_id)
+
+
+@router.post("/runs/{run_id}/resume", response_model=RunPublic)
+def resume_run(plane: PlaneDep, account: AccountDep, run_id: str) -> RunPublic:
+    """Queue a paused run again (it continues from its checkpoint), or withdraw a pause not
+    yet taken. 409 for a run that is not paused."""
+    pause.resume_run(plane, account_id=account.id, run_id=run_id)
     return queries.view_run(plane, account.id, run_id)
 
 

@@ -14,7 +14,8 @@ import { LossChart } from "./loss-chart.js";
 import { sampleCards } from "./samples.js";
 import { forgetRun, receiveRun, state } from "./state.js";
 import {
-  canCancel, canFinish, isTerminal, outcome, phaseDescription, showsError, statusLabel,
+  canCancel, canFinish, canPause, canResume, isTerminal, outcome, phaseDescription, showsError,
+  statusLabel,
 } from "./vocabulary.js";
 
 const missing = (value) => value === null || value === undefined;
@@ -274,7 +275,10 @@ export class RunPanel {
     const terminal = isTerminal(run.status);
     const finishable = canFinish(run.status) && !run.finish_requested;
     const cancellable = canCancel(run.status);
-    const key = `${terminal}-${run.cancel_requested}-${finishable}-${cancellable}`;
+    const pausable = canPause(run.status) && !run.pause_requested;
+    const resumable = canResume(run.status);
+    const key = [terminal, run.cancel_requested, finishable, cancellable, pausable, resumable]
+      .join("-");
     // Redrawing the button under the pointer or the keyboard would lose the click or focus.
     if (this.actionsKey === key) return;
     this.actionsKey = key;
@@ -282,6 +286,8 @@ export class RunPanel {
       h("button", { type: "button", class: className, onclick: action }, label);
     fill(this.actions,
       finishable ? button("Finish now", "primary", () => finishRun(run.id)) : null,
+      pausable ? button("Pause", "", () => pauseOrResume(run.id, "pause")) : null,
+      resumable ? button("Resume", "primary", () => pauseOrResume(run.id, "resume")) : null,
       cancellable ? button("Cancel run", "danger", () => cancelRun(run.id)) : null,
       terminal ? button("Rerun with changes", "", () => rerun(run.id)) : null,
       terminal ? button("Delete run record", "danger-outline", () => deleteRun(run.id)) : null);
@@ -365,6 +371,14 @@ function outcomeNote(run) {
   if (run.finish_requested && !isTerminal(run.status)) {
     return "Finishing: training stops after this step; the adapter is then saved, exported "
       + "and sampled.";
+  }
+  if (run.pause_requested && !isTerminal(run.status)) {
+    return "Pausing: training saves a checkpoint after this step and stops; nothing is billed "
+      + "while it is paused.";
+  }
+  if (run.status === "paused") {
+    return "Paused: its checkpoint is saved, its GPU released and nothing is billed; Resume "
+      + "queues it again and it continues from that checkpoint.";
   }
   if (run.kept && outcome(run.status) === "failed") {
     return `The loss diverged: the adapter of step ${run.kept.step}, the best before the `
@@ -459,6 +473,15 @@ async function finishRun(id) {
     receiveRun(await api(`/runs/${id}/finish`, { method: "POST" }));
   } catch (error) {
     reportError(error, "Finishing the run");
+  }
+}
+
+/** Pause (reversible, so not confirmed) or resume a run. */
+async function pauseOrResume(id, action) {
+  try {
+    receiveRun(await api(`/runs/${id}/${action}`, { method: "POST" }));
+  } catch (error) {
+    reportError(error, action === "pause" ? "Pausing the run" : "Resuming the run");
   }
 }
 

@@ -68,6 +68,10 @@ export const outcome = (status) => info(status).outcome ?? null;
 /** The statuses in lifecycle order, for filters: [{id, label}]. */
 export const allStatuses = () => [...statuses.values()].map(({ id, label }) => ({ id, label }));
 
+/** Whether Pause (queued, waiting, training, retrying) / Resume (paused) apply. */
+export const canPause = (status) => info(status).pausable === true;
+export const canResume = (status) => info(status).resumable === true;
+
 /** "running gradient steps"; an undescribed phase reads as its id. */
 export const phaseDescription = (phase) => phases.get(phase) ?? phase;
 

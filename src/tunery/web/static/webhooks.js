@@ -17,7 +17,8 @@ export async function renderWebhooks() {
     const [endpoints, deliveries] = await Promise.all([
       api("/webhooks"), api("/webhooks/deliveries")]);
     fill(box,
-      h("p", { class: "muted" }, "Job events (fine_tuning.job.succeeded, failed, cancelled) "
+      h("p", { class: "muted" }, "Job events (fine_tuning.job.succeeded, failed, cancelled, "
+        + "paused, resumed) "
         + "are posted to these URLs, signed as OpenAI signs them (Standard Webhooks)."),
       endpoints.length
         ? h("ul", { class: "endpoint-list" }, endpoints.map(endpointRow))
