@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 import yaml
+from plane_studio import Studio
 
 from tunery.backends.base import Handle
 from tunery.backends.fake import FakeBackend
@@ -618,3 +619,12 @@ def in_process_cli(
         return result
 
     return run
+
+
+def add_account_in(studio: Studio, name: str = "other", *, credits: float = 100.0) -> Studio:
+    """A second account of the in-process app, granted ``credits``, as a Studio of its own."""
+    from tunery.runs.accounts import create_account, grant_credits
+
+    account_id, token = create_account(studio.plane, name=name)
+    grant_credits(studio.plane, account_id=account_id, amount=credits, note="")
+    return Studio(studio.http, studio.plane, token)

@@ -85,14 +85,64 @@ def test_the_deprecated_hyperparameters_are_checked_too(api_server, sdk, trainin
     assert caught.value.param == "hyperparameters.n_epochs"
 
 
-@pytest.mark.parametrize("method", ["dpo", "reinforcement"])
-def test_dpo_and_reinforcement_are_refused_clearly(api_server, sdk, training_file, method):
+def test_reinforcement_is_refused_clearly(api_server, sdk, training_file):
     with pytest.raises(openai.BadRequestError) as caught:
         sdk(api_server).fine_tuning.jobs.create(
-            model="tunery/demo-tiny", training_file=training_file, method={"type": method}
+            model="tunery/demo-tiny", training_file=training_file, method={"type": "reinforcement"}
         )
-    assert caught.value.param == "method.type"
-    assert "supervised" in caught.value.message
+    assert (caught.value.param, caught.value.code) == ("method.type", "unsupported_method")
+    assert "supervised and dpo" in caught.value.message
+
+
+@pytest.fixture(scope="module")
+def preference_file(api_server, tmp_path_factory) -> str:
+    from tunery.catalog.preference_data import write_preference_dataset
+
+    path = write_preference_dataset(tmp_path_factory.mktemp("prefs") / "prefs.jsonl", count=40)
+    client = openai.OpenAI(base_url=f"{api_server.url}/v1", api_key=api_server.token)
+    with path.open("rb") as file:
+        return client.files.create(file=file, purpose="fine-tune").id
+
+
+def test_a_file_of_the_other_kind_names_the_training_file(
+    api_server, sdk, training_file, preference_file
+):
+    client = sdk(api_server)
+    before = len(client.fine_tuning.jobs.list(limit=100).data)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.fine_tuning.jobs.create(
+            model="tunery/demo-tiny", training_file=training_file, method={"type": "dpo"}
+        )
+    assert (caught.value.param, caught.value.code) == ("training_file", "invalid_file")
+    assert "holds chat rows (messages format); method.type dpo trains on preference pairs" in (
+        caught.value.message
+    )
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.fine_tuning.jobs.create(model="tunery/demo-tiny", training_file=preference_file)
+    assert caught.value.param == "training_file"
+    assert "holds preference pairs" in caught.value.message
+    assert len(client.fine_tuning.jobs.list(limit=100).data) == before
+
+
+@pytest.mark.parametrize("beta", [0, -1, 11, "high", True])
+def test_a_bad_beta_names_its_param(api_server, sdk, preference_file, beta):
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(api_server).fine_tuning.jobs.create(
+            model="tunery/demo-tiny",
+            training_file=preference_file,
+            method={"type": "dpo", "dpo": {"hyperparameters": {"beta": beta}}},
+        )
+    assert caught.value.param == "method.dpo.hyperparameters.beta"
+
+
+def test_an_unknown_fine_tuned_model_names_the_model(api_server, sdk, preference_file):
+    client = sdk(api_server)
+    for model in ("ft:tunery/demo-tiny:acc:bot:run_0000000000000000", "run_0000000000000000"):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.fine_tuning.jobs.create(
+                model=model, training_file=preference_file, method={"type": "dpo"}
+            )
+        assert (caught.value.param, caught.value.code) == ("model", "model_not_found")
 
 
 def test_an_unknown_training_file_is_an_invalid_file(api_server, sdk, training_file):

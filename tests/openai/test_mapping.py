@@ -17,7 +17,7 @@ from tunery.wire import model_names
 
 
 def test_hyperparameters_map_onto_the_recipe():
-    given, where = mapping.hyperparameters_of(
+    requested = mapping.requested_method(
         {
             "method": {
                 "type": "supervised",
@@ -31,8 +31,10 @@ def test_hyperparameters_map_onto_the_recipe():
             }
         }
     )
-    assert where == "method.supervised.hyperparameters"
-    training = mapping.training_overrides(given, where)
+    where = requested.where
+    assert (requested.type, where) == ("supervised", "method.supervised.hyperparameters")
+    assert mapping.method_overrides(requested) == {}
+    training = mapping.training_overrides(requested.hyperparameters, where)
     assert training == {"epochs": 2, "learning_rate": 0.5 * mapping.BASE_LEARNING_RATE}
     resolved = mapping.resolved_hyperparameters({"training": {"epochs": 2, **training}})
     assert (resolved.n_epochs, resolved.batch_size, resolved.learning_rate_multiplier) == (
@@ -51,11 +53,49 @@ def test_bad_epochs_name_their_param(value):
 
 def test_both_forms_at_once_and_other_methods_are_refused():
     with pytest.raises(OpenAIError) as caught:
-        mapping.hyperparameters_of({"method": {"type": "supervised"}, "hyperparameters": {}})
+        mapping.requested_method({"method": {"type": "supervised"}, "hyperparameters": {}})
     assert caught.value.param == "hyperparameters"
     with pytest.raises(OpenAIError) as caught:
-        mapping.hyperparameters_of({"method": {"type": "dpo"}})
-    assert caught.value.param == "method.type"
+        mapping.requested_method({"method": {"type": "reinforcement"}})
+    assert (caught.value.param, caught.value.code) == ("method.type", "unsupported_method")
+    with pytest.raises(OpenAIError) as caught:
+        mapping.requested_method(
+            {"method": {"type": "supervised", "supervised": {"hyperparameters": {"beta": 0.1}}}}
+        )
+    assert caught.value.param == "method.supervised.hyperparameters.beta"
+
+
+def test_dpo_maps_onto_the_recipe_method():
+    requested = mapping.requested_method(
+        {
+            "method": {
+                "type": "dpo",
+                "dpo": {"hyperparameters": {"beta": 0.25, "n_epochs": 1, "batch_size": "auto"}},
+            }
+        }
+    )
+    assert (requested.type, requested.where) == ("dpo", "method.dpo.hyperparameters")
+    assert mapping.method_overrides(requested) == {"type": "dpo", "beta": 0.25}
+    assert mapping.training_overrides(requested.hyperparameters, requested.where) == {"epochs": 1}
+    auto = mapping.requested_method(
+        {"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": "auto"}}}}
+    )
+    assert mapping.method_overrides(auto) == {"type": "dpo"}
+    assert mapping.method_overrides(mapping.requested_method({"method": {"type": "dpo"}})) == {
+        "type": "dpo"
+    }
+    for bad in (0, -0.1, 11, "0.1", True, float("inf")):
+        with pytest.raises(OpenAIError) as caught:
+            mapping.method_overrides(
+                mapping.RequestedMethod("dpo", {"beta": bad}, "method.dpo.hyperparameters")
+            )
+        assert caught.value.param == "method.dpo.hyperparameters.beta"
+    shown = mapping.method_object({"training": {}, "method": {"type": "dpo", "beta": 0.25}})
+    assert shown.type == "dpo" and shown.supervised is None
+    assert shown.dpo.hyperparameters.beta == 0.25
+    assert mapping.method_object({"training": {}}).supervised is not None
+    assert mapping.started_from({"base_model": "m", "init_from": "run_1"}) == "run_1"
+    assert mapping.started_from({"base_model": "m"}) == "m"
 
 
 def test_recipe_problems_are_named_in_the_request_terms():
@@ -64,6 +104,8 @@ def test_recipe_problems_are_named_in_the_request_terms():
     assert mapping.param_for(FieldProblem("base_model", "x"), at) == "model"
     assert mapping.param_for(FieldProblem("dataset_ids.0", "x"), at) == "training_file"
     assert mapping.param_for(FieldProblem("lora.rank", "x"), at) == "tunery.lora.rank"
+    assert mapping.param_for(FieldProblem("init_from", "x"), at) == "model"
+    assert mapping.param_for(FieldProblem("method.beta", "x"), at) == f"{at}.beta"
 
 
 def test_statuses_and_model_names():

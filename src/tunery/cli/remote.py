@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING
 
 import click
 
-from tunery.cli.render import fail, fail_with, format_size, format_time, print_table
+from tunery.cli.render import (
+    fail,
+    fail_with,
+    format_size,
+    format_time,
+    kind_label,
+    print_table,
+)
 
 if TYPE_CHECKING:
     from tunery.cli.client import Client
@@ -52,7 +59,8 @@ def datasets_upload(file: Path, name: str | None) -> None:
     with connected() as client:
         dataset = client.upload_dataset(file, name=name)
     click.echo(
-        f"uploaded {dataset['name']}: {dataset['rows']} rows, {dataset['format']} format",
+        f"uploaded {dataset['name']}: {dataset['rows']} rows, {dataset['format']} format "
+        f"({kind_label(dataset)})",
         err=True,
     )
     click.echo(dataset["id"])
@@ -71,13 +79,14 @@ def datasets_list() -> None:
             dataset["id"],
             dataset["name"],
             dataset["format"],
+            kind_label(dataset),
             str(dataset["rows"]),
             format_size(dataset.get("bytes")),
             format_time(dataset.get("created_at")),
         ]
         for dataset in datasets
     ]
-    print_table(["ID", "NAME", "FORMAT", "ROWS", "SIZE", "CREATED"], rows)
+    print_table(["ID", "NAME", "FORMAT", "KIND", "ROWS", "SIZE", "CREATED"], rows)
 
 
 # The Hub -------------------------------------------------------------------------------

@@ -153,6 +153,13 @@ def eval_line(evaluation: Mapping[str, Any]) -> str:
 # Tables and samples ----------------------------------------------------------------------
 
 
+def kind_label(dataset: Mapping[str, Any]) -> str:
+    """What a dataset trains, in words: ``chat rows (sft)`` or ``preference pairs (dpo)``."""
+    if dataset.get("kind") == "preference":
+        return "preference pairs (dpo)"
+    return "chat rows (sft)"
+
+
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
     for row in [headers, *rows]:

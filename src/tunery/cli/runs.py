@@ -22,6 +22,7 @@ from tunery.cli.render import (
     fail_with,
     format_duration,
     format_time,
+    kind_label,
     panel_numbers,
     pill,
     print_estimate,
@@ -144,7 +145,7 @@ def upload_recipe_datasets(client: Client, paths: list[Path]) -> list[str]:
         dataset = client.upload_dataset(path)
         click.echo(
             f"uploaded {path.name} → {dataset['id']} "
-            f"({dataset['rows']} rows, {dataset['format']} format)",
+            f"({dataset['rows']} rows, {dataset['format']} format, {kind_label(dataset)})",
             err=True,
         )
         uploaded[(dataset["name"], dataset["sha256"])] = dataset["id"]

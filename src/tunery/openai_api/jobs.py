@@ -27,14 +27,12 @@ from tunery.openai_api.objects import (
 )
 from tunery.openai_api.objects import (
     JobError,
-    Method,
     OpenAIError,
-    SupervisedMethod,
     TuneryJobState,
     openai_error,
     page_of,
 )
-from tunery.pipeline.config import MAX_SEED, RUN_NAME_PATTERN
+from tunery.pipeline.config import MAX_SEED, RUN_ID_PATTERN, RUN_NAME_PATTERN
 from tunery.runs import intake, pause, queries, settle
 from tunery.runs.plane import Conflict, ControlPlane, NotFound
 from tunery.wire import model_names
@@ -69,8 +67,9 @@ def create_job(
         raise OpenAIError(400, f"unknown parameter {unknown[0]!r}", param=unknown[0])
     model = _required_text(body, "model")
     training_file = _required_text(body, "training_file")
-    hyperparameters, where = mapping.hyperparameters_of(body)
-    overrides = mapping.training_overrides(hyperparameters, where)
+    requested = mapping.requested_method(body)
+    where = requested.where
+    overrides = mapping.training_overrides(requested.hyperparameters, where)
     metadata = mapping.check_metadata(body.get("metadata"))
     suffix = _suffix(body.get("suffix"))
     extra = body.get("tunery", {})
@@ -94,6 +93,15 @@ def create_job(
         },
         extra,
     )
+    method = mapping.method_overrides(requested)
+    if method:
+        payload["method"] = {**_section(payload, "method"), **method}
+    source = _fine_tuned_source(plane, account_id, model)
+    if source is not None:
+        # A fine-tuned model continues: its base, its adapter (and so its LoRA shape).
+        payload["init_from"] = source.id
+        payload["base_model"] = source.config["base_model"]
+        payload["lora"] = {**(source.config.get("lora") or {}), **_section(payload, "lora")}
     training = payload.get("training", {})
     if not isinstance(training, dict):
         raise OpenAIError(400, "tunery.training must be an object", param="tunery.training")
@@ -118,6 +126,35 @@ def create_job(
     except TuneryError as error:
         raise openai_error(error) from None
     return get_job(plane, account_id, run.id)
+
+
+def _section(payload: Mapping[str, Any], name: str) -> dict[str, Any]:
+    value = payload.get(name) or {}
+    if not isinstance(value, dict):
+        raise OpenAIError(400, f"tunery.{name} must be an object", param=f"tunery.{name}")
+    return value
+
+
+def _fine_tuned_source(plane: ControlPlane, account_id: str, model: str) -> Run | None:
+    """The account's run a ``model`` naming a fine-tuned model (``ft:…:RUN_ID`` or the run
+    id) continues; None for a base model. OpenAIError 400 for a fine-tuned name that is not
+    one of the account's runs; whether it can be continued is the intake's to say."""
+    if not (model.startswith("ft:") or re.match(RUN_ID_PATTERN, model)):
+        return None
+    with plane.sessions() as session:
+        run = session.scalar(
+            select(Run).where(
+                Run.id == mapping.run_id_of_model(model), Run.account_id == account_id
+            )
+        )
+    if run is None:
+        raise OpenAIError(
+            400,
+            f"model {model!r} is not one of your fine-tuned models",
+            param="model",
+            code="model_not_found",
+        )
+    return run
 
 
 def _required_text(body: Mapping[str, Any], name: str) -> str:
@@ -200,7 +237,7 @@ def job_object(run: Run, extra: FineTuningJob | None, position: int | None, at: 
         else None,
         finished_at=int(run.finished_at) if run.finished_at else None,
         hyperparameters=hyperparameters,
-        model=config["base_model"],
+        model=mapping.started_from(config),
         organization_id=run.account_id,
         result_files=[mapping.results_file_id(run.id)] if completed else [],
         seed=mapping.stored_training(config).seed,
@@ -213,7 +250,7 @@ def job_object(run: Run, extra: FineTuningJob | None, position: int | None, at: 
         else None,
         metadata=extra.job_metadata if extra else None,
         integrations=config.get("integrations") or None,
-        method=Method(supervised=SupervisedMethod(hyperparameters=hyperparameters)),
+        method=mapping.method_object(config),
         user_provided_suffix=extra.suffix if extra else None,
         tunery=TuneryJobState(
             run_id=run.id,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from tunery.errors import FieldProblem
@@ -29,20 +30,28 @@ from tunery.event_kinds import EventKind
 from tunery.lifecycle import RunStatus
 from tunery.openai_api.objects import (
     CheckpointMetrics,
+    DpoHyperparameters,
+    DpoMethod,
     Hyperparameters,
     JobStatus,
+    Method,
     OpenAIError,
+    SupervisedMethod,
     finite_number,
     shown,
 )
 from tunery.phases import Phase
-from tunery.pipeline.config import TrainingConfig
+from tunery.pipeline.config import MAX_DPO_BETA, MethodSettings, TrainingConfig
+from tunery.pipeline.reporting import PREFERENCE_STEP_FIELDS
 
 BASE_LEARNING_RATE: float = TrainingConfig.model_fields["learning_rate"].default
 DEFAULT_CHECKPOINT_EVERY: int = TrainingConfig.model_fields["checkpoint_every_steps"].default
 DEFAULT_JOB_NAME = "fine-tune"
-SUPPORTED_METHODS = ("supervised",)
 HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+METHOD_HYPERPARAMETERS = {"supervised": HYPERPARAMETERS, "dpo": (*HYPERPARAMETERS, "beta")}
+"""The methods a job may ask for, and the hyperparameters each takes."""
+RECIPE_METHODS = {"sft": "supervised", "dpo": "dpo"}
+"""tunery's ``method.type`` in OpenAI's words."""
 RESULTS_PREFIX = "file-results-"
 EVENT_PREFIX = "ftevent-"
 CHECKPOINT_PREFIX = "ftckpt-"
@@ -74,51 +83,85 @@ def job_status(run_status: str, phase: str | None = None) -> JobStatus:
 # Requests ------------------------------------------------------------------------------
 
 
-def hyperparameters_of(body: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
-    """The requested hyperparameters and the param path they came from.
+@dataclass(frozen=True)
+class RequestedMethod:
+    """What a job request asks to train: the method, its hyperparameters, and the request
+    field they came from (OpenAI's ``param`` prefix for their errors)."""
 
-    ``method`` (``type: supervised``) is the current form; top-level ``hyperparameters`` the
-    deprecated one. DPO and reinforcement are refused with ``param`` ``method.type``.
+    type: str
+    hyperparameters: dict[str, Any]
+    where: str
+
+
+def requested_method(body: Mapping[str, Any]) -> RequestedMethod:
+    """The method and hyperparameters of a job request.
+
+    ``method`` (``type: supervised`` or ``dpo``, hyperparameters under ``method.TYPE``) is the
+    current form; top-level ``hyperparameters`` the deprecated one (supervised only).
+    Reinforcement is refused with ``param`` ``method.type``.
     """
     method = body.get("method")
-    if method is not None:
-        if not isinstance(method, dict):
-            raise OpenAIError(400, "method must be an object", param="method")
-        kind = method.get("type")
-        if kind not in SUPPORTED_METHODS:
-            raise OpenAIError(
-                400,
-                f"method.type {kind!r} is not supported: tunery trains supervised fine-tunes "
-                "only (dpo and reinforcement are not available yet)",
-                param="method.type",
-                code="unsupported_method",
-            )
-        if body.get("hyperparameters") is not None:
-            raise OpenAIError(
-                400,
-                "give hyperparameters under method.supervised.hyperparameters or the "
-                "deprecated top-level hyperparameters, not both",
-                param="hyperparameters",
-            )
-        supervised = method.get("supervised") or {}
-        if not isinstance(supervised, dict):
-            raise OpenAIError(400, "must be an object", param="method.supervised")
-        return _object(supervised.get("hyperparameters"), "method.supervised.hyperparameters")
-    return _object(body.get("hyperparameters"), "hyperparameters")
+    if method is None:
+        where = "hyperparameters"
+        return RequestedMethod(
+            "supervised", _object(body.get(where), where, HYPERPARAMETERS), where
+        )
+    if not isinstance(method, dict):
+        raise OpenAIError(400, "method must be an object", param="method")
+    kind = method.get("type")
+    if kind not in METHOD_HYPERPARAMETERS:
+        raise OpenAIError(
+            400,
+            f"method.type {kind!r} is not supported: tunery trains supervised and dpo "
+            "fine-tunes (reinforcement is not available yet)",
+            param="method.type",
+            code="unsupported_method",
+        )
+    if body.get("hyperparameters") is not None:
+        raise OpenAIError(
+            400,
+            f"give hyperparameters under method.{kind}.hyperparameters or the deprecated "
+            "top-level hyperparameters, not both",
+            param="hyperparameters",
+        )
+    settings = method.get(kind) or {}
+    if not isinstance(settings, dict):
+        raise OpenAIError(400, "must be an object", param=f"method.{kind}")
+    where = f"method.{kind}.hyperparameters"
+    allowed = METHOD_HYPERPARAMETERS[kind]
+    return RequestedMethod(kind, _object(settings.get("hyperparameters"), where, allowed), where)
 
 
-def _object(value: Any, where: str) -> tuple[dict[str, Any], str]:
+def method_overrides(requested: RequestedMethod) -> dict[str, Any]:
+    """The recipe's ``method`` for the request: ``dpo`` with its ``beta`` (``auto``: tunery's
+    default), nothing for supervised (sft, the default)."""
+    if requested.type != "dpo":
+        return {}
+    beta = requested.hyperparameters.get("beta", "auto")
+    if beta == "auto" or beta is None:
+        return {"type": "dpo"}
+    if not finite_number(beta) or not 0 < beta <= MAX_DPO_BETA:
+        raise OpenAIError(
+            400,
+            f"beta must be 'auto' or a number above 0 and at most {MAX_DPO_BETA:g}, "
+            f"not {shown(beta)}",
+            param=f"{requested.where}.beta",
+        )
+    return {"type": "dpo", "beta": float(beta)}
+
+
+def _object(value: Any, where: str, allowed: tuple[str, ...]) -> dict[str, Any]:
     if value is None:
-        return {}, where
+        return {}
     if not isinstance(value, dict):
         raise OpenAIError(400, f"{where} must be an object", param=where)
     for key in value:
-        if key not in HYPERPARAMETERS:
-            known = ", ".join(HYPERPARAMETERS)
+        if key not in allowed:
+            known = ", ".join(allowed)
             raise OpenAIError(
                 400, f"unknown hyperparameter {key!r}; known: {known}", param=f"{where}.{key}"
             )
-    return dict(value), where
+    return dict(value)
 
 
 def training_overrides(hyperparameters: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -129,7 +172,7 @@ def training_overrides(hyperparameters: Mapping[str, Any], where: str) -> dict[s
     """
     training: dict[str, Any] = {}
     for key, value in hyperparameters.items():
-        if value == "auto" or value is None:
+        if value == "auto" or value is None or key == "beta":  # beta: method_overrides
             continue
         param = f"{where}.{key}"
         if not finite_number(value) or value <= 0:
@@ -179,8 +222,10 @@ def param_for(problem: FieldProblem, hyperparameters_at: str) -> str:
         return f"{hyperparameters_at}.{RECIPE_FIELD_PARAMS[field]}"
     if field == "training.seed":
         return "seed"
-    if field == "base_model":
+    if field in ("base_model", "init_from"):
         return "model"
+    if field == "method.beta":
+        return f"{hyperparameters_at}.beta"
     if field.startswith("dataset_ids"):
         return "training_file"
     if field.startswith("validation.dataset_ids"):
@@ -215,6 +260,27 @@ def resolved_hyperparameters(
     )
 
 
+def method_object(config: Mapping[str, Any]) -> Method:
+    """The job's ``method``: supervised, or dpo with its beta, and the values it trains with."""
+    hyperparameters = resolved_hyperparameters(config)
+    method = MethodSettings.model_validate(config.get("method") or {})
+    if not method.preference:
+        return Method(
+            type="supervised", supervised=SupervisedMethod(hyperparameters=hyperparameters)
+        )
+    return Method(
+        type="dpo",
+        dpo=DpoMethod(
+            hyperparameters=DpoHyperparameters(**hyperparameters.model_dump(), beta=method.dpo_beta)
+        ),
+    )
+
+
+def started_from(config: Mapping[str, Any]) -> str:
+    """The job's ``model``: the fine-tuned model (its run id) it continues, else the base."""
+    return config.get("init_from") or config["base_model"]
+
+
 def results_file_id(run_id: str) -> str:
     return f"{RESULTS_PREFIX}{run_id}"
 
@@ -231,18 +297,16 @@ def event_message(kind: str, data: Mapping[str, Any]) -> str:
     """The text of an event as OpenAI words its own (``Step 3/6: training loss=1.23``)."""
     if kind == EventKind.METRICS:
         total = data.get("total_steps")
-        loss = data.get("loss")
-        shown = f"{loss:.4f}" if isinstance(loss, int | float) else "n/a"
-        return f"Step {data.get('step')}/{total if total else '?'}: training loss={shown}"
+        text = f"Step {data.get('step')}/{total if total else '?'}: training loss="
+        return text + _number(data.get("loss")) + _rewards_text(data, "")
     if kind == EventKind.STATUS:
         text = f"Job status: {data.get('status')} ({data.get('phase')})"
         error = data.get("error")
         return f"{text}: {error.get('message')}" if isinstance(error, dict) else text
     if kind == EventKind.EVALUATION:
         total = data.get("total_steps")
-        loss = data.get("eval_loss")
-        shown = f"{loss:.4f}" if isinstance(loss, int | float) else "n/a"
-        return f"Step {data.get('step')}/{total if total else '?'}: validation loss={shown}"
+        text = f"Step {data.get('step')}/{total if total else '?'}: validation loss="
+        return text + _number(data.get("eval_loss")) + _rewards_text(data, "eval_")
     if kind == EventKind.PHASE:
         return f"Phase: {data.get('phase')}"
     if kind == EventKind.SAMPLES:
@@ -250,9 +314,32 @@ def event_message(kind: str, data: Mapping[str, Any]) -> str:
     return str(data.get("message", ""))
 
 
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else "n/a"
+
+
+def _rewards_text(data: Mapping[str, Any], prefix: str) -> str:
+    """A DPO run's reward margin and accuracy after its loss; "" for other runs."""
+    margin, accuracy = data.get(f"{prefix}reward_margin"), data.get(f"{prefix}reward_accuracy")
+    if margin is None and accuracy is None:
+        return ""
+    return f", reward margin={_number(margin)}, reward accuracy={_number(accuracy)}"
+
+
+def _preference(data: Mapping[str, Any], prefix: str, renamed: str) -> dict[str, Any]:
+    """A DPO run's metrics of ``data`` (``prefix`` + name) as ``renamed`` + name (``train_``
+    or ``valid_``); none for SFT."""
+    return {
+        f"{renamed}{name}": data[f"{prefix}{name}"]
+        for name in PREFERENCE_STEP_FIELDS
+        if data.get(f"{prefix}{name}") is not None
+    }
+
+
 def metrics_data(data: Mapping[str, Any]) -> dict[str, Any]:
-    """A metrics event's ``data`` in OpenAI's names (plus tunery's own numbers)."""
-    shown = {
+    """A metrics event's ``data`` in OpenAI's names (plus tunery's own numbers; a DPO run's
+    rewards as ``train_rewards_chosen``, ``train_reward_margin`` …)."""
+    named = {
         "step": data.get("step"),
         "total_steps": data.get("total_steps"),
         "train_loss": data.get("loss"),
@@ -260,18 +347,20 @@ def metrics_data(data: Mapping[str, Any]) -> dict[str, Any]:
         "learning_rate": data.get("learning_rate"),
         "epoch": data.get("epoch"),
         "trained_tokens": data.get("trained_tokens"),
+        "grad_norm": data.get("grad_norm"),
     }
-    return shown
+    return {**named, **_preference(data, "", "train_")}
 
 
 def evaluation_data(data: Mapping[str, Any]) -> dict[str, Any]:
     """An evaluation event's ``data`` in OpenAI's names: the loss and mean token accuracy
-    on the validation file after ``step``."""
+    on the validation file after ``step`` (a DPO run: its rewards as ``valid_*``)."""
     return {
         "step": data.get("step"),
         "total_steps": data.get("total_steps"),
         "valid_loss": data.get("eval_loss"),
         "valid_mean_token_accuracy": data.get("eval_accuracy"),
+        **_preference(data, "eval_", "valid_"),
     }
 
 
@@ -300,22 +389,37 @@ def checkpoint_metrics(row: Mapping[str, Any]) -> CheckpointMetrics:
 def metrics_csv(rows: list[dict[str, Any]]) -> str:
     """The results file OpenAI attaches to a job: one line per step (``history.step_rows``),
     ``train_accuracy`` its mean token accuracy, validation columns on the steps evaluated
-    after."""
+    after; a DPO run's rewards in columns of their own (``train_reward_margin``,
+    ``valid_reward_accuracy`` …)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
+    preference = any(row.get("reward_margin") is not None for row in rows)
+    extra = [f"{side}_{name}" for side in ("train", "valid") for name in PREFERENCE_STEP_FIELDS]
     writer.writerow(
-        ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+        [
+            "step",
+            "train_loss",
+            "train_accuracy",
+            "valid_loss",
+            "valid_mean_token_accuracy",
+            *(extra if preference else []),
+        ]
     )
     for row in rows:
-        writer.writerow(
-            [
-                row.get("step"),
-                _cell(row.get("loss")),
-                _cell(row.get("accuracy")),
-                _cell(row.get("eval_loss")),
-                _cell(row.get("eval_accuracy")),
+        cells = [
+            row.get("step"),
+            _cell(row.get("loss")),
+            _cell(row.get("accuracy")),
+            _cell(row.get("eval_loss")),
+            _cell(row.get("eval_accuracy")),
+        ]
+        if preference:
+            cells += [
+                _cell(row.get(f"{prefix}{name}"))
+                for prefix in ("", "eval_")
+                for name in PREFERENCE_STEP_FIELDS
             ]
-        )
+        writer.writerow(cells)
     return out.getvalue()
 
 

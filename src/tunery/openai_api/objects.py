@@ -198,9 +198,18 @@ class SupervisedMethod(BaseModel):
     hyperparameters: Hyperparameters
 
 
+class DpoHyperparameters(Hyperparameters):
+    beta: float | Literal["auto"]
+
+
+class DpoMethod(BaseModel):
+    hyperparameters: DpoHyperparameters
+
+
 class Method(BaseModel):
-    type: Literal["supervised"] = "supervised"
-    supervised: SupervisedMethod
+    type: Literal["supervised", "dpo"] = "supervised"
+    supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
 
 
 class JobError(BaseModel):

@@ -27,6 +27,7 @@ from tunery.runs.plane import ControlPlane, NotFound, StaleAttempt
 from tunery.runs.queries import live_metrics_of
 from tunery.runs.settle import finish
 from tunery.wire.reports import (
+    AdapterRef,
     AttemptSpec,
     DatasetRef,
     ErrorData,
@@ -97,12 +98,22 @@ def attempt_spec(plane: ControlPlane, *, attempt_id: str, token: str) -> Attempt
             recipe=recipe,
             datasets=refs(run.config["dataset_ids"]),
             validation_datasets=refs(validation_ids),
+            init_adapter=_init_adapter(session, run),
             heartbeat_seconds=plane.settings.heartbeat_seconds,
             threads=node.threads if node is not None else None,
             devices=tier.devices if tier is not None else 1,
             estimate=run.estimate,
             wandb=plane.settings.wandb.access() if run.config.get("integrations") else None,
         )
+
+
+def _init_adapter(session: Session, run: Run) -> AdapterRef | None:
+    source = run.config.get("init_from")
+    entry = hub.adapter_entry(session, run.account_id, source) if source else None
+    if entry is None:
+        return None
+    lora = entry.artifacts["lora"]
+    return AdapterRef(run_id=source, sha256=lora["sha256"], bytes=lora["size"])
 
 
 def report(plane: ControlPlane, *, attempt_id: str, token: str, batch: ReportBatch) -> ReportAck:

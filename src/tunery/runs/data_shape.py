@@ -2,8 +2,10 @@
 tokenizer: rows, chat rows and each row's estimated tokens.
 
 Each row counts ``ceil(characters / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE`` per message
-(the chat template's markers). The estimate turns these into steps and seconds, the
-memory check into the longest micro-batch a run can meet.
+(the chat template's markers). A preference pair is a chat row of two sequences, its prompt
+with either answer: its tokens are both sequences', and its longest sequence the longer
+one. The estimate turns these into steps and seconds, the memory check into the longest
+micro-batch a run can meet.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunery.db import Dataset
-from tunery.pipeline.datasets import Row, read_dataset
+from tunery.pipeline.datasets import Message, PreferencePair, Row, read_dataset
 
 CHARS_PER_TOKEN = 4.0
 TOKENS_PER_MESSAGE = 4
@@ -27,10 +29,8 @@ class DataShape:
     rows: int
     chat_rows: int
     row_tokens: tuple[int, ...]
-
-    @property
-    def longest_row_tokens(self) -> int:
-        return max(self.row_tokens, default=0)
+    longest_sequence_tokens: int = 0
+    """The longest sequence one row puts in a micro-batch (a row, or one side of a pair)."""
 
 
 def stored_shape(datasets_dir: Path, datasets: list[Dataset]) -> DataShape:
@@ -48,16 +48,27 @@ def combined_shape(shapes: list[DataShape]) -> DataShape:
         rows=sum(shape.rows for shape in shapes),
         chat_rows=sum(shape.chat_rows for shape in shapes),
         row_tokens=tuple(tokens for shape in shapes for tokens in shape.row_tokens),
+        longest_sequence_tokens=max((shape.longest_sequence_tokens for shape in shapes), default=0),
     )
 
 
 def file_shape(path: Path) -> DataShape:
-    """One dataset file's rows and their estimated tokens."""
-    rows = read_dataset(path).rows
+    """One dataset file's rows (or pairs) and their estimated tokens."""
+    summary = read_dataset(path)
+    if summary.pairs:
+        sides = [pair_sides(pair) for pair in summary.pairs]
+        return DataShape(
+            rows=len(sides),
+            chat_rows=len(sides),
+            row_tokens=tuple(sum(both) for both in sides),
+            longest_sequence_tokens=max(max(both) for both in sides),
+        )
+    tokens = tuple(row_tokens(row) for row in summary.rows)
     return DataShape(
-        rows=len(rows),
-        chat_rows=sum(1 for row in rows if row.messages),
-        row_tokens=tuple(row_tokens(row) for row in rows),
+        rows=len(tokens),
+        chat_rows=sum(1 for row in summary.rows if row.messages),
+        row_tokens=tokens,
+        longest_sequence_tokens=max(tokens, default=0),
     )
 
 
@@ -71,5 +82,17 @@ def row_tokens(row: Row) -> int:
     """A row's estimated tokens after templating."""
     if row.text is not None:
         return math.ceil(len(row.text) / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE
-    characters = sum(len(message.content) for message in row.messages)
-    return math.ceil(characters / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * len(row.messages)
+    return _messages_tokens(row.messages)
+
+
+def pair_sides(pair: PreferencePair) -> tuple[int, int]:
+    """The estimated tokens of a pair's two sequences: the prompt with either answer."""
+    return (
+        _messages_tokens((*pair.prompt, *pair.chosen)),
+        _messages_tokens((*pair.prompt, *pair.rejected)),
+    )
+
+
+def _messages_tokens(messages: tuple[Message, ...]) -> int:
+    characters = sum(len(message.content) for message in messages)
+    return math.ceil(characters / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * len(messages)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from tunery.db import Dataset, Run, new_id
 from tunery.errors import DatasetError
 from tunery.lifecycle import TERMINAL
-from tunery.pipeline.datasets import SUFFIXES, check_dataset
+from tunery.pipeline.datasets import SUFFIXES, check_dataset, dataset_kind
 from tunery.runs.leftovers import UPLOAD_PREFIX
 from tunery.runs.plane import Conflict, ControlPlane, NotFound, QuotaExceeded
 from tunery.wire.rest import DatasetPublic
@@ -123,6 +123,7 @@ def dataset_view(dataset: Dataset) -> DatasetPublic:
         id=dataset.id,
         name=dataset.name,
         format=dataset.format,
+        kind=dataset_kind(dataset.format),
         rows=dataset.rows,
         bytes=dataset.bytes,
         sha256=dataset.sha256,

@@ -27,12 +27,17 @@ context). Steps are exact: the rows held out for samples and validation are coun
    note says so.
 
 Each submitted run records its estimate (``Run.estimate``); once it completes, ``check``
-sets it beside what happened (``RunPublic.estimate_check``).
+sets it beside what happened (``RunPublic.estimate_check``). Runs are measured per method:
+a DPO step does more per token than an SFT step (two sequences per pair, the loss of each).
 
 **Several devices.** A tier that trains a run on N devices (``TierSettings.devices``) plans
 N * ``batch_size`` examples per micro-batch, so fewer steps. Only runs measured on as many
 devices count as measurements; the benchmark (one process) and the prior train at one
 device's rate times N times DATA_PARALLEL_EFFICIENCY.
+
+**DPO.** A pair's tokens are both sequences' (``runs.data_shape``). Before training, the
+reference pass scores every training and validation pair once, a forward pass each: its
+time is counted like an evaluation's.
 """
 
 from __future__ import annotations
@@ -109,11 +114,17 @@ class Measured:
 
 
 def measured_basis(
-    session: Session, tier: str, base_model: str, parameters: int | None, *, devices: int = 1
+    session: Session,
+    tier: str,
+    base_model: str,
+    parameters: int | None,
+    *,
+    devices: int = 1,
+    method: str = "sft",
 ) -> Measured | None:
-    """What the latest completed runs on ``tier`` with ``devices`` devices measured: of
-    ``base_model`` when there are any, else of other models scaled by parameters (when both
-    sizes are known)."""
+    """What the latest completed runs of ``method`` on ``tier`` with ``devices`` devices
+    measured: of ``base_model`` when there are any, else of other models scaled by parameters
+    (when both sizes are known)."""
     runs = session.scalars(
         select(Run)
         .where(
@@ -127,7 +138,7 @@ def measured_basis(
     same: list[dict[str, Any]] = []
     other: list[dict[str, Any]] = []
     for run in runs:
-        if (run.estimate or {}).get("devices", 1) != devices:
+        if (run.estimate or {}).get("devices", 1) != devices or method_of(run.config) != method:
             continue
         if run.config.get("base_model") == base_model:
             if len(same) < MEASURED_RUNS and (costs := run_costs(run, 1.0)) is not None:
@@ -159,6 +170,12 @@ def measured_basis(
         sample_seconds_per_token=median("sample_seconds_per_token"),
         seconds=seconds,
     )
+
+
+def method_of(config: dict[str, Any]) -> str:
+    """A stored run's ``method.type`` (runs from before methods existed are sft)."""
+    method = config.get("method") or {}
+    return method.get("type", "sft") if isinstance(method, dict) else "sft"
 
 
 def run_costs(run: Run, scale: float) -> dict[str, float] | None:
@@ -212,6 +229,8 @@ def compute_estimate(
     shape = fit.model_shape(recipe.base_model)
     parameters = catalog.parameters if catalog else (shape.parameters if shape else None)
     limit = recipe.training.max_seq_length or (catalog.context_length if catalog else None)
+    if limit is not None and recipe.method.preference:
+        limit *= 2  # a pair's row holds two sequences, each cut at the limit
     holdout = plan_holdout(
         data.rows,
         data.chat_rows,
@@ -237,6 +256,14 @@ def compute_estimate(
     generated = (len(recipe.samples.prompts) or holdout.samples) * recipe.samples.max_new_tokens
     sample_tokens = generated if recipe.export.gguf else 2 * generated
     notes = _problems_notes(recipe, holdout.training)
+    if recipe.method.preference:
+        # The reference pass: every training and validation pair once, forward only.
+        evaluation_tokens += tokens_per_epoch + validation_tokens
+        notes.append(
+            "DPO: each pair trains its two answers after the prompt (both counted in the "
+            "tokens), and a reference pass scores every pair once before training (counted "
+            "in the time)"
+        )
 
     train, source = _train_seconds_per_token(measured, calibration, tier, parameters)
     if train is not None and source != "measured" and devices > 1:

@@ -5,7 +5,8 @@ memory after its wait in the queue.
 The model's size comes from the catalog (``CatalogModel.shape``) or, for a model in the
 server's models directory, its config.json; a Hugging Face model outside the catalog is
 checked by its worker on the card, before training (``pipeline.card_fit``). A micro-batch
-holds at most ``batch_size`` examples of the data's longest row, whose tokens are estimated
+holds at most ``batch_size`` examples of the data's longest row (a DPO run: both sequences
+of ``batch_size`` pairs, each as long as the longest side), whose tokens are estimated
 from its characters (``runs.data_shape``) and cut at ``max_seq_length`` or the model's
 context. Characters per token vary by language (a Chinese row has about one token per
 character, not a quarter): a run this underestimates passes here and is refused by its
@@ -103,7 +104,7 @@ def peak_memory(recipe: RunRecipe, tier: TierSettings, data: DataShape) -> Memor
             recipe,
             config,
             card,
-            longest_example=data.longest_row_tokens or None,
+            longest_example=data.longest_sequence_tokens or None,
             card_name=f"the {tier.name}",
             devices=tier.devices,
         )

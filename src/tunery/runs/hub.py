@@ -3,6 +3,9 @@
 An entry exists as soon as a run saved at least one artifact: a completed run (LoRA and,
 if enabled, GGUF) or a run whose GGUF export failed after the LoRA was saved (LoRA only).
 Cancelled runs, runs that fail before the LoRA save and blocked submissions have none.
+
+A run that starts from another's adapter (``init_from``) reads that run's LoRA from its
+entry (``adapter_entry``); the entry cannot be deleted while such a run has not finished.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from sqlalchemy.orm import Session
 from tunery.db import HubEntry, Run, new_id, now
 from tunery.event_kinds import EventKind
 from tunery.hub.storage import ARTIFACTS
+from tunery.lifecycle import TERMINAL
 from tunery.runs import store
 from tunery.runs.leftovers import remove_served_copy
-from tunery.runs.plane import ControlPlane, NotFound
+from tunery.runs.plane import Conflict, ControlPlane, NotFound
 from tunery.wire.rest import HubEntryPublic
 from tunery.wire.timefmt import iso
 
@@ -115,16 +119,38 @@ def find_entry(plane: ControlPlane, account_id: str, entry_id: str) -> HubEntry:
     return entry
 
 
+def adapter_entry(session: Session, account_id: str, run_id: str) -> HubEntry | None:
+    """The account's Hub entry holding run ``run_id``'s LoRA, if there is one."""
+    entries = session.scalars(
+        select(HubEntry).where(HubEntry.run_id == run_id, HubEntry.account_id == account_id)
+    )
+    return next((entry for entry in entries if "lora" in (entry.artifacts or {})), None)
+
+
 def delete_entry(plane: ControlPlane, *, account_id: str, entry_id: str) -> None:
     """Delete the entry's record, then its stored artifacts and its copy served for chat; the
     run it came from (if its record is kept) gets a ``hub`` event, so open pages stop
-    offering its bundles."""
-    with plane.sessions.begin() as session:
+    offering its bundles. Conflict naming the unfinished runs that start from its adapter
+    (``init_from``)."""
+    with plane.exclusive() as session:
         entry = session.scalar(
             select(HubEntry).where(HubEntry.id == entry_id, HubEntry.account_id == account_id)
         )
         if entry is None:
             raise NotFound(f"no Hub entry {entry_id!r}")
+        starting = session.scalars(
+            select(Run.id).where(
+                Run.account_id == account_id,
+                Run.status.not_in([status.value for status in TERMINAL]),
+                Run.config["init_from"].as_string() == entry.run_id,
+            )
+        ).all()
+        if starting:
+            raise Conflict(
+                f"Hub entry {entry_id} holds the adapter unfinished run(s) {', '.join(starting)} "
+                "start from",
+                hint="wait for them to finish, or cancel them, then delete the entry",
+            )
         if session.get(Run, entry.run_id) is not None:
             store.append_event(
                 session, entry.run_id, EventKind.HUB, {"hub_entry_id": entry_id, "deleted": True}

@@ -5,10 +5,11 @@ Every caller that makes a run goes through here — ``POST /api/v1/runs``, ``POS
 paused run that resumes (``requeue_paused``), so there is one answer to "where is a
 submission validated": ``check_submission``. It parses the payload
 once and reports every problem at once (ConfigError, HTTP 422): the recipe's schema, then
-the checks against this server (datasets the account owns, attestations, a tier the backend
-serves, a base model the server may load — a Hugging Face model it has or can download —,
-credits for the first minute, validation data, the memory plan against the tier's card),
-then the settings far outside what usually works, which the user accepts or not. A field
+the checks against this server (datasets the account owns and of the kind the method trains
+on, attestations, a tier the backend serves, a base model the server may load — a Hugging
+Face model it has or can download —, credits for the first minute, validation data, the
+completed run ``init_from`` starts from, the memory plan against the tier's card), then the
+settings far outside what usually works, which the user accepts or not. A field
 whose schema is wrong is not checked again. What passes comes back with its tier, its memory
 plan and its estimate, each computed once.
 
@@ -48,14 +49,16 @@ from tunery.phases import Phase
 from tunery.pipeline.config import (
     AUTO_VALIDATION_RULE,
     MAX_DATASETS_PER_RUN,
+    LoraSettings,
     RunRecipe,
     parse_recipe,
 )
+from tunery.pipeline.datasets import METHOD_DATASET_KIND, dataset_kind, kind_mismatch
 from tunery.pipeline.divergence import unusual_settings
 from tunery.pipeline.holdout import plan_holdout
 from tunery.pipeline.load import hub_model_problem, parse_model_reference
 from tunery.pipeline.memory import MemoryEstimate
-from tunery.runs import billing, calibration, estimate, fit, queries, store
+from tunery.runs import billing, calibration, estimate, fit, hub, queries, store
 from tunery.runs.data_shape import DataShape, stored_shape
 from tunery.runs.plane import Conflict, ControlPlane, TooManyQueued
 from tunery.tiers import TierSettings
@@ -171,6 +174,7 @@ def check_submission(
         problems += _integration_problems(plane, recipe)
         if local_model is not None:
             recipe = recipe.model_copy(update={"base_model": local_model})
+        problems += _method_problems(session, account_id, recipe)
     memory: MemoryEstimate | None = None
     checked = {problem.field.split(".")[0] for problem in problems}
     if recipe is not None and tier is not None and not checked & {"dataset_ids", "base_model"}:
@@ -188,7 +192,12 @@ def check_submission(
         shapes.training,
         shapes.validation,
         measured=estimate.measured_basis(
-            session, tier.id, recipe.base_model, _parameters(recipe), devices=tier.devices
+            session,
+            tier.id,
+            recipe.base_model,
+            _parameters(recipe),
+            devices=tier.devices,
+            method=recipe.method.type,
         ),
         calibration=_calibration(plane, recipe, tier, shapes.training, now=calibrate_now),
         balance=billing.balance(session, account_id),
@@ -615,6 +624,77 @@ def _validation_data_problems(
                 "validation.dataset_ids",
             )
         )
+    return problems
+
+
+def _method_problems(session: Session, account_id: str, recipe: RunRecipe) -> list[FieldProblem]:
+    """What the method trains on: datasets of its kind (chat rows for sft, preference pairs
+    for dpo), and the adapter ``init_from`` starts from."""
+    method = recipe.method.type
+    problems = []
+    for field, ids in (
+        ("dataset_ids", recipe.dataset_ids),
+        ("validation.dataset_ids", recipe.validation.dataset_ids),
+    ):
+        owned = {dataset.id: dataset for dataset in owned_datasets(session, account_id, ids)}
+        for index, dataset_id in enumerate(ids):
+            dataset = owned.get(dataset_id)
+            kind = dataset_kind(dataset.format) if dataset is not None else None
+            if dataset is not None and kind != METHOD_DATASET_KIND[method]:
+                problems.append(
+                    FieldProblem(
+                        f"{field}.{index}",
+                        f"{dataset_id} {kind_mismatch(str(kind), dataset.format, method)}",
+                    )
+                )
+    return problems + _init_from_problems(session, account_id, recipe)
+
+
+def _init_from_problems(session: Session, account_id: str, recipe: RunRecipe) -> list[FieldProblem]:
+    """``init_from`` names a completed run of the account whose adapter is still in the Hub
+    and has this run's shape: the same base model, LoRA rank, alpha and target modules."""
+    source_id = recipe.init_from
+    if source_id is None:
+        return []
+    if not recipe.init_from_run:
+        return [
+            FieldProblem(
+                "init_from",
+                "name one of your completed runs by its id (run_...); the server takes no paths",
+            )
+        ]
+    source = session.scalar(select(Run).where(Run.id == source_id, Run.account_id == account_id))
+    if source is None:
+        return [FieldProblem("init_from", f"unknown run {source_id!r}")]
+    if source.status != RunStatus.COMPLETED.value:
+        return [
+            FieldProblem("init_from", f"{source_id} is {source.status}; start from a completed run")
+        ]
+    if hub.adapter_entry(session, account_id, source_id) is None:
+        return [
+            FieldProblem("init_from", f"{source_id}'s adapter is gone (its Hub entry was deleted)")
+        ]
+    problems = []
+    trained_on = source.config.get("base_model")
+    if trained_on != recipe.base_model:
+        problems.append(
+            FieldProblem(
+                "base_model",
+                f"is {recipe.base_model!r}; {source_id} was trained on {trained_on!r}, and its "
+                "adapter fits that model only",
+            )
+        )
+    theirs = LoraSettings.model_validate(source.config.get("lora") or {})
+    for name in ("rank", "alpha", "target_modules"):
+        ours, saved = getattr(recipe.lora, name), getattr(theirs, name)
+        if ours != saved:
+            problems.append(
+                FieldProblem(
+                    f"lora.{name}",
+                    f"is {ours!r}; the adapter of {source_id} has {saved!r} (a run continues "
+                    "an adapter with its shape)",
+                )
+            )
     return problems
 
 

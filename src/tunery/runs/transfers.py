@@ -2,8 +2,9 @@
 checkpoints both ways.
 
 A worker reads the datasets of its own run and nothing else: ``dataset_file`` answers only a
-live attempt's token, and only for ids in that run's recipe. Bundles come back as bodies of
-``PUT /internal/attempts/{id}/bundles/{kind}`` (capped by ``BodyLimits.bundle_bytes``);
+live attempt's token, and only for ids in that run's recipe; likewise the LoRA of the run its
+recipe starts from (``init_adapter_source``), from the account's own Hub. Bundles come back
+as bodies of ``PUT /internal/attempts/{id}/bundles/{kind}`` (capped by ``BodyLimits.bundle_bytes``);
 ``FileUpload`` files them under the name ``hub.bundle_path`` chooses (the run's name and the
 artifact kind), so no string a worker sends ever becomes part of a path on the server.
 
@@ -28,6 +29,7 @@ from sqlalchemy import select
 
 from tunery.db import Dataset, Run, now
 from tunery.errors import TuneryError
+from tunery.hub.storage import PresignedUrl
 from tunery.runs import hub
 from tunery.runs.attempts import fenced_attempt
 from tunery.runs.plane import ControlPlane, NotFound
@@ -39,6 +41,8 @@ writing to its file)."""
 ARCHIVE_NAME = re.compile(r"step-([0-9]{8})\.zip")
 MAX_CHECKPOINT_STEP = 10**8 - 1
 """Steps are written with eight digits; a recipe's max_steps is far below."""
+INIT_ADAPTER_URL_SECONDS = 600
+"""How long a presigned URL to an ``init_from`` adapter lives: one download's time."""
 
 
 class UploadDamaged(TuneryError):
@@ -89,6 +93,24 @@ def dataset_file(plane: ControlPlane, *, attempt_id: str, token: str, dataset_id
     if dataset is None:
         raise NotFound(f"no dataset {dataset_id!r} for this attempt")
     return plane.datasets_dir / dataset.filename
+
+
+def init_adapter_source(
+    plane: ControlPlane, *, attempt_id: str, token: str
+) -> tuple[Path | PresignedUrl, str]:
+    """Where the LoRA bundle of the run the attempt's run starts from (``init_from``) is, and
+    its file name; NotFound when the run names none or its Hub entry is gone."""
+    with plane.sessions() as session:
+        _, run = fenced_attempt(session, attempt_id, token)
+        source = run.config.get("init_from")
+        entry = hub.adapter_entry(session, run.account_id, source) if source else None
+    if entry is None:
+        raise NotFound("no adapter to start from for this attempt")
+    filename = entry.artifacts["lora"]["filename"]
+    source_of = plane.storage.download_source(
+        entry.id, "lora", filename=filename, lifetime=INIT_ADAPTER_URL_SECONDS
+    )
+    return source_of, filename
 
 
 class FileUpload:

@@ -263,6 +263,15 @@ largest checkpoint archive a worker downloads. A 70B model's Q4_K_M GGUF is abou
 export those with a larger cap."""
 
 
+class AdapterRef(BaseModel):
+    """The adapter a run starts from (``init_from``): the LoRA bundle of run ``run_id``, to
+    download from ``/internal/attempts/{id}/init-adapter``."""
+
+    run_id: str
+    sha256: str
+    bytes: int
+
+
 class AttemptSpec(BaseModel):
     """What a worker runs, answered by ``GET /internal/attempts/{id}/spec``.
 
@@ -279,6 +288,9 @@ class AttemptSpec(BaseModel):
     datasets: list[DatasetRef]
     validation_datasets: list[DatasetRef] = []
     """The recipe's ``validation.dataset_ids``, fetched the same way."""
+    init_adapter: AdapterRef | None = None
+    """The adapter ``init_from`` names; None when the recipe has none, or when it is no
+    longer on the server (the worker then fails the run saying so)."""
     heartbeat_seconds: float
     threads: int | None = None
     devices: int = Field(1, ge=1, le=MAX_DEVICES_PER_ATTEMPT)

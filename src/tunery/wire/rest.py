@@ -259,6 +259,9 @@ class DatasetPublic(BaseModel):
     id: str
     name: str
     format: str
+    kind: Literal["sft", "preference"] = "sft"
+    """What it trains: chat rows (``sft``, for method ``sft``) or preference pairs
+    (``preference``, for method ``dpo``); follows from the format."""
     rows: int
     bytes: int
     sha256: str

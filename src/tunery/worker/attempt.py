@@ -4,9 +4,9 @@
 (``python -m tunery.worker``), Ray inside an actor. On a tier of several devices it starts
 one process per device on its node and speaks for them (``pipeline.ranks``): one rank that
 dies ends them all, and the attempt fails as transient, so the run retries. It needs nothing
-from the server's disk:
-the spec names the run's datasets, which it downloads with its attempt token; it trains in
-a scratch directory of its own; it uploads its bundles, and the server files them under
+from the server's disk: the spec names the run's datasets (and the adapter it starts from,
+``init_from``), which it downloads with its attempt token; it trains in a scratch directory
+of its own; it uploads its bundles, and the server files them under
 names it chooses. Checkpoints go where a later attempt on another node finds them: into
 ``checkpoint_root`` when every node of the tier reaches one (the data dir's run folders for
 the local pool, a shared path for a cluster), else through the server
@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from tunery.environment import environment
-from tunery.errors import RunCancelled, RunPaused, TuneryError
+from tunery.errors import ConfigError, RunCancelled, RunPaused, TuneryError
 from tunery.phases import Phase
 from tunery.pipeline.card_fit import TrainingOutOfMemory
 from tunery.wire.reports import (
@@ -40,6 +40,7 @@ from tunery.wire.reports import (
     ResultReport,
 )
 from tunery.worker.checkpoints import fetch_newest_checkpoint, upload_checkpoint
+from tunery.worker.init_adapter import fetch_init_adapter
 from tunery.worker.reporting import HttpReporter
 from tunery.worker.transfers import (
     Fenced,
@@ -114,6 +115,17 @@ def run_attempt(
                 base_cache_dir = checkpoint_root / BASE_ANSWERS_CACHE
                 keep_checkpoint = None
             recipe = parse_recipe(spec.recipe)
+            init_adapter_dir = None
+            if recipe.init_from is not None:
+                if spec.init_adapter is None:
+                    raise ConfigError.single(
+                        "init_from",
+                        f"the adapter of {recipe.init_from} is no longer on the server (its "
+                        "Hub entry was deleted)",
+                    )
+                init_adapter_dir = fetch_init_adapter(
+                    client, attempt_id, spec.init_adapter, Path(scratch) / "init-adapter"
+                )
             logged = None
             if spec.wandb:
                 # The server's W&B access, for this process only (never its command line).
@@ -135,6 +147,7 @@ def run_attempt(
                     base_cache_dir=base_cache_dir,
                     on_checkpoint=keep_checkpoint,
                     estimate=spec.estimate,
+                    init_adapter_dir=init_adapter_dir,
                 )
             finally:
                 if logged is not None:

@@ -1,8 +1,8 @@
 """Worker-facing routes, authenticated by the attempt's fencing token (``tunery.wire.reports``).
 
-A worker reads its spec and its run's datasets, posts reports, uploads its bundles, and,
-on a cluster without a shared checkpoint directory, uploads its checkpoints and downloads
-the newest; nothing here takes a path or file name from it.
+A worker reads its spec, its run's datasets and the adapter it starts from, posts reports,
+uploads its bundles, and, on a cluster without a shared checkpoint directory, uploads its
+checkpoints and downloads the newest; nothing here takes a path or file name from it.
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Path, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from tunery.api.deps import PlaneDep
 from tunery.api.openapi import request_body
+from tunery.hub.storage import PresignedUrl
 from tunery.runs import attempts, transfers
 from tunery.wire.reports import (
     ATTEMPT_TOKEN_HEADER,
@@ -51,6 +52,17 @@ def dataset(plane: PlaneDep, attempt_id: str, dataset_id: str, token: TokenHeade
     """A dataset of the attempt's own run; 404 for any other id."""
     path = transfers.dataset_file(plane, attempt_id=attempt_id, token=token, dataset_id=dataset_id)
     return FileResponse(path, media_type="application/octet-stream")
+
+
+@router.get("/attempts/{attempt_id}/init-adapter", response_model=None)
+def init_adapter(plane: PlaneDep, attempt_id: str, token: TokenHeader) -> Response:
+    """The LoRA bundle of the run the attempt's run starts from (``init_from``): the file, or
+    a redirect to the store's presigned URL (fetched without the attempt's token); 404 if
+    there is none."""
+    source, filename = transfers.init_adapter_source(plane, attempt_id=attempt_id, token=token)
+    if isinstance(source, PresignedUrl):
+        return RedirectResponse(source.url, status_code=307)
+    return FileResponse(source, media_type="application/zip", filename=filename)
 
 
 @router.put("/attempts/{attempt_id}/bundles/{kind}", status_code=204)

@@ -8,7 +8,7 @@
 import { AccountStream, session } from "./api.js";
 import { renderBalance, renderCredits } from "./credits.js";
 import { $, hideBanner, showBanner, trapDialogFocus } from "./dom.js";
-import { renderForm, renderTiers, setUpForm } from "./form.js";
+import { renderForm, renderStarts, renderTiers, setUpForm } from "./form.js";
 import { renderHub } from "./hub.js";
 import { followRoutes, render, route } from "./router.js";
 import { addEvaluation, addLogLine, addPoint, renderRuns, updateRun } from "./runs.js";
@@ -60,6 +60,8 @@ Object.assign(hooks, {
   runsChanged: renderRuns,
   runChanged: (run) => {
     updateRun(run);
+    // A run that completed can now be started from in the New run form.
+    renderStarts();
     // The header's balance counts what unfinished runs have trained so far.
     renderBalance();
   },

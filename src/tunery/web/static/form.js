@@ -16,6 +16,8 @@ let reestimate = () => {};
 /** Attach the form's listeners; called once at start. */
 export function setUpForm() {
   $("#f-model").addEventListener("change", chooseModel);
+  $("#f-method").addEventListener("change", describeMethod);
+  $("#f-init-from").addEventListener("change", chooseStart);
   $("#f-upload").addEventListener("change", (event) => upload(event.target));
   $("#run-form").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -37,6 +39,7 @@ export function renderForm() {
   if (chosen) select.value = chosen;
   describeModel();
   renderDatasets();
+  renderStarts();
   renderTiers();
   if (!$("#f-name").value) {
     const stamp = new Date().toISOString().slice(0, 16).replace(/[-:]/g, "").replace("T", "-");
@@ -94,6 +97,48 @@ function chooseModel() {
     : "";
 }
 
+function describeMethod() {
+  $("#f-beta-field").hidden = $("#f-method").value !== "dpo";
+}
+
+/** Completed runs can be started from (`init_from`), their adapter continued. */
+export function renderStarts() {
+  const select = $("#f-init-from");
+  const chosen = select.value;
+  const completed = [...state.runs.values()].filter((run) => run.status === "completed");
+  // Rebuilding the options would drop the keyboard focus: only when something changed.
+  const drawn = completed.map((run) => run.id).join(" ");
+  if (select.dataset.drawn === drawn && select.options.length) return;
+  select.dataset.drawn = drawn;
+  select.replaceChildren(h("option", { value: "" }, "a fresh adapter"),
+    ...completed.map((run) => h("option", { value: run.id },
+      `${run.name} · ${run.config.method?.type ?? "sft"} · ${run.config.base_model} · ${run.id}`)));
+  if (chosen && !completed.some((run) => run.id === chosen)) {
+    select.append(h("option", { value: chosen }, chosen));
+  }
+  select.value = chosen;
+}
+
+/** Starting from a run continues its adapter: on its base model, with its LoRA shape. */
+function chooseStart() {
+  const run = state.runs.get($("#f-init-from").value);
+  if (!run) return;
+  const known = state.models.some((model) => model.id === run.config.base_model);
+  $("#f-model").value = known ? run.config.base_model : "__custom__";
+  $("#f-model-custom").value = known ? "" : run.config.base_model;
+  describeModel();
+  const lora = run.config.lora;
+  $("#f-rank").value = lora.rank;
+  $("#f-alpha").value = lora.alpha;
+  $("#f-targets").value = Array.isArray(lora.target_modules)
+    ? lora.target_modules.join(", ") : lora.target_modules;
+  reestimate();
+}
+
+function kindLabel(dataset) {
+  return dataset.kind === "preference" ? "preference pairs (dpo)" : "chat rows (sft)";
+}
+
 function renderDatasets(select = []) {
   const checked = new Set([...document.querySelectorAll("#f-datasets input:checked")]
     .map((box) => box.value).concat(select));
@@ -114,7 +159,8 @@ function renderDatasets(select = []) {
     }),
     h("label", { for: `ds-${dataset.id}` },
       `${dataset.name} `, h("span", { class: "muted" },
-        `${dataset.rows.toLocaleString()} rows · ${dataset.format} · ${formatBytes(dataset.bytes)}`)),
+        `${dataset.rows.toLocaleString()} rows · ${dataset.format} · ${kindLabel(dataset)} · `
+        + formatBytes(dataset.bytes))),
   )));
 }
 
@@ -168,7 +214,8 @@ async function upload(input) {
     state.datasets.unshift(dataset);
     renderDatasets([dataset.id]);
     fill(result, h("span", { class: "ok-text" },
-      `✓ ${dataset.name}: ${dataset.rows.toLocaleString()} rows in ${dataset.format} format.`));
+      `✓ ${dataset.name}: ${dataset.rows.toLocaleString()} rows in ${dataset.format} format, `
+      + `${kindLabel(dataset)}.`));
   } catch (error) {
     if (error instanceof ApiError) fill(result, uploadProblems(file, error));
     else {
@@ -238,12 +285,20 @@ function payload() {
         ? "all-linear" : targets.split(",").map((name) => name.trim()).filter(Boolean),
       quantize_base: $("#f-quantize").value,
     },
+    method: methodPayload(),
+    init_from: $("#f-init-from").value || null,
     gpu_tier: $("#f-tiers input:checked")?.value ?? null,
     tags: $("#f-tags").value.split(",").map((tag) => tag.trim()).filter(Boolean),
     note: $("#f-note").value,
     export: { gguf: $("#f-gguf").checked, quantization: "Q4_K_M" },
     attestations: { dataset_rights: $("#f-rights").checked, model_license: $("#f-license").checked },
   };
+}
+
+function methodPayload() {
+  const type = $("#f-method").value;
+  const beta = numeric("#f-beta", { optional: true });
+  return type === "dpo" && beta !== null ? { type, beta } : { type };
 }
 
 /**
@@ -322,6 +377,13 @@ function fillForm(recipe) {
   set("#f-targets", targetsText(recipe.lora.target_modules));
   set("#f-quantize", recipe.lora.quantize_base ?? "none");
   $("#f-lora-note").textContent = "";
+  set("#f-method", recipe.method?.type ?? "sft");
+  set("#f-beta", recipe.method?.beta);
+  describeMethod();
+  if (recipe.init_from && ![...$("#f-init-from").options].some((o) => o.value === recipe.init_from)) {
+    $("#f-init-from").append(h("option", { value: recipe.init_from }, recipe.init_from));
+  }
+  set("#f-init-from", recipe.init_from ?? "");
   $("#f-checkpointing").checked = training.gradient_checkpointing;
   $("#f-gguf").checked = recipe.export.gguf;
   const tier = document.getElementById(`tier-${recipe.gpu_tier}`);
