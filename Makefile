@@ -88,6 +88,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/gguf_export.py --pairs 3
 	$(BIN)/python bench/control_plane.py
 	$(BIN)/python bench/estimate_accuracy.py --later 3
+	$(BIN)/python bench/dpo_step.py --pairs 3 --threads 1
 
 ## Every benchmark at a small size: checks that they run (CI).
 bench-quick: $(STAMP)
@@ -96,6 +97,7 @@ bench-quick: $(STAMP)
 	$(BIN)/python bench/gguf_export.py --quick
 	$(BIN)/python bench/control_plane.py --quick
 	$(BIN)/python bench/estimate_accuracy.py --quick
+	$(BIN)/python bench/dpo_step.py --quick
 
 ## The GPU check (bench/gpu_check.py): CUDA against CPU, throughput and memory against HF
 ## Trainer, resume, and with two or more GPUs data-parallel scaling. Runs from the tree

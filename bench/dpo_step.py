@@ -1,10 +1,11 @@
 """A DPO step against an SFT step on the same pairs, and against TRL's DPOTrainer.
 
-Three variants train the same LoRA adapter (rank 16, alpha 32, dropout 0, all linear layers,
-lr 5e-4 cosine with 5% warmup, batch 8, seed 42, fp32, no gradient checkpointing) on the
-demo model and the pairs of ``examples/demo-preferences.jsonl``, cycled to
-``steps * 8`` pairs and read in tunery's epoch order by all three (the same tokens as
-``prepare_preference_data`` gives, without its shuffle and hold-outs):
+Three variants train the same LoRA adapter (``train_throughput``'s settings: rank 16, alpha
+32, dropout 0, all linear layers, lr 2e-3 cosine with 5% warmup, batch 8, seed 42, fp32, no
+gradient checkpointing) on the demo model and the pairs of
+``examples/demo-preferences.jsonl``, cycled to ``steps * 8`` pairs and read in tunery's epoch
+order by all three (the same tokens as ``prepare_preference_data`` gives, without its
+shuffle and hold-outs):
 
 - S: ``tunery.pipeline.train.train`` with supervised fine-tuning on the chosen answers only
   (each pair's chosen side as an example): the step DPO is compared with;
@@ -49,7 +50,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from train_throughput import clocks, demo_model, machine_info, peak_rss_mb
+from train_throughput import (
+    BATCH_SIZE,
+    LEARNING_RATE,
+    LORA_ALPHA,
+    LORA_RANK,
+    SEED,
+    WARMUP_RATIO,
+    clocks,
+    demo_model,
+    machine_info,
+    peak_rss_mb,
+    training_config,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 DATASET = REPO / "examples" / "demo-preferences.jsonl"
@@ -58,13 +71,7 @@ VARIANTS = {
     "D": "tunery, DPO on the pairs",
     "T": "TRL DPOTrainer, DPO on the pairs",
 }
-BATCH_SIZE = 8
-LEARNING_RATE = 5e-4
-WARMUP_RATIO = 0.05
-SEED = 42
 BETA = 0.1
-LORA_RANK = 16
-LORA_ALPHA = 32
 SKIPPED_STEPS = 2
 LOSS_WINDOW = 5
 
@@ -102,22 +109,6 @@ def load_pairs(model_dir: Path, steps: int) -> tuple[Any, Any, list[Any], list[A
     ]
     order = epoch_order(len(stream), SEED, 0)
     return model, tokenizer, stream, [stream_rows[index] for index in order]
-
-
-def training_config(steps: int) -> Any:
-    from tunery.pipeline.config import TrainingConfig
-
-    return TrainingConfig(
-        max_steps=steps,
-        learning_rate=LEARNING_RATE,
-        batch_size=BATCH_SIZE,
-        lr_scheduler="cosine",
-        warmup_ratio=WARMUP_RATIO,
-        seed=SEED,
-        gradient_checkpointing=False,
-        mixed_precision="no",
-        checkpoint_every_steps=steps,
-    )
 
 
 def lora_settings() -> Any:

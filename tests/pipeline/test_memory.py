@@ -203,3 +203,34 @@ def test_a_config_without_usable_sizes_names_the_field(change, field):
     config = {key: value for key, value in {**QWEN2_05B, **change}.items() if value is not None}
     with pytest.raises(ValueError, match=field):
         ModelShape.from_config(config)
+
+
+def test_a_dpo_run_plans_two_sequences_per_pair():
+    def dpo(**training):
+        return parse_recipe(
+            {
+                "name": "m",
+                "base_model": "x/y",
+                "datasets": ["d.jsonl"],
+                "training": training,
+                "method": {"type": "dpo"},
+            }
+        )
+
+    pairs = check_fits(dpo(batch_size=4, max_seq_length=1024), QWEN2_05B, 80)
+    rows = check_fits(recipe(batch_size=8, max_seq_length=1024), QWEN2_05B, 80)
+    assert pairs.total == rows.total  # 4 pairs of two sequences hold 8 sequences' tokens
+    with pytest.raises(ConfigError) as caught:
+        check_fits(
+            dpo(batch_size=8, max_seq_length=2048, gradient_checkpointing=False), QWEN2_05B, 16
+        )
+    assert caught.value.problems[0].field == "training.batch_size"
+    suggested = int(caught.value.hint.split("training.batch_size ")[1].split()[0])
+    fits = dpo(batch_size=suggested, max_seq_length=2048, gradient_checkpointing=False)
+    check_fits(fits, QWEN2_05B, 16)
+    with pytest.raises(ConfigError):
+        check_fits(
+            dpo(batch_size=suggested + 1, max_seq_length=2048, gradient_checkpointing=False),
+            QWEN2_05B,
+            16,
+        )

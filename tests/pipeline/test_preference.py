@@ -322,3 +322,16 @@ def test_a_prompt_without_room_for_an_answer_is_named_by_file_and_line(demo_mode
     (problem,) = refused.value.problems
     assert (problem.file, problem.line) == (str(path), 2)
     assert "leaves no room for an answer within the sequence length (64 tokens)" in problem.message
+
+
+def test_finish_now_ends_a_dpo_run_after_an_evaluation(
+    data_dir, make_recipe, preferences, tmp_path
+):
+    recipe = dpo_recipe(make_recipe, preferences, validation={"split": 0.2})
+    reporter = RecordingReporter(finish_after_step=2)
+    result = run_recipe(recipe, tmp_path / "out", reporter)
+    assert [s.step for s in reporter.steps] == [1, 2]
+    assert [e.step for e in reporter.evaluations] == [2]
+    assert result.summary["evaluation"]["finished_early"] is True
+    assert result.summary["evaluation"]["eval_reward_accuracy"] is not None
+    assert all(sample["base_response"] is not None for sample in result.samples)

@@ -194,3 +194,22 @@ def test_kinds_and_the_mismatch_sentence() -> None:
     assert kind_mismatch("sft", "alpaca", "dpo") == (
         "holds chat rows (alpaca format); method.type dpo trains on preference pairs"
     )
+
+
+def test_the_example_dpo_recipe_continues_the_demo_run() -> None:
+    from tunery.pipeline.config import load_recipe
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    sft = load_recipe(examples / "demo-recipe.yaml")
+    dpo = load_recipe(examples / "demo-dpo-recipe.yaml")
+    assert (dpo.method.type, dpo.method.dpo_beta) == ("dpo", 0.1)
+    # Relative to the recipe file, as datasets are: the demo run's default output directory.
+    assert dpo.init_from == str((examples.parent / "runs" / sft.name).resolve())
+    assert not dpo.init_from_run
+    assert (dpo.base_model, dpo.lora.rank, dpo.lora.alpha, dpo.lora.target_modules) == (
+        sft.base_model,
+        sft.lora.rank,
+        sft.lora.alpha,
+        sft.lora.target_modules,
+    )
+    assert read_dataset(Path(dpo.datasets[0])).kind == "preference"
