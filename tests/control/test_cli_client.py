@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -357,6 +358,74 @@ def test_submit_watch_show_list_and_cancel_a_completed_run(server, demo_dataset,
     refused = cli(server, "runs", "cancel", run_id, "--yes")
     assert refused.returncode == 1
     assert f"run {run_id} is already completed; it cannot be cancelled" in refused.stderr
+
+
+def test_a_dpo_recipe_names_what_it_cannot_use(server, demo_dataset, tmp_path):
+    from tunery.catalog.preference_data import write_preference_dataset
+
+    pairs = write_preference_dataset(tmp_path / "prefs.jsonl", count=20)
+    uploaded = cli(server, "datasets", "upload", str(pairs))
+    assert uploaded.returncode == 0, uploaded.stderr
+    assert "20 rows, preference format (preference pairs (dpo))" in uploaded.stderr
+    listing = cli(server, "datasets", "list")
+    line = next(line for line in listing.stdout.splitlines() if "prefs.jsonl" in line)
+    assert "preference pairs (dpo)" in line
+
+    before = run_count(server)
+    # Chat rows for DPO, and a start that is no run of this server.
+    recipe = write_recipe(
+        tmp_path, demo_dataset, method={"type": "dpo"}, init_from="run_0123456789abcdef"
+    )
+    result = cli(server, "runs", "submit", str(recipe))
+    assert result.returncode == 1
+    chat_rows = re.search(r"ds_[0-9a-f]+", result.stderr).group()  # uploaded or reused
+    assert (
+        f"  - dataset_ids.0: {chat_rows} holds chat rows (messages format); "
+        "method.type dpo trains on preference pairs" in result.stderr
+    )
+    assert "  - init_from: unknown run 'run_0123456789abcdef'" in result.stderr
+    assert run_count(server) == before
+
+
+@pytest.mark.slow
+def test_sft_then_dpo_from_it_through_the_cli(server, demo_dataset, tmp_path):
+    from tunery.catalog.preference_data import write_preference_dataset
+
+    sft = cli(server, "runs", "submit", str(write_recipe(tmp_path / "sft", demo_dataset)))
+    assert sft.returncode == 0, sft.stderr
+    sft_id = sft.stdout.strip().splitlines()[-1]
+    assert cli(server, "runs", "watch", sft_id, timeout=600).returncode == 0
+
+    directory = tmp_path / "dpo"
+    directory.mkdir()
+    write_preference_dataset(directory / "prefs.jsonl", count=40)
+    recipe = write_recipe(
+        directory,
+        demo_dataset,
+        name="then-dpo",
+        datasets=["prefs.jsonl"],
+        method={"type": "dpo", "beta": 0.2},
+        init_from=sft_id,
+        validation={"split": 0.2},
+        training={"eval_every_steps": 3},
+    )
+    submitted = cli(server, "runs", "submit", str(recipe))
+    assert submitted.returncode == 0, submitted.stderr
+    assert "preference pairs (dpo)" in submitted.stderr
+    run_id = submitted.stdout.strip().splitlines()[-1]
+    watched = cli(server, "runs", "watch", run_id, timeout=600)
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    assert "(completed)" in watched.stderr
+    assert f"the adapter starts from {sft_id}" in watched.stderr
+    assert "6/6 epoch 1/1 · loss " in watched.stderr
+    assert " · margin " in watched.stderr and " · reward acc " in watched.stderr
+    assert "step 3: eval loss " in watched.stderr and "reward accuracy " in watched.stderr
+    run = json.loads(cli(server, "runs", "show", run_id, "--json").stdout)
+    assert (run["config"]["method"], run["config"]["init_from"]) == (
+        {"type": "dpo", "beta": 0.2},
+        sft_id,
+    )
+    assert run["metrics"]["reward_accuracy"] is not None
 
 
 # The client without a server ---------------------------------------------------------

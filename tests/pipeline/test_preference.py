@@ -335,3 +335,72 @@ def test_finish_now_ends_a_dpo_run_after_an_evaluation(
     assert result.summary["evaluation"]["finished_early"] is True
     assert result.summary["evaluation"]["eval_reward_accuracy"] is not None
     assert all(sample["base_response"] is not None for sample in result.samples)
+
+
+@pytest.mark.slow
+def test_early_stopping_watches_the_dpo_eval_loss_and_keeps_the_best_adapter(
+    data_dir, demo_model_dir, make_recipe, tmp_path
+):
+    from peft import PeftModel
+
+    from tunery.catalog.preference_data import preference_rows
+
+    # Held-out pairs that prefer the opposite of what training teaches: every update makes
+    # their DPO loss worse, so the first evaluation is the best and patience runs out.
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(row) + "\n" for row in preference_rows(24, seed=3)))
+    reversed_rows = [
+        row
+        | {"preferred_output": row["non_preferred_output"]}
+        | {"non_preferred_output": row["preferred_output"]}
+        for row in preference_rows(8, seed=5)
+    ]
+    held_out = tmp_path / "held-out.jsonl"
+    held_out.write_text("".join(json.dumps(row) + "\n" for row in reversed_rows))
+    recipe = dpo_recipe(
+        make_recipe,
+        train,
+        training={
+            "max_steps": 20,
+            "eval_every_steps": 2,
+            "learning_rate": 5e-3,
+            "max_seq_length": 256,
+        },
+        validation={"datasets": [str(held_out)]},
+        early_stopping={"patience": 2},
+    )
+    reporter = RecordingReporter()
+    result = run_recipe(recipe, tmp_path / "out", reporter)
+
+    evaluation = result.summary["evaluation"]
+    assert evaluation["stopped_early"] is True
+    assert (evaluation["best_step"], evaluation["stopped_at_step"]) == (2, 6)
+    assert [s.step for s in reporter.steps] == list(range(1, 7))
+    losses = [e.eval_loss for e in reporter.evaluations]
+    assert losses == sorted(losses) and evaluation["best_eval_loss"] == losses[0]
+
+    # The adapter kept is the best evaluation's: its DPO loss on the held-out pairs, against
+    # the base model as reference, is the one measured at step 2.
+    tokenizer, chat_format, _ = load_tokenizer(demo_model_dir)
+    pairs = prepare_preference_data(
+        [train],
+        tokenizer,
+        chat_format,
+        max_length=256,
+        seed=recipe.training.seed,
+        custom_prompts=recipe.samples.prompts,
+        validation=recipe.validation,
+        validation_paths=[held_out],
+    ).validation
+    model = PeftModel.from_pretrained(load_model(demo_model_dir, FP32, CPU), result.adapter_dir)
+    model.eval()
+    with torch.no_grad():
+        with model.disable_adapter():
+            reference = torch.tensor(
+                [
+                    [direct_logprob(model, p.chosen), direct_logprob(model, p.rejected)]
+                    for p in pairs
+                ]
+            )
+        kept = direct_dpo_loss(model, pairs, reference).item()
+    assert kept == pytest.approx(evaluation["best_eval_loss"], rel=1e-4)

@@ -9,29 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MODEL_CACHE, REPO
 from tunery.catalog.preference_data import follows_preferred_style, preference_rows
 from tunery.pipeline.recipe import run_recipe
 from tunery.pipeline.reporting import RecordingReporter
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.real
 
 MODEL_ID = "tunery/smollm2-135m-instruct"
 HELD_OUT_PROMPTS = 8
-QUALITY_DIR = REPO / "build" / "quality"
-
-
-@pytest.fixture(scope="session")
-def smollm2_dir() -> Path:
-    """The real model, built once from its pinned package into the test model cache."""
-    from tunery.catalog.builds import ensure_built
-    from tunery.catalog.models import find_build
-
-    entry = find_build(MODEL_ID)
-    assert entry is not None and entry.build is not None
-    target = MODEL_CACHE / entry.build.folder
-    ensure_built(entry, target)
-    return target
+QUALITY_DIR = Path(__file__).resolve().parents[2] / "build" / "quality"
 
 
 def write_rows(path: Path, rows: list[dict]) -> Path:
@@ -40,12 +26,13 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
 
 
 def test_dpo_raises_held_out_reward_accuracy_and_the_gguf_follows_the_style(
-    data_dir: Path, smollm2_dir: Path, tmp_path: Path
+    data_dir: Path, smollm2_model_dir: Path, tmp_path: Path
 ) -> None:
     from tunery.catalog.models import find_build
 
+    # The catalog id resolves to its build folder in the data dir's models.
     folder = find_build(MODEL_ID).build.folder  # type: ignore[union-attr]
-    (data_dir / "models" / folder).symlink_to(smollm2_dir, target_is_directory=True)
+    (data_dir / "models" / folder).symlink_to(smollm2_model_dir, target_is_directory=True)
     train = write_rows(tmp_path / "train.jsonl", list(preference_rows(96, seed=17)))
     held_out = write_rows(tmp_path / "held-out.jsonl", list(preference_rows(40, seed=23)))
     questions = [
