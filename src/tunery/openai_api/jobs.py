@@ -144,7 +144,7 @@ def _fine_tuned_source(plane: ControlPlane, account_id: str, model: str) -> Run 
     with plane.sessions() as session:
         run = session.scalar(
             select(Run).where(
-                Run.id == mapping.run_id_of_model(model), Run.account_id == account_id
+                Run.id == model_names.run_id_of_model(model), Run.account_id == account_id
             )
         )
     if run is None:
