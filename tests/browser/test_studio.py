@@ -372,9 +372,9 @@ def test_queue_position_retry_and_failure_show_in_the_runs_tab(start_studio, ope
     # One node: the second run waits in the queue and says where it stands.
     first = client.submit_ok(payload(dataset, "first", training={"max_steps": 40}))
     second = client.submit_ok(payload(dataset, "second", training={"max_steps": 5000}))
-    queued = page.locator(f"#run-{second['id']} .run-header")
+    queued = page.locator(f"#run-{second['id']}")
     expect(queued.locator(".pill")).to_have_text("Queued")
-    expect(queued).to_contain_text("#1 in queue")
+    expect(queued.locator(".run-header")).to_contain_text("#1 in queue")
     client.cancel_ok(second["id"])
     expect(queued.locator(".pill")).to_have_text("Cancelled")
 
