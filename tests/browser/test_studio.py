@@ -403,4 +403,4 @@ def test_queue_position_retry_and_failure_show_in_the_runs_tab(start_studio, ope
     expect(error).to_contain_text("no-weights")
     expect(error).to_contain_text("Hint:")
     # The refund note is the server's (`refund_note`), the one refund rule.
-    expect(error).to_contain_text("Not refunded: runs on custom models are not refunded.")
+    expect(error).to_contain_text("Nothing billed: the run ended before its first gradient step.")

@@ -372,13 +372,13 @@ function outcomeNote(run) {
     return "Finishing: training stops after this step; the adapter is then saved, exported "
       + "and sampled.";
   }
-  if (run.pause_requested && !isTerminal(run.status)) {
-    return "Pausing: training saves a checkpoint after this step and stops; nothing is billed "
-      + "while it is paused.";
-  }
   if (run.status === "paused") {
     return "Paused: its checkpoint is saved, its GPU released and nothing is billed; Resume "
       + "queues it again and it continues from that checkpoint.";
+  }
+  if (run.pause_requested && !isTerminal(run.status)) {
+    return "Pausing: training saves a checkpoint after this step and stops; nothing is billed "
+      + "while it is paused.";
   }
   if (run.kept && outcome(run.status) === "failed") {
     return `The loss diverged: the adapter of step ${run.kept.step}, the best before the `

@@ -172,6 +172,8 @@ const HANDLERS = {
     if (data.error) run.error = data.error;
     // Why a run waits is the snapshot's to say, and only while it waits.
     run.waiting_reason = null;
+    // A pause asked for ends with the next move (paused, or ended first); the server clears it.
+    run.pause_requested = false;
     hooks.runChanged(run);
     // A finished run's object holds what no event carries (its bill and refund, samples,
     // bundles and Hub entry): one request. A run still on its way needs none.
