@@ -80,6 +80,7 @@ reliability: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
 
 ## Full benchmarks (minutes each; ratios against baselines run side by side).
 bench: $(STAMP)

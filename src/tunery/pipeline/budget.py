@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
-from tunery.pipeline.chat import Example
 from tunery.pipeline.config import TrainingConfig
 
 
@@ -52,9 +53,12 @@ def epoch_order(example_count: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
+Item = TypeVar("Item")
+
+
 def step_micro_batches(
-    step: int, examples: list[Example], budget: Budget, config: TrainingConfig
-) -> list[list[Example]]:
+    step: int, examples: Sequence[Item], budget: Budget, config: TrainingConfig
+) -> list[list[Item]]:
     """The micro-batches of 0-based optimizer step ``step``; epochs wrap for step budgets."""
     epoch, within = divmod(step, budget.steps_per_epoch)
     order = epoch_order(len(examples), config.seed, epoch)

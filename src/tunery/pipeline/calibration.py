@@ -143,7 +143,8 @@ def _random_model(shape: ModelShape, depth: int, context: int, dtype: Any, devic
         max_position_embeddings=max(2 * context, 512),
     )
     torch.manual_seed(0)
-    return LlamaForCausalLM(config).to(device=device, dtype=dtype)
+    # transformers types PreTrainedModel.to by its decorator's signature, not Module.to's.
+    return LlamaForCausalLM(config).to(device=device, dtype=dtype)  # type: ignore[call-arg]
 
 
 def _decode_seconds_per_token(model: Any, prompt: list[int], device: Any) -> float:

@@ -118,10 +118,11 @@ def prepare_data(
     encoder = Encoder(tokenizer, chat_format.end_of_turn, train_on_inputs=train_on_inputs)
     if custom_prompts:
         check_prompt_lengths(encoder, samples, max_length)
+    examples: list[Example] = []
     prepared = PreparedData(
-        examples=[], samples=samples, max_length=max_length, held_out_rows=held_out
+        examples=examples, samples=samples, max_length=max_length, held_out_rows=held_out
     )
-    kept_per_file = _encode_rows(encoder, rows, max_length, prepared.examples, prepared)
+    kept_per_file = _encode_rows(encoder, rows, max_length, examples, prepared)
     training_files = {row.file for row in rows}
     for summary in summaries:
         if summary.file in training_files and kept_per_file.get(summary.file, 0) == 0:
@@ -155,7 +156,9 @@ def prepare_data(
         prepared.validation_source = "datasets"
     elif split_rows:
         prepared.validation_source = "split"
-    _encode_rows(encoder, split_rows, max_length, prepared.validation, None)
+    held_out_examples: list[Example] = []
+    prepared.validation = held_out_examples
+    _encode_rows(encoder, split_rows, max_length, held_out_examples, None)
     check_validation(prepared, split_rows, require_validation=require_validation)
     return prepared
 

@@ -16,7 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tunery.pipeline.chat import IGNORE, Example, PairExample
 from tunery.pipeline.early_stopping import EarlyStopping
@@ -161,7 +161,7 @@ def evaluate_and_report(
         result = _evaluate_pairs(
             plan.preference,
             model,
-            plan.examples,
+            cast("list[PairExample]", plan.examples),  # a preference plan holds pairs
             pad_id=pad_id,
             device=device,
             autocast=autocast,
@@ -171,7 +171,7 @@ def evaluate_and_report(
     else:
         result = evaluate(
             model,
-            plan.examples,
+            cast("list[Example]", plan.examples),
             pad_id=pad_id,
             device=device,
             autocast=autocast,

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tunery.pipeline.chat import Example, PairExample
 from tunery.pipeline.packing import pack
@@ -240,7 +240,7 @@ def compute_reference(setup: TrainSetup, kernels: Kernels, reporter: Reporter) -
     objective = setup.preference
     assert objective is not None
     started = time.perf_counter()
-    options = {
+    options: dict[str, Any] = {
         "batch_pairs": objective.batch_pairs,
         "pad_id": setup.pad_id,
         "device": setup.device,
@@ -249,7 +249,7 @@ def compute_reference(setup: TrainSetup, kernels: Kernels, reporter: Reporter) -
         "loss": kernels.loss,
     }
     objective.reference = ReferenceLogprobs(
-        training=logprobs_of(setup.model, setup.examples, **options),
+        training=logprobs_of(setup.model, cast("list[PairExample]", setup.examples), **options),
         validation=logprobs_of(setup.model, objective.validation, **options),
     )
     reporter.log(

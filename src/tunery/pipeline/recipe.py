@@ -21,7 +21,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tunery.errors import ConfigError, FieldProblem, TuneryError
 from tunery.gguf.export import QUANTIZATION, ExportResult, export_gguf, preflight
@@ -38,6 +38,9 @@ from tunery.pipeline.outcome import (
 )
 from tunery.pipeline.reporting import Reporter
 from tunery.pipeline.timings import PhaseTimer
+
+if TYPE_CHECKING:
+    from tunery.pipeline.chat import PairExample
 
 
 def recipe_fingerprint(recipe: RunRecipe, dataset_paths: list[Path]) -> str:
@@ -268,7 +271,7 @@ def run_recipe(
         PreferenceObjective(
             recipe.method.dpo_beta,
             batch_pairs=config.batch_size,
-            validation=data.validation,
+            validation=cast("list[PairExample]", data.validation),
         )
         if recipe.method.preference
         else None

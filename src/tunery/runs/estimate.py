@@ -143,8 +143,10 @@ def measured_basis(
         if run.config.get("base_model") == base_model:
             if len(same) < MEASURED_RUNS and (costs := run_costs(run, 1.0)) is not None:
                 same.append(costs)
-        elif parameters and (run.estimate or {}).get("parameters") and len(other) < MEASURED_RUNS:
-            scale = parameters / run.estimate["parameters"]
+        elif parameters and (measured := (run.estimate or {}).get("parameters")):
+            if len(other) >= MEASURED_RUNS:
+                continue
+            scale = parameters / measured
             if (costs := run_costs(run, scale)) is not None:
                 other.append(costs)
     chosen = same or other

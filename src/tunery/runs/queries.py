@@ -192,7 +192,6 @@ def run_view(
         # Exact, as settlement had it: the displayed seconds are rounded.
         billed_seconds=billing.billable_seconds(attempts, run.finished_at or now()),
     )
-    completed = run.status == RunStatus.COMPLETED and run.estimate is not None
     current = max(attempts, key=lambda attempt: attempt.number, default=None)
     placing = current is not None and current.active and run.status == RunStatus.WAITING_FOR_GPU
     waiting_reason = current.waiting_reason if placing and current is not None else queue_reason
@@ -220,7 +219,7 @@ def run_view(
         estimate_check=estimate.check(
             run.estimate, run.summary or {}, metrics["billable_seconds"], metrics["credits"]
         )
-        if completed
+        if run.status == RunStatus.COMPLETED and run.estimate is not None
         else None,
         kept=(run.summary or {}).get("kept"),
         samples=run.samples or [],

@@ -17,7 +17,8 @@ from tunery.api.streams import (
     cursor,
     run_stream,
 )
-from tunery.runs import annotations, finish, history, intake, pause, queries, settle
+from tunery.runs import annotations as run_annotations
+from tunery.runs import finish, history, intake, pause, queries, settle
 from tunery.wire.rest import RunEstimate, RunPublic, StepRow
 
 router = APIRouter(tags=["runs"])
@@ -111,7 +112,7 @@ ANNOTATIONS_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": annotations.AnnotationsUpdate.model_json_schema()}
+            "application/json": {"schema": run_annotations.AnnotationsUpdate.model_json_schema()}
         },
     }
 }
@@ -126,8 +127,8 @@ def annotate_run(
 ) -> RunPublic:
     """Set the run's ``tags`` and ``note`` (any state); a field left out is kept. 422 names
     every bad tag or note."""
-    update = annotations.parse_update(payload)
-    annotations.annotate_run(plane, account_id=account.id, run_id=run_id, update=update)
+    update = run_annotations.parse_update(payload)
+    run_annotations.annotate_run(plane, account_id=account.id, run_id=run_id, update=update)
     return queries.view_run(plane, account.id, run_id)
 
 
