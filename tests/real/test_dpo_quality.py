@@ -13,7 +13,8 @@ from tunery.catalog.preference_data import follows_preferred_style, preference_r
 from tunery.pipeline.recipe import run_recipe
 from tunery.pipeline.reporting import RecordingReporter
 
-pytestmark = pytest.mark.real
+# Dozens of DPO steps on a 135M model: many minutes on 2 CPU cores, so its own tier.
+pytestmark = [pytest.mark.real, pytest.mark.acceptance]
 
 MODEL_ID = "tunery/smollm2-135m-instruct"
 HELD_OUT_PROMPTS = 8
