@@ -63,7 +63,8 @@ def test_a_tier_benchmarks_a_shape_and_a_completed_run_is_checked(start_server) 
     assert set(check["phases"]) >= {"training", "saving", "exporting", "sampling", "uploading"}
     assert all(part["actual"] is not None for part in check["phases"].values())
     kept = json.loads((server.root / "runs" / run["id"] / "run.json").read_text())
-    assert kept["estimate_check"]["seconds_ratio"] == check["seconds_ratio"]
+    # run.json is written before the run's last billed seconds (its upload) are settled.
+    assert kept["estimate_check"]["seconds_ratio"] == pytest.approx(check["seconds_ratio"], 0.01)
     assert kept["timings"]["exporting"] > 0
 
     # The next estimate of the model stands on what that run measured.

@@ -72,6 +72,8 @@ def test_happy_path_over_http(
             "name": "CPU",
             "credits_per_minute": 1.0,
             "gpu_memory_gib": None,
+            "gpus": 0,
+            "devices": 1,
             "nodes_total": 1,
             "nodes_free": 1,
         }
