@@ -222,7 +222,8 @@ def job_object(run: Run, extra: FineTuningJob | None, position: int | None, at: 
     """A run as OpenAI's job object, from rows already read."""
     config = run.config
     metrics = run.metrics or {}
-    hyperparameters = mapping.resolved_hyperparameters(config, epochs=_epochs(run, metrics))
+    epochs = _epochs(run, metrics)
+    hyperparameters = mapping.resolved_hyperparameters(config, epochs=epochs)
     completed = run.status == RunStatus.COMPLETED
     eta = metrics.get("eta_seconds")
     error = run.error if run.status == RunStatus.FAILED and run.error else None
@@ -250,7 +251,7 @@ def job_object(run: Run, extra: FineTuningJob | None, position: int | None, at: 
         else None,
         metadata=extra.job_metadata if extra else None,
         integrations=config.get("integrations") or None,
-        method=mapping.method_object(config),
+        method=mapping.method_object(config, epochs=epochs),
         user_provided_suffix=extra.suffix if extra else None,
         tunery=TuneryJobState(
             run_id=run.id,

@@ -260,9 +260,10 @@ def resolved_hyperparameters(
     )
 
 
-def method_object(config: Mapping[str, Any]) -> Method:
-    """The job's ``method``: supervised, or dpo with its beta, and the values it trains with."""
-    hyperparameters = resolved_hyperparameters(config)
+def method_object(config: Mapping[str, Any], *, epochs: int | None = None) -> Method:
+    """The job's ``method``: supervised, or dpo with its beta, and the values it trains with
+    (``epochs`` as for ``resolved_hyperparameters``)."""
+    hyperparameters = resolved_hyperparameters(config, epochs=epochs)
     method = MethodSettings.model_validate(config.get("method") or {})
     if not method.preference:
         return Method(
