@@ -58,8 +58,8 @@ from train_throughput import (
     SEED,
     WARMUP_RATIO,
     clocks,
-    demo_model,
     machine_info,
+    model_dir_for,
     peak_rss_mb,
     training_config,
 )
@@ -420,7 +420,7 @@ def main() -> None:
         print(json.dumps(result))
         return
     steps, rounds = (6, 1) if args.quick else (args.steps, args.pairs)
-    model_dir = demo_model(args.model_dir)
+    model_dir = model_dir_for("demo", args.model_dir)
     machine = machine_info(args.threads)
     names = ["S", "D"] + (["T"] if importlib.util.find_spec("trl") else [])
     results = []
