@@ -605,15 +605,17 @@ def main() -> None:
     work = args.work_dir or CACHE / f"quality-{args.steps}-{args.eval_rows}"
     args.work_dir = work.resolve()
     args.train, args.heldout = write_data(args.work_dir / "data", args.steps, args.eval_rows)
-    results: dict[str, Any] = {
-        name: {"run": spawn(args, name, name, out=str(args.work_dir / name))}
-        for name in ("base", "tunery", "trainer")
-    }
-    for name, result in results.items():
-        result["match"] = spawn(args, "match", f"{name}-match", gguf=result["run"]["gguf"])
+    # Each model is finished (trained, asked, evaluated) before the next starts, so an
+    # interrupted table keeps whole rows.
+    results: dict[str, Any] = {}
+    for name in ("base", "tunery", "trainer"):
+        run = spawn(args, name, name, out=str(args.work_dir / name))
+        results[name] = {
+            "run": run,
+            "match": spawn(args, "match", f"{name}-match", gguf=run["gguf"]),
+        }
         if name != "base":
-            adapter = result["run"]["adapter"]
-            result["heldout"] = spawn(args, "loss", f"{name}-loss", adapter=adapter)
+            results[name]["heldout"] = spawn(args, "loss", f"{name}-loss", adapter=run["adapter"])
     print(report(results, args))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
