@@ -148,6 +148,10 @@ def test_rerun_opens_the_form_prefilled_and_a_deleted_hub_entry_is_said(
     expect(page.get_by_label("Max steps")).to_have_value("3")
     expect(page.get_by_label("Batch size")).to_have_value("2")
     expect(page.locator("#f-val-split")).to_have_value("0.1")
+    # What a blank split would hold out, in the server's words.
+    expect(page.locator("#f-val-help")).to_contain_text(
+        "a blank split holds out 5% of the rows (at most 500) of data with 200 rows or more"
+    )
     expect(page.get_by_label("I hold the rights")).not_to_be_checked()
 
 

@@ -70,6 +70,9 @@ def test_meta_lists_the_vocabularies_without_a_token(api) -> None:
     assert [p["id"] for p in meta["phases"]] == [phase.value for phase in PHASE_DESCRIPTIONS]
     assert {"status", "phase", "metrics", "log", "samples", "snapshot"} <= set(meta["event_kinds"])
     assert any("out of credits" in rule for rule in meta["refund_rules"])
+    assert (
+        meta["automatic_validation"] == "5% of the rows (at most 500) of data with 200 rows or more"
+    )
 
 
 def test_every_json_answer_has_a_schema(api) -> None:

@@ -367,6 +367,8 @@ class Meta(BaseModel):
     event_kinds: list[str]
     """Every ``event:`` name the event streams send (``tunery.wire.events``)."""
     refund_rules: list[str]
+    automatic_validation: str
+    """What a run whose validation split is left blank holds out."""
 
 
 class Health(BaseModel):

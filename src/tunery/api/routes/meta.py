@@ -17,6 +17,7 @@ from tunery.lifecycle import (
     TERMINAL,
 )
 from tunery.phases import PHASE_DESCRIPTIONS
+from tunery.pipeline.config import AUTO_VALIDATION_RULE
 from tunery.runs import queries
 from tunery.runs.billing import REFUND_RULES
 from tunery.wire.events import EVENT_KINDS
@@ -34,8 +35,8 @@ async def healthz() -> Health:
 @router.get("/api/v1/meta", response_model=Meta, tags=["meta"])
 def meta() -> Meta:
     """Statuses (in lifecycle order, with labels, icons and what each allows), phases, event
-    kinds and the refund rules: what the CLI and the studio show, from one place. No token
-    needed."""
+    kinds, the refund rules and what a blank validation split holds out: what the CLI and the
+    studio show, from one place. No token needed."""
     return Meta(
         statuses=[
             StatusInfo(
@@ -60,6 +61,7 @@ def meta() -> Meta:
         ],
         event_kinds=list(EVENT_KINDS),
         refund_rules=list(REFUND_RULES),
+        automatic_validation=AUTO_VALIDATION_RULE,
     )
 
 

@@ -7,6 +7,7 @@ import { setUpEstimate } from "./estimate.js";
 import { formatBytes, formatEffectiveBatch } from "./format.js";
 import { WARNINGS_CODE, clearProblems, showProblems, showWarnings } from "./problems.js";
 import { receiveRun, state } from "./state.js";
+import { automaticValidation } from "./vocabulary.js";
 
 // One key per composed run: pressing play again after a lost answer returns the same run.
 let submissionKey = null;
@@ -30,6 +31,7 @@ export function setUpForm() {
 
 /** Fill the lists from the loaded state, keeping what the user already chose. */
 export function renderForm() {
+  $("#f-val-rule").textContent = automaticValidation();
   const select = $("#f-model");
   const chosen = select.value;
   fill(select,

@@ -12,6 +12,7 @@ const statuses = new Map();
 const phases = new Map();
 let eventKinds = new Set();
 let billingRules = [];
+let validationRule = "";
 
 /**
  * Load the vocabularies once; later calls do nothing. `handled` lists the event kinds the
@@ -24,6 +25,7 @@ export async function loadVocabulary(handled = []) {
   for (const phase of meta.phases) phases.set(phase.id, phase.description);
   eventKinds = new Set(meta.event_kinds);
   billingRules = meta.refund_rules;
+  validationRule = meta.automatic_validation;
   const unknown = handled.filter((kind) => !eventKinds.has(kind));
   if (unknown.length) {
     throw new Error(`the server sends no ${unknown.join(", ")} events: reload the page `
@@ -36,6 +38,9 @@ export const isEventKind = (kind) => eventKinds.has(kind);
 
 /** What is billed and what is refunded, one sentence per rule. */
 export const refundRules = () => billingRules;
+
+/** What a run whose validation split is left blank holds out. */
+export const automaticValidation = () => validationRule;
 
 const info = (status) => statuses.get(status) ?? {};
 
