@@ -101,6 +101,7 @@ def record_steps(studio: Studio, run_id: str) -> None:
                     "step": step,
                     "total_steps": 3,
                     "loss": 3.0 / step,
+                    "accuracy": 0.25 * step,
                     "learning_rate": 2e-4,
                     "grad_norm": 0.5,
                     "tokens_per_second": 4096.0,
@@ -156,8 +157,11 @@ def test_cli_tags_notes_and_exports(cli: Any, studio: Studio, dataset_id: str) -
     listed = cli("runs", "list", "--tag", "baseline").output
     assert run_id in listed and run_id not in cli("runs", "list", "--tag", "other").output
     exported = cli("runs", "metrics", run_id, "--format", "csv").output
-    assert exported.splitlines()[0].startswith("step,epoch,loss,learning_rate")
+    assert exported.splitlines()[0].startswith("step,epoch,loss,accuracy,learning_rate")
     assert len(exported.splitlines()) == 4
+    rows = list(csv.DictReader(io.StringIO(exported)))
+    assert [row["accuracy"] for row in rows] == ["0.25", "0.5", "0.75"]
+    assert [row["eval_loss"] for row in rows] == ["", "1.75", ""]
     assert cli("runs", "metrics", run_id, "--format", "jsonl").output.count("\n") == 3
     assert "step 3/3" in cli("runs", "logs", run_id).output
     refused = cli("runs", "tag", run_id, "bad tag")

@@ -294,8 +294,9 @@ def describe_run(run: dict[str, Any]) -> list[tuple[str, str]]:
     help="CSV with a header line, or one JSON object per line.",
 )
 def runs_metrics(run_id: str, export_format: str) -> None:
-    """Print the run's per-step metrics and evaluations (step, loss, learning rate, grad
-    norm, tokens/s, eval loss and accuracy) to stdout."""
+    """Print the run's per-step metrics and evaluations (step, loss, token accuracy,
+    learning rate, grad norm, tokens/s; DPO runs' reward margin and accuracy; eval loss and
+    accuracy) to stdout."""
     with connected() as client:
         click.echo(client.run_metrics(run_id, export_format), nl=False)
 

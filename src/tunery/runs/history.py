@@ -171,16 +171,21 @@ EXPORT_COLUMNS = (
     "step",
     "epoch",
     "loss",
+    "accuracy",
     "learning_rate",
     "grad_norm",
     "tokens_per_second",
     "trained_tokens",
     "training_seconds",
+    "reward_margin",
+    "reward_accuracy",
     "eval_loss",
     "eval_accuracy",
+    *PREFERENCE_EVAL_FIELDS,
 )
-"""The columns of a metrics export: what the worker measured at each step, and the
-evaluation after it (empty where there was none)."""
+"""The columns of a metrics export: what the worker measured at each step (token accuracy;
+DPO runs: the reward margin and accuracy), and the evaluation after it (empty where there
+was none)."""
 EXPORT_FORMATS = ("csv", "jsonl")
 
 
