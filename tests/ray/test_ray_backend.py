@@ -2,7 +2,8 @@
 
 Runs land on a node of their tier, and their log names it; a tier no node has keeps its run
 waiting with a reason, logged when it changes, not each time the scheduler asks;
-cancel frees the node for the next run; a node lost mid-training (its raylet SIGKILLed)
+cancel frees the node for the next run; a paused run frees its node and resumes from the
+checkpoint it saved; a node lost mid-training (its raylet SIGKILLed)
 makes the run retry and complete on the other node of the tier with every step's metrics
 exactly once. The lost-node test runs last: it replaces the node it kills.
 """
@@ -147,6 +148,35 @@ def test_submissions_naming_no_tier_take_the_clusters_default_tier(
     assert job.status_code == 200, job.text
     assert ray_client.run(job.json()["id"])["tier"] == "small"
     ray_client.cancel_ok(job.json()["id"])
+
+
+def test_a_paused_run_frees_its_node_and_resumes_from_its_checkpoint_on_any_node(
+    ray_client: Client, demo_dataset: Path
+) -> None:
+    run = small_run(ray_client, demo_dataset, "ray-pause", max_steps=40, checkpoint_every_steps=10)
+    ray_client.wait_step(run["id"], 3, timeout=240)
+    asked = ray_client.http.post(f"/runs/{run['id']}/pause")
+    assert asked.status_code == 200, asked.text
+    ray_client.wait_status(run["id"], "paused", timeout=120)
+    # The attempt's placement group is removed once its worker has exited.
+    wait_until(
+        lambda: tiers(ray_client)["small"]["nodes_free"] == 2, timeout=60, what="a free node"
+    )
+    log = ray_client.logs(run["id"])
+    at = re.search(r"paused after step (\d+)", log)
+    assert at is not None, log
+    credits = ray_client.run(run["id"])["metrics"]["credits"]
+    time.sleep(2)
+    assert ray_client.run(run["id"])["metrics"]["credits"] == credits  # nothing accrues
+
+    resumed = ray_client.http.post(f"/runs/{run['id']}/resume")
+    assert resumed.status_code == 200, resumed.text
+    done = ray_client.wait_terminal(run["id"], timeout=300)
+    assert done["status"] == "completed", done
+    assert steps(ray_client, run["id"]) == list(range(1, 41))
+    # The second attempt, on whichever node, started from the checkpoint the pause saved
+    # and uploaded (nodes share no disk), not from the start.
+    assert f"resumed from the checkpoint at step {at[1]}" in ray_client.logs(run["id"])
 
 
 def test_a_lost_node_retries_on_the_other_node_with_every_step_once(
