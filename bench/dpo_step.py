@@ -42,9 +42,7 @@ import contextlib
 import importlib.util
 import json
 import math
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -63,6 +61,7 @@ from train_throughput import (
     peak_rss_mb,
     training_config,
 )
+from worker_process import worker_result
 
 REPO = Path(__file__).resolve().parent.parent
 DATASET = REPO / "examples" / "demo-preferences.jsonl"
@@ -295,23 +294,9 @@ def run_worker(variant: str, model_dir: Path, steps: int, threads: int) -> dict[
 
 
 def spawn(variant: str, model_dir: Path, steps: int, threads: int) -> dict[str, Any]:
-    command = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--worker",
-        variant,
-        "--model-dir",
-        str(model_dir),
-        "--steps",
-        str(steps),
-        "--threads",
-        str(threads),
-    ]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    if done.returncode != 0:
-        sys.exit(f"worker {variant} failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return worker_result(
+        __file__, variant, model_dir=str(model_dir), steps=str(steps), threads=str(threads)
+    )
 
 
 def ratio_summary(values: list[float]) -> dict[str, float]:

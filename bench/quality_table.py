@@ -40,10 +40,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +49,8 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from worker_process import worker_result
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "bench" / ".cache"
@@ -501,31 +501,18 @@ def spawn(args: argparse.Namespace, worker: str, name: str, **extra: str) -> dic
     kept = args.work_dir / "results" / f"{name}.json"
     if kept.is_file():
         return json.loads(kept.read_text())
-    command = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--worker",
-        worker,
-        "--model-dir",
-        str(args.model_dir),
-        "--train",
-        str(args.train),
-        "--heldout",
-        str(args.heldout),
-        "--steps",
-        str(args.steps),
-        "--threads",
-        str(args.threads),
-    ]
-    for key, value in extra.items():
-        command += [f"--{key}", value]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    if done.returncode != 0:
-        sys.exit(f"worker {worker} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    result = worker_result(
+        __file__,
+        worker,
+        model_dir=str(args.model_dir),
+        train=str(args.train),
+        heldout=str(args.heldout),
+        steps=str(args.steps),
+        threads=str(args.threads),
+        **extra,
+    )
     print(f"{name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    result = json.loads(done.stdout.strip().splitlines()[-1])
     kept.parent.mkdir(parents=True, exist_ok=True)
     kept.write_text(json.dumps(result, indent=2) + "\n")
     return result

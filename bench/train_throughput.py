@@ -63,12 +63,13 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from worker_process import worker_result
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -555,29 +556,18 @@ def children_cpu_seconds() -> float:
 
 
 def spawn(variant: str, model_dir: Path, steps: int, threads: int, b_batching: str) -> Any:
-    """Run one worker in a fresh interpreter; its last stdout line is the result JSON."""
-    command = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--worker",
-        variant,
-        "--model-dir",
-        str(model_dir),
-        "--steps",
-        str(steps),
-        "--threads",
-        str(threads),
-        "--b-batching",
-        b_batching,
-    ]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    """Run one worker in a fresh interpreter, timing the whole process (wall and CPU)."""
     started, cpu_before = time.perf_counter(), children_cpu_seconds()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    result = worker_result(
+        __file__,
+        variant,
+        model_dir=str(model_dir),
+        steps=str(steps),
+        threads=str(threads),
+        b_batching=b_batching,
+    )
     process_seconds = time.perf_counter() - started
     process_cpu_seconds = children_cpu_seconds() - cpu_before
-    if done.returncode != 0:
-        sys.exit(f"worker {variant} failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
     if isinstance(result, dict) and "seconds" in result:
         result["process_seconds"] = process_seconds
         result["process_cpu_seconds"] = process_cpu_seconds
