@@ -55,8 +55,10 @@ def test_dpo_from_a_completed_run_through_the_form(studio_server, open_studio) -
     assert finished["config"]["method"] == {"type": "dpo", "beta": 0.2}
     assert finished["config"]["init_from"] == sft["id"]
     panel = page.locator(f"#panel-{run_id}")
-    expect(panel.locator('[aria-label="Reward margin by step"]')).to_be_visible()
-    expect(panel.locator('[aria-label="Reward accuracy by step"]')).to_be_visible()
+    margin = panel.get_by_role("img", name="Reward margin (nats, chosen over rejected) by step")
+    expect(margin).to_be_visible()
+    accuracy = panel.get_by_role("img", name="Reward accuracy (share of pairs) by step")
+    expect(accuracy).to_be_visible()
     expect(panel.locator(".chart canvas")).to_have_count(6)
 
     panel.get_by_role("button", name="Rerun with changes").click()
