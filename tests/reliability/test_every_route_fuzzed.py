@@ -291,6 +291,7 @@ def base_body(target: Target, owned: Owned) -> Any:
     bodies: dict[str, Any] = {
         "/api/v1/runs": payload(dataset, "fuzzed"),
         "/api/v1/runs/estimate": payload(dataset, "fuzzed"),
+        "/api/v1/runs/{run_id}": {"tags": ["fuzzed"], "note": "fuzzed"},
         "/api/v1/webhooks": {"url": "https://hooks.example.com/fuzzed"},
         "/v1/fine_tuning/jobs": {"model": "tunery/demo-tiny", "training_file": dataset},
         "/v1/chat/completions": {

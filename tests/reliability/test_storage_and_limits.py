@@ -138,24 +138,27 @@ def test_a_relative_name_is_never_looked_up_in_the_servers_working_directory(
     make_plane: MakePlane, tmp_path: Path, figures, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A name that is a model directory in the server's working directory answers exactly
-    as one that exists nowhere: both are Hugging Face ids, so the answer reveals nothing."""
+    as one that exists nowhere: both are Hugging Face ids (here refused alike, since an
+    offline server cannot fetch them), so the answer reveals nothing."""
     plane = make_plane()
     grant(plane, "a", 100)
     dataset_id = upload(plane, "a")
     model_dir(tmp_path / "elsewhere" / "model")
     monkeypatch.chdir(tmp_path)
-    runs = [
-        submit_run(
-            plane,
-            account_id="a",
-            payload=payload(dataset_id, base_model=name),
-            idempotency_key=None,
-        )
-        for name in ("elsewhere/model", "nowhere/model")
-    ]
-    configs = [run.config["base_model"] for run in runs]
-    figures.attack("traversal", refused=configs == ["elsewhere/model", "nowhere/model"])
-    assert configs == ["elsewhere/model", "nowhere/model"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    answers = []
+    for name in ("elsewhere/model", "nowhere/model"):
+        with pytest.raises(ConfigError) as refused:
+            submit_run(
+                plane,
+                account_id="a",
+                payload=payload(dataset_id, base_model=name),
+                idempotency_key=None,
+            )
+        answers.append(str(refused.value).replace(name, "NAME"))
+    figures.attack("traversal", refused=answers[0] == answers[1])
+    assert answers[0] == answers[1]
+    assert "NAME is not in the server's Hugging Face cache" in answers[0]
 
 
 def test_a_relative_name_in_the_models_folder_is_that_model(make_plane: MakePlane) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -10,7 +11,10 @@ from tunery.serving.admission import Admission, Busy, ModelQueue
 
 
 def run(coroutine):
-    return asyncio.run(coroutine)
+    """Run the scenario on an event loop of its own thread: a test before it in the session
+    (Playwright's sync API) may have left a loop running on this one."""
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        return thread.submit(asyncio.run, coroutine).result()
 
 
 def test_an_account_past_its_cap_is_refused_with_a_retry_time() -> None:
