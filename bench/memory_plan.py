@@ -106,7 +106,7 @@ def planned_memory(recipe_path: Path) -> dict[str, float]:
     entry = find(SMOLLM2_MODEL_ID)
     assert entry is not None
     shape = ModelShape.from_config(entry.shape)
-    longest = file_shape(DATASET).longest_row_tokens or entry.context_length
+    longest = file_shape(DATASET).longest_sequence_tokens or entry.context_length
     estimate = estimate_peak_memory(
         shape,
         plan_for_recipe(recipe, shape),
