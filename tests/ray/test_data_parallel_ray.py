@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import textwrap
 from dataclasses import replace
 from pathlib import Path
@@ -35,22 +36,28 @@ def pair_nodes(cluster: RayCluster) -> set[str]:
 
 def in_driver(cluster: RayCluster, script: str) -> Any:
     """Run ``script`` in a Python process connected to the cluster (as ``ray``) and return
-    the JSON it prints last. A process of its own: Ray reads its authentication mode once,
-    when a process imports it, and this one may have imported Ray before the cluster's
-    token existed."""
-    connect = (
-        "import json, ray\n"
-        f"ray.init(address={cluster.address!r}, namespace='tests', log_to_driver=False)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", connect + textwrap.dedent(script)],
-        env={**os.environ, **cluster.env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    what it hands to ``answer(value)``. A process of its own: Ray reads its authentication
+    mode once, when a process imports it, and this one may have imported Ray before the
+    cluster's token existed. The answer travels in a file, not on stdout, where Ray's own
+    lines may come after it."""
+    with tempfile.TemporaryDirectory(prefix="tunery-driver-") as scratch:
+        answer_file = Path(scratch) / "answer.json"
+        connect = (
+            "import json, ray\n"
+            "def answer(value):\n"
+            f"    open({str(answer_file)!r}, 'w').write(json.dumps(value))\n"
+            f"ray.init(address={cluster.address!r}, namespace='tests', log_to_driver=False)\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", connect + textwrap.dedent(script)],
+            env={**os.environ, **cluster.env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert answer_file.exists(), f"no answer:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        return json.loads(answer_file.read_text())
 
 
 def groups_of_run(cluster: RayCluster, tier: str) -> list[dict[str, Any]]:
@@ -60,10 +67,10 @@ def groups_of_run(cluster: RayCluster, tier: str) -> list[dict[str, Any]]:
         f"""
         from ray.util.placement_group import placement_group_table
         groups = placement_group_table().values()
-        print(json.dumps([
+        answer([
             group for group in groups
             if group["name"].startswith({prefix!r}) and group["state"] == "CREATED"
-        ]))
+        ])
         """,
     )
 
@@ -72,9 +79,10 @@ def test_a_two_process_run_is_packed_on_one_node_and_a_lost_node_resumes_it_else
     ray_client: Client, ray_cluster: RayCluster, demo_dataset: Path
 ) -> None:
     body = payload(ray_client.dataset(demo_dataset), "ray-pair", gpu_tier="pair")
-    body["training"].update(max_steps=40, checkpoint_every_steps=4)
+    # Long enough that a fast machine is still training when the node is killed.
+    body["training"].update(max_steps=120, checkpoint_every_steps=4)
     run = ray_client.submit_ok(body)
-    training = ray_client.wait_step(run["id"], 9, timeout=300)
+    training = ray_client.wait_step(run["id"], 1, timeout=300)
     lost = training["node"]
     assert lost in pair_nodes(ray_cluster)
     (group,) = groups_of_run(ray_cluster, "pair")
@@ -83,6 +91,7 @@ def test_a_two_process_run_is_packed_on_one_node_and_a_lost_node_resumes_it_else
     assert len(set(group["bundles_to_node_id"].values())) == 1
     assert "training on 2 processes of this node" in ray_client.logs(run["id"])
 
+    ray_client.wait_step(run["id"], 9, timeout=300)
     ray_cluster.kill_node(lost)
     try:
         ray_client.wait_status(run["id"], "retrying", timeout=90)
@@ -90,7 +99,7 @@ def test_a_two_process_run_is_packed_on_one_node_and_a_lost_node_resumes_it_else
         assert done["status"] == "completed", done
         assert done["node"] in pair_nodes(ray_cluster) - {lost}
         assert done["attempt"] == 2
-        assert {row["step"] for row in ray_client.metrics(run["id"])} == set(range(1, 41))
+        assert {row["step"] for row in ray_client.metrics(run["id"])} == set(range(1, 121))
         fetched = re.search(r"fetched the checkpoint at step (\d+)", ray_client.logs(run["id"]))
         assert fetched is not None and int(fetched[1]) >= 8
         assert f"resumed from the checkpoint at step {fetched[1]}" in ray_client.logs(run["id"])
@@ -120,7 +129,7 @@ def test_the_worker_sees_the_gpus_its_bundles_hold(ray_cluster: RayCluster) -> N
             ray.get(group.ready(), timeout=60)
             in_group = PlacementGroupSchedulingStrategy(group, 0)
             task = visible_gpus_in_the_group.options(scheduling_strategy=in_group).remote()
-            print(json.dumps(ray.get(task, timeout=120)))
+            answer(ray.get(task, timeout=120))
         finally:
             remove_placement_group(group)
         """,
