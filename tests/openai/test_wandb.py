@@ -94,20 +94,90 @@ def test_a_job_with_a_wandb_integration_logs_its_metrics(
     [run] = [r.run for r in records if r.WhichOneof("record_type") == "run"][:1]
     assert (run.run_id, run.project, run.display_name) == (job.id, "support-bot", "first try")
     assert {"demo", "tunery/finetune", "tunery/tunery/demo-tiny"} <= set(run.tags)
+    history = wandb_history(log)
+    assert sorted(history) == list(range(1, STEPS + 1))
+    assert all(
+        row["train/loss"] > 0 and 0 <= row["train/mean_token_accuracy"] <= 1
+        for row in history.values()
+    )
+    assert not [key for row in history.values() for key in row if "/rewards/" in key]
+    # Evaluated at every checkpoint (2 steps) on the validation file.
+    assert [step for step, row in sorted(history.items()) if "valid/loss" in row] == [2, 4]
+    steps = client.fine_tuning.jobs.list_events(job.id, limit=100)
+    assert any("logging to W&B: project support-bot" in event.message for event in steps)
+
+
+def wandb_history(log: Path) -> dict[int, dict[str, Any]]:
+    """Each step's logged numbers in the ``.wandb`` file ``log``."""
     history: dict[int, dict[str, Any]] = {}
-    for record in records:
+    for record in wandb_records(log):
         if record.WhichOneof("record_type") == "history":
             items = {
                 (item.key or "/".join(item.nested_key)): json.loads(item.value_json)
                 for item in record.history.item
             }
             history.setdefault(items["_step"], {}).update(items)
-    assert sorted(history) == list(range(1, STEPS + 1))
-    assert all(
-        row["train/loss"] > 0 and 0 <= row["train/mean_token_accuracy"] <= 1
-        for row in history.values()
+    return history
+
+
+def test_a_dpo_run_logs_its_rewards_under_the_names_trl_uses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wandb
+
+    from tunery.pipeline.reporting import EvalMetrics, RecordingReporter, StepMetrics
+    from tunery.pipeline.wandb_log import WandbReporter
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = wandb.init(project="prefs", id="run_dpo", dir=str(tmp_path))
+    inner = RecordingReporter()
+    reporter = WandbReporter(inner, run)
+    step = StepMetrics(
+        step=1,
+        total_steps=1,
+        epoch=1.0,
+        epochs=1,
+        loss=0.61,
+        learning_rate=1e-4,
+        grad_norm=0.5,
+        tokens_per_second=100.0,
+        trained_tokens=64,
+        training_seconds=0.6,
+        eta_seconds=0.0,
+        rewards_chosen=0.25,
+        rewards_rejected=-0.5,
+        reward_margin=0.75,
+        reward_accuracy=1.0,
     )
-    # Evaluated at every checkpoint (2 steps) on the validation file.
-    assert [step for step, row in sorted(history.items()) if "valid/loss" in row] == [2, 4]
-    steps = client.fine_tuning.jobs.list_events(job.id, limit=100)
-    assert any("logging to W&B: project support-bot" in event.message for event in steps)
+    evaluation = EvalMetrics(
+        step=1,
+        total_steps=1,
+        eval_loss=0.64,
+        eval_accuracy=None,
+        best_eval_loss=0.64,
+        best_step=1,
+        examples=4,
+        seconds=0.1,
+        eval_rewards_chosen=0.125,
+        eval_rewards_rejected=-0.25,
+        eval_reward_margin=0.375,
+        eval_reward_accuracy=0.75,
+    )
+    reporter.metrics(step)
+    reporter.eval_metrics(evaluation)
+    reporter.close()
+
+    assert (inner.steps, inner.evaluations) == ([step], [evaluation])
+    [log] = tmp_path.glob("wandb/offline-run-*-run_dpo/run-run_dpo.wandb")
+    logged = wandb_history(log)[1]
+    assert {key: value for key, value in logged.items() if "/rewards/" in key} == {
+        "train/rewards/chosen": 0.25,
+        "train/rewards/rejected": -0.5,
+        "train/rewards/margins": 0.75,
+        "train/rewards/accuracies": 1.0,
+        "valid/rewards/chosen": 0.125,
+        "valid/rewards/rejected": -0.25,
+        "valid/rewards/margins": 0.375,
+        "valid/rewards/accuracies": 0.75,
+    }
+    assert logged["valid/loss"] == 0.64 and "valid/mean_token_accuracy" not in logged

@@ -138,6 +138,37 @@ class Reporter(Protocol):
         step and stops (``RunPaused``); a later attempt resumes from that checkpoint."""
 
 
+class ForwardingReporter:
+    """A Reporter that passes everything on to ``inner``; wrappers override what they add."""
+
+    def __init__(self, inner: Reporter) -> None:
+        self._inner = inner
+
+    def phase(self, phase: Phase) -> None:
+        self._inner.phase(phase)
+
+    def log(self, message: str) -> None:
+        self._inner.log(message)
+
+    def metrics(self, metrics: StepMetrics) -> None:
+        self._inner.metrics(metrics)
+
+    def eval_metrics(self, metrics: EvalMetrics) -> None:
+        self._inner.eval_metrics(metrics)
+
+    def resumed(self, history: list[dict[str, Any]]) -> None:
+        self._inner.resumed(history)
+
+    def should_stop(self) -> bool:
+        return self._inner.should_stop()
+
+    def should_finish(self) -> bool:
+        return self._inner.should_finish()
+
+    def should_pause(self) -> bool:
+        return self._inner.should_pause()
+
+
 @dataclass
 class RecordingReporter:
     """Keeps everything in memory; ``stop_after_step`` requests cancel after that step,

@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 from tunery.phases import Phase
-from tunery.pipeline.reporting import EvalMetrics, Reporter, StepMetrics
+from tunery.pipeline.reporting import EvalMetrics, ForwardingReporter, Reporter
 
 EVALUATIONS = "evaluations"
 """The timings key of the seconds spent evaluating, part of the training phase's."""
 
 
-class PhaseTimer:
+class PhaseTimer(ForwardingReporter):
     """A Reporter that passes everything on to ``inner`` and times the phases."""
 
     def __init__(self, inner: Reporter, clock: Callable[[], float] = time.monotonic) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._clock = clock
         self._current: tuple[Phase, float] | None = None
         self._seconds: dict[str, float] = {}
@@ -35,27 +34,9 @@ class PhaseTimer:
         self._current = (phase, self._clock())
         self._inner.phase(phase)
 
-    def log(self, message: str) -> None:
-        self._inner.log(message)
-
-    def metrics(self, metrics: StepMetrics) -> None:
-        self._inner.metrics(metrics)
-
     def eval_metrics(self, metrics: EvalMetrics) -> None:
         self._evaluations += metrics.seconds
         self._inner.eval_metrics(metrics)
-
-    def resumed(self, history: list[dict[str, Any]]) -> None:
-        self._inner.resumed(history)
-
-    def should_stop(self) -> bool:
-        return self._inner.should_stop()
-
-    def should_finish(self) -> bool:
-        return self._inner.should_finish()
-
-    def should_pause(self) -> bool:
-        return self._inner.should_pause()
 
     def timings(self) -> dict[str, float]:
         """Seconds per phase entered so far (the current one up to now), and the seconds of

@@ -3,7 +3,8 @@
 ``with_wandb`` wraps the run's reporter: everything still goes where it went, and each
 step's numbers (``train/loss``, ``train/mean_token_accuracy``, learning rate, gradient norm,
 tokens per second, epoch) and each evaluation (``valid/loss``,
-``valid/mean_token_accuracy``) are logged to W&B at their step. The W&B run's id is the
+``valid/mean_token_accuracy``) are logged to W&B at their step; a DPO run adds its rewards
+(``train/rewards/margins``, ``valid/rewards/accuracies``, ...). The W&B run's id is the
 tunery run's, resumed by every attempt, so a retried or paused run is one W&B run. The
 ``wandb`` package (the ``wandb`` extra) is imported only here, only for such runs; its key
 and mode come from the environment (a worker sets them from its spec).
@@ -15,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from tunery.errors import TuneryError
-from tunery.phases import Phase
 from tunery.pipeline.config import RunRecipe
-from tunery.pipeline.reporting import EvalMetrics, Reporter, StepMetrics
+from tunery.pipeline.reporting import EvalMetrics, ForwardingReporter, Reporter, StepMetrics
 
 DEFAULT_TAGS = ("tunery/finetune",)
 
@@ -28,18 +28,12 @@ class WandbUnavailable(TuneryError):
     code = "wandb_unavailable"
 
 
-class WandbReporter:
+class WandbReporter(ForwardingReporter):
     """A reporter that also logs to a W&B run; ``close`` ends that run."""
 
     def __init__(self, inner: Reporter, run: Any) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._run = run
-
-    def phase(self, phase: Phase) -> None:
-        self._inner.phase(phase)
-
-    def log(self, message: str) -> None:
-        self._inner.log(message)
 
     def metrics(self, metrics: StepMetrics) -> None:
         self._inner.metrics(metrics)
@@ -51,30 +45,54 @@ class WandbReporter:
             "train/tokens_per_second": metrics.tokens_per_second,
             "train/trained_tokens": metrics.trained_tokens,
             "train/epoch": metrics.epoch,
+            **_rewards(
+                "train",
+                metrics.rewards_chosen,
+                metrics.rewards_rejected,
+                metrics.reward_margin,
+                metrics.reward_accuracy,
+            ),
         }
-        self._run.log({k: v for k, v in numbers.items() if v is not None}, step=metrics.step)
+        self._run.log(_present(numbers), step=metrics.step)
 
     def eval_metrics(self, metrics: EvalMetrics) -> None:
         self._inner.eval_metrics(metrics)
-        self._run.log(
-            {"valid/loss": metrics.eval_loss, "valid/mean_token_accuracy": metrics.eval_accuracy},
-            step=metrics.step,
-        )
-
-    def resumed(self, history: list[dict[str, Any]]) -> None:
-        self._inner.resumed(history)
-
-    def should_stop(self) -> bool:
-        return self._inner.should_stop()
-
-    def should_finish(self) -> bool:
-        return self._inner.should_finish()
-
-    def should_pause(self) -> bool:
-        return self._inner.should_pause()
+        numbers = {
+            "valid/loss": metrics.eval_loss,
+            "valid/mean_token_accuracy": metrics.eval_accuracy,
+            **_rewards(
+                "valid",
+                metrics.eval_rewards_chosen,
+                metrics.eval_rewards_rejected,
+                metrics.eval_reward_margin,
+                metrics.eval_reward_accuracy,
+            ),
+        }
+        self._run.log(_present(numbers), step=metrics.step)
 
     def close(self) -> None:
         self._run.finish()
+
+
+def _rewards(
+    section: str,
+    chosen: float | None,
+    rejected: float | None,
+    margin: float | None,
+    accuracy: float | None,
+) -> dict[str, float | None]:
+    """A DPO run's rewards under the keys TRL's DPO trainer logs (``train/rewards/margins``
+    ...), so W&B charts compare with runs trained there; all None for an SFT run."""
+    return {
+        f"{section}/rewards/chosen": chosen,
+        f"{section}/rewards/rejected": rejected,
+        f"{section}/rewards/margins": margin,
+        f"{section}/rewards/accuracies": accuracy,
+    }
+
+
+def _present(numbers: dict[str, float | int | None]) -> dict[str, float | int]:
+    return {key: value for key, value in numbers.items() if value is not None}
 
 
 def with_wandb(
