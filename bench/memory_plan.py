@@ -3,7 +3,7 @@
 Each round runs ``tunery train`` as a user does, in a fresh process (no GGUF export), on
 ``examples/demo-dataset.jsonl`` with ``--steps`` steps of batch 8, LoRA r 16 on all linear
 layers, fp32, and sets the planner's peak (``tunery.pipeline.memory``: fp32, micro-batches of
-8 of the data's longest example as submission estimates it from characters; its fixed
+8 of the data's longest example as submission counts it, with the model's tokenizer; its fixed
 ``CONTEXT_BYTES`` stands for what a GPU process holds besides tensors) beside the process's
 measured peak RSS (its own ``VmHWM``, polled from ``/proc`` every 50 ms) and the run's
 training seconds.
@@ -38,6 +38,7 @@ from tunery.catalog.smollm2 import SMOLLM2_MODEL_ID
 from tunery.pipeline.config import load_recipe
 from tunery.pipeline.memory import GIB, ModelShape, estimate_peak_memory, plan_for_recipe
 from tunery.runs.data_shape import file_shape
+from tunery.runs.token_count import model_token_count, model_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 DATASET = REPO / "examples" / "demo-dataset.jsonl"
@@ -100,13 +101,16 @@ def train_once(recipe: Path, out: Path, threads: int) -> dict[str, Any]:
     }
 
 
-def planned_memory(recipe_path: Path) -> dict[str, float]:
+def planned_memory(recipe_path: Path, model_dir: Path) -> dict[str, float]:
     """The planner's figure for the recipe on this data, as submission computes it."""
     recipe = load_recipe(recipe_path)
     entry = find(SMOLLM2_MODEL_ID)
     assert entry is not None
     shape = ModelShape.from_config(entry.shape)
-    longest = file_shape(DATASET).longest_sequence_tokens or entry.context_length
+    tokenizer = model_tokenizer(str(model_dir))
+    assert tokenizer is not None, f"{model_dir} has no tokenizer.json"
+    counted = file_shape(DATASET, model_token_count(tokenizer))
+    longest = counted.longest_sequence_tokens or entry.context_length
     estimate = estimate_peak_memory(
         shape,
         plan_for_recipe(recipe, shape),
@@ -128,11 +132,11 @@ def main() -> None:
     args = parse_args()
     entry = find(SMOLLM2_MODEL_ID)
     assert entry is not None
-    built_model_dir(entry, on_wait=lambda reason: print(reason, file=sys.stderr))
+    model_dir = built_model_dir(entry, on_wait=lambda reason: print(reason, file=sys.stderr))
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="memory-plan-") as scratch:
         recipe_path = recipe_file(Path(scratch), args.steps)
-        memory = planned_memory(recipe_path)
+        memory = planned_memory(recipe_path, model_dir)
         for number in range(1, args.rounds + 1):
             run = train_once(recipe_path, Path(scratch) / f"run-{number}", args.threads)
             entry_round = {

@@ -137,7 +137,9 @@ def test_a_submitted_run_keeps_its_estimate_and_a_completed_one_is_measured(
     scaled = other.json()
     assert scaled["throughput_source"] == "measured"
     sizes = scaled["parameters"] / recorded["parameters"]
-    assert scaled["tokens_per_second"] == pytest.approx(recorded["tokens"] / 3.0 / sizes, rel=1e-2)
+    expected = recorded["tokens"] / 3.0 / sizes
+    # Answered to a tenth of a token per second.
+    assert scaled["tokens_per_second"] == pytest.approx(expected, rel=1e-2, abs=0.05)
 
 
 def test_the_estimate_counts_every_billed_part_a_completed_run_timed(

@@ -9,17 +9,19 @@ its end (``runs.billing``), so the estimate adds up every part of that: the grad
 answers and the bundles' upload (``BILLED_PHASES``). It says apart how long a node takes to
 reach the first step (``startup_seconds``: loading, data, LoRA), which is not billed.
 
-**Tokens.** The control plane loads no tokenizer: each row's tokens are estimated from its
-characters (``runs.data_shape``), cut at ``max_seq_length`` (else the catalog model's
-context). Steps are exact: the rows held out for samples and validation are counted as
-``pipeline.holdout`` holds them out, and the budget is the training loop's ``plan_budget``.
+**Tokens.** Each row's tokens are counted with the base model's tokenizer where the server
+holds the model, else estimated from its characters (``runs.data_shape``), and cut at
+``max_seq_length`` (else the catalog model's context). Steps are exact: the rows held out
+for samples and validation are counted as ``pipeline.holdout`` holds them out, and the
+budget is the training loop's ``plan_budget``.
 
 **Costs**, for each part, from the best of:
 
 1. ``measured``: the latest completed runs of the same model on the same tier (medians of
    their ``run.json`` timings per unit: per estimated token of training and evaluation, per
    generated token of sampling, seconds for the rest), in this module's own token unit, so
-   the characters-per-token approximation cancels out; runs of another model on the tier
+   what its count misses (the chat template's exact markers; characters per token, for a
+   model without a local tokenizer) cancels out on similar data; runs of another model on the tier
    when none of this one completed, scaled by the models' parameter counts;
 2. ``calibrated``: the tier's micro-benchmark of the model's shape (``runs.calibration``);
 3. ``prior``: for the gradient steps and evaluations only, ``6 * parameters * tokens``

@@ -6,11 +6,12 @@ The model's size comes from the catalog (``CatalogModel.shape``) or, for a model
 server's models directory, its config.json; a Hugging Face model outside the catalog is
 checked by its worker on the card, before training (``pipeline.card_fit``). A micro-batch
 holds at most ``batch_size`` examples of the data's longest row (a DPO run: both sequences
-of ``batch_size`` pairs, each as long as the longest side), whose tokens are estimated
-from its characters (``runs.data_shape``) and cut at ``max_seq_length`` or the model's
-context. Characters per token vary by language (a Chinese row has about one token per
-character, not a quarter): a run this underestimates passes here and is refused by its
-worker's check before the first step, with the same hint. Tiers without a card memory
+of ``batch_size`` pairs, each as long as the longest side), whose tokens are counted with
+the model's tokenizer where the server holds the model (``runs.data_shape``) and cut at
+``max_seq_length`` or the model's context. A Hub model's rows are estimated from their
+characters, which vary by language (a Chinese row has about one token per character, not a
+quarter): a run this underestimates passes here and is refused by its worker's check before
+the first step, with the same hint. Tiers without a card memory
 (``cpu``) are not checked.
 """
 

@@ -61,6 +61,7 @@ from tunery.pipeline.memory import MemoryEstimate
 from tunery.runs import billing, calibration, estimate, fit, hub, queries, store
 from tunery.runs.data_shape import DataShape, stored_shape
 from tunery.runs.plane import Conflict, ControlPlane, TooManyQueued
+from tunery.runs.token_count import model_tokenizer
 from tunery.tiers import TierSettings
 from tunery.wire.rest import Problem, RunEstimate
 
@@ -413,13 +414,16 @@ def read_shapes(plane: ControlPlane, account_id: str, payload: Any) -> DataShape
     held = _id_list(validation.get("dataset_ids", [])) if isinstance(validation, dict) else []
     if training is None or held is None:
         return None
+    base_model = payload.get("base_model")
+    local_model = _base_model(plane, base_model)[1] if isinstance(base_model, str) else None
+    tokenizer = model_tokenizer(local_model) if local_model else None
     with plane.sessions() as session:
         datasets = owned_datasets(session, account_id, training)
         separate = owned_datasets(session, account_id, held)
     try:
         return DataShapes(
-            stored_shape(plane.datasets_dir, datasets),
-            stored_shape(plane.datasets_dir, separate),
+            stored_shape(plane.datasets_dir, datasets, tokenizer),
+            stored_shape(plane.datasets_dir, separate, tokenizer),
         )
     except (OSError, TuneryError):
         return None  # deleted meanwhile: the checks under the lock say so
@@ -434,11 +438,17 @@ def _id_list(value: Any) -> list[str] | None:
 def _stored_shapes(
     plane: ControlPlane, session: Session, account_id: str, recipe: RunRecipe
 ) -> DataShapes:
+    tokenizer = model_tokenizer(recipe.base_model)
     return DataShapes(
-        stored_shape(plane.datasets_dir, owned_datasets(session, account_id, recipe.dataset_ids)),
+        stored_shape(
+            plane.datasets_dir,
+            owned_datasets(session, account_id, recipe.dataset_ids),
+            tokenizer,
+        ),
         stored_shape(
             plane.datasets_dir,
             owned_datasets(session, account_id, recipe.validation.dataset_ids),
+            tokenizer,
         ),
     )
 
