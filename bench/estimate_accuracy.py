@@ -125,6 +125,11 @@ def record(model: str, run: dict[str, Any]) -> dict[str, Any]:
         "estimated_seconds": check["estimated_seconds"],
         "actual_seconds": check["actual_seconds"],
         "phases": check["phases"],
+        # What the training part was estimated from, beside what the run measured.
+        "estimated_tokens": run["estimate"]["tokens"],
+        "estimated_tokens_per_second": run["estimate"]["tokens_per_second"],
+        "trained_tokens": run["metrics"]["trained_tokens"],
+        "measured_tokens_per_second": run["metrics"]["tokens_per_second"],
     }
 
 

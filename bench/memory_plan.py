@@ -109,7 +109,7 @@ def train_once(recipe: Path, out: Path, threads: int) -> dict[str, Any]:
 
 def counted_rows(model_dir: Path, dataset: Path) -> DataShape:
     """``dataset``'s rows counted as submission counts them, with the model's tokenizer."""
-    tokenizer = model_tokenizer(str(model_dir))
+    tokenizer = model_tokenizer(str(model_dir), model_dir.parent)
     assert tokenizer is not None, f"{model_dir} has no tokenizer.json"
     return file_shape(dataset, model_token_count(tokenizer))
 

@@ -8,6 +8,7 @@ a run's payload can be read back and submitted again.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -350,3 +351,37 @@ def test_a_worker_gets_validation_data_reports_evaluations_and_hears_finish(
     assert studio.get(f"/runs/{run_id}/metrics").json()[-1]["eval_loss"] == 1.25
     assert studio.post(f"/runs/{run_id}/finish").status_code == 200
     assert post() == {"cancel": False, "finish": True, "pause": False}
+
+
+def test_a_built_models_rows_are_counted_with_its_tokenizer(
+    studio: Studio, tmp_path: Path, demo_model_dir: Path
+) -> None:
+    from tunery.pipeline.chat import Encoder
+    from tunery.pipeline.datasets import Message, Row
+    from tunery.pipeline.load import load_tokenizer
+
+    digits = " ".join(str(7**power) for power in range(30, 50))
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Question {index}: add up {digits}"},
+                {"role": "assistant", "content": f"Answer {index}: {digits[::-1]}"},
+            ]
+        }
+        for index in range(100, 160)
+    ]
+    path = tmp_path / "digits.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    body = payload(
+        studio.dataset(path), training={"max_steps": 0, "epochs": 1}, validation={"split": 0}
+    )
+    estimate = studio.post("/runs/estimate", body).json()
+
+    tokenizer, chat_format, _ = load_tokenizer(demo_model_dir)
+    encoder = Encoder(tokenizer, chat_format.end_of_turn, train_on_inputs=False)
+    messages = tuple(Message(**message) for message in rows[0]["messages"])
+    per_row = encoder.encode(Row("digits.jsonl", 1, messages)).tokens
+    from_characters = sum(math.ceil(len(m["content"]) / 4) + 4 for m in rows[0]["messages"])
+    assert estimate["examples"] == 57
+    assert estimate["tokens_per_epoch"] == pytest.approx(57 * per_row, rel=0.05)
+    assert per_row > 2 * from_characters

@@ -8,6 +8,7 @@ per token are far from 4 (digits, code) are planned at their real length.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,7 @@ def worker_tokens(model_dir: Path, path: Path) -> list[int]:
 
 def test_rows_are_counted_with_the_models_tokenizer(demo_model_dir: Path, tmp_path: Path) -> None:
     path = write_rows(tmp_path / "digits.jsonl", ROWS)
-    tokenizer = model_tokenizer(str(demo_model_dir))
+    tokenizer = model_tokenizer(str(demo_model_dir), demo_model_dir.parent)
     assert tokenizer is not None and tokenizer.path == str(demo_model_dir / "tokenizer.json")
 
     counted = file_shape(path, model_token_count(tokenizer))
@@ -83,7 +84,9 @@ def test_a_pair_counts_its_prompt_with_either_answer(demo_model_dir: Path, tmp_p
         "rejected": [{"role": "assistant", "content": DIGITS}],
     }
     path = write_rows(tmp_path / "pairs.jsonl", [pair])
-    counted = file_shape(path, model_token_count(model_tokenizer(str(demo_model_dir))))
+    tokenizer = model_tokenizer(str(demo_model_dir), demo_model_dir.parent)
+    assert tokenizer is not None
+    counted = file_shape(path, model_token_count(tokenizer))
     chosen_rows = [{"messages": pair["prompt"] + pair["chosen"]}]
     rejected_rows = [{"messages": pair["prompt"] + pair["rejected"]}]
     chosen = worker_tokens(demo_model_dir, write_rows(tmp_path / "c.jsonl", chosen_rows))[0]
@@ -94,17 +97,31 @@ def test_a_pair_counts_its_prompt_with_either_answer(demo_model_dir: Path, tmp_p
     assert counted.row_tokens[0] == pytest.approx(chosen + rejected, rel=0.05)
 
 
-def test_a_model_without_a_readable_tokenizer_is_counted_from_characters(
+def test_the_tokenizer_is_read_only_from_the_models_directory(
     tmp_path: Path, demo_model_dir: Path
 ) -> None:
-    path = write_rows(tmp_path / "digits.jsonl", ROWS)
-    assert model_tokenizer("HuggingFaceTB/SmolLM2-135M-Instruct") is None
-    assert model_tokenizer(str(tmp_path / "no-such-model")) is None
+    models = tmp_path / "models"
+    shutil.copytree(demo_model_dir, models / "demo-tiny")
+    in_models = models / "demo-tiny" / "tokenizer.json"
 
+    # A catalog id, built in the models directory, and a local model inside it.
+    assert model_tokenizer("tunery/demo-tiny", models).path == str(in_models)
+    assert model_tokenizer(str(models / "demo-tiny"), models).path == str(in_models)
+    # Anything else is counted from characters: a model the server does not hold, a
+    # directory outside the models directory, one reached by walking up, a relative name.
+    assert model_tokenizer("tunery/smollm2-135m-instruct", models) is None
+    assert model_tokenizer("HuggingFaceTB/SmolLM2-135M-Instruct", models) is None
+    assert model_tokenizer(str(demo_model_dir), models) is None
+    assert model_tokenizer(f"{models}/../{demo_model_dir.name}", models) is None
+    assert model_tokenizer("./demo-tiny", models) is None
+
+
+def test_a_model_without_a_readable_tokenizer_is_counted_from_characters(tmp_path: Path) -> None:
+    path = write_rows(tmp_path / "digits.jsonl", ROWS)
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text("{}")
     (broken / "tokenizer.json").write_text('{"model": "not a tokenizer"')
-    tokenizer = model_tokenizer(str(broken))
+    tokenizer = model_tokenizer(str(broken), tmp_path)
     assert tokenizer is not None
     assert file_shape(path, model_token_count(tokenizer)) == file_shape(path)

@@ -416,7 +416,11 @@ def read_shapes(plane: ControlPlane, account_id: str, payload: Any) -> DataShape
         return None
     base_model = payload.get("base_model")
     local_model = _base_model(plane, base_model)[1] if isinstance(base_model, str) else None
-    tokenizer = model_tokenizer(local_model) if local_model else None
+    tokenizer = (
+        model_tokenizer(local_model or base_model, plane.settings.models_dir)
+        if isinstance(base_model, str)
+        else None
+    )
     with plane.sessions() as session:
         datasets = owned_datasets(session, account_id, training)
         separate = owned_datasets(session, account_id, held)
@@ -438,7 +442,7 @@ def _id_list(value: Any) -> list[str] | None:
 def _stored_shapes(
     plane: ControlPlane, session: Session, account_id: str, recipe: RunRecipe
 ) -> DataShapes:
-    tokenizer = model_tokenizer(recipe.base_model)
+    tokenizer = model_tokenizer(recipe.base_model, plane.settings.models_dir)
     return DataShapes(
         stored_shape(
             plane.datasets_dir,

@@ -1,6 +1,7 @@
 """Counting a dataset's tokens on the control plane, torch-free.
 
-Where the server holds the base model, texts are counted with its own tokenizer (its
+Where the server holds the base model (a local one, or a catalog model built in its models
+directory), texts are counted with its own tokenizer (its
 ``tokenizer.json``, through ``tokenizers``) and each conversation adds the markers its chat
 template writes around the messages, measured once per model by rendering the template
 (sandboxed Jinja, as transformers renders it) for conversations of empty messages.
@@ -15,11 +16,13 @@ import functools
 import json
 import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunery.catalog.models import find_build
 from tunery.errors import ConfigError
 from tunery.pipeline.load import DEFAULT_CHAT_TEMPLATE, parse_model_reference
 
@@ -59,22 +62,35 @@ FROM_CHARACTERS = TokenCount(character_counts, TOKENS_PER_MESSAGE)
 """For a model whose tokenizer the server does not hold."""
 
 
-def model_tokenizer(base_model: str) -> TokenizerFile | None:
-    """The tokenizer.json of ``base_model`` when it is a local model (it has passed the
-    submission's checks: inside the models directory) whose file the server can read."""
+def model_tokenizer(base_model: str, models_dir: Path) -> TokenizerFile | None:
+    """The tokenizer.json of ``base_model`` when the server holds the model: a local model
+    inside ``models_dir`` (as written: nothing else on the server's disk is read) or a
+    catalog model built there; None otherwise, or when the file is not one to read."""
     try:
-        reference = parse_model_reference(base_model)
+        reference = parse_model_reference(base_model, relative_dirs=False)
     except ConfigError:
         return None
-    if reference.kind != "local" or reference.path is None:
+    if reference.kind == "local" and _inside(Path(base_model.strip()), models_dir):
+        folder = Path(base_model.strip())
+    elif reference.kind == "demo" and (entry := find_build(reference.name)) is not None:
+        assert entry.build is not None  # find_build finds built models only
+        folder = models_dir / entry.build.folder
+    else:
         return None
     try:
-        found = (reference.path / "tokenizer.json").stat()
+        found = (folder / "tokenizer.json").stat()
     except OSError:
         return None
     if found.st_size > TOKENIZER_FILE_BYTES:
         return None
-    return TokenizerFile(str(reference.path / "tokenizer.json"), found.st_mtime_ns)
+    return TokenizerFile(str(folder / "tokenizer.json"), found.st_mtime_ns)
+
+
+def _inside(path: Path, models_dir: Path) -> bool:
+    """Whether absolute ``path`` lies below ``models_dir`` without walking up."""
+    if not path.is_absolute() or ".." in path.parts:
+        return False
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(models_dir))
 
 
 @functools.lru_cache(maxsize=8)
