@@ -4,12 +4,15 @@ Before any run of a model was measured on a tier, its estimate needs to know how
 tier trains that shape. Peak FLOPs are a poor guess (a CPU, or a small model that cannot
 fill a GPU, reaches a small and unpredictable share of them), so the tier measures instead:
 a few optimizer steps of the recipe's adapter on a randomly initialised model of the same
-width, with one decoder layer and with two, through the training loop every run uses
-(same packing, attention, loss and precision). The difference between the two is a layer's
-cost; the rest (embeddings, output head, optimizer, loop) is the base; the full model is
-the base plus a layer's cost times its depth. The same two models time an evaluation pass
-(forward only), token-by-token generation (the samples), and writing and reading their
-weights (loading the model, saving the adapter, the GGUF export).
+width, with one decoder layer and with three, through the training loop every run uses
+(same packing, attention, loss and precision). Half the difference between the two is a
+layer's cost; the rest (embeddings, output head, optimizer, loop) is the base; the full
+model is the base plus a layer's cost times its depth. The same two models time an
+evaluation pass (forward only), token-by-token generation (the samples), and writing and
+reading their weights (loading the model, saving the adapter, the GGUF export). A layer's
+cost is multiplied by the depth (30 for SmolLM2), so each timing is the fastest of several:
+another process on the machine only ever adds time, which a mean would carry into the
+estimate thirty-fold.
 
 ``calibrate`` is run in a process of its own on a node of the tier (``tunery.worker.calibrate``)
 and its answer cached by the control plane (``tunery.runs.calibration``).
@@ -25,8 +28,9 @@ from typing import Any
 from tunery.pipeline.config import RunRecipe
 from tunery.pipeline.memory import ModelShape
 
-DEPTHS = (1, 2)
-"""Decoder layers of the two benchmark models: their difference is one layer's cost."""
+DEPTHS = (1, 3)
+"""Decoder layers of the two benchmark models: their difference, over its layers, is one
+layer's cost."""
 MEASURED_STEPS = 3
 WARM_UP_STEPS = 1
 """Optimizer steps timed per model, after steps that are run but not counted (the first
@@ -34,6 +38,8 @@ step pays one-off costs: allocation, kernel choice)."""
 DECODE_TOKENS = (4, 20)
 """Tokens generated in two passes: their difference is the per-token cost, the prompt's
 forward pass cancelling out."""
+REPEATS = 3
+"""Times each generation and each write-and-read of the weights is timed (the fastest counts)."""
 
 
 def calibrate(shape_config: dict[str, Any], recipe: RunRecipe, *, example_tokens: int) -> dict:
@@ -45,11 +51,13 @@ def calibrate(shape_config: dict[str, Any], recipe: RunRecipe, *, example_tokens
     shape = ModelShape.from_config(shape_config)
     measured = [_measure(shape, depth, recipe, example_tokens) for depth in DEPTHS]
     result: dict[str, Any] = {"layers": shape.layers, "example_tokens": example_tokens}
+    shallow, deep = DEPTHS
     for key in ("train_seconds_per_token", "eval_seconds_per_token", "decode_seconds_per_token"):
-        one, two = (sample[key] for sample in measured)
-        # A noisy machine can make two layers look cheaper than one: never below zero.
-        per_layer = max(two - one, 0.0)
-        result[key] = max(one - per_layer, 0.0) + per_layer * shape.layers
+        one, more = (sample[key] for sample in measured)
+        # A noisy machine can make more layers look cheaper than one: never below zero.
+        per_layer = max(more - one, 0.0) / (deep - shallow)
+        base = max(one - per_layer * shallow, 0.0)
+        result[key] = base + per_layer * shape.layers
     result["weights_seconds_per_parameter"] = min(
         sample["weights_seconds_per_parameter"] for sample in measured
     )
@@ -100,7 +108,7 @@ def _measure(shape: ModelShape, depth: int, recipe: RunRecipe, example_tokens: i
         kernels = default_kernels(setup)
         train(setup, reporter)
         timed = reporter.steps[WARM_UP_STEPS:]
-        train_seconds = sum(1 / step.tokens_per_second for step in timed) / len(timed)
+        train_seconds = min(1 / step.tokens_per_second for step in timed)
         with attention_in_use(peft_model, kernels.attention):
             evaluation = evaluate(
                 peft_model,
@@ -112,10 +120,12 @@ def _measure(shape: ModelShape, depth: int, recipe: RunRecipe, example_tokens: i
             )
         decode = _decode_seconds_per_token(peft_model, examples[0].input_ids[:16], device)
         weights = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
-        started = time.perf_counter()
-        save_file(weights, Path(scratch) / "weights.safetensors")
-        load_file(Path(scratch) / "weights.safetensors")
-        io_seconds = time.perf_counter() - started
+        io_seconds = float("inf")
+        for _ in range(REPEATS):
+            started = time.perf_counter()
+            save_file(weights, Path(scratch) / "weights.safetensors")
+            load_file(Path(scratch) / "weights.safetensors")
+            io_seconds = min(io_seconds, time.perf_counter() - started)
     parameters = sum(value.numel() for value in weights.values())
     return {
         "train_seconds_per_token": train_seconds,
@@ -151,18 +161,20 @@ def _decode_seconds_per_token(model: Any, prompt: list[int], device: Any) -> flo
     import torch
 
     ids = torch.tensor([prompt], dtype=torch.long, device=device)
-    times = []
+    fastest = {count: float("inf") for count in DECODE_TOKENS}
     model.eval()
     with torch.no_grad():
-        for count in DECODE_TOKENS:
-            started = time.perf_counter()
-            model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=count,
-                min_new_tokens=count,
-                do_sample=False,
-                pad_token_id=0,
-            )
-            times.append(time.perf_counter() - started)
-    return max(times[1] - times[0], 0.0) / (DECODE_TOKENS[1] - DECODE_TOKENS[0])
+        for _ in range(REPEATS):
+            for count in DECODE_TOKENS:
+                started = time.perf_counter()
+                model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=count,
+                    min_new_tokens=count,
+                    do_sample=False,
+                    pad_token_id=0,
+                )
+                fastest[count] = min(fastest[count], time.perf_counter() - started)
+    few, many = DECODE_TOKENS
+    return max(fastest[many] - fastest[few], 0.0) / (many - few)
