@@ -17,7 +17,7 @@ from tunery.pipeline.chat import Encoder
 from tunery.pipeline.datasets import read_dataset
 from tunery.pipeline.load import load_tokenizer
 from tunery.runs.data_shape import file_shape
-from tunery.runs.token_count import model_token_count, model_tokenizer
+from tunery.runs.token_count import TOKENS_PER_MESSAGE, model_token_count, model_tokenizer
 
 DIGITS = " ".join(str(7**power) for power in range(40, 60))
 ROWS = [
@@ -125,3 +125,26 @@ def test_a_model_without_a_readable_tokenizer_is_counted_from_characters(tmp_pat
     tokenizer = model_tokenizer(str(broken), tmp_path)
     assert tokenizer is not None
     assert file_shape(path, model_token_count(tokenizer)) == file_shape(path)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ 1 / 0 }}",
+        "{{ messages[0]['missing'].upper() }}",
+        "{{ raise_exception('no system role') }}",
+        "{% for %}",
+        "{{ ''.__class__.__mro__ }}",
+    ],
+)
+def test_a_template_that_cannot_render_falls_back_to_markers_per_message(
+    tmp_path: Path, demo_model_dir: Path, template: str
+) -> None:
+    model = tmp_path / "odd-template"
+    shutil.copytree(demo_model_dir, model)
+    (model / "chat_template.jinja").write_text(template)
+    tokenizer = model_tokenizer(str(model), tmp_path)
+    assert tokenizer is not None
+    count = model_token_count(tokenizer)
+    assert (count.per_conversation, count.per_message) == (0, TOKENS_PER_MESSAGE)
+    assert file_shape(write_rows(tmp_path / "rows.jsonl", ROWS), count).rows == 3
