@@ -74,7 +74,11 @@ def assert_same_adapter(first: dict[str, torch.Tensor], second: dict[str, torch.
     assert first.keys() == second.keys()
     difference = torch.cat([(first[k] - second[k]).reshape(-1) for k in first])
     size = torch.cat([second[k].reshape(-1) for k in second])
-    assert float(difference.norm() / size.norm()) < 1e-5
+    # Two ranks sum a step's gradients in another order than one process does; Adam
+    # divides by each gradient's own size, so the rounding of the near-zero ones shows in
+    # their updates (measured 1.5e-5 after 10 steps); each value is still held to 5% of a
+    # step's learning rate below, and the losses step by step to 1e-6.
+    assert float(difference.norm() / size.norm()) < 1e-4
     for key in first:  # 5% of one step's learning rate, on any single value
         torch.testing.assert_close(first[key], second[key], rtol=1e-3, atol=1e-4)
 
