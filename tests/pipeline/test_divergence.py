@@ -106,14 +106,14 @@ def test_unusual_settings_are_named_with_their_usual_range(make_recipe) -> None:
 def test_a_run_built_to_diverge_fails_and_delivers_the_kept_adapter(
     data_dir, make_recipe, tmp_path
 ) -> None:
-    # Learning rate 1 after a short warm-up on a rank that makes the adapter over half the
-    # demo model: the loss triples within a few steps and stays there.
+    # Learning rate 1 from the first step on a rank that makes the adapter over half the
+    # demo model: the loss triples at step 2 and stays there. (After a warm-up the loss
+    # hovered near twice its start on some CPUs, where the guard rightly waits.)
     recipe = make_recipe(
         training={
             "max_steps": 60,
             "learning_rate": 1.0,
-            "lr_scheduler": "constant_with_warmup",
-            "warmup_ratio": 0.1,
+            "lr_scheduler": "constant",
         },
         lora={"rank": 256, "alpha": 512},
         export={"gguf": True},
