@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
+from tunery.gguf.export import F16_LARGEST, ExportError, export_gguf
 from tunery.gguf.merge import MergeError, merge_adapter
 
 
@@ -30,9 +32,11 @@ def reference_merge(demo_model_dir, adapter_dir):
 
 
 def test_streaming_merge_equals_peft(demo_model_dir, adapter_dir, tmp_path):
-    merge_adapter(demo_model_dir, adapter_dir, tmp_path / "merged")
+    largest = merge_adapter(demo_model_dir, adapter_dir, tmp_path / "merged")
     merged = load_file(tmp_path / "merged" / "model.safetensors")
     expected = reference_merge(demo_model_dir, adapter_dir)
+    changed = [name for name in merged if name.endswith("_proj.weight")]
+    assert changed and largest == max(float(merged[name].abs().max()) for name in changed)
     assert merged.keys() == expected.keys()
     for name, tensor in expected.items():
         torch.testing.assert_close(merged[name], tensor, rtol=1e-6, atol=1e-6)
@@ -79,3 +83,34 @@ def test_adapter_for_another_model_is_refused(demo_model_dir, adapter_dir, tmp_p
     with pytest.raises(MergeError) as caught:
         merge_adapter(demo_model_dir, foreign, tmp_path / "merged")
     assert "layers.9" in caught.value.message
+
+
+def test_weights_a_16_bit_gguf_cannot_hold_are_refused_before_converting(
+    demo_model_dir, adapter_dir, tmp_path
+):
+    # What a run at learning rate 1 on a large rank leaves: finite LoRA weights whose
+    # product is far beyond 16-bit floats (the quantizer would meet inf in the f16 GGUF).
+    huge = tmp_path / "huge"
+    shutil.copytree(adapter_dir, huge)
+    tensors = load_file(huge / "adapter_model.safetensors")
+    scaled = {key: value * 1e6 if ".lora_B." in key else value for key, value in tensors.items()}
+    save_file(scaled, huge / "adapter_model.safetensors")
+    assert merge_adapter(demo_model_dir, huge, tmp_path / "merged") > F16_LARGEST
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ExportError) as caught:
+        export_gguf(
+            adapter_dir=huge,
+            base_model_dir=demo_model_dir,
+            out_dir=out,
+            run_name="huge",
+            base_model="tunery/demo-tiny",
+            dataset_names=["demo"],
+            end_of_turn="<|im_end|>",
+            sample_prompts=[],
+            max_new_tokens=8,
+        )
+    assert "beyond the 65504 a 16-bit GGUF can hold" in caught.value.message
+    assert "lower training.learning_rate" in caught.value.hint
+    assert list(out.iterdir()) == []  # nothing partial remains

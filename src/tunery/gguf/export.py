@@ -41,6 +41,8 @@ from tunery.pipeline.chat import SamplePrompt, render_with_spans
 
 GGUF_BUNDLE_FILES = ("model.gguf", "Modelfile", "install.sh", "install.ps1", "README.md")
 QUANTIZATION = "Q4_K_M"
+# The largest value of a 16-bit float: the converter writes the merged model in f16.
+F16_LARGEST = 65504.0
 RERUN_HINT = "free disk space, then run `tunery export RUN_DIR` (no retraining needed)"
 IO_FAILURES = ("No space left", "File too large", "Disk quota", "Input/output error")
 
@@ -200,7 +202,14 @@ def export_gguf(
         ) from None
     try:
         merged_dir = scratch / "merged"
-        merge_adapter(base_model_dir, adapter_dir, merged_dir)
+        largest = merge_adapter(base_model_dir, adapter_dir, merged_dir)
+        if not largest <= F16_LARGEST:
+            raise ExportError(
+                f"the merged weights reach {largest:.3g}, beyond the {F16_LARGEST:g} a "
+                "16-bit GGUF can hold: the GGUF would hold inf",
+                hint="the adapter's weights grew far past the base model's; train again with "
+                "a lower training.learning_rate or lora.alpha (the LoRA bundle is complete)",
+            )
         f16 = scratch / "model-f16.gguf"
         convert_to_gguf(merged_dir, f16, outtype="f16")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import shutil
 import struct
 from pathlib import Path
@@ -47,14 +48,18 @@ def streamable(adapter_config: dict[str, Any]) -> bool:
     )
 
 
-def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> None:
-    """Write the merged model (weights, config, the adapter's tokenizer) to ``out_dir``."""
+def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> float:
+    """Write the merged model (weights, config, the adapter's tokenizer) to ``out_dir``.
+
+    Returns the largest magnitude among the weights the adapter changed (among all weights
+    where PEFT merges; inf where one is not finite), so a caller storing them in a narrower
+    format can refuse what would overflow it."""
     adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
     out_dir.mkdir(parents=True, exist_ok=True)
     if streamable(adapter_config):
-        _merge_streaming(base_dir, adapter_dir, adapter_config, out_dir)
+        largest = _merge_streaming(base_dir, adapter_dir, adapter_config, out_dir)
     else:
-        _merge_with_peft(base_dir, adapter_dir, out_dir)
+        largest = _merge_with_peft(base_dir, adapter_dir, out_dir)
     for name in CONFIG_FILES:
         if (base_dir / name).is_file():
             shutil.copyfile(base_dir / name, out_dir / name)
@@ -64,6 +69,16 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> None:
             shutil.copyfile(adapter_dir / name, out_dir / name)
         elif (base_dir / name).is_file() and name == "tokenizer.model":
             shutil.copyfile(base_dir / name, out_dir / name)
+    return largest
+
+
+def _magnitude(tensor: Any) -> float:
+    """The largest absolute value of ``tensor``; inf when any value is not finite."""
+    import torch
+
+    if not bool(torch.isfinite(tensor).all()):
+        return math.inf
+    return float(tensor.abs().max()) if tensor.numel() else 0.0
 
 
 def _lora_pairs(adapter_dir: Path) -> dict[str, tuple[Any, Any]]:
@@ -96,8 +111,9 @@ def _base_shards(base_dir: Path) -> list[Path]:
 
 def _merge_streaming(
     base_dir: Path, adapter_dir: Path, adapter_config: dict[str, Any], out_dir: Path
-) -> None:
-    """Copy each base shard, then overwrite the targeted weights in place.
+) -> float:
+    """Copy each base shard, then overwrite the targeted weights in place; returns the
+    largest magnitude among the merged weights.
 
     Merged weights keep their shapes and dtypes, so each copied shard's header and layout
     stay valid and only the targeted tensors' bytes change. One tensor is in memory at a
@@ -111,6 +127,7 @@ def _merge_streaming(
     scale = alpha / rank**0.5 if adapter_config.get("use_rslora") else alpha / rank
     pairs = _lora_pairs(adapter_dir)
     merged_names: set[str] = set()
+    largest = 0.0
     for shard in _base_shards(base_dir):
         target = out_dir / shard.name
         shutil.copyfile(shard, target)
@@ -128,6 +145,7 @@ def _merge_streaming(
                         f"base weight {tuple(tensor.shape)}"
                     )
                 merged = (tensor.float() + delta).to(tensor.dtype).contiguous()
+                largest = max(largest, _magnitude(merged))
                 begin, end = offsets[name]
                 raw = merged.view(-1).view(torch.uint8).numpy()
                 if raw.nbytes != end - begin:
@@ -142,6 +160,7 @@ def _merge_streaming(
     if index.is_file():
         shutil.copyfile(index, out_dir / index.name)
     _release_freed_memory()
+    return largest
 
 
 def _tensor_offsets(shard: Path) -> tuple[dict[str, tuple[int, int]], int]:
@@ -166,7 +185,7 @@ def _release_freed_memory() -> None:
         return
 
 
-def _merge_with_peft(base_dir: Path, adapter_dir: Path, out_dir: Path) -> None:
+def _merge_with_peft(base_dir: Path, adapter_dir: Path, out_dir: Path) -> float:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -174,4 +193,6 @@ def _merge_with_peft(base_dir: Path, adapter_dir: Path, out_dir: Path) -> None:
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype="auto")
     if base.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise MergeError(f"the base model is stored as {base.dtype}; merging needs 16/32-bit")
-    PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(out_dir)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.save_pretrained(out_dir)
+    return max((_magnitude(weight) for weight in merged.state_dict().values()), default=0.0)
