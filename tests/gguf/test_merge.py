@@ -96,6 +96,13 @@ def test_weights_a_16_bit_gguf_cannot_hold_are_refused_before_converting(
     scaled = {key: value * 1e6 if ".lora_B." in key else value for key, value in tensors.items()}
     save_file(scaled, huge / "adapter_model.safetensors")
     assert merge_adapter(demo_model_dir, huge, tmp_path / "merged") > F16_LARGEST
+    broken = {key: value.clone() for key, value in tensors.items()}
+    next(value for key, value in broken.items() if ".lora_B." in key)[0, 0] = float("nan")
+    save_file(broken, tmp_path / "adapter_model.safetensors")
+    nan_adapter = tmp_path / "nan"
+    shutil.copytree(adapter_dir, nan_adapter)
+    shutil.move(tmp_path / "adapter_model.safetensors", nan_adapter / "adapter_model.safetensors")
+    assert merge_adapter(demo_model_dir, nan_adapter, tmp_path / "merged-nan") == float("inf")
 
     out = tmp_path / "out"
     out.mkdir()
